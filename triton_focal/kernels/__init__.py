@@ -1,0 +1,1 @@
+"""Triton JIT kernels. Import only where Triton is installed."""

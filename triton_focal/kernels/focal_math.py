@@ -1,0 +1,108 @@
+"""Focal-loss math shared by every Triton kernel, stated once.
+
+All helpers work on float32 tensors of any shape (the kernels pass tiles) and are
+written so that no finite input produces NaN or inf:
+
+* ``1 - p`` is never formed by subtracting a probability close to 1 from 1; callers
+  pass it in from the other classes' mass (softmax) or from ``sigmoid(-x)``
+  (sigmoid).
+* ``(1 - p) ** gamma`` is ``exp2(gamma * log2(max(1 - p, FP32_TINY)))``: ``0 ** 0`` is 1,
+  ``0 ** gamma`` underflows to 0, and ``(1 - p) ** (gamma - 1)`` stays below
+  ``2 ** 126`` for every ``gamma >= 0`` (kornia #918, optax #1267: NaN gradients at
+  saturated logits for ``gamma < 1``).
+"""
+
+import triton
+import triton.language as tl
+
+# Smallest normal float32. Clamping 1 - p to it keeps (1 - p) ** (gamma - 1) finite.
+FP32_TINY: tl.constexpr = 1.1754943508222875e-38
+
+
+@triton.jit
+def log1p(x):
+    """log(1 + x) accurate for tiny |x| (Goldberg's trick: the rounding of 1 + x cancels)."""
+    u = 1.0 + x
+    # u - 1 is x as rounded into u; log(u) / (u - 1) is smooth, so the ratio corrects it.
+    return tl.where(u == 1.0, x, tl.log(u) * (x / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def softplus(x):
+    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
+    return tl.maximum(x, 0.0) + log1p(tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def online_softmax_step(m, s, s_other, x, is_target):
+    """Fold one class block into the running softmax statistics of each row.
+
+    Args:
+        m: running max, ``[R]``.
+        s: running ``sum_c exp(x_c - m)``, ``[R]``.
+        s_other: the same sum without the target class, ``[R]``; ``1 - p_y = s_other / s``
+            exactly, with no cancellation when ``p_y`` is close to 1.
+        x: the block of logits, ``[R, B]``, masked lanes at ``-inf``.
+        is_target: ``[R, B]`` mask of the target class.
+
+    Returns:
+        ``(m, s, s_other)`` updated. ``m`` starts at a finite minimum so that a row whose
+        lanes are all masked keeps ``s == 0`` instead of ``exp(-inf + inf)``.
+    """
+    m_new = tl.maximum(m, tl.max(x, axis=1))
+    rescale = tl.exp(m - m_new)
+    e = tl.exp(x - m_new[:, None])
+    s = s * rescale + tl.sum(e, axis=1)
+    s_other = s_other * rescale + tl.sum(tl.where(is_target, 0.0, e), axis=1)
+    return m_new, s, s_other
+
+
+@triton.jit
+def target_log_prob(x_target, lse, q_target):
+    """``log p_y`` of the target class, given ``1 - p_y`` from the other classes' mass.
+
+    Near ``p_y = 1`` the difference ``x_y - lse`` has only absolute precision, so the
+    log comes from ``log1p(-(1 - p_y))`` there; far from 1 the difference is exact.
+    """
+    return tl.where(q_target < 0.5, log1p(-q_target), x_target - lse)
+
+
+@triton.jit
+def one_minus_exp(log_p):
+    """``1 - exp(log_p)`` for ``log_p <= 0`` without cancellation near 0 (``-expm1``)."""
+    u = tl.exp(log_p)
+    near_one = log_p > -1.0
+    # Kahan's expm1: (u - 1) * x / log(u); the rounding error of u cancels in the ratio.
+    log_u = tl.where(near_one & (u != 1.0), tl.log(u), 1.0)
+    expm1 = tl.where(u == 1.0, log_p, (u - 1.0) * log_p / log_u)
+    return tl.where(near_one, -expm1, 1.0 - u)
+
+
+@triton.jit
+def focal_term(log_p, p, q, gamma):
+    """Focal loss of one class and its gradient coefficient.
+
+    With ``q = 1 - p``::
+
+        f = q ** gamma * (-log p)
+        g = q ** gamma - gamma * p * log(p) * q ** (gamma - 1)
+
+    and ``d f / d z_j = g * (p_j - [j == c])`` for softmax logits ``z`` (``f`` of class
+    ``c``). ``g`` is 1 for ``gamma = 0`` (cross entropy) and stays finite as ``q -> 0``
+    for any ``gamma >= 0`` because ``log p ~ -q`` there.
+
+    Returns:
+        ``(f, g)``.
+    """
+    log2_q = tl.log2(tl.maximum(q, FP32_TINY))
+    q_pow_gamma = tl.exp2(gamma * log2_q)
+    q_pow_gamma_m1 = tl.exp2((gamma - 1.0) * log2_q)
+    f = -q_pow_gamma * log_p
+    g = q_pow_gamma - gamma * p * log_p * q_pow_gamma_m1
+    return f, g
+
+
+@triton.jit
+def focal_weight(q, gamma):
+    """``q ** gamma`` with ``0 ** 0 == 1`` and no overflow of its derivative."""
+    return tl.exp2(gamma * tl.log2(tl.maximum(q, FP32_TINY)))

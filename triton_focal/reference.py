@@ -1,0 +1,125 @@
+"""The eager reference: SPEC.md's math in plain PyTorch, written to be read.
+
+Every backend computes exactly this. The functions take the canonical arguments that
+``triton_focal._validation`` produces (logits viewed as ``(N, C, P)``, targets as
+``(N, P)``, alpha/weight/gamma as scalars or ``(C,)`` tensors) and compute in float32
+(float64 for float64 input), returning the input's dtype. Gradients come from autograd
+through this composition; it is kept free of NaN/inf for every finite input.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def compute_dtype(dtype):
+    """Every sum, exp and log runs in float32, or float64 for float64 input."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def per_class(value, ref):
+    """A scalar, or a ``(C,)`` tensor broadcast over ``(N, C, P)``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=ref.device, dtype=ref.dtype).view(1, -1, 1)
+    return value
+
+
+def focal_weight(one_minus_p, gamma):
+    """``(1 - p) ** gamma`` with ``0 ** 0 == 1`` and a finite gradient for every ``gamma >= 0``.
+
+    Clamping at the smallest normal number keeps ``(1 - p) ** (gamma - 1)``, which autograd
+    forms, finite; where the clamp acts the true value of the loss is below that number.
+    """
+    return one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny) ** gamma
+
+
+def reduce_loss(loss, reduction, denominator):
+    """``none`` / ``sum`` / ``mean`` where the mean of nothing is 0 with a zero gradient."""
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return total / safe
+
+
+def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing):
+    """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices."""
+    x = input.to(compute_dtype(input.dtype))
+    num_classes = x.shape[1]
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)  # (N, 1, P)
+
+    log_p = F.log_softmax(x, dim=1)
+    one_minus_p = -torch.expm1(log_p)  # exact near p = 1, where 1 - exp(log p) cancels
+    focal = focal_weight(one_minus_p, per_class(gamma, x)) * -log_p  # f_c, (N, C, P)
+
+    w = per_class(weight, x) if weight is not None else torch.ones_like(x[:1])
+    w = w.expand(1, num_classes, 1)
+    w_target = w.expand(x.shape[0], -1, x.shape[2]).gather(1, safe_target).squeeze(1)  # (N, P)
+    loss = (1.0 - label_smoothing) * w_target * focal.gather(1, safe_target).squeeze(1)
+    if label_smoothing > 0:
+        loss = loss + (label_smoothing / num_classes) * (w * focal).sum(dim=1)
+    if alpha is not None:
+        a = per_class(alpha, x)
+        if isinstance(a, torch.Tensor):
+            a = a.expand(x.shape[0], -1, x.shape[2]).gather(1, safe_target).squeeze(1)
+        loss = a * loss
+
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    denominator = torch.where(valid, w_target, torch.zeros_like(w_target)).sum()
+    return reduce_loss(loss, reduction, denominator).to(input.dtype)
+
+
+def dense_targets(input, target, ignore_index):
+    """Class-index targets ``(N, P)`` as a one-hot ``(N, C, P)`` float tensor and a row mask.
+
+    ``target == C`` is background (all classes negative) and ``ignore_index`` rows are masked.
+    """
+    num_classes = input.shape[1]
+    valid = target != ignore_index
+    classes = torch.arange(num_classes, device=input.device).view(1, -1, 1)
+    one_hot = (target.unsqueeze(1) == classes).to(compute_dtype(input.dtype))
+    return one_hot, valid.unsqueeze(1).expand_as(one_hot)
+
+
+def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
+    """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits.
+
+    ``target`` is a dense float ``(N, C, P)`` tensor or class indices ``(N, P)``.
+    """
+    x = input.to(compute_dtype(input.dtype))
+    if target.is_floating_point():
+        t = target.to(x.dtype)
+        valid = None
+    else:
+        t, valid = dense_targets(input, target, ignore_index)
+
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    # 1 - p_t = (1 - p) t + p (1 - t), with 1 - p = sigmoid(-x): no cancellation.
+    one_minus_p_t = torch.sigmoid(-x) * t + torch.sigmoid(x) * (1 - t)
+    loss = focal_weight(one_minus_p_t, per_class(gamma, x)) * bce
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    if weight is not None:
+        loss = loss * weight.to(x.dtype)
+
+    if valid is not None:
+        loss = torch.where(valid, loss, torch.zeros_like(loss))
+        count = valid.sum()
+    else:
+        count = torch.tensor(loss.numel(), device=x.device)
+    if normalizer is not None and reduction != "none":
+        return (loss.sum() / normalizer).to(input.dtype)
+    return reduce_loss(loss, reduction, count.to(x.dtype)).to(input.dtype)
+
+
+def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
+    """FL* (RetinaNet appendix): ``alpha_t * softplus(-gamma * x * (2t - 1)) / gamma``."""
+    x = input.to(compute_dtype(input.dtype))
+    t = target.to(x.dtype)
+    loss = F.softplus(-gamma * x * (2 * t - 1)) / gamma
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    count = torch.tensor(loss.numel(), device=x.device, dtype=x.dtype)
+    return reduce_loss(loss, reduction, count).to(input.dtype)
