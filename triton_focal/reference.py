@@ -54,16 +54,15 @@ def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, red
     one_minus_p = -torch.expm1(log_p)  # exact near p = 1, where 1 - exp(log p) cancels
     focal = focal_weight(one_minus_p, per_class(gamma, x)) * -log_p  # f_c, (N, C, P)
 
-    w = per_class(weight, x) if weight is not None else torch.ones_like(x[:1])
-    w = w.expand(1, num_classes, 1)
-    w_target = w.expand(x.shape[0], -1, x.shape[2]).gather(1, safe_target).squeeze(1)  # (N, P)
+    w = per_class(weight, x) if weight is not None else x.new_ones(1, num_classes, 1)
+    w_target = w.expand_as(x).gather(1, safe_target).squeeze(1)  # (N, P)
     loss = (1.0 - label_smoothing) * w_target * focal.gather(1, safe_target).squeeze(1)
     if label_smoothing > 0:
         loss = loss + (label_smoothing / num_classes) * (w * focal).sum(dim=1)
     if alpha is not None:
         a = per_class(alpha, x)
         if isinstance(a, torch.Tensor):
-            a = a.expand(x.shape[0], -1, x.shape[2]).gather(1, safe_target).squeeze(1)
+            a = a.expand_as(x).gather(1, safe_target).squeeze(1)
         loss = a * loss
 
     loss = torch.where(valid, loss, torch.zeros_like(loss))

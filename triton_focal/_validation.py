@@ -1,0 +1,259 @@
+"""Argument checks and canonical shapes, in one place, before any kernel runs.
+
+Every public function passes its arguments through here. Bad input raises a
+``ValueError`` (or ``TypeError`` for a wrong dtype or kind) whose message names the
+argument. Valid input comes back in the canonical form every backend takes: logits
+viewed as ``(N, C, P)`` (``P`` the product of the spatial sizes, 1 for ``(N, C)``),
+class-index targets as ``(N, P)``, and per-class tensors as float32 ``(C,)`` on the
+input's device.
+"""
+
+import math
+import numbers
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+REDUCTIONS = ("none", "mean", "sum")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+PerClass = Union[float, torch.Tensor]
+
+
+class SoftmaxArgs(NamedTuple):
+    input: torch.Tensor  # (N, C, P)
+    target: torch.Tensor  # (N, P)
+    gamma: PerClass
+    alpha: Optional[PerClass]
+    weight: Optional[torch.Tensor]
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    loss_shape: torch.Size  # shape of the unreduced loss: the target's
+
+
+class SigmoidArgs(NamedTuple):
+    input: torch.Tensor  # (N, C, P)
+    target: torch.Tensor  # (N, C, P) float, or (N, P) class indices
+    alpha: float
+    gamma: PerClass
+    weight: Optional[torch.Tensor]  # expanded to (N, C, P)
+    ignore_index: int
+    reduction: str
+    normalizer: Optional[Union[float, torch.Tensor]]
+    loss_shape: torch.Size  # shape of the unreduced loss: the input's
+
+
+def check_logits(input):
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"input must be float16, bfloat16, float32 or float64 logits, got {input.dtype}")
+    if input.dim() == 0:
+        raise ValueError("input must have a class dimension: (C,), (N, C) or (N, C, d1, ..., dk), got a 0-dim tensor")
+
+
+def check_same_device(input, name, tensor):
+    if isinstance(tensor, torch.Tensor) and tensor.device != input.device:
+        raise ValueError(f"{name} is on {tensor.device} but input is on {input.device}; move them to one device")
+
+
+def check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def is_real_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def values_known(tensor, validate):
+    """Tensor values are checked where that costs no device-to-host sync (or on request)."""
+    return validate or tensor.device.type == "cpu"
+
+
+def check_per_class(name, value, num_classes, input, *, validate, allow_scalar=True, positive=False):
+    """A non-negative number or a 1-D tensor of ``num_classes`` non-negative values."""
+    bound = "positive" if positive else "non-negative"
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+        if value.dim() != 1 or value.shape[0] != num_classes:
+            raise ValueError(f"{name} must have one value per class: shape ({num_classes},), got {tuple(value.shape)}")
+        check_same_device(input, name, value)
+        if values_known(value, validate):
+            bad = ~(value > 0) if positive else ~(value >= 0)
+            if bool(bad.any()):
+                raise ValueError(f"{name} must be {bound} (and not NaN), got {value.tolist()}")
+        return value.detach().to(device=input.device, dtype=torch.float32)
+    if not allow_scalar or not is_real_number(value):
+        kinds = "a number or a 1-D tensor" if allow_scalar else "a 1-D tensor"
+        raise TypeError(f"{name} must be {kinds} of {num_classes} values, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_ignore_index(ignore_index):
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    return int(ignore_index)
+
+
+def check_class_indices(target, num_classes, ignore_index, *, validate, background_ok=False):
+    """Out-of-range indices are an error where checking them costs no host sync."""
+    if target.numel() == 0 or not values_known(target, validate):
+        return
+    upper = num_classes + 1 if background_ok else num_classes
+    bad = ((target < 0) | (target >= upper)) & (target != ignore_index)
+    if bool(bad.any()):
+        value = target[bad].flatten()[0].item()
+        allowed = f"[0, {num_classes}]" if background_ok else f"[0, {num_classes})"
+        raise ValueError(f"target holds class index {value}, outside {allowed} and not ignore_index={ignore_index}")
+
+
+def as_ncp(input):
+    """View logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` as ``(N, C, P)`` without copying
+    where the strides allow (channels-first and channels-last both do)."""
+    if input.dim() == 1:
+        return input.view(1, -1, 1)
+    if input.dim() == 2:
+        return input.unsqueeze(2)
+    return input.flatten(2)
+
+
+def softmax_args(input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate=False):
+    """Check ``focal_loss`` arguments and return them in canonical form."""
+    check_logits(input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold class indices (an integer dtype such as torch.long), got {target.dtype}; "
+            "class probabilities are not supported"
+        )
+    expected = input.shape[:1] + input.shape[2:] if input.dim() >= 2 else torch.Size([])
+    if target.shape != expected:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}: "
+            f"expected {tuple(expected)} (input's shape without the class dimension 1)"
+        )
+    check_same_device(input, "target", target)
+    check_reduction(reduction)
+    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    ignore_index = check_ignore_index(ignore_index)
+    gamma = check_per_class("gamma", gamma, num_classes, input, validate=validate)
+    if alpha is not None:
+        alpha = check_per_class("alpha", alpha, num_classes, input, validate=validate)
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a 1-D tensor of {num_classes} values, got {type(weight).__name__}")
+        weight = check_per_class("weight", weight, num_classes, input, validate=validate)
+    if not is_real_number(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    check_class_indices(target, num_classes, ignore_index, validate=validate)
+    n = 1 if input.dim() == 1 else input.shape[0]
+    return SoftmaxArgs(
+        input=as_ncp(input),
+        target=target.reshape(n, -1) if target.numel() else target.reshape(n, math.prod(input.shape[2:])),
+        gamma=gamma,
+        alpha=alpha,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+        loss_shape=target.shape,
+    )
+
+
+def check_normalizer(normalizer, reduction, input):
+    if normalizer is None:
+        return None
+    if reduction == "none":
+        raise ValueError("normalizer divides a reduced loss; it cannot be used with reduction='none'")
+    if isinstance(normalizer, torch.Tensor):
+        if normalizer.dim() != 0:
+            raise ValueError(f"normalizer must be a number or a 0-dim tensor, got shape {tuple(normalizer.shape)}")
+        check_same_device(input, "normalizer", normalizer)
+        return normalizer
+    if not is_real_number(normalizer) or not float(normalizer) > 0:
+        raise ValueError(f"normalizer must be a positive number or a 0-dim tensor, got {normalizer!r}")
+    return float(normalizer)
+
+
+def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, normalizer, validate=False):
+    """Check ``sigmoid_focal_loss`` arguments and return them in canonical form."""
+    check_logits(input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    check_same_device(input, "target", target)
+    check_reduction(reduction)
+    if not is_real_number(alpha):
+        raise TypeError(f"alpha must be a number (negative for no alpha weighting), got {type(alpha).__name__}")
+    ignore_index = check_ignore_index(ignore_index)
+    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    gamma = check_per_class("gamma", gamma, num_classes, input, validate=validate)
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"dense target shape {tuple(target.shape)} must equal input shape {tuple(input.shape)} "
+                "(or pass integer class indices without the class dimension)"
+            )
+        canonical_target = as_ncp(target)
+    elif target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"target must be float (dense) or integer class indices, got {target.dtype}")
+    else:
+        if input.dim() < 2:
+            raise ValueError("class-index targets need input of shape (N, C) or (N, C, d1, ..., dk)")
+        expected = input.shape[:1] + input.shape[2:]
+        if target.shape != expected:
+            raise ValueError(
+                f"class-index target shape {tuple(target.shape)} does not match input shape "
+                f"{tuple(input.shape)}: expected {tuple(expected)} (input's shape without dimension 1)"
+            )
+        check_class_indices(target, num_classes, ignore_index, validate=validate, background_ok=True)
+        canonical_target = target.reshape(input.shape[0], -1) if target.numel() else target.reshape(
+            input.shape[0], math.prod(input.shape[2:])
+        )
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a tensor broadcastable to input, got {type(weight).__name__}")
+        check_same_device(input, "weight", weight)
+        try:
+            broadcast = torch.broadcast_shapes(weight.shape, input.shape)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != input.shape:
+            raise ValueError(f"weight shape {tuple(weight.shape)} is not broadcastable to input shape {tuple(input.shape)}")
+        if values_known(weight, validate) and bool((~(weight >= 0)).any()):
+            raise ValueError("weight must be non-negative (and not NaN)")
+        weight = as_ncp(weight.detach().expand(input.shape))
+    return SigmoidArgs(
+        input=as_ncp(input),
+        target=canonical_target,
+        alpha=float(alpha),
+        gamma=gamma,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        normalizer=check_normalizer(normalizer, reduction, input),
+        loss_shape=input.shape,
+    )
+
+
+def sigmoid_star_args(input, target, alpha, gamma, reduction):
+    """Check ``sigmoid_focal_loss_star`` arguments (dense targets only)."""
+    check_logits(input)
+    if not isinstance(target, torch.Tensor) or not target.is_floating_point():
+        kind = target.dtype if isinstance(target, torch.Tensor) else type(target).__name__
+        raise TypeError(f"target of FL* must be a floating-point tensor with input's shape, got {kind}")
+    if target.shape != input.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} must equal input shape {tuple(input.shape)}")
+    check_same_device(input, "target", target)
+    check_reduction(reduction)
+    if not is_real_number(alpha):
+        raise TypeError(f"alpha must be a number (negative for no alpha weighting), got {type(alpha).__name__}")
+    if not is_real_number(gamma) or not float(gamma) > 0:
+        raise ValueError(f"gamma of FL* must be a positive number (the loss divides by it), got {gamma!r}")
+    return as_ncp(input), as_ncp(target), float(alpha), float(gamma), reduction

@@ -1,0 +1,79 @@
+"""Backend choice, in one place.
+
+``"triton"``: the fused kernels (CUDA/ROCm GPUs; CPU tensors only under
+``TRITON_INTERPRET=1``). ``"compile"``: ``torch.compile`` of the reference. ``"reference"``:
+the eager composition. ``"auto"`` picks the first that can run on the input's device,
+unless the ``TRITON_FOCAL_BACKEND`` environment variable names one.
+"""
+
+import importlib
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("triton", "compile", "reference")
+ENV_VAR = "TRITON_FOCAL_BACKEND"
+
+_MODULES = {
+    "triton": "triton_focal.ops",
+    "compile": "triton_focal.compiled",
+    "reference": "triton_focal.reference",
+}
+
+
+def _why_not(name, device):
+    """The reason ``name`` cannot run on ``device`` in this process, or None if it can."""
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "Triton is not installed (it ships for Linux only)"
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        return f"Triton kernels run on CUDA/ROCm GPUs, not on {device.type} (set TRITON_INTERPRET=1 to interpret them on the CPU)"
+    if name == "compile":
+        if not hasattr(torch, "compile"):
+            return "this PyTorch has no torch.compile"
+        return None
+    return None
+
+
+def available_backends(device=None):
+    """The backends that can run on ``device`` (default: CUDA if present, else CPU) in this process.
+
+    Args:
+        device: a ``torch.device``, a device string, or None.
+
+    Returns:
+        A list of backend names, fastest first.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    return [name for name in BACKENDS if _why_not(name, device) is None]
+
+
+def resolve(backend, device):
+    """The name of the backend that runs for ``backend`` (a name or ``"auto"``) on ``device``.
+
+    Raises:
+        ValueError: ``backend`` is unknown or cannot run on ``device``.
+    """
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "auto") or "auto"
+        if backend not in BACKENDS + ("auto",):
+            raise ValueError(f"{ENV_VAR}={backend!r} is not a backend; choose one of {BACKENDS}")
+    if backend == "auto":
+        backend = next(name for name in BACKENDS if _why_not(name, device) is None)
+    elif backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    reason = _why_not(backend, device)
+    if reason is not None:
+        raise ValueError(f"backend={backend!r} cannot run here: {reason}")
+    return backend
+
+
+def load(name):
+    """The module implementing backend ``name`` (imported on first use)."""
+    return importlib.import_module(_MODULES[name])

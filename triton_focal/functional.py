@@ -1,0 +1,166 @@
+"""The public functional API: validate, pick a backend, reshape the result.
+
+The math lives in ``reference.py`` (eager) and ``kernels/`` (Triton); this module only
+checks arguments (``_validation``), chooses a backend (``backends``) and restores the
+user's shapes.
+"""
+
+from typing import Optional, Union
+
+import torch
+
+from . import _validation, backends
+
+
+def focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: Union[float, torch.Tensor] = 2.0,
+    alpha: Optional[Union[float, torch.Tensor]] = None,
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    backend: str = "auto",
+    validate: bool = False,
+    inplace_grad: bool = False,
+) -> torch.Tensor:
+    """Softmax focal loss over the class dimension, a drop-in for ``F.cross_entropy``.
+
+    With ``p = softmax(input, dim=1)``, ``y`` the target class, ``a`` the alpha vector and
+    ``w`` the weight vector, each element's loss is::
+
+        f_c  = (1 - p_c) ** gamma * (-log p_c)
+        loss = a_y * ((1 - eps) * w_y * f_y + (eps / C) * sum_c w_c * f_c)
+
+    With ``gamma=0`` and ``alpha=None`` this equals ``F.cross_entropy`` (value and gradient).
+
+    Args:
+        input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (classes in dimension 1,
+            channels-first as segmentation networks emit them; any strides), float16,
+            bfloat16, float32 or float64.
+        target: class indices, integer, ``()``, ``(N,)`` or ``(N, d1, ..., dk)``, in
+            ``[0, C)`` or ``ignore_index``.
+        gamma: focusing parameter ``>= 0``, or a ``(C,)`` tensor of per-class values.
+        alpha: class balance factor multiplying the loss (not in the mean's denominator):
+            a number, a ``(C,)`` tensor, or None for 1.
+        weight: ``(C,)`` class weights with ``F.cross_entropy`` semantics (they enter the
+            mean's denominator).
+        ignore_index: target value whose elements give 0 loss, 0 gradient and are left out
+            of the mean.
+        reduction: ``"none"`` (loss shaped like ``target``), ``"sum"``, or ``"mean"`` (sum
+            divided by the sum of ``w_y`` over non-ignored elements; 0 if none is left).
+        label_smoothing: ``eps`` in ``[0, 1]``.
+        backend: ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
+        validate: check class indices on the GPU too (costs a device-to-host sync; CPU
+            tensors are always checked).
+        inplace_grad: Triton backend only: write the gradient into ``input``'s storage
+            (no extra memory; ``input`` must not be used afterwards). Ignored elsewhere.
+
+    Returns:
+        The loss in ``input``'s dtype: a 0-dim tensor, or ``target``'s shape for
+        ``reduction="none"``.
+    """
+    args = _validation.softmax_args(
+        input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate
+    )
+    name = backends.resolve(backend, input.device)
+    extra = {"inplace_grad": True} if inplace_grad and name == "triton" else {}
+    loss = backends.load(name).softmax_focal_loss(
+        args.input,
+        args.target,
+        gamma=args.gamma,
+        alpha=args.alpha,
+        weight=args.weight,
+        ignore_index=args.ignore_index,
+        reduction=args.reduction,
+        label_smoothing=args.label_smoothing,
+        **extra,
+    )
+    return loss.reshape(args.loss_shape) if reduction == "none" else loss
+
+
+def sigmoid_focal_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    alpha: float = 0.25,
+    gamma: Union[float, torch.Tensor] = 2.0,
+    reduction: str = "none",
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    normalizer: Optional[Union[float, torch.Tensor]] = None,
+    backend: str = "auto",
+    validate: bool = False,
+) -> torch.Tensor:
+    """One-vs-all sigmoid focal loss (RetinaNet), equal to ``torchvision.ops.sigmoid_focal_loss``.
+
+    With ``p = sigmoid(input)`` and a target ``t`` in ``[0, 1]``::
+
+        loss = alpha_t * (1 - p_t) ** gamma * BCE(input, t) * weight
+        p_t = p t + (1 - p)(1 - t),  alpha_t = alpha t + (1 - alpha)(1 - t)  (1 if alpha < 0)
+
+    Args:
+        input: logits ``(N, C, d1, ..., dk)`` or ``(N, C)`` (any shape for dense targets).
+        target: dense float targets with ``input``'s shape (soft values allowed), or integer
+            class indices with ``input``'s shape minus dimension 1: element ``(n, c, ...)`` is
+            positive iff ``target[n, ...] == c``; ``C`` is background (all negative);
+            ``ignore_index`` rows give 0 and are left out of the mean. No one-hot is built.
+        alpha: weight of positives in ``[0, 1]``; negative for no weighting.
+        gamma: focusing parameter ``>= 0``, or a ``(C,)`` tensor applied along dimension 1.
+        reduction: ``"none"`` (``input``'s shape), ``"sum"`` or ``"mean"`` (over the elements
+            that are not ignored).
+        weight: tensor broadcastable to ``input`` (per anchor, per class, per element).
+        ignore_index: class-index target value that ignores a whole row.
+        normalizer: divisor replacing the mean's (number of positive anchors, mmdet's
+            ``avg_factor``): a number or a 0-dim tensor; the result is ``sum / normalizer``.
+        backend: ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
+        validate: check class indices on the GPU too (costs a device-to-host sync).
+
+    Returns:
+        The loss in ``input``'s dtype.
+    """
+    args = _validation.sigmoid_args(
+        input, target, alpha, gamma, weight, ignore_index, reduction, normalizer, validate
+    )
+    loss = backends.load(backends.resolve(backend, input.device)).sigmoid_focal_loss(
+        args.input,
+        args.target,
+        alpha=args.alpha,
+        gamma=args.gamma,
+        weight=args.weight,
+        ignore_index=args.ignore_index,
+        reduction=args.reduction,
+        normalizer=args.normalizer,
+    )
+    return loss.reshape(args.loss_shape) if reduction == "none" else loss
+
+
+def sigmoid_focal_loss_star(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    alpha: float = -1.0,
+    gamma: float = 1.0,
+    reduction: str = "none",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """FL*, the RetinaNet paper's appendix variant: ``alpha_t * softplus(-gamma x (2t - 1)) / gamma``.
+
+    Args:
+        input: logits of any shape with at least one dimension.
+        target: dense float targets with ``input``'s shape.
+        alpha: weight of positives; negative (default) for no weighting.
+        gamma: sharpness ``> 0``.
+        reduction: ``"none"``, ``"sum"`` or ``"mean"``.
+        backend: ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
+
+    Returns:
+        The loss in ``input``'s dtype.
+    """
+    x, t, alpha, gamma, reduction = _validation.sigmoid_star_args(input, target, alpha, gamma, reduction)
+    loss = backends.load(backends.resolve(backend, input.device)).sigmoid_focal_loss_star(
+        x, t, alpha=alpha, gamma=gamma, reduction=reduction
+    )
+    return loss.reshape(input.shape) if reduction == "none" else loss
