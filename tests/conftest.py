@@ -25,3 +25,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+def _eager_backends():
+    """Backends the contract tests run on: the reference, and the Triton kernels where they
+    can run (a GPU, or the interpreter on the CPU). The compile fallback has its own tests,
+    since each configuration costs a compilation."""
+    import triton_focal
+
+    return [name for name in triton_focal.available_backends(DEVICE) if name != "compile"]
+
+
+@pytest.fixture(params=_eager_backends())
+def backend(request):
+    return request.param

@@ -4,8 +4,8 @@ Every public function passes its arguments through here. Bad input raises a
 ``ValueError`` (or ``TypeError`` for a wrong dtype or kind) whose message names the
 argument. Valid input comes back in the canonical form every backend takes: logits
 viewed as ``(N, C, P)`` (``P`` the product of the spatial sizes, 1 for ``(N, C)``),
-class-index targets as ``(N, P)``, and per-class tensors as float32 ``(C,)`` on the
-input's device.
+class-index targets as ``(N, P)``, and per-class tensors as float32 ``(C,)`` (float64 for float64 input)
+on the input's device.
 """
 
 import math
@@ -42,6 +42,11 @@ class SigmoidArgs(NamedTuple):
     reduction: str
     normalizer: Optional[Union[float, torch.Tensor]]
     loss_shape: torch.Size  # shape of the unreduced loss: the input's
+
+
+def compute_dtype(dtype):
+    """Per-class tensors are float32, or float64 for float64 input (as the arithmetic)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_logits(input):
@@ -85,7 +90,7 @@ def check_per_class(name, value, num_classes, input, *, validate, allow_scalar=T
             bad = ~(value > 0) if positive else ~(value >= 0)
             if bool(bad.any()):
                 raise ValueError(f"{name} must be {bound} (and not NaN), got {value.tolist()}")
-        return value.detach().to(device=input.device, dtype=torch.float32)
+        return value.detach().to(device=input.device, dtype=compute_dtype(input.dtype))
     if not allow_scalar or not is_real_number(value):
         kinds = "a number or a 1-D tensor" if allow_scalar else "a 1-D tensor"
         raise TypeError(f"{name} must be {kinds} of {num_classes} values, got {type(value).__name__}")
