@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 # Smallest normal float32. Clamping 1 - p to it keeps (1 - p) ** (gamma - 1) finite.
-FP32_TINY: tl.constexpr = 1.1754943508222875e-38
+FP32_TINY = tl.constexpr(1.1754943508222875e-38)  # a constexpr object: compiled kernels may read it
 
 
 @triton.jit
@@ -106,3 +106,66 @@ def focal_term(log_p, p, q, gamma):
 def focal_weight(q, gamma):
     """``q ** gamma`` with ``0 ** 0 == 1`` and no overflow of its derivative."""
     return tl.exp2(gamma * tl.log2(tl.maximum(q, FP32_TINY)))
+
+
+# --- sigmoid ---
+
+
+@triton.jit
+def sigmoid_pair(x):
+    """``(sigmoid(x), sigmoid(-x))``, both to full relative precision.
+
+    ``exp(-|x|)`` lies in ``(0, 1]``, so nothing overflows, and the smaller of the two is
+    ``e / (1 + e)`` rather than ``1 - (larger)``, which would cancel.
+    """
+    e = tl.exp(-tl.abs(x))
+    big = 1.0 / (1.0 + e)
+    small = e * big
+    positive = x >= 0
+    return tl.where(positive, big, small), tl.where(positive, small, big)
+
+
+@triton.jit
+def sigmoid_focal_term(x, t, gamma):
+    """Sigmoid focal loss of one element and its derivative, before ``alpha_t`` and weight.
+
+    With ``p = sigmoid(x)`` and a target ``t`` in ``[0, 1]``::
+
+        q   = 1 - p_t = sigmoid(-x) t + sigmoid(x) (1 - t)     (no 1 - p_t cancellation)
+        bce = max(x, 0) - x t + log1p(exp(-|x|))
+        f   = q ** gamma * bce
+
+    Since ``dp/dx = p (1 - p)``, ``dq/dx = p (1 - p) (1 - 2t)`` and ``dbce/dx = p - t``::
+
+        df/dx = gamma q ** (gamma - 1) p (1 - p) (1 - 2t) bce + q ** gamma (p - t)
+
+    ``q ** (gamma - 1)`` comes from ``focal_weight``'s clamped form, at most ``2 ** 126``
+    for ``0 <= gamma < 1``; it is multiplied into ``p (1 - p) <= 1/4`` first, so the
+    product stays finite at saturated logits and the right label still gives ``f = 0``.
+
+    Returns:
+        ``(f, df/dx)``, shaped like ``x``.
+    """
+    p, p_neg = sigmoid_pair(x)
+    q = p_neg * t + p * (1.0 - t)
+    bce = tl.maximum(x, 0.0) - x * t + log1p(tl.exp(-tl.abs(x)))
+    q_pow_gamma = focal_weight(q, gamma)
+    dq = (p * p_neg) * (1.0 - 2.0 * t)
+    df = gamma * (dq * focal_weight(q, gamma - 1.0)) * bce + q_pow_gamma * (p - t)
+    return q_pow_gamma * bce, df
+
+
+@triton.jit
+def sigmoid_focal_star_term(x, t, gamma):
+    """FL* (RetinaNet appendix) of one element and its derivative, before ``alpha_t``.
+
+    With ``s = 2t - 1`` and ``z = gamma x s``: ``f = softplus(-z) / gamma`` and
+    ``df/dx = -sigmoid(-z) * gamma s / gamma = -s sigmoid(-z)`` (``gamma > 0``).
+
+    Returns:
+        ``(f, df/dx)``, shaped like ``x``.
+    """
+    s = 2.0 * t - 1.0
+    z = gamma * x * s
+    _, sigmoid_neg_z = sigmoid_pair(z)
+    return softplus(-z) / gamma, -s * sigmoid_neg_z

@@ -1,0 +1,253 @@
+"""Measure triton_focal against the alternatives, side by side in one process.
+
+    python -m perf.sweep                                  # every family, bf16 and fp32
+    python -m perf.sweep --table                          # the four headline cases
+    python -m perf.sweep --quick --families seg --dtypes bf16
+
+Writes ``results.json`` (every point, the machine, the versions, the command), one PNG per
+family and ``summary.md`` into ``--out`` (default ``perf/results/<device-name>/``). Without a
+GPU it runs the CPU grid (tiny shapes) and labels the figures as CPU figures.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from . import cases as cases_mod
+from .cases import DTYPES, FAMILIES, MODES, bytes_moved, family_cases, make_inputs
+from .providers import PROVIDERS, select
+from .timing import (
+    bench,
+    copy_bandwidth_gbs,
+    device_info,
+    extra_peak_mb,
+    free_memory,
+    is_oom,
+    versions,
+)
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_FAMILIES = ("seg", "vocab", "det")
+
+
+def _csv(text, allowed, what):
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise SystemExit(f"--{what}: unknown {unknown or text!r}; expected a comma list of {list(allowed)}")
+    return items
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m perf.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few points per family, fewer repetitions")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default perf/results/<device>/)")
+    parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES), help=f"comma list of {FAMILIES}")
+    parser.add_argument("--dtypes", default="bf16,fp32", help=f"comma list of {tuple(DTYPES)}")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
+    parser.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma list of {tuple(PROVIDERS)}")
+    parser.add_argument(
+        "--table", action="store_true",
+        help="only the four headline cases, bf16 forward+backward (= --families table --dtypes bf16 --modes fwd+bwd)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    args = parser.parse_args(argv)
+    if args.table:
+        args.families, args.dtypes, args.modes = "table", "bf16", "fwd+bwd"
+    args.families = _csv(args.families, FAMILIES, "families")
+    args.dtypes = _csv(args.dtypes, tuple(DTYPES), "dtypes")
+    args.modes = _csv(args.modes, MODES, "modes")
+    args.providers = _csv(args.providers, tuple(PROVIDERS), "providers")
+    return args
+
+
+def resolve_device(choice):
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
+    return choice
+
+
+def _allow_recompiles():
+    # Every (shape, dtype, mode) is a new graph; past the default limit torch.compile would
+    # silently fall back to eager and the "compile" figures would be eager figures.
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 4096))
+
+
+def _loss_call(provider, case, mode, x, target):
+    """(fn, setup) for one mode: the timed callable and an untimed one run before each call."""
+    loss_fn = provider.build(case)
+    if mode == "fwd":
+        return (lambda: loss_fn(x, target)), None
+    if mode == "fwd+bwd":
+        return (lambda: torch.autograd.grad(loss_fn(x, target), x)), None
+    # bwd: a fresh forward before every timed backward
+    return (lambda loss: torch.autograd.grad(loss, x)), (lambda: loss_fn(x, target))
+
+
+def reference_value(case, dtype, device):
+    """The loss from the eager reference, computed in float64, to check each focal provider's
+    value against (None if it cannot be computed, e.g. out of memory)."""
+    try:
+        x, target = make_inputs(case, dtype, device)
+        with torch.no_grad():
+            wide = x.detach().double()
+            wide_target = target.double() if target.is_floating_point() else target
+            value = PROVIDERS["reference"].build(case)(wide, wide_target)
+        return float(value)
+    except Exception as err:  # out of memory at the largest GPU sizes: no check, not no run
+        print(f"    (no reference value: {type(err).__name__})", flush=True)
+        return None
+    finally:
+        free_memory(device)
+
+
+def measure(case, dtype_name, mode, provider, device, quick, copy_gbs, ref_value):
+    """One point: time, bandwidth, floor, memory and value check of one provider."""
+    dtype = DTYPES[dtype_name]
+    # read logits, read target, write grad (bwd, fwd+bwd), write loss (0-dim)
+    nbytes = bytes_moved(case, dtype, mode)
+    floor_ms = nbytes / (copy_gbs * 1e9) * 1e3
+    point = {
+        "family": case.family, "series": case.series, "x_name": case.x_name, "x": case.x,
+        "shape": list(case.shape), "target": case.target, "dtype": dtype_name, "mode": mode,
+        "provider": provider.name, "label": provider.label, "bytes": nbytes, "floor_ms": floor_ms,
+        "status": "ok", "error": None, "ms": None, "ms_p20": None, "ms_p80": None, "gbs": None,
+        "pct_of_floor": None, "extra_peak_mb": None, "rel_err": None,
+    }
+    x = target = fn = setup = None
+    try:
+        x, target = make_inputs(case, dtype, device)
+        if mode == "fwd" and provider.focal and ref_value is not None:
+            value = float(provider.build(case)(x, target).detach())
+            point["rel_err"] = abs(value - ref_value) / max(abs(ref_value), 1e-30)
+        fn, setup = _loss_call(provider, case, mode, x, target)
+        ms, p20, p80 = bench(fn, device, quick=quick, setup=setup)
+        point.update(ms=ms, ms_p20=p20, ms_p80=p80, gbs=nbytes / (ms * 1e-3) / 1e9, pct_of_floor=100.0 * floor_ms / ms)
+        point["extra_peak_mb"] = extra_peak_mb(fn, device, setup=setup)
+    except Exception as err:
+        point["status"] = "oom" if is_oom(err) else "error"
+        point["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+    finally:
+        del x, target, fn, setup
+        free_memory(device)
+    return point
+
+
+def _progress(index, total, case, dtype_name, mode, point):
+    where = f"[{index:4d}/{total}] {case.name} {dtype_name} {mode:7s} {point['provider']:13s}"
+    if point["status"] != "ok":
+        return f"{where} {point['status'].upper()}: {point['error']}"
+    line = (
+        f"{where} {point['ms']:9.3f} ms [{point['ms_p20']:.3f}, {point['ms_p80']:.3f}] "
+        f"{point['gbs']:8.1f} GB/s {point['pct_of_floor']:5.1f}% of floor"
+    )
+    if point["extra_peak_mb"] is not None:
+        line += f"  +{point['extra_peak_mb']:.0f} MiB"
+    if point["rel_err"] is not None:
+        line += f"  rel.err {point['rel_err']:.1e}"
+    return line
+
+
+def run(args):
+    device = resolve_device(args.device)
+    info = device_info(device)
+    out = args.out or RESULTS_DIR / info["slug"]
+    out.mkdir(parents=True, exist_ok=True)
+    if info["note"]:
+        print(f"NOTE: {info['note']}", flush=True)
+
+    providers, skipped = select(args.providers, device)
+    for name, reason in skipped:
+        print(f"{name}: skipped ({reason})", flush=True)
+    if "compile" in [p.name for p in providers]:
+        _allow_recompiles()
+
+    copy_gbs = copy_bandwidth_gbs(device, quick=args.quick)
+    print(f"copy bandwidth on {info['name']}: {copy_gbs:.1f} GB/s (read + write)", flush=True)
+
+    result = {
+        "schema": 1,
+        "device": info,
+        "versions": versions(),
+        "command": " ".join(["python -m perf.sweep"] + [shlex.quote(a) for a in args.argv]),
+        "argv": list(args.argv),
+        "env": {k: os.environ[k] for k in ("TRITON_INTERPRET", "TRITON_FOCAL_BACKEND") if k in os.environ},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "copy_bandwidth_gbs": copy_gbs,
+        "timing": (
+            "triton.testing.do_bench: CUDA events, L2 flushed before each call, after explicit warm-up"
+            if device == "cuda"
+            else "time.perf_counter wall clock around each call, after warm-up (CPU)"
+        ),
+        "settings": {
+            "gamma": cases_mod.GAMMA, "det_alpha": cases_mod.DET_ALPHA, "ignore_index": cases_mod.IGNORE_INDEX,
+            "ignored_fraction": cases_mod.IGNORED_FRACTION, "background_fraction": cases_mod.BACKGROUND_FRACTION,
+            "softmax_reduction": "mean", "sigmoid_reduction": "sum",
+        },
+        "families": args.families, "dtypes": args.dtypes, "modes": args.modes,
+        "providers": {p.name: p.label for p in providers},
+        "skipped": [{"provider": name, "reason": reason} for name, reason in skipped],
+        "points": [],
+    }
+    json_path = out / "results.json"
+
+    work = [
+        (case, dtype_name)
+        for family in args.families
+        for case in family_cases(family, gpu=device == "cuda", quick=args.quick)
+        for dtype_name in args.dtypes
+    ]
+    total = sum(len(args.modes) * sum(p.applies(case) for p in providers) for case, _ in work)
+    index = 0
+    for case, dtype_name in work:
+        active = [p for p in providers if p.applies(case)]
+        if not active:
+            continue
+        checks = "fwd" in args.modes and any(p.focal for p in active) and "reference" in PROVIDERS
+        ref_value = reference_value(case, DTYPES[dtype_name], device) if checks else None
+        for mode in args.modes:
+            for provider in active:
+                index += 1
+                point = measure(case, dtype_name, mode, provider, device, args.quick, copy_gbs, ref_value)
+                result["points"].append(point)
+                print(_progress(index, total, case, dtype_name, mode, point), flush=True)
+        # Written after every case, so a run cut short still leaves its data.
+        json_path.write_text(json.dumps(result, indent=1))
+    json_path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {json_path}", flush=True)
+
+    if not args.no_plots:
+        from . import plot, summary
+
+        for path in plot.plot_all(result, out):
+            print(f"wrote {path}", flush=True)
+        print(f"wrote {summary.write_summary(result, out)}", flush=True)
+    if "table" in args.families:
+        from .summary import headline_table
+
+        print(headline_table(result))
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    args.argv = argv
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The benchmark suite runs end to end on the CPU and writes its data, figures and summary.
+
+Only the eager reference and the PyTorch floors are timed here (torch.compile would cost
+~17 s per graph on a CI CPU); no assertion is made on any timing's value.
+"""
+
+import json
+
+import pytest
+import torch
+
+from perf import plot, sweep
+from perf.cases import bytes_moved, family_cases
+from perf.providers import select
+
+POINT_FIELDS = {
+    "family", "series", "x_name", "x", "shape", "target", "dtype", "mode", "provider", "label", "bytes",
+    "floor_ms", "status", "error", "ms", "ms_p20", "ms_p80", "gbs", "pct_of_floor", "extra_peak_mb", "rel_err",
+}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("perf")
+    sweep.main([
+        "--quick", "--device", "cpu", "--out", str(out), "--families", "seg,vocab,det",
+        "--dtypes", "fp32", "--modes", "fwd,fwd+bwd", "--providers", "reference,cross_entropy,bce",
+    ])
+    return out
+
+
+def test_json_has_machine_versions_command_and_points(sweep_dir):
+    result = json.loads((sweep_dir / "results.json").read_text())
+    assert result["device"]["kind"] == "cpu" and result["device"]["is_gpu"] is False
+    assert "NOT GPU" in result["device"]["note"]
+    assert {"python", "torch", "triton"} <= set(result["versions"])
+    assert result["command"].startswith("python -m perf.sweep --quick")
+    assert result["date"] and result["copy_bandwidth_gbs"] > 0
+    assert {p["family"] for p in result["points"]} == {"seg", "vocab", "det"}
+    assert {p["provider"] for p in result["points"]} == {"reference", "cross_entropy", "bce"}
+    expected = sum(len(family_cases(f, gpu=False, quick=True)) for f in ("seg", "vocab", "det")) * 2 * 2
+    assert len(result["points"]) == expected  # (reference + one floor) x two modes per case
+
+
+def test_every_point_is_complete_and_consistent(sweep_dir):
+    result = json.loads((sweep_dir / "results.json").read_text())
+    for p in result["points"]:
+        assert set(p) == POINT_FIELDS
+        assert p["status"] == "ok", p["error"]
+        assert 0 < p["ms_p20"] <= p["ms"] <= p["ms_p80"]
+        assert p["gbs"] == pytest.approx(p["bytes"] / p["ms"] / 1e6)
+        assert p["pct_of_floor"] == pytest.approx(100 * p["floor_ms"] / p["ms"])
+        assert p["extra_peak_mb"] is None  # the CPU has no allocator statistics
+        if p["provider"] == "reference" and p["mode"] == "fwd":
+            # The value check against float64 ran, and float32 agrees with it.
+            assert p["rel_err"] is not None and p["rel_err"] < 1e-4
+        if p["provider"] != "reference":
+            assert p["rel_err"] is None  # plain CE / BCE compute another function
+
+
+def test_figures_and_summary_are_written_and_redrawn_from_json(sweep_dir, tmp_path):
+    for family in ("seg", "vocab", "det"):
+        png = (sweep_dir / f"{family}_cpu.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "NOT GPU figures" in summary
+    assert "F.cross_entropy (gamma=0 floor)" in summary and "## det" in summary
+    plot.main([str(sweep_dir / "results.json"), "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["det_cpu.png", "seg_cpu.png", "vocab_cpu.png"]
+
+
+def test_byte_count_is_the_stated_one():
+    seg = family_cases("seg", gpu=True)[0]  # (8, 19, 512, 512), int64 target
+    logits = 8 * 19 * 512 * 512 * 2
+    target = 8 * 512 * 512 * 8
+    assert bytes_moved(seg, torch.bfloat16, "fwd") == logits + target  # read logits, read target
+    assert bytes_moved(seg, torch.bfloat16, "fwd+bwd") == 2 * logits + target  # ... write grad
+    dense = [c for c in family_cases("det", gpu=True) if c.target == "dense"][0]
+    assert bytes_moved(dense, torch.float32, "fwd+bwd") == 3 * 100_000 * 80 * 4
+
+
+def test_table_mode_and_skips():
+    args = sweep.parse_args(["--table"])
+    assert (args.families, args.dtypes, args.modes) == (["table"], ["bf16"], ["fwd+bwd"])
+    assert len(family_cases("table", gpu=True)) == 4
+    _, skipped = select(["liger"], "cpu")
+    assert skipped and skipped[0][0] == "liger"
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--families", "nope"])
