@@ -129,15 +129,12 @@ def class_frequencies(masks, num_classes=len(CLASS_NAMES)):
 
 
 def _conv_block(in_channels, out_channels):
-    # GroupNorm rather than BatchNorm: no running statistics, so evaluation after a handful
-    # of steps (the tests) behaves like training, and small per-device batches are fine.
-    groups = max(1, out_channels // 8)
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.GroupNorm(groups, out_channels),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
         nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.GroupNorm(groups, out_channels),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
 

@@ -162,7 +162,7 @@ def test_class_index_equals_one_hot(device, shape, reduction):
     dense_grad = torch.where(valid, dense_grad, 0.0)
     if reduction == "none":
         assert_close(out, dense_loss, "loss vs one-hot")
-        assert_close(grad, dense_grad * 1.0, "grad vs one-hot")
+        assert_close(grad, dense_grad, "grad vs one-hot")
     else:
         scale = valid.sum() if reduction == "mean" else 1
         assert_close(out, dense_loss.sum() / scale, "loss vs one-hot")
@@ -211,7 +211,7 @@ def test_normalizer(device, normalizer, reduction):
     t = make_dense_target((20, 5, 1), device)
     if normalizer == "tensor":
         normalizer = t.sum()  # number of positives, on the device
-    out, _ = check_against_reference(x, t, torch.tensor(2.0), **{**DEFAULTS, "normalizer": normalizer, "reduction": reduction})
+    out, _ = check_against_reference(x, t, torch.tensor(2.0, device=device), **{**DEFAULTS, "normalizer": normalizer, "reduction": reduction})
     total = ops.sigmoid_focal_loss(x, t, **{**DEFAULTS, "reduction": "sum"})
     assert_close(out, total / normalizer, "sum / normalizer")
 
@@ -254,7 +254,7 @@ def test_half_precision(device, dtype, reduction):
     g = torch.randn(x.shape, device=device).to(dtype) if reduction == "none" else None
     out, grad = check_against_reference(x, t, g, **{**DEFAULTS, "reduction": reduction})
     # No worse than PyTorch's own computation of the formula in the same dtype.
-    gold, gold_grad = loss_and_grad(reference.sigmoid_focal_loss, x.double(), t, None if g is None else g.double(), **{**DEFAULTS, "reduction": reduction})
+    gold, _ = loss_and_grad(reference.sigmoid_focal_loss, x.double(), t, None if g is None else g.double(), **{**DEFAULTS, "reduction": reduction})
     tv = torchvision_formula(x, t.to(dtype), 0.25, 2.0)
     tv = tv if reduction == "none" else tv.mean()
     assert_no_worse_than_torch(out, tv, gold, "loss")
@@ -332,10 +332,10 @@ def test_repeated_backward_over_a_retained_graph(device):
     x = make_logits((6, 5, 3), device).requires_grad_(True)
     t = make_dense_target((6, 5, 3), device)
     loss = ops.sigmoid_focal_loss(x, t, **{**DEFAULTS, "reduction": "mean"})
-    (g2,) = torch.autograd.grad(loss, x, torch.tensor(2.0), retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, x, torch.tensor(2.0, device=device), retain_graph=True)
     first = g2.clone()
     (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
-    (g3,) = torch.autograd.grad(loss, x, torch.tensor(-3.0), retain_graph=True)
+    (g3,) = torch.autograd.grad(loss, x, torch.tensor(-3.0, device=device), retain_graph=True)
     assert torch.equal(g2, first)  # an earlier result is not touched by later passes
     assert_close(g1, first / 2, "grad_output 1 after 2")
     assert_close(g3, first * -1.5, "grad_output -3 after 2")
@@ -352,7 +352,7 @@ def test_repeated_backward_over_a_retained_graph(device):
 def test_zero_grad_output_then_retained_backward_is_nan_not_wrong(device):
     x = make_logits((4, 3, 2), device).requires_grad_(True)
     loss = ops.sigmoid_focal_loss(x, make_dense_target((4, 3, 2), device), **{**DEFAULTS, "reduction": "sum"})
-    (g0,) = torch.autograd.grad(loss, x, torch.tensor(0.0), retain_graph=True)
+    (g0,) = torch.autograd.grad(loss, x, torch.tensor(0.0, device=device), retain_graph=True)
     assert (g0 == 0).all()
     (g1,) = torch.autograd.grad(loss, x)
     assert g1.isnan().all()
@@ -410,10 +410,17 @@ def test_opcheck(device, reduction):
     result = torch.library.opcheck(ops._sigmoid_focal_op, args, **({} if utils is None else {"test_utils": utils}))
     assert all(v == "SUCCESS" for v in result.values()), result
     index = make_index_target(4, 3, 5, device)
-    for backward_args in [(torch.randn(4, 3, 5), None, torch.randn(4, 3, 5)), (torch.randn(4, 3, 5), torch.tensor(2.0), torch.tensor(3.0))]:
-        torch.library.opcheck(ops._sigmoid_focal_scale_grad_op, backward_args)
-    torch.library.opcheck(ops._sigmoid_focal_scale_grad_inplace_op, (torch.randn(4, 3, 5), torch.ones(()), torch.tensor(2.0)))
     torch.library.opcheck(ops._sigmoid_focal_op, (x.detach(), index, None, None, None, 0.25, 2.0, -100, "none", False, False))
+
+    def rand():
+        return torch.randn(4, 3, 5, device=device)
+
+    def scalar(v):
+        return torch.tensor(v, device=device)
+
+    torch.library.opcheck(ops._sigmoid_focal_scale_grad_op, (rand(), None, rand()))
+    torch.library.opcheck(ops._sigmoid_focal_scale_grad_op, (rand(), scalar(2.0), scalar(3.0)))
+    torch.library.opcheck(ops._sigmoid_focal_scale_grad_inplace_op, (rand(), scalar(1.0), scalar(2.0)))
 
 
 @pytest.mark.slow
@@ -479,4 +486,63 @@ def test_realistic_detection_shape_bf16():
     out, grad = loss_and_grad(ops.sigmoid_focal_loss, x, target, **kw)
     ref_out, ref_grad = loss_and_grad(reference.sigmoid_focal_loss, x.float(), target, **kw)
     assert_close(out, ref_out, "loss", dtype=torch.bfloat16)
-    assert_close(grad, ref_grad, "grad", dtype=torch.bfloat16, atol=TOLERANCES[torch.bfloat16]["atol"] * 1e-3)
+    # The gradient is ~1 / normalizer in size: its absolute tolerance scales with it.
+    atol = TOLERANCES[torch.bfloat16]["atol"] * ref_grad.abs().max().item()
+    assert_close(grad, ref_grad, "grad", dtype=torch.bfloat16, atol=atol)
+
+
+# --- compiled (non-interpreted) kernels ------------------------------------------------
+
+_COMPILE_FOR_GPU = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from triton_focal.kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel, _sigmoid_focal_scale_grad_kernel
+
+FWD_INTS = "stride_x_n stride_x_c stride_x_p stride_t_n stride_t_c stride_t_p stride_w_n stride_w_c stride_w_p " \
+           "stride_o_n stride_o_c stride_o_p num_rows num_classes P ignore_index".split()
+BWD_INTS = "stride_o_n stride_o_c stride_o_p stride_g_n stride_g_c stride_g_p num_rows num_classes P".split()
+
+
+def build(fn, pointers, ints, floats, consts):
+    sig = {**pointers, **{k: "i64" for k in ints}, **{k: "fp32" for k in floats}}
+    consts = {**consts, **{k: None for k, v in pointers.items() if v is None}}
+    sig.update({k: "constexpr" for k in consts})
+    triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+
+
+flags = "INDEX_TARGET HAS_WEIGHT HAS_ALPHA HAS_CLASS_GAMMA STAR REDUCE HAS_DENOM COMPUTE_GRAD FP64".split()
+for on, dtype in [({"INDEX_TARGET", "HAS_WEIGHT", "HAS_ALPHA", "REDUCE", "HAS_DENOM", "COMPUTE_GRAD"}, "bf16"),
+                  ({"HAS_CLASS_GAMMA", "COMPUTE_GRAD"}, "fp16"),
+                  ({"STAR", "HAS_ALPHA", "REDUCE", "COMPUTE_GRAD", "FP64"}, "fp64")]:
+    pointers = {"x_ptr": "*" + dtype, "target_ptr": "*i64" if "INDEX_TARGET" in on else "*fp32",
+                "weight_ptr": "*fp32" if "HAS_WEIGHT" in on else None,
+                "gamma_ptr": "*fp32" if "HAS_CLASS_GAMMA" in on else None,
+                "denom_ptr": "*fp32" if "HAS_DENOM" in on else None,
+                "loss_ptr": "*fp32" if "REDUCE" in on else "*" + dtype, "dx_ptr": "*" + dtype}
+    consts = {"BLOCK_R": 32, "BLOCK_C": 128, **{f: f in on for f in flags}}
+    build(_sigmoid_focal_fwd_kernel, pointers, FWD_INTS, ["alpha_hi", "alpha_lo", "gamma_hi", "gamma_lo"], consts)
+for scalar, in_place in [(True, True), (True, False), (False, False)]:
+    pointers = {"dx_ptr": "*bf16", "out_ptr": "*bf16", "grad_out_ptr": "*bf16", "applied_ptr": "*fp32" if scalar else None}
+    consts = {"BLOCK_R": 256, "BLOCK_C": 8, "SCALAR_GRAD_OUT": scalar, "IN_PLACE": in_place, "FP64": False}
+    build(_sigmoid_focal_scale_grad_kernel, pointers, BWD_INTS, [], consts)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_a_gpu_target():
+    # The interpreter accepts code the compiler rejects (a global that is not a constexpr
+    # object, a method on a Python float): compile a few flag combinations for sm_90 to
+    # cubin, in a process without TRITON_INTERPRET. No GPU is needed for this.
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_GPU], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

@@ -5,8 +5,8 @@ The logits are seen as ``(N, C, P)`` with explicit strides. A program owns a til
 contiguous axis the wide one, so ``(N, C)`` detection logits (``stride_c == 1``) and
 channels-first heatmaps (``stride_p == 1``) are both read without a copy.
 
-The forward computes the loss and, in the same pass, ``d loss / d x`` (design (a) of
-STYLE.md: the tile is in registers anyway); the backward only rescales that gradient by
+The forward computes the loss and, in the same pass, ``d loss / d x`` (the tile is in
+registers anyway, so the logits are read once); the backward only rescales that gradient by
 ``grad_output`` (in place for a scalar ``grad_output``, and not at all when it is exactly 1).
 """
 

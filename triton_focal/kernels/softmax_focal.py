@@ -122,6 +122,7 @@ def _softmax_focal_fwd_kernel(
     C, P, num_p_blocks,
     # scalars (runtime values: a new gamma or alpha does not recompile)
     gamma, alpha, label_smoothing, ignore_index,
+    scalars_ptr,  # (3,) float64 [gamma, alpha, label_smoothing], read if SCALARS_FROM_PTR
     # constants
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -134,7 +135,13 @@ def _softmax_focal_fwd_kernel(
     PER_ELEMENT: tl.constexpr,  # reduction="none"
     MEAN: tl.constexpr,  # reduction="mean": the stored gradient is divided by the denominator
     ACC: tl.constexpr,  # float32, or float64 for float64 logits
+    SCALARS_FROM_PTR: tl.constexpr,  # float64 logits: scalars read from scalars_ptr
 ):
+    if SCALARS_FROM_PTR:
+        # Python floats reach a kernel as float32; float64 logits (gradcheck) need them unrounded.
+        gamma = tl.load(scalars_ptr)
+        alpha = tl.load(scalars_ptr + 1)
+        label_smoothing = tl.load(scalars_ptr + 2)
     # 64-bit offsets: the program id is int64 before it meets a size or a stride.
     pid = tl.program_id(0).to(tl.int64)
     n = pid // num_p_blocks

@@ -91,7 +91,7 @@ def sigmoid_focal_fwd(input, target, *, weight, class_gamma, denominator, alpha,
     block_r, block_c, num_warps = _tile(num_rows, C, input.stride(1))
     grid = (triton.cdiv(num_rows, block_r), triton.cdiv(C, block_c))
     if reduce:
-        loss = torch.zeros(grid[0] * grid[1], dtype=compute_dtype, device=input.device)
+        loss = torch.empty(grid[0] * grid[1], dtype=compute_dtype, device=input.device)  # every program writes one
     else:
         loss = torch.empty_like(input)
     if input.numel() == 0:
@@ -103,10 +103,9 @@ def sigmoid_focal_fwd(input, target, *, weight, class_gamma, denominator, alpha,
         stride_t = (target.stride(0), 0, target.stride(1))
     else:
         stride_t = target.stride()
+    # The per-element loss and dx are both empty_like(input): one set of strides serves both.
     out = dx if compute_grad else loss
     stride_o = out.stride() if out.dim() == 3 else (0, 0, 0)
-    if compute_grad and not reduce:
-        assert loss.stride() == dx.stride()  # both empty_like(input)
     if class_gamma is not None:
         class_gamma = class_gamma.contiguous()
     alpha_hi, alpha_lo = _hi_lo(float(alpha))
@@ -268,6 +267,9 @@ def _backward(ctx, grad_loss, _grad_dx):
     elif ctx.applied is None:
         compute_dtype = torch.float64 if dx.dtype == torch.float64 else torch.float32
         ctx.applied = torch.ones((), dtype=compute_dtype, device=dx.device)
+        # Through .data: dx is private to this node and handed out only after this write,
+        # so the write must not bump the saved tensor's version (a retained graph unpacks
+        # it again). Under torch.compile the op is functionalized like any mutation.
         _sigmoid_focal_scale_grad_inplace_op(dx.data, ctx.applied, grad_loss)
     else:
         dx = _sigmoid_focal_scale_grad_op(dx, ctx.applied, grad_loss)

@@ -142,6 +142,11 @@ def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reducti
     class_gamma = isinstance(gamma, torch.Tensor)
     class_alpha = isinstance(alpha, torch.Tensor)
     dummy = input  # pointer for arguments a constexpr flag leaves unread
+    gamma_value = 0.0 if class_gamma else float(gamma)
+    alpha_value = 1.0 if class_alpha else float(alpha)
+    scalars_from_ptr = input.dtype == torch.float64  # one tiny copy, float64 only
+    scalars = (torch.tensor([gamma_value, alpha_value, float(label_smoothing)], dtype=torch.float64,
+                            device=input.device) if scalars_from_ptr else dummy)
     _softmax_focal_fwd_kernel[(num_programs,)](
         input, target,
         gamma if class_gamma else dummy,
@@ -151,14 +156,12 @@ def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reducti
         loss, grad if compute_grad else dummy,
         *x_strides, *t_strides, *l_strides, *g_strides,
         num_classes, p_launch, num_p_blocks,
-        0.0 if class_gamma else float(gamma),
-        1.0 if class_alpha else float(alpha),
-        float(label_smoothing), int(ignore_index),
+        gamma_value, alpha_value, float(label_smoothing), int(ignore_index), scalars,
         BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_BLOCK=single,
         HAS_CLASS_GAMMA=class_gamma, HAS_CLASS_ALPHA=class_alpha, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing > 0, COMPUTE_GRAD=compute_grad,
         PER_ELEMENT=reduction == "none", MEAN=reduction == "mean",
-        ACC=_acc_dtype(input.dtype), num_warps=num_warps,
+        ACC=_acc_dtype(input.dtype), SCALARS_FROM_PTR=scalars_from_ptr, num_warps=num_warps,
     )
     if reduction == "none":
         return loss, grad
