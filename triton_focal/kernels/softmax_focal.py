@@ -29,7 +29,7 @@ from .focal_math import focal_term, one_minus_exp, online_softmax_step, target_l
 
 # Largest finite float32: the running max starts here, not at -inf, so a row whose lanes
 # are all masked keeps s == 0 instead of forming exp(-inf + inf).
-FP32_MAX: tl.constexpr = 3.4028234663852886e38
+FP32_MAX = tl.constexpr(3.4028234663852886e38)  # a constexpr object: compiled kernels may read it
 
 
 @triton.jit
