@@ -18,8 +18,9 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from triton_focal.kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel, _sigmoid_focal_scale_grad_kernel
-from triton_focal.kernels.softmax_focal import _scale_grad_kernel, _softmax_focal_fwd_kernel
+from triton_focal.kernels.scale_grad import _scale_grad_by_scalar_kernel
+from triton_focal.kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel
+from triton_focal.kernels.softmax_focal import _softmax_focal_fwd_kernel
 
 
 def build(fn, pointers, ints, floats, consts):
@@ -54,11 +55,6 @@ for on, dtype, blocks in [
     consts = {"BLOCK_P": blocks[0], "BLOCK_C": blocks[1], "ACC": tl.float64 if dtype == "fp64" else tl.float32,
               **{f: f in on for f in SOFTMAX_FLAGS}}
     build(_softmax_focal_fwd_kernel, pointers, SOFTMAX_INTS, ["gamma", "alpha", "label_smoothing"], consts)
-for per_element in (False, True):
-    build(_scale_grad_kernel, {"grad_ptr": "*bf16", "grad_out_ptr": "*bf16"},
-          "stride_g_n stride_g_c stride_g_p stride_o_n stride_o_p C P num_p_blocks".split(), [],
-          {"BLOCK_P": 32, "BLOCK_C": 128, "PER_ELEMENT": per_element, "ACC": tl.float32})
-
 # Sigmoid: class-index targets with every option, dense with per-class gamma, FL* in float64.
 SIGMOID_INTS = ("stride_x_n stride_x_c stride_x_p stride_t_n stride_t_c stride_t_p stride_w_n stride_w_c stride_w_p "
                 "stride_o_n stride_o_c stride_o_p num_rows num_classes P ignore_index").split()
@@ -73,11 +69,11 @@ for on, dtype in [({"INDEX_TARGET", "HAS_WEIGHT", "HAS_ALPHA", "REDUCE", "HAS_DE
                 "loss_ptr": "*fp32" if "REDUCE" in on else "*" + dtype, "dx_ptr": "*" + dtype}
     consts = {"BLOCK_R": 32, "BLOCK_C": 128, **{f: f in on for f in SIGMOID_FLAGS}}
     build(_sigmoid_focal_fwd_kernel, pointers, SIGMOID_INTS, ["alpha_hi", "alpha_lo", "gamma_hi", "gamma_lo"], consts)
-for scalar, in_place in [(True, True), (True, False), (False, False)]:
-    pointers = {"dx_ptr": "*bf16", "out_ptr": "*bf16", "grad_out_ptr": "*bf16", "applied_ptr": "*fp32" if scalar else None}
-    consts = {"BLOCK_R": 256, "BLOCK_C": 8, "SCALAR_GRAD_OUT": scalar, "IN_PLACE": in_place, "FP64": False}
-    build(_sigmoid_focal_scale_grad_kernel, pointers,
-          "stride_o_n stride_o_c stride_o_p stride_g_n stride_g_c stride_g_p num_rows num_classes P".split(), [], consts)
+
+# The shared backward.
+for dtype, acc in [("bf16", tl.float32), ("fp64", tl.float64)]:
+    build(_scale_grad_by_scalar_kernel, {"grad_ptr": "*" + dtype, "grad_output_ptr": "*" + dtype}, ["numel"], [],
+          {"BLOCK": 2048, "ACC": acc})
 print("compiled")
 '''
 

@@ -328,7 +328,7 @@ def test_gradcheck_float64(device, case):
 
 
 def test_repeated_backward_over_a_retained_graph(device):
-    # The first scalar backward scales the stored gradient in place; later ones recover it.
+    # Backwards that keep the graph leave the stored gradient unscaled for the next one.
     x = make_logits((6, 5, 3), device).requires_grad_(True)
     t = make_dense_target((6, 5, 3), device)
     loss = ops.sigmoid_focal_loss(x, t, **{**DEFAULTS, "reduction": "mean"})
@@ -340,7 +340,7 @@ def test_repeated_backward_over_a_retained_graph(device):
     assert_close(g1, first / 2, "grad_output 1 after 2")
     assert_close(g3, first * -1.5, "grad_output -3 after 2")
 
-    # reduction="none" applies grad_output out of place: the graph stays reusable.
+    # reduction="none": the per-element grad_output, over a reused graph too.
     out = ops.sigmoid_focal_loss(x, t, **DEFAULTS)
     g = torch.randn_like(out)
     (a,) = torch.autograd.grad(out, x, g, retain_graph=True)
@@ -348,14 +348,16 @@ def test_repeated_backward_over_a_retained_graph(device):
     assert torch.equal(a, b)
 
 
-@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # the interpreter's 0 / 0
-def test_zero_grad_output_then_retained_backward_is_nan_not_wrong(device):
+def test_zero_grad_output_then_retained_backward(device):
+    # A first grad_output of 0 must not destroy the gradient a later backward needs.
     x = make_logits((4, 3, 2), device).requires_grad_(True)
-    loss = ops.sigmoid_focal_loss(x, make_dense_target((4, 3, 2), device), **{**DEFAULTS, "reduction": "sum"})
+    t = make_dense_target((4, 3, 2), device)
+    loss = ops.sigmoid_focal_loss(x, t, **{**DEFAULTS, "reduction": "sum"})
     (g0,) = torch.autograd.grad(loss, x, torch.tensor(0.0, device=device), retain_graph=True)
     assert (g0 == 0).all()
     (g1,) = torch.autograd.grad(loss, x)
-    assert g1.isnan().all()
+    (expected,) = torch.autograd.grad(ops.sigmoid_focal_loss(x, t, **{**DEFAULTS, "reduction": "sum"}), x)
+    assert torch.equal(g1, expected)
 
 
 def test_backward_accumulates_into_leaf_grad(device):
@@ -411,16 +413,6 @@ def test_opcheck(device, reduction):
     assert all(v == "SUCCESS" for v in result.values()), result
     index = make_index_target(4, 3, 5, device)
     torch.library.opcheck(ops._sigmoid_focal_op, (x.detach(), index, None, None, None, 0.25, 2.0, -100, "none", False, False))
-
-    def rand():
-        return torch.randn(4, 3, 5, device=device)
-
-    def scalar(v):
-        return torch.tensor(v, device=device)
-
-    torch.library.opcheck(ops._sigmoid_focal_scale_grad_op, (rand(), None, rand()))
-    torch.library.opcheck(ops._sigmoid_focal_scale_grad_op, (rand(), scalar(2.0), scalar(3.0)))
-    torch.library.opcheck(ops._sigmoid_focal_scale_grad_inplace_op, (rand(), scalar(1.0), scalar(2.0)))
 
 
 @pytest.mark.slow

@@ -8,16 +8,10 @@ Layers, top to bottom:
 * ``triton_focal::sigmoid_focal`` (``torch.library.custom_op`` with a fake and an autograd
   formula, so ``torch.compile(fullgraph=True)`` traces through it): one launch computes the
   loss and, when the input needs a gradient, ``d loss / d input`` for ``grad_output == 1``.
-* ``triton_focal::sigmoid_focal_scale_grad_`` / ``sigmoid_focal_scale_grad``: the
-  backward, which multiplies that stored gradient by ``grad_output``: in place for a 0-dim
-  ``grad_output``, leaving it untouched when that is exactly 1 (decided on the device),
-  out of place for the ``(N, C, P)`` ``grad_output`` of ``reduction="none"``.
-* ``sigmoid_focal_fwd`` / ``sigmoid_focal_scale_grad``: the launchers, which own the block
-  sizes, the grid and the strides.
-
-A later backward over the same graph (``retain_graph=True``) divides the recorded factor
-back out, out of place; after a first ``grad_output`` of exactly 0 it has nothing to recover
-and returns NaN rather than a wrong finite gradient.
+* the backward multiplies that stored gradient by ``grad_output`` (``stored_grad.py``,
+  shared with the softmax loss): in place, and not at all when a 0-dim ``grad_output`` is
+  exactly 1 (decided on the device).
+* ``sigmoid_focal_fwd``: the launcher, which owns the block sizes, the grid and the strides.
 """
 
 import ctypes
@@ -26,7 +20,8 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel, _sigmoid_focal_scale_grad_kernel
+from ..kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel
+from .stored_grad import stored_grad_times
 
 # Tile table. Reasoned, not measured (no GPU was at hand to tune on):
 # * a program owns about _TILE_ELEMENTS elements: 16 per thread at 8 warps, enough loads in
@@ -133,44 +128,6 @@ def sigmoid_focal_fwd(input, target, *, weight, class_gamma, denominator, alpha,
     return loss, dx
 
 
-def sigmoid_focal_scale_grad(dx, grad_output, applied, *, in_place):
-    """Launch the backward kernel: ``d loss / d x = dx * grad_output``.
-
-    Args:
-        dx: ``(N, C, P)`` gradient stored by the forward (for ``grad_output == 1``).
-        grad_output: 0-dim, or ``(N, C, P)`` with any strides (stride 0 included).
-        applied: with a 0-dim ``grad_output``, a 0-dim float tensor recording the factor
-            ``dx`` was scaled by in place (written when ``in_place``, read otherwise);
-            else unused (``None``).
-        in_place: scale ``dx`` itself (0-dim ``grad_output`` only); a ``grad_output`` of
-            exactly 1 then leaves ``dx`` untouched.
-
-    Returns:
-        ``dx`` when ``in_place``, else a new tensor laid out like ``dx``.
-    """
-    scalar = grad_output.dim() == 0
-    assert scalar or not in_place
-    out = dx if in_place else torch.empty_like(dx)
-    if dx.numel() == 0:
-        return out
-    N, C, P = dx.shape
-    block_r, block_c, num_warps = _tile(N * P, C, dx.stride(1))
-    grid = (triton.cdiv(N * P, block_r), triton.cdiv(C, block_c))
-    _sigmoid_focal_scale_grad_kernel[grid](
-        dx, out, grad_output, applied,
-        *dx.stride(),
-        *((0, 0, 0) if scalar else grad_output.stride()),
-        N * P, C, P,
-        BLOCK_R=block_r,
-        BLOCK_C=block_c,
-        SCALAR_GRAD_OUT=scalar,
-        IN_PLACE=in_place,
-        FP64=dx.dtype == torch.float64,
-        num_warps=num_warps,
-    )
-    return out
-
-
 # --- torch.library ops -------------------------------------------------------------
 
 
@@ -223,57 +180,15 @@ def _(input, target, weight, class_gamma, normalizer, alpha, gamma, ignore_index
     return loss, dx
 
 
-@torch.library.custom_op("triton_focal::sigmoid_focal_scale_grad_", mutates_args=("dx", "applied"))
-def _sigmoid_focal_scale_grad_inplace_op(dx: torch.Tensor, applied: torch.Tensor, grad_output: torch.Tensor) -> None:
-    sigmoid_focal_scale_grad(dx, grad_output, applied, in_place=True)
-
-
-@_sigmoid_focal_scale_grad_inplace_op.register_fake
-def _(dx, applied, grad_output):
-    return None
-
-
-@torch.library.custom_op("triton_focal::sigmoid_focal_scale_grad", mutates_args=())
-def _sigmoid_focal_scale_grad_op(
-    dx: torch.Tensor, applied: Optional[torch.Tensor], grad_output: torch.Tensor
-) -> torch.Tensor:
-    return sigmoid_focal_scale_grad(dx, grad_output, applied, in_place=False)
-
-
-@_sigmoid_focal_scale_grad_op.register_fake
-def _(dx, applied, grad_output):
-    return torch.empty_like(dx)
-
-
 def _setup_context(ctx, inputs, output):
     _, dx = output
     ctx.mark_non_differentiable(dx)
     ctx.save_for_backward(dx)
-    ctx.applied = None
 
 
 def _backward(ctx, grad_loss, _grad_dx):
-    """Scale the forward's gradient by ``grad_output``.
-
-    A 0-dim ``grad_output`` (``sum``/``mean``) scales the stored gradient in place, the
-    common ``loss.backward()`` at no cost at all; the factor is recorded on the device so
-    that a later backward over a retained graph (``retain_graph=True``, ``gradcheck``)
-    recovers the gradient out of place. A ``(N, C, P)`` ``grad_output`` (``none``) is
-    applied out of place: the same bytes moved, and the graph stays reusable.
-    """
     (dx,) = ctx.saved_tensors
-    if grad_loss.dim() != 0:
-        dx = _sigmoid_focal_scale_grad_op(dx, None, grad_loss)
-    elif ctx.applied is None:
-        compute_dtype = torch.float64 if dx.dtype == torch.float64 else torch.float32
-        ctx.applied = torch.ones((), dtype=compute_dtype, device=dx.device)
-        # Through .data: dx is private to this node and handed out only after this write,
-        # so the write must not bump the saved tensor's version (a retained graph unpacks
-        # it again). Under torch.compile the op is functionalized like any mutation.
-        _sigmoid_focal_scale_grad_inplace_op(dx.data, ctx.applied, grad_loss)
-    else:
-        dx = _sigmoid_focal_scale_grad_op(dx, ctx.applied, grad_loss)
-    return dx, None, None, None, None, None, None, None, None, None, None
+    return (stored_grad_times(dx, grad_loss),) + (None,) * 10
 
 
 _sigmoid_focal_op.register_autograd(_backward, setup_context=_setup_context)

@@ -2,8 +2,8 @@
 
 The forward launch computes the loss and, when a gradient will be needed, the gradient
 too (the logits are in registers anyway): forward + backward read the logits once and
-write the gradient once. The backward only scales the stored gradient by ``grad_output``,
-and skips even that, on the device, where ``grad_output`` is exactly 1.
+write the gradient once. The backward only scales the stored gradient by ``grad_output``
+(``stored_grad.py``), and skips even that, on the device, where ``grad_output`` is 1.
 
 The ops are ``torch.library.custom_op`` s with fake implementations, so
 ``torch.compile(fullgraph=True)`` keeps them in one graph (``triton_op`` + ``wrap_triton``
@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.softmax_focal import _scale_grad_kernel, _softmax_focal_fwd_kernel
+from ..kernels.softmax_focal import _softmax_focal_fwd_kernel
+from .stored_grad import stored_grad_times
 
 # Launch table. Reasoned, not measured (no GPU was available to tune it); each constant
 # says why. Autotuning is deliberately off: the table is the whole policy.
@@ -172,29 +173,6 @@ def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reducti
     return total.to(input.dtype), grad
 
 
-def scale_grad_(grad, grad_output):
-    """``grad *= grad_output`` in place, skipped on the device where ``grad_output == 1``.
-
-    Args:
-        grad: ``(N, C, P)`` stored gradient.
-        grad_output: 0-dim, or ``(N, P)`` with any strides (stride 0 from ``expand`` too).
-    """
-    if grad.numel() == 0:
-        return
-    per_element = grad_output.dim() > 0  # any float dtype: the kernel reads it into ACC
-    go_strides = grad_output.stride() if per_element else (0, 0)
-    n_launch, p_launch, (g_strides, o_strides) = _fold_rows(grad.shape, grad.stride(), go_strides)
-    block_p, block_c, _, num_warps = _launch_config(grad.shape[1], p_launch, g_strides[1])
-    num_p_blocks = triton.cdiv(p_launch, block_p)
-    _scale_grad_kernel[(n_launch * num_p_blocks,)](
-        grad, grad_output,
-        *g_strides, *o_strides,
-        grad.shape[1], p_launch, num_p_blocks,
-        BLOCK_P=block_p, BLOCK_C=block_c, PER_ELEMENT=per_element,
-        ACC=_acc_dtype(grad.dtype), num_warps=num_warps,
-    )
-
-
 # --- torch.library ops ----------------------------------------------------------------
 
 
@@ -254,45 +232,12 @@ def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_inde
     return input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
 
 
-@torch.library.custom_op("triton_focal::softmax_focal_scale_grad_", mutates_args=("grad",))
-def _scale_grad_op(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
-    scale_grad_(grad, grad_output)
-
-
-@_scale_grad_op.register_fake
-def _(grad, grad_output):
-    return None
-
-
-def _graph_is_kept():
-    """Whether the running backward keeps the graph (``retain_graph=True``, gradcheck).
-
-    A private autograd query (the one AOTAutograd uses); where it is missing, assume the
-    graph is kept, which is always correct, only slower.
-    """
-    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if query is None else bool(query())
-
-
 def _scaled_stored_grad(ctx, grad_loss):
-    """The gradient of the op's input: the stored gradient times ``grad_loss``.
-
-    The last backward over a graph scales the stored buffer in place (no byte moved where
-    ``grad_loss`` is 1). A backward that keeps the graph, or a traced one, returns a new
-    product instead, so that a later backward still finds the unscaled gradient.
-    """
+    """The gradient of the op's input: the stored gradient times ``grad_loss``."""
     (grad,) = ctx.saved_tensors
     if grad.numel() == 0 and ctx.input_numel != 0:
         raise RuntimeError("triton_focal: no gradient was stored by the forward pass (grad mode was off)")
-    # A tracer (torch.compile's AOTAutograd, opcheck) hands in tensor subclasses (fake or
-    # functional tensors), and torch.compiler.is_compiling() is False while AOTAutograd
-    # traces a backward: either sign means "traced", where a mutation of a forward output
-    # would be rejected.
-    traced = torch.compiler.is_compiling() or type(grad) is not torch.Tensor
-    if traced or _graph_is_kept():
-        return grad * (grad_loss.unsqueeze(1) if ctx.reduction == "none" else grad_loss)
-    _scale_grad_op(grad, grad_loss)
-    return grad
+    return stored_grad_times(grad, grad_loss.unsqueeze(1) if ctx.reduction == "none" else grad_loss)
 
 
 def _setup_context(ctx, inputs, output):
