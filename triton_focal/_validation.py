@@ -73,7 +73,10 @@ def is_real_number(value):
 
 
 def values_known(tensor, validate):
-    """Tensor values are checked where that costs no device-to-host sync (or on request)."""
+    """Tensor values are checked where that costs no device-to-host sync (or on request),
+    and never while torch.compile traces (a value-dependent branch would break the graph)."""
+    if torch.compiler.is_compiling():
+        return False
     return validate or tensor.device.type == "cpu"
 
 

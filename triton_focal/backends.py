@@ -6,7 +6,6 @@ the eager composition. ``"auto"`` picks the first that can run on the input's de
 unless the ``TRITON_FOCAL_BACKEND`` environment variable names one.
 """
 
-import importlib
 import importlib.util
 import os
 
@@ -15,11 +14,17 @@ import torch
 BACKENDS = ("triton", "compile", "reference")
 ENV_VAR = "TRITON_FOCAL_BACKEND"
 
-_MODULES = {
-    "triton": "triton_focal.ops",
-    "compile": "triton_focal.compiled",
-    "reference": "triton_focal.reference",
-}
+def _import_backends():
+    """Every backend module, imported with the package so that choosing one is a dict lookup
+    that torch.compile can trace (it refuses importlib). The Triton ops need Triton."""
+    from . import compiled, reference
+
+    modules = {"compile": compiled, "reference": reference}
+    if importlib.util.find_spec("triton") is not None:
+        from . import ops
+
+        modules["triton"] = ops
+    return modules
 
 
 def _why_not(name, device):
@@ -75,5 +80,8 @@ def resolve(backend, device):
 
 
 def load(name):
-    """The module implementing backend ``name`` (imported on first use)."""
-    return importlib.import_module(_MODULES[name])
+    """The module implementing backend ``name``."""
+    return _MODULES[name]
+
+
+_MODULES = _import_backends()

@@ -12,6 +12,14 @@ import torch
 from . import _validation, backends
 
 
+def _autocast_to_float32(input):
+    """Under autocast, losses run in float32 (autocast's policy for ``cross_entropy`` and
+    ``binary_cross_entropy_with_logits``): the result is float32, as theirs is."""
+    if input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(input.device.type):
+        return input.float()
+    return input
+
+
 def focal_loss(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -62,6 +70,7 @@ def focal_loss(
         The loss in ``input``'s dtype: a 0-dim tensor, or ``target``'s shape for
         ``reduction="none"``.
     """
+    input = _autocast_to_float32(input)
     args = _validation.softmax_args(
         input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate
     )
@@ -121,6 +130,7 @@ def sigmoid_focal_loss(
     Returns:
         The loss in ``input``'s dtype.
     """
+    input = _autocast_to_float32(input)
     args = _validation.sigmoid_args(
         input, target, alpha, gamma, weight, ignore_index, reduction, normalizer, validate
     )
@@ -159,6 +169,7 @@ def sigmoid_focal_loss_star(
     Returns:
         The loss in ``input``'s dtype.
     """
+    input = _autocast_to_float32(input)
     x, t, alpha, gamma, reduction = _validation.sigmoid_star_args(input, target, alpha, gamma, reduction)
     loss = backends.load(backends.resolve(backend, input.device)).sigmoid_focal_loss_star(
         x, t, alpha=alpha, gamma=gamma, reduction=reduction
