@@ -14,7 +14,7 @@ needed before the weight gradient can be summed, so backward recomputes the chun
 
 import torch
 
-from . import _validation
+from . import _validation, reference
 from .functional import focal_loss
 
 # Rows per chunk keep one chunk of logits near 2**26 elements (128 MiB in bf16) at V = 128k.
@@ -131,10 +131,8 @@ def fused_linear_focal_loss(
         probe, target, kwargs["gamma"], kwargs["alpha"], kwargs["weight"], kwargs["ignore_index"],
         kwargs["reduction"], kwargs["label_smoothing"],
     )
-    valid = target != args.ignore_index
-    if args.weight is None:
-        denominator = valid.sum().to(_validation.compute_dtype(hidden.dtype))
-    else:
-        denominator = torch.where(valid, args.weight[torch.where(valid, target, 0)], 0).sum()
+    denominator = reference.softmax_mean_denominator(
+        target, args.weight, args.ignore_index, _validation.compute_dtype(hidden.dtype)
+    )
     denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return _FusedLinearFocalFunction.apply(hidden, lm_weight, bias, target, kwargs, chunk_size, denominator)

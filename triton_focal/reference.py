@@ -43,6 +43,16 @@ def reduce_loss(loss, reduction, denominator):
     return total / safe
 
 
+def softmax_mean_denominator(target, weight, ignore_index, dtype):
+    """``F.cross_entropy``'s mean divisor: the sum of ``w_y`` over the non-ignored elements
+    (their count without ``weight``), a device tensor (no host sync)."""
+    valid = target != ignore_index
+    if weight is None:
+        return valid.sum(dtype=dtype)
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long().clamp(0, weight.shape[0] - 1)
+    return torch.where(valid, weight.to(dtype)[safe_target], torch.zeros((), dtype=dtype, device=target.device)).sum()
+
+
 def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing):
     """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices."""
     x = input.to(compute_dtype(input.dtype))
@@ -66,7 +76,7 @@ def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, red
         loss = a * loss
 
     loss = torch.where(valid, loss, torch.zeros_like(loss))
-    denominator = torch.where(valid, w_target, torch.zeros_like(w_target)).sum()
+    denominator = softmax_mean_denominator(target, weight, ignore_index, x.dtype)
     return reduce_loss(loss, reduction, denominator).to(input.dtype)
 
 

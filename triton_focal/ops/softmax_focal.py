@@ -16,6 +16,7 @@ import torch
 import triton
 
 from ..kernels.softmax_focal import _softmax_focal_fwd_kernel
+from ..reference import softmax_mean_denominator
 from .stored_grad import stored_grad_times
 
 # Launch table. Reasoned, not measured (no GPU was available to tune it); each constant
@@ -78,15 +79,6 @@ def _fold_rows(shape, *strides):
     return n, p, list(strides)
 
 
-def _mean_denominator(target, weight, ignore_index, num_classes, dtype):
-    """Sum of ``w_y`` over non-ignored elements (their count without weight), on the device."""
-    valid = target != ignore_index
-    if weight is None:
-        return valid.sum(dtype=dtype)
-    safe = torch.where(valid, target, torch.zeros_like(target)).long().clamp_(0, num_classes - 1)
-    return torch.where(valid, weight.to(dtype)[safe], torch.zeros((), dtype=dtype, device=target.device)).sum()
-
-
 def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
                       compute_grad, grad=None):
     """Launch the forward kernel: loss, and the gradient when ``compute_grad``.
@@ -117,7 +109,7 @@ def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reducti
 
     denom = None
     if reduction == "mean":
-        denom = _mean_denominator(target, weight, ignore_index, num_classes, acc_torch)
+        denom = softmax_mean_denominator(target, weight, ignore_index, acc_torch)
     if input.numel() == 0 or target.numel() == 0:
         if compute_grad:
             grad.zero_()
