@@ -296,6 +296,17 @@ def test_nan_logit_gives_nan_loss(device):
     assert out[1, 2, 0].isnan() and out.isnan().sum() == 1
 
 
+
+def test_out_of_range_class_index_is_nan_not_a_silent_background(device):
+    # The public API checks indices on the CPU; the kernel must not train on a wrong row when
+    # the check is skipped (GPU without validate=True).
+    x = make_logits((3, 4, 1), device).requires_grad_(True)
+    target = torch.tensor([[1], [7], [-100]], device=device)
+    loss = ops.sigmoid_focal_loss(x, target, **DEFAULTS)
+    loss.sum().backward()
+    assert loss[1].isnan().all() and torch.isfinite(loss[[0, 2]]).all()
+    assert x.grad[1].isnan().all() and torch.isfinite(x.grad[[0, 2]]).all()
+
 # --- autograd plumbing -------------------------------------------------------------
 
 

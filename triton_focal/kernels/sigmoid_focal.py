@@ -78,7 +78,13 @@ def _sigmoid_focal_fwd_kernel(
     if INDEX_TARGET:
         label = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=row_mask, other=ignore_index)
         label = label.to(tl.int64)
-        keep = mask & (label != ignore_index)[:, None]
+        labelled = label != ignore_index
+        # C itself is background. Indices are not checked on the GPU (that would cost a host
+        # sync): an out-of-range one turns its row's loss and gradient into NaN instead of
+        # training on a silently wrong target.
+        out_of_range = labelled & ((label < 0) | (label > num_classes))
+        tl.device_assert(~out_of_range, "class index outside [0, C] and not ignore_index")
+        keep = mask & labelled[:, None]
         t = (label[:, None] == c[None, :]).to(x.dtype)  # label == C: background, all zero
     else:
         t_off = (n * stride_t_n + p * stride_t_p)[:, None] + (c * stride_t_c)[None, :]
@@ -107,6 +113,9 @@ def _sigmoid_focal_fwd_kernel(
     # Ignored rows and lanes past the edge: loss 0, gradient 0 (a NaN there is dropped too).
     loss = tl.where(keep, loss, 0.0)
     dloss = tl.where(keep, dloss, 0.0)
+    if INDEX_TARGET:
+        loss = tl.where(out_of_range[:, None], float("nan"), loss)
+        dloss = tl.where(out_of_range[:, None], float("nan"), dloss)
 
     # 5. the loss: per element, or one partial sum per program (summed by torch in a
     # fixed order: no atomics, so reruns are bit-identical)
