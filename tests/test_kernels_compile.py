@@ -35,11 +35,11 @@ def build(fn, pointers, ints, floats, consts):
 # every option, and float64.
 SOFTMAX_INTS = ("stride_x_n stride_x_c stride_x_p stride_t_n stride_t_p stride_l_n stride_l_p "
                 "stride_g_n stride_g_c stride_g_p C P num_p_blocks ignore_index").split()
-SOFTMAX_FLAGS = "SINGLE_BLOCK HAS_CLASS_GAMMA HAS_CLASS_ALPHA HAS_WEIGHT HAS_SMOOTHING COMPUTE_GRAD PER_ELEMENT MEAN SCALARS_FROM_PTR".split()
+SOFTMAX_FLAGS = "SINGLE_BLOCK HAS_CLASS_GAMMA HAS_CLASS_ALPHA HAS_WEIGHT HAS_SMOOTHING COMPUTE_GRAD PER_ELEMENT MEAN".split()
 for on, dtype, blocks in [
     ({"SINGLE_BLOCK", "COMPUTE_GRAD", "MEAN"}, "bf16", (32, 256)),
     ({"HAS_CLASS_GAMMA", "HAS_CLASS_ALPHA", "HAS_WEIGHT", "HAS_SMOOTHING", "COMPUTE_GRAD", "PER_ELEMENT"}, "fp16", (1, 4096)),
-    ({"SINGLE_BLOCK", "HAS_SMOOTHING", "COMPUTE_GRAD", "SCALARS_FROM_PTR"}, "fp64", (16, 64)),
+    ({"SINGLE_BLOCK", "HAS_SMOOTHING", "COMPUTE_GRAD"}, "fp64", (16, 64)),
 ]:
     acc = "fp64" if dtype == "fp64" else "fp32"
     pointers = {
@@ -50,11 +50,10 @@ for on, dtype, blocks in [
         "denom_ptr": "*" + acc if "MEAN" in on else None,
         "loss_ptr": "*" + dtype if "PER_ELEMENT" in on else "*" + acc,
         "grad_ptr": "*" + dtype,
-        "scalars_ptr": "*fp64" if "SCALARS_FROM_PTR" in on else None,
     }
     consts = {"BLOCK_P": blocks[0], "BLOCK_C": blocks[1], "ACC": tl.float64 if dtype == "fp64" else tl.float32,
               **{f: f in on for f in SOFTMAX_FLAGS}}
-    build(_softmax_focal_fwd_kernel, pointers, SOFTMAX_INTS, ["gamma", "alpha", "label_smoothing"], consts)
+    build(_softmax_focal_fwd_kernel, pointers, SOFTMAX_INTS, "gamma_hi gamma_lo alpha_hi alpha_lo smoothing_hi smoothing_lo".split(), consts)
 # Sigmoid: class-index targets with every option, dense with per-class gamma, FL* in float64.
 SIGMOID_INTS = ("stride_x_n stride_x_c stride_x_p stride_t_n stride_t_c stride_t_p stride_w_n stride_w_c stride_w_p "
                 "stride_o_n stride_o_c stride_o_p num_rows num_classes P ignore_index").split()

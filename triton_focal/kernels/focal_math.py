@@ -20,6 +20,13 @@ FP32_TINY = tl.constexpr(1.1754943508222875e-38)  # a constexpr object: compiled
 
 
 @triton.jit
+def join_float(hi, lo, dtype: tl.constexpr):
+    """A float argument passed as two float32 halves (``ops/scalars.py``), in ``dtype``."""
+    # tl.cast, not .to(): the interpreter hands scalar arguments in as Python floats.
+    return tl.cast(hi, dtype) + tl.cast(lo, dtype)
+
+
+@triton.jit
 def log1p(x):
     """log(1 + x) accurate for tiny |x| (Goldberg's trick: the rounding of 1 + x cancels)."""
     u = 1.0 + x

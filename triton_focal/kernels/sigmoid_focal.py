@@ -13,7 +13,7 @@ registers anyway, so the logits are read once); the backward only rescales that 
 import triton
 import triton.language as tl
 
-from .focal_math import sigmoid_focal_star_term, sigmoid_focal_term
+from .focal_math import join_float, sigmoid_focal_star_term, sigmoid_focal_term
 
 
 @triton.jit
@@ -46,7 +46,7 @@ def _sigmoid_focal_fwd_kernel(
     num_rows,  # N * P
     num_classes,  # C
     P,
-    # scalars: a float argument is float32, so float64 math gets it as hi + lo
+    # scalars: float32 (hi, lo) halves, so float64 math gets them unrounded (ops/scalars.py)
     alpha_hi, alpha_lo,
     gamma_hi, gamma_lo,
     ignore_index,
@@ -95,13 +95,13 @@ def _sigmoid_focal_fwd_kernel(
     if HAS_CLASS_GAMMA:
         gamma = tl.load(gamma_ptr + c, mask=col_mask, other=0.0).to(x.dtype)[None, :]
     else:
-        gamma = tl.cast(gamma_hi, x.dtype) + tl.cast(gamma_lo, x.dtype)
+        gamma = join_float(gamma_hi, gamma_lo, x.dtype)
     if STAR:
         loss, dloss = sigmoid_focal_star_term(x, t, gamma)
     else:
         loss, dloss = sigmoid_focal_term(x, t, gamma)
     if HAS_ALPHA:
-        alpha = tl.cast(alpha_hi, x.dtype) + tl.cast(alpha_lo, x.dtype)
+        alpha = join_float(alpha_hi, alpha_lo, x.dtype)
         alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
         loss = alpha_t * loss
         dloss = alpha_t * dloss

@@ -25,7 +25,7 @@ so the target's gradient keeps its precision when ``p_y`` is close to 1 (Liger P
 import triton
 import triton.language as tl
 
-from .focal_math import focal_term, one_minus_exp, online_softmax_step, target_log_prob
+from .focal_math import focal_term, join_float, one_minus_exp, online_softmax_step, target_log_prob
 
 # Largest finite float32: the running max starts here, not at -inf, so a row whose lanes
 # are all masked keeps s == 0 instead of forming exp(-inf + inf).
@@ -120,9 +120,10 @@ def _softmax_focal_fwd_kernel(
     stride_g_n, stride_g_c, stride_g_p,
     # sizes
     C, P, num_p_blocks,
-    # scalars (runtime values: a new gamma or alpha does not recompile)
-    gamma, alpha, label_smoothing, ignore_index,
-    scalars_ptr,  # (3,) float64 [gamma, alpha, label_smoothing], read if SCALARS_FROM_PTR
+    # scalars (runtime values: a new gamma or alpha does not recompile), floats as
+    # float32 (hi, lo) halves so that float64 logits get them unrounded
+    gamma_hi, gamma_lo, alpha_hi, alpha_lo, smoothing_hi, smoothing_lo,
+    ignore_index,
     # constants
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -135,13 +136,10 @@ def _softmax_focal_fwd_kernel(
     PER_ELEMENT: tl.constexpr,  # reduction="none"
     MEAN: tl.constexpr,  # reduction="mean": the stored gradient is divided by the denominator
     ACC: tl.constexpr,  # float32, or float64 for float64 logits
-    SCALARS_FROM_PTR: tl.constexpr,  # float64 logits: scalars read from scalars_ptr
 ):
-    if SCALARS_FROM_PTR:
-        # Python floats reach a kernel as float32; float64 logits (gradcheck) need them unrounded.
-        gamma = tl.load(scalars_ptr)
-        alpha = tl.load(scalars_ptr + 1)
-        label_smoothing = tl.load(scalars_ptr + 2)
+    gamma = join_float(gamma_hi, gamma_lo, ACC)
+    alpha = join_float(alpha_hi, alpha_lo, ACC)
+    label_smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
     # 64-bit offsets: the program id is int64 before it meets a size or a stride.
     pid = tl.program_id(0).to(tl.int64)
     n = pid // num_p_blocks

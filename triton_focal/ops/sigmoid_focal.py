@@ -14,13 +14,13 @@ Layers, top to bottom:
 * ``sigmoid_focal_fwd``: the launcher, which owns the block sizes, the grid and the strides.
 """
 
-import ctypes
 from typing import Optional
 
 import torch
 import triton
 
 from ..kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel
+from .scalars import split_float
 from .stored_grad import stored_grad_times
 
 # Tile table. Reasoned, not measured (no GPU was at hand to tune on):
@@ -44,15 +44,6 @@ def _tile(num_rows, num_classes, stride_c):
     block_r = min(_TILE_ELEMENTS // block_c, triton.next_power_of_2(max(num_rows, 1)))
     num_warps = min(max(block_r * block_c // _ELEMENTS_PER_WARP, 1), 8)
     return block_r, block_c, num_warps
-
-
-def _hi_lo(value):
-    """A Python float as two float32 numbers whose sum holds ~48 of its bits.
-
-    Triton passes float arguments as float32; float64 math adds the two halves back.
-    """
-    hi = ctypes.c_float(value).value
-    return hi, value - hi
 
 
 def sigmoid_focal_fwd(input, target, *, weight, class_gamma, denominator, alpha, gamma, ignore_index, reduce, star, compute_grad):
@@ -103,15 +94,13 @@ def sigmoid_focal_fwd(input, target, *, weight, class_gamma, denominator, alpha,
     stride_o = out.stride() if out.dim() == 3 else (0, 0, 0)
     if class_gamma is not None:
         class_gamma = class_gamma.contiguous()
-    alpha_hi, alpha_lo = _hi_lo(float(alpha))
-    gamma_hi, gamma_lo = _hi_lo(float(gamma))
     _sigmoid_focal_fwd_kernel[grid](
         input, target, weight, class_gamma, denominator, loss, dx,
         *input.stride(), *stride_t,
         *(weight.stride() if weight is not None else (0, 0, 0)),
         *stride_o,
         num_rows, C, P,
-        alpha_hi, alpha_lo, gamma_hi, gamma_lo, ignore_index,
+        *split_float(alpha), *split_float(gamma), ignore_index,
         BLOCK_R=block_r,
         BLOCK_C=block_c,
         INDEX_TARGET=index_target,

@@ -17,6 +17,7 @@ import triton
 
 from ..kernels.softmax_focal import _softmax_focal_fwd_kernel
 from ..reference import softmax_mean_denominator
+from .scalars import split_float
 from .stored_grad import stored_grad_times
 
 # Launch table. Reasoned, not measured (no GPU was available to tune it); each constant
@@ -137,9 +138,6 @@ def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reducti
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     gamma_value = 0.0 if class_gamma else float(gamma)
     alpha_value = 1.0 if class_alpha else float(alpha)
-    scalars_from_ptr = input.dtype == torch.float64  # one tiny copy, float64 only
-    scalars = (torch.tensor([gamma_value, alpha_value, float(label_smoothing)], dtype=torch.float64,
-                            device=input.device) if scalars_from_ptr else dummy)
     _softmax_focal_fwd_kernel[(num_programs,)](
         input, target,
         gamma if class_gamma else dummy,
@@ -149,12 +147,13 @@ def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reducti
         loss, grad if compute_grad else dummy,
         *x_strides, *t_strides, *l_strides, *g_strides,
         num_classes, p_launch, num_p_blocks,
-        gamma_value, alpha_value, float(label_smoothing), int(ignore_index), scalars,
+        *split_float(gamma_value), *split_float(alpha_value), *split_float(label_smoothing),
+        int(ignore_index),
         BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_BLOCK=single,
         HAS_CLASS_GAMMA=class_gamma, HAS_CLASS_ALPHA=class_alpha, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing > 0, COMPUTE_GRAD=compute_grad,
         PER_ELEMENT=reduction == "none", MEAN=reduction == "mean",
-        ACC=_acc_dtype(input.dtype), SCALARS_FROM_PTR=scalars_from_ptr, num_warps=num_warps,
+        ACC=_acc_dtype(input.dtype), num_warps=num_warps,
     )
     if reduction == "none":
         return loss, grad
