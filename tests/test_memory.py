@@ -55,3 +55,44 @@ def test_sigmoid_forward_allocates_only_the_gradient(device, compute_grad):
             ignore_index=-100, reduce=True, star=False, compute_grad=compute_grad,
         )
     assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if compute_grad else [])
+
+
+@pytest.mark.parametrize("inplace_grad", [False, True])
+def test_softmax_forward_and_backward_allocate_one_gradient(device, inplace_grad):
+    # The whole training step through the op: its output gradient is the one logits-sized
+    # tensor (none at all with inplace_grad); backward scales it in place.
+    leaf = torch.randn(2, 19, 40, device=device, requires_grad=True)
+    target = torch.randint(0, 19, (2, 40), device=device)
+    logits = leaf.clone()  # a non-leaf, so the in-place gradient may overwrite it
+    with AllocationRecorder() as recorder:
+        loss = softmax_focal.softmax_focal_loss(
+            logits, target, gamma=2.0, alpha=None, weight=None, ignore_index=-100, reduction="mean",
+            label_smoothing=0.0, inplace_grad=inplace_grad,
+        )
+        (grad,) = torch.autograd.grad(loss, leaf, torch.tensor(2.0, device=device))
+    expected = [] if inplace_grad else ["triton_focal.softmax_focal_fwd.default"]
+    assert recorder.logits_sized(logits.numel()) == expected
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_is_dense_reads_strides_only(layout):
+    from triton_focal.ops.stored_grad import is_dense
+
+    x = torch.empty(2, 3, 4, 5)
+    view = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "transposed": x.transpose(1, 3)}[layout]
+    assert is_dense(view)
+    assert not is_dense(x[:, :2]) and not is_dense(torch.empty(3, 1).expand(3, 4))
+
+
+def test_sigmoid_forward_and_backward_allocate_one_gradient(device):
+    leaf = torch.randn(64, 80, 1, device=device, requires_grad=True)
+    logits = leaf.clone()
+    target = torch.randint(0, 81, (64, 1), device=device)
+    with AllocationRecorder() as recorder:
+        loss = sigmoid_focal.sigmoid_focal_loss(
+            logits, target, alpha=0.25, gamma=2.0, weight=None, ignore_index=-100, reduction="sum", normalizer=None
+        )
+        (grad,) = torch.autograd.grad(loss, leaf, torch.tensor(0.5, device=device))
+    assert recorder.logits_sized(logits.numel()) == ["triton_focal.sigmoid_focal.default"]
+    assert torch.isfinite(grad).all()

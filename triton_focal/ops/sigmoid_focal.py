@@ -172,12 +172,14 @@ def _(input, target, weight, class_gamma, normalizer, alpha, gamma, ignore_index
 def _setup_context(ctx, inputs, output):
     _, dx = output
     ctx.mark_non_differentiable(dx)
+    ctx.set_materialize_grads(False)  # no logits-sized zeros for the gradient output's gradient
     ctx.save_for_backward(dx)
 
 
 def _backward(ctx, grad_loss, _grad_dx):
     (dx,) = ctx.saved_tensors
-    return (stored_grad_times(dx, grad_loss),) + (None,) * 10
+    # grad_loss is None when the loss was not used (gradients are not materialized as zeros).
+    return (None if grad_loss is None else stored_grad_times(dx, grad_loss),) + (None,) * 10
 
 
 _sigmoid_focal_op.register_autograd(_backward, setup_context=_setup_context)

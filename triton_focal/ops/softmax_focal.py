@@ -18,7 +18,7 @@ import triton
 from ..kernels.softmax_focal import _softmax_focal_fwd_kernel
 from ..reference import softmax_mean_denominator
 from .scalars import split_float
-from .stored_grad import stored_grad_times
+from .stored_grad import is_dense, stored_grad_times
 
 # Launch table. Reasoned, not measured (no GPU was available to tune it); each constant
 # says why. Autotuning is deliberately off: the table is the whole policy.
@@ -226,6 +226,8 @@ def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_inde
 def _scaled_stored_grad(ctx, grad_loss):
     """The gradient of the op's input: the stored gradient times ``grad_loss``."""
     (grad,) = ctx.saved_tensors
+    if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
+        return None
     if grad.numel() == 0 and ctx.input_numel != 0:
         raise RuntimeError("triton_focal: no gradient was stored by the forward pass (grad mode was off)")
     return stored_grad_times(grad, grad_loss.unsqueeze(1) if ctx.reduction == "none" else grad_loss)
@@ -234,6 +236,7 @@ def _scaled_stored_grad(ctx, grad_loss):
 def _setup_context(ctx, inputs, output):
     _, grad = output
     ctx.mark_non_differentiable(grad)
+    ctx.set_materialize_grads(False)  # no logits-sized zeros for the gradient output's gradient
     ctx.save_for_backward(grad)
     ctx.reduction = inputs[8]
     ctx.input_numel = inputs[0].numel()
@@ -256,6 +259,7 @@ class _InplaceSoftmaxFocal(torch.autograd.Function):
         loss = _softmax_focal_fwd_inplace_op(input, target, class_gamma, gamma, class_alpha, alpha,
                                              weight, ignore_index, reduction, label_smoothing)
         ctx.mark_dirty(input)
+        ctx.set_materialize_grads(False)  # no logits-sized zeros for the second output's gradient
         ctx.save_for_backward(input)
         ctx.reduction = reduction
         ctx.input_numel = input.numel()
@@ -271,7 +275,7 @@ def _inplace_allowed(input):
     base = input if input._base is None else input._base
     if base.is_leaf or torch.compiler.is_compiling():
         return False
-    return torch.empty_like(input).stride() == input.stride()  # dense, non-overlapping
+    return is_dense(input)
 
 
 def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing,

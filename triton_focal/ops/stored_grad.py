@@ -21,9 +21,16 @@ BLOCK = 2048
 NUM_WARPS = 4
 
 
-def _is_dense(tensor):
-    """Non-overlapping and dense: its ``numel`` elements fill one span from ``data_ptr``."""
-    return torch.empty_like(tensor).stride() == tensor.stride() and all(s > 0 for s in tensor.stride())
+def is_dense(tensor):
+    """Whether the elements fill one span of memory from ``data_ptr``, without gaps or
+    overlaps, in any dimension order (channels_last too). Read from the strides alone."""
+    expected = 1
+    for size, stride in sorted(((size, stride) for size, stride in zip(tensor.shape, tensor.stride()) if size != 1),
+                               key=lambda dim: (dim[1], dim[0])):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def scale_by_scalar_(grad, grad_output):
@@ -76,7 +83,7 @@ def stored_grad_times(grad, grad_output):
     traced = torch.compiler.is_compiling() or type(grad) is not torch.Tensor
     if traced or _graph_is_kept():
         return grad * grad_output
-    if grad_output.dim() == 0 and _is_dense(grad):
+    if grad_output.dim() == 0 and is_dense(grad):
         _scale_stored_grad_op(grad, grad_output)
     else:
         grad.mul_(grad_output)
