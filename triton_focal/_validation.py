@@ -14,6 +14,8 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
+from .reference import compute_dtype  # per-class tensors take the arithmetic's dtype
+
 REDUCTIONS = ("none", "mean", "sum")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -42,11 +44,6 @@ class SigmoidArgs(NamedTuple):
     reduction: str
     normalizer: Optional[Union[float, torch.Tensor]]
     loss_shape: torch.Size  # shape of the unreduced loss: the input's
-
-
-def compute_dtype(dtype):
-    """Per-class tensors are float32, or float64 for float64 input (as the arithmetic)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_logits(input):

@@ -34,7 +34,7 @@ def _fold_chunks(hidden, lm_weight, bias, target, focal_kwargs, chunk_size, row_
     Returns ``(loss_sum or per-row loss, grad_hidden, grad_weight, grad_bias)``.
     """
     per_row = focal_kwargs["reduction"] == "none"
-    accumulate = _validation.compute_dtype(hidden.dtype)
+    accumulate = reference.compute_dtype(hidden.dtype)
     losses = []
     grad_hidden = torch.empty_like(hidden) if need_grad else None
     grad_weight = torch.zeros_like(lm_weight, dtype=accumulate) if need_grad else None
@@ -132,7 +132,7 @@ def fused_linear_focal_loss(
         kwargs["reduction"], kwargs["label_smoothing"],
     )
     denominator = reference.softmax_mean_denominator(
-        target, args.weight, args.ignore_index, _validation.compute_dtype(hidden.dtype)
+        target, args.weight, args.ignore_index, reference.compute_dtype(hidden.dtype)
     )
     denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return _FusedLinearFocalFunction.apply(hidden, lm_weight, bias, target, kwargs, chunk_size, denominator)

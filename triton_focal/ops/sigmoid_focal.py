@@ -20,6 +20,7 @@ import torch
 import triton
 
 from ..kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel
+from ..reference import compute_dtype
 from .scalars import split_float
 from .stored_grad import stored_grad_times
 
@@ -71,13 +72,13 @@ def sigmoid_focal_fwd(input, target, *, weight, class_gamma, denominator, alpha,
     N, C, P = input.shape
     num_rows = N * P
     fp64 = input.dtype == torch.float64
-    compute_dtype = torch.float64 if fp64 else torch.float32
+    acc_dtype = compute_dtype(input.dtype)
     # empty_like keeps a dense input's layout (channels_last too): dx is written as x is read.
     dx = torch.empty_like(input) if compute_grad else input.new_empty((0,))
     block_r, block_c, num_warps = _tile(num_rows, C, input.stride(1))
     grid = (triton.cdiv(num_rows, block_r), triton.cdiv(C, block_c))
     if reduce:
-        loss = torch.empty(grid[0] * grid[1], dtype=compute_dtype, device=input.device)  # every program writes one
+        loss = torch.empty(grid[0] * grid[1], dtype=acc_dtype, device=input.device)  # every program writes one
     else:
         loss = torch.empty_like(input)
     if input.numel() == 0:
@@ -134,17 +135,17 @@ def _sigmoid_focal_op(
     star: bool,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    acc_dtype = compute_dtype(input.dtype)
     # The divisor of the reduced loss stays on the device (no host sync).
     if reduction == "none":
         denominator = None
     elif normalizer is not None:
-        denominator = normalizer.detach().to(compute_dtype)
+        denominator = normalizer.detach().to(acc_dtype)
     elif reduction == "mean":
         if target.is_floating_point():
-            count = torch.full((), input.numel(), dtype=compute_dtype, device=input.device)
+            count = torch.full((), input.numel(), dtype=acc_dtype, device=input.device)
         else:
-            count = (target != ignore_index).sum().to(compute_dtype) * input.shape[1]
+            count = (target != ignore_index).sum().to(acc_dtype) * input.shape[1]
         # The mean of nothing is 0 with a zero gradient, not NaN.
         denominator = torch.where(count > 0, count, torch.ones_like(count))
     else:
@@ -195,7 +196,7 @@ def _needs_grad(input):
 def _normalizer_tensor(normalizer, input):
     if normalizer is None or isinstance(normalizer, torch.Tensor):
         return normalizer
-    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(input.dtype)
     # torch.full is a device fill, not a host-to-device copy.
     return torch.full((), float(normalizer), dtype=dtype, device=input.device)
 

@@ -16,7 +16,7 @@ import torch
 import triton
 
 from ..kernels.softmax_focal import _softmax_focal_fwd_kernel
-from ..reference import softmax_mean_denominator
+from ..reference import compute_dtype, softmax_mean_denominator
 from .scalars import split_float
 from .stored_grad import is_dense, stored_grad_times
 
@@ -102,7 +102,7 @@ def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reducti
         grad ``(N, C, P)``, or an empty tensor when not computed.
     """
     num_images, num_classes, num_positions = input.shape
-    acc_torch = torch.float64 if input.dtype == torch.float64 else torch.float32
+    acc_torch = compute_dtype(input.dtype)
     if compute_grad and grad is None:
         grad = torch.empty_like(input)  # keeps input's strides when they are dense
     elif not compute_grad:
