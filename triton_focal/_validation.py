@@ -32,6 +32,8 @@ class SoftmaxArgs(NamedTuple):
     reduction: str
     label_smoothing: float
     loss_shape: torch.Size  # shape of the unreduced loss: the target's
+    z_loss: float = 0.0
+    softcap: Optional[float] = None
 
 
 class SigmoidArgs(NamedTuple):
@@ -128,7 +130,25 @@ def as_ncp(input):
     return input.flatten(2)
 
 
-def softmax_args(input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate=False):
+def check_z_loss(z_loss):
+    """The z-loss coefficient: a finite number ``>= 0``."""
+    if not is_real_number(z_loss) or not 0.0 <= float(z_loss) < math.inf:
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    return float(z_loss)
+
+
+def check_softcap(softcap):
+    """The logit cap ``c`` of ``c * tanh(x / c)``: a finite number ``> 0``, or None."""
+    if softcap is None:
+        return None
+    if not is_real_number(softcap) or not 0.0 < float(softcap) < math.inf:
+        raise ValueError(f"softcap must be a finite number > 0 or None, got {softcap!r}")
+    return float(softcap)
+
+
+def softmax_args(
+    input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate=False, z_loss=0.0, softcap=None
+):
     """Check ``focal_loss`` arguments and return them in canonical form."""
     check_logits(input)
     if not isinstance(target, torch.Tensor):
@@ -169,6 +189,8 @@ def softmax_args(input, target, gamma, alpha, weight, ignore_index, reduction, l
         reduction=reduction,
         label_smoothing=float(label_smoothing),
         loss_shape=target.shape,
+        z_loss=check_z_loss(z_loss),
+        softcap=check_softcap(softcap),
     )
 
 

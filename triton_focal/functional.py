@@ -33,6 +33,8 @@ def focal_loss(
     backend: str = "auto",
     validate: bool = False,
     inplace_grad: bool = False,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
 ) -> torch.Tensor:
     """Softmax focal loss over the class dimension, a drop-in for ``F.cross_entropy``.
 
@@ -43,6 +45,8 @@ def focal_loss(
         loss = a_y * ((1 - eps) * w_y * f_y + (eps / C) * sum_c w_c * f_c)
 
     With ``gamma=0`` and ``alpha=None`` this equals ``F.cross_entropy`` (value and gradient).
+    ``softcap`` replaces the logits by ``softcap * tanh(input / softcap)`` before all of
+    this, and ``z_loss`` adds ``z_loss * logsumexp(z) ** 2`` to each non-ignored element.
 
     Args:
         input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (classes in dimension 1,
@@ -65,6 +69,10 @@ def focal_loss(
             tensors are always checked).
         inplace_grad: Triton backend only: write the gradient into ``input``'s storage
             (no extra memory; ``input`` must not be used afterwards). Ignored elsewhere.
+        z_loss: PaLM's z-loss coefficient ``>= 0``. It is not multiplied by alpha, weight
+            or smoothing; ``"mean"`` divides it by the number of non-ignored elements
+            (Liger-Kernel's ``lse_square_scale``).
+        softcap: ``c > 0`` caps the logits to ``c * tanh(input / c)`` (Gemma 2); None: off.
 
     Returns:
         The loss in ``input``'s dtype: a 0-dim tensor, or ``target``'s shape for
@@ -72,10 +80,15 @@ def focal_loss(
     """
     input = _autocast_to_float32(input)
     args = _validation.softmax_args(
-        input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate
+        input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate, z_loss, softcap
     )
     name = backends.resolve(backend, input.device)
     extra = {"inplace_grad": True} if inplace_grad and name == "triton" else {}
+    # Passed only when used, so a call without them is the same call on every backend.
+    if args.z_loss > 0:
+        extra["z_loss"] = args.z_loss
+    if args.softcap is not None:
+        extra["softcap"] = args.softcap
     loss = backends.load(name).softmax_focal_loss(
         args.input,
         args.target,

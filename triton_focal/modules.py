@@ -47,6 +47,8 @@ class FocalLoss(_TensorArgs):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         backend: str = "auto",
+        z_loss: float = 0.0,
+        softcap: Optional[float] = None,
     ):
         super().__init__()
         self._store("gamma", gamma)
@@ -56,6 +58,8 @@ class FocalLoss(_TensorArgs):
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.backend = backend
+        self.z_loss = z_loss
+        self.softcap = softcap
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return functional.focal_loss(
@@ -68,6 +72,8 @@ class FocalLoss(_TensorArgs):
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
             backend=self.backend,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
         )
 
     def extra_repr(self) -> str:

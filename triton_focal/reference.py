@@ -53,9 +53,27 @@ def softmax_mean_denominator(target, weight, ignore_index, dtype):
     return torch.where(valid, weight.to(dtype)[safe_target], torch.zeros((), dtype=dtype, device=target.device)).sum()
 
 
-def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing):
-    """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices."""
-    x = input.to(compute_dtype(input.dtype))
+def softcap_logits(x, softcap):
+    """Gemma 2's logit softcapping, ``softcap * tanh(x / softcap)``; ``None`` leaves ``x`` as is."""
+    return x if softcap is None else softcap * torch.tanh(x / softcap)
+
+
+def z_loss_term(x, valid, z_loss):
+    """PaLM's z-loss of each row, ``z_loss * logsumexp(x) ** 2``, 0 on ignored rows (``(N, P)``)."""
+    lse = torch.logsumexp(x, dim=1)
+    return torch.where(valid, z_loss * lse * lse, torch.zeros_like(lse))
+
+
+def softmax_focal_loss(
+    input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing, z_loss=0.0, softcap=None
+):
+    """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices.
+
+    ``softcap`` caps the logits first (everything below sees the capped ones); ``z_loss``
+    adds ``z_loss * lse ** 2`` per non-ignored row, outside alpha, weight and smoothing, and
+    its mean divides by the number of non-ignored rows (Liger-Kernel's convention).
+    """
+    x = softcap_logits(input.to(compute_dtype(input.dtype)), softcap)
     num_classes = x.shape[1]
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)  # (N, 1, P)
@@ -77,7 +95,10 @@ def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, red
 
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     denominator = softmax_mean_denominator(target, weight, ignore_index, x.dtype)
-    return reduce_loss(loss, reduction, denominator).to(input.dtype)
+    loss = reduce_loss(loss, reduction, denominator)
+    if z_loss > 0:
+        loss = loss + reduce_loss(z_loss_term(x, valid, z_loss), reduction, valid.sum(dtype=x.dtype))
+    return loss.to(input.dtype)
 
 
 def dense_targets(input, target, ignore_index):
