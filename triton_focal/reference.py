@@ -7,6 +7,8 @@ Every backend computes exactly this. The functions take the canonical arguments 
 through this composition; it is kept free of NaN/inf for every finite input.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +25,22 @@ def per_class(value, ref):
     return value
 
 
+def at_target(value, safe_target, ref):
+    """Each element's value of a per-class argument, ``(N, P)``: a ``(C,)`` tensor indexed by
+    the target class; a scalar stays a scalar, None means 1."""
+    if value is None:
+        return 1.0
+    if isinstance(value, torch.Tensor):
+        return value.to(device=ref.device, dtype=ref.dtype)[safe_target]
+    return value
+
+
+def ignored_to_zero(x, valid):
+    """Logits of ignored elements replaced by 0 before anything reads them: a NaN or inf
+    there (padding) then reaches neither the loss nor the gradient, which is 0 for them."""
+    return torch.where(valid, x, torch.zeros_like(x))
+
+
 def focal_weight(one_minus_p, gamma):
     """``(1 - p) ** gamma`` with ``0 ** 0 == 1`` and a finite gradient for every ``gamma >= 0``.
 
@@ -32,22 +50,33 @@ def focal_weight(one_minus_p, gamma):
     return one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny) ** gamma
 
 
+def focal_term(log_p, gamma):
+    """``f = (1 - p) ** gamma * (-log p)`` from ``log p``; ``1 - p = -expm1(log p)`` is exact
+    near ``p = 1``, where ``1 - exp(log p)`` cancels."""
+    return focal_weight(-torch.expm1(log_p), gamma) * -log_p
+
+
 def reduce_loss(loss, reduction, denominator):
-    """``none`` / ``sum`` / ``mean`` where the mean of nothing is 0 with a zero gradient."""
+    """``none`` / ``sum`` / ``mean``, where a mean over a zero denominator is 0 with a zero gradient.
+
+    The denominator is 0 when every element is ignored, or when every present class has
+    weight 0; label smoothing can leave a nonzero sum there, and the mean is still 0.
+    """
     if reduction == "none":
         return loss
     total = loss.sum()
     if reduction == "sum":
         return total
-    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return total / safe
+    has_denominator = denominator > 0
+    safe = torch.where(has_denominator, denominator, torch.ones_like(denominator))
+    return torch.where(has_denominator, total / safe, torch.zeros_like(total))
 
 
 def softmax_mean_denominator(target, weight, ignore_index, dtype):
     """``F.cross_entropy``'s mean divisor: the sum of ``w_y`` over the non-ignored elements
     (their count without ``weight``), a device tensor (no host sync)."""
     valid = target != ignore_index
-    if weight is None:
+    if weight is None or weight.shape[0] == 0:  # no classes: validation left only ignored elements
         return valid.sum(dtype=dtype)
     safe_target = torch.where(valid, target, torch.zeros_like(target)).long().clamp(0, weight.shape[0] - 1)
     return torch.where(valid, weight.to(dtype)[safe_target], torch.zeros((), dtype=dtype, device=target.device)).sum()
@@ -73,25 +102,28 @@ def softmax_focal_loss(
     adds ``z_loss * lse ** 2`` per non-ignored row, outside alpha, weight and smoothing, and
     its mean divides by the number of non-ignored rows (Liger-Kernel's convention).
     """
-    x = softcap_logits(input.to(compute_dtype(input.dtype)), softcap)
-    num_classes = x.shape[1]
+    num_classes = input.shape[1]
     valid = target != ignore_index
-    safe_target = torch.where(valid, target, torch.zeros_like(target)).long().unsqueeze(1)  # (N, 1, P)
+    x = softcap_logits(ignored_to_zero(input.to(compute_dtype(input.dtype)), valid.unsqueeze(1)), softcap)
+    if num_classes == 0:  # validation let through only ignored elements: nothing to sum
+        return reduce_loss(x.sum(dim=1), reduction, torch.zeros((), dtype=x.dtype, device=x.device)).to(input.dtype)
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()  # (N, P)
 
     log_p = F.log_softmax(x, dim=1)
-    one_minus_p = -torch.expm1(log_p)  # exact near p = 1, where 1 - exp(log p) cancels
-    focal = focal_weight(one_minus_p, per_class(gamma, x)) * -log_p  # f_c, (N, C, P)
-
-    w = per_class(weight, x) if weight is not None else x.new_ones(1, num_classes, 1)
-    w_target = w.expand_as(x).gather(1, safe_target).squeeze(1)  # (N, P)
-    loss = (1.0 - label_smoothing) * w_target * focal.gather(1, safe_target).squeeze(1)
+    # The target's term is taken from its own log p: a masked (-inf) logit elsewhere never
+    # enters it, and a -inf target logit gives an infinite loss, as in F.cross_entropy.
+    log_p_target = log_p.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    focal_target = focal_term(log_p_target, at_target(gamma, safe_target, x))
+    loss = (1.0 - label_smoothing) * at_target(weight, safe_target, x) * focal_target
     if label_smoothing > 0:
-        loss = loss + (label_smoothing / num_classes) * (w * focal).sum(dim=1)
+        # A class with p = 0 (a -inf, masked logit) adds 0 to the smoothing sum, where
+        # (1 - p) ** gamma * -log p would be inf; log p = 0 stands in for it, as its term is
+        # 0, and the where sends the masked class no gradient.
+        log_p = torch.where(log_p == -math.inf, torch.zeros_like(log_p), log_p)
+        w = per_class(weight, x) if weight is not None else 1.0
+        loss = loss + (label_smoothing / num_classes) * (w * focal_term(log_p, per_class(gamma, x))).sum(dim=1)
     if alpha is not None:
-        a = per_class(alpha, x)
-        if isinstance(a, torch.Tensor):
-            a = a.expand_as(x).gather(1, safe_target).squeeze(1)
-        loss = a * loss
+        loss = at_target(alpha, safe_target, x) * loss
 
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     denominator = softmax_mean_denominator(target, weight, ignore_index, x.dtype)
@@ -124,6 +156,7 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
         valid = None
     else:
         t, valid = dense_targets(input, target, ignore_index)
+        x = ignored_to_zero(x, valid)
 
     bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     # 1 - p_t = (1 - p) t + p (1 - t), with 1 - p = sigmoid(-x): no cancellation.
