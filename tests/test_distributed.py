@@ -130,7 +130,6 @@ def test_matches_unsharded_loss(world_size, backend, tmp_path):
     _run(world_size, backend, torch.float64, tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason="owner: reference (issue 11 items 1, 3): the float64 oracle's gradient")
 def test_non_finite_logits(tmp_path):
     # -inf logits on non-target classes: finite loss and gradient, 0 for the masked classes;
     # NaN in an ignored row: no effect.

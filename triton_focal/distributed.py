@@ -215,66 +215,106 @@ def _slice(value, start, end):
     return value[start:end] if isinstance(value, torch.Tensor) else value
 
 
-class _VocabParallelFocal(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, target, settings, denominator, count):
-        (vocab_start, vocab_size, gamma, alpha, weight, ignore_index, reduction, eps, z_loss, softcap, group,
-         backend) = settings
-        input_dtype = x.dtype
-        x = x.to(reference.compute_dtype(x.dtype))
-        vocab_end = vocab_start + x.shape[1]
-        valid = target != ignore_index
-        safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
-        here = valid & (safe_target >= vocab_start) & (safe_target < vocab_end)
-        local_target = torch.where(here, safe_target - vocab_start, torch.full_like(safe_target, -1))
-        local_gamma, local_weight = _slice(gamma, vocab_start, vocab_end), _slice(weight, vocab_start, vocab_end)
+def rows_focal_loss(
+    x, target, *, gamma, alpha, weight, ignore_index, label_smoothing, z_loss, softcap, backend,
+    scale_focal, scale_z, need_grad, vocab_start=0, vocab_size=None, group=None, sharded=False,
+):
+    """Focal and z-loss of each row of ``(T, V_r)`` logits, and the scaled gradient, without autograd.
 
-        m, s, s_other, z_target = _shard_function("shard_softmax_stats", backend)(x, local_target, softcap)
+    The steps of the module docstring; with ``sharded`` the rows' statistics are combined
+    over ``group``, else ``x`` holds the whole vocabulary (the fused linear head's chunks).
+
+    Args:
+        x: ``(T, V_r)`` logits in the arithmetic dtype: classes ``[vocab_start,
+            vocab_start + V_r)`` of ``vocab_size``.
+        target: ``(T,)`` global class indices or ``ignore_index``.
+        gamma, alpha, weight: numbers or full ``(V,)`` tensors (alpha, weight may be None).
+        scale_focal, scale_z: what the focal and z parts of each row are multiplied by before
+            differentiating (numbers, 0-dim or ``(T,)`` tensors).
+        need_grad: also return the gradient.
+
+    Returns:
+        ``(focal_rows, z_rows, grad)``: ``(T,)`` unscaled parts, 0 on ignored rows, and the
+        ``(T, V_r)`` gradient of ``sum(scale_focal * focal_rows + scale_z * z_rows)`` (None
+        without ``need_grad``).
+    """
+    vocab_size = x.shape[1] if vocab_size is None else vocab_size
+    vocab_end = vocab_start + x.shape[1]
+    eps = label_smoothing
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    here = valid & (safe_target >= vocab_start) & (safe_target < vocab_end)
+    local_target = torch.where(here, safe_target - vocab_start, torch.full_like(safe_target, -1))
+    local_gamma, local_weight = _slice(gamma, vocab_start, vocab_end), _slice(weight, vocab_start, vocab_end)
+
+    m, s, s_other, z_target = _shard_function("shard_softmax_stats", backend)(x, local_target, softcap)
+    if sharded:
         m_global = m.clone()
         dist.all_reduce(m_global, op=dist.ReduceOp.MAX, group=group)
         rescale = torch.exp(m - m_global)
         sums = torch.stack([s * rescale, s_other * rescale, z_target])
         dist.all_reduce(sums, group=group)
-        s, s_other, z_target = sums
-        lse = m_global + torch.log(s)
+        m, (s, s_other, z_target) = m_global, sums
+    lse = m + torch.log(s)
 
-        gamma_y = _per_class_at(gamma, safe_target, lse)
-        alpha_y = _per_class_at(1.0 if alpha is None else alpha, safe_target, lse)
-        w_y = _per_class_at(1.0 if weight is None else weight, safe_target, lse)
-        f_y, g_y = target_focal_term(z_target, lse, s_other / s, gamma_y)
-        focal = (1.0 - eps) * w_y * f_y
-        coef_g = (1.0 - eps) * w_y * g_y
-        if eps > 0:
-            sum_wf, sum_wg = _shard_function("shard_smoothing_sums", backend)(x, lse, softcap, local_gamma, local_weight)
+    gamma_y = _per_class_at(gamma, safe_target, lse)
+    alpha_y = _per_class_at(1.0 if alpha is None else alpha, safe_target, lse)
+    w_y = _per_class_at(1.0 if weight is None else weight, safe_target, lse)
+    f_y, g_y = target_focal_term(z_target, lse, s_other / s, gamma_y)
+    focal = (1.0 - eps) * w_y * f_y
+    coef_g = (1.0 - eps) * w_y * g_y
+    if eps > 0:
+        sum_wf, sum_wg = _shard_function("shard_smoothing_sums", backend)(x, lse, softcap, local_gamma, local_weight)
+        if sharded:
             smooth = torch.stack([sum_wf, sum_wg])
             dist.all_reduce(smooth, group=group)
-            focal = focal + (eps / vocab_size) * smooth[0]
-            coef_g = coef_g + (eps / vocab_size) * smooth[1]
-        zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
-        focal_rows = torch.where(valid, alpha_y * focal, zero)
-        z_rows = torch.where(valid, z_loss * lse * lse, zero) if z_loss > 0 else torch.zeros_like(lse)
+            sum_wf, sum_wg = smooth
+        focal = focal + (eps / vocab_size) * sum_wf
+        coef_g = coef_g + (eps / vocab_size) * sum_wg
+    zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
+    focal_rows = torch.where(valid, alpha_y * focal, zero)
+    z_rows = torch.where(valid, z_loss * lse * lse, zero) if z_loss > 0 else torch.zeros_like(lse)
+    if not need_grad:
+        return focal_rows, z_rows, None
 
+    scale_f = scale_focal * alpha_y
+    lse_safe = torch.where(valid, lse, zero)
+    p_coef = torch.where(valid, scale_f * coef_g + scale_z * 2.0 * z_loss * lse_safe, zero)
+    target_coef = torch.where(valid, scale_f * (1.0 - eps) * w_y * g_y, zero)
+    smooth_coef = torch.where(valid, scale_f * (eps / vocab_size), zero) if eps > 0 else None
+    grad = _shard_function("shard_focal_grad", backend)(
+        x, lse_safe, p_coef, target_coef, smooth_coef, local_target, softcap, local_gamma, local_weight
+    )
+    return focal_rows, z_rows, grad.masked_fill_(~valid.unsqueeze(1), 0.0)
+
+
+def mean_scales(reduction, denominator, count):
+    """The reduction's factors of the focal and z parts: ``1 / sum w_y`` and ``1 / rows`` for the
+    mean (0 for a mean over nothing: every row ignored, or every present class weighted 0)."""
+    if reduction != "mean":
+        return 1.0, 1.0
+    return _inverse_or_zero(denominator), _inverse_or_zero(count)
+
+
+class _VocabParallelFocal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, target, settings, denominator, count):
+        settings = dict(settings)
+        reduction = settings.pop("reduction")
+        input_dtype = x.dtype
+        scale_focal, scale_z = (1.0, 1.0) if reduction == "none" else mean_scales(reduction, denominator, count)
+        focal_rows, z_rows, grad = rows_focal_loss(
+            x.to(reference.compute_dtype(x.dtype)), target, scale_focal=scale_focal, scale_z=scale_z,
+            need_grad=ctx.needs_input_grad[0], sharded=True, **settings,
+        )
         if reduction == "none":
             loss, z_part = focal_rows + z_rows, z_rows
-            scale_f = scale_z = 1.0
         else:
-            # A mean over nothing (every row ignored, or every present class weighted 0) is 0.
-            scale_f = _inverse_or_zero(denominator) if reduction == "mean" else 1.0
-            scale_z = _inverse_or_zero(count) if reduction == "mean" else 1.0
             z_part = z_rows.sum() * scale_z
-            loss = focal_rows.sum() * scale_f + z_part
-
+            loss = focal_rows.sum() * scale_focal + z_part
         ctx.reduction = reduction
-        if ctx.needs_input_grad[0]:
-            lse_safe = torch.where(valid, lse, zero)
-            p_coef = torch.where(valid, scale_f * alpha_y * coef_g + scale_z * 2.0 * z_loss * lse_safe, zero)
-            target_coef = torch.where(valid, scale_f * alpha_y * (1.0 - eps) * w_y * g_y, zero)
-            smooth_coef = torch.where(valid, scale_f * alpha_y * (eps / vocab_size), zero) if eps > 0 else None
-            grad = _shard_function("shard_focal_grad", backend)(
-                x, lse_safe, p_coef, target_coef, smooth_coef, local_target, softcap, local_gamma, local_weight
-            )
-            grad = grad.masked_fill_(~valid.unsqueeze(1), 0.0).to(input_dtype)
-            ctx.save_for_backward(grad)
+        if grad is not None:
+            ctx.save_for_backward(grad.to(input_dtype))
         ctx.mark_non_differentiable(z_part)
         return loss.to(input_dtype), z_part.to(input_dtype)
 
@@ -350,9 +390,10 @@ def vocab_parallel_focal_loss(
     dtype = reference.compute_dtype(rows.dtype)
     denominator = reference.softmax_mean_denominator(flat_target, args.weight, args.ignore_index, dtype)
     count = (flat_target != args.ignore_index).sum(dtype=dtype)
-    settings = (
-        vocab_start, vocab_size, args.gamma, args.alpha, args.weight, args.ignore_index, args.reduction,
-        args.label_smoothing, args.z_loss, args.softcap, group, name,
+    settings = dict(
+        vocab_start=vocab_start, vocab_size=vocab_size, gamma=args.gamma, alpha=args.alpha, weight=args.weight,
+        ignore_index=args.ignore_index, reduction=args.reduction, label_smoothing=args.label_smoothing,
+        z_loss=args.z_loss, softcap=args.softcap, group=group, backend=name,
     )
     loss, z_part = _VocabParallelFocal.apply(rows, flat_target, settings, denominator, count)
     if reduction == "none":
