@@ -79,33 +79,61 @@ def values_known(tensor, validate):
     return validate or tensor.device.type == "cpu"
 
 
-def check_per_class(name, value, num_classes, input, *, validate, allow_scalar=True, positive=False):
-    """A non-negative number or a 1-D tensor of ``num_classes`` non-negative values."""
-    bound = "positive" if positive else "non-negative"
+def first_bad_value(tensor, bad):
+    """The first offending value and its position, for an error message that stays short
+    (a vocabulary-sized tensor is never printed whole)."""
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    return f"{tensor[index].item()} at index {index[0] if len(index) == 1 else index}"
+
+
+def check_per_class(name, value, num_classes, input, *, validate, allow_scalar=True):
+    """A finite number ``>= 0``, or a 1-D float tensor of ``num_classes`` such values.
+
+    ``num_classes`` and ``input`` may be None (a module's constructor, before any input is
+    seen): then the kind and the values are checked, and the tensor comes back as given.
+    """
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-        if value.dim() != 1 or value.shape[0] != num_classes:
-            raise ValueError(f"{name} must have one value per class: shape ({num_classes},), got {tuple(value.shape)}")
-        check_same_device(input, name, value)
+        if value.dim() != 1 or (num_classes is not None and value.shape[0] != num_classes):
+            expected = "C" if num_classes is None else num_classes
+            raise ValueError(f"{name} must have one value per class: shape ({expected},), got {tuple(value.shape)}")
+        if input is not None:
+            check_same_device(input, name, value)
         if values_known(value, validate):
-            bad = ~(value > 0) if positive else ~(value >= 0)
+            bad = ~((value >= 0) & torch.isfinite(value))  # NaN fails both
             if bool(bad.any()):
-                raise ValueError(f"{name} must be {bound} (and not NaN), got {value.tolist()}")
+                raise ValueError(f"{name} must be finite and non-negative, got {first_bad_value(value, bad)}")
+        if input is None:
+            return value
         return value.detach().to(device=input.device, dtype=compute_dtype(input.dtype))
     if not allow_scalar or not is_real_number(value):
         kinds = "a number or a 1-D tensor" if allow_scalar else "a 1-D tensor"
-        raise TypeError(f"{name} must be {kinds} of {num_classes} values, got {type(value).__name__}")
+        count = "per-class values" if num_classes is None else f"{num_classes} values"
+        hint = " (pass torch.tensor(...))" if isinstance(value, (list, tuple)) else ""
+        raise TypeError(f"{name} must be {kinds} of {count}, got {type(value).__name__}{hint}")
     value = float(value)
-    if math.isnan(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {bound}, got {value}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
+
+
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def check_label_smoothing(label_smoothing):
+    if not is_real_number(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    return float(label_smoothing)
 
 
 def check_ignore_index(ignore_index):
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    return int(ignore_index)
+    ignore_index = int(ignore_index)
+    if not INT64_RANGE[0] <= ignore_index <= INT64_RANGE[1]:
+        raise ValueError(f"ignore_index must fit in int64, as class indices do, got {ignore_index}")
+    return ignore_index
 
 
 def check_class_indices(target, num_classes, ignore_index, *, validate, background_ok=False):
@@ -175,8 +203,7 @@ def softmax_args(
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"weight must be a 1-D tensor of {num_classes} values, got {type(weight).__name__}")
         weight = check_per_class("weight", weight, num_classes, input, validate=validate)
-    if not is_real_number(label_smoothing) or not 0.0 <= float(label_smoothing) <= 1.0:
-        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    label_smoothing = check_label_smoothing(label_smoothing)
     check_class_indices(target, num_classes, ignore_index, validate=validate)
     n = 1 if input.dim() == 1 else input.shape[0]
     return SoftmaxArgs(
@@ -187,14 +214,18 @@ def softmax_args(
         weight=weight,
         ignore_index=ignore_index,
         reduction=reduction,
-        label_smoothing=float(label_smoothing),
+        label_smoothing=label_smoothing,
         loss_shape=target.shape,
         z_loss=check_z_loss(z_loss),
         softcap=check_softcap(softcap),
     )
 
 
-def check_normalizer(normalizer, reduction, input):
+def check_normalizer(normalizer, reduction, input, *, validate):
+    """A finite positive number, or a 0-dim tensor whose value is checked the same way where
+    it is known without a host sync (CPU, or ``validate=True``). A tensor keeps its autograd
+    graph: a normalizer that requires grad gets its gradient. ``input`` None (a module's
+    constructor) skips the device check."""
     if normalizer is None:
         return None
     if reduction == "none":
@@ -202,11 +233,43 @@ def check_normalizer(normalizer, reduction, input):
     if isinstance(normalizer, torch.Tensor):
         if normalizer.dim() != 0:
             raise ValueError(f"normalizer must be a number or a 0-dim tensor, got shape {tuple(normalizer.shape)}")
-        check_same_device(input, "normalizer", normalizer)
+        if normalizer.dtype == torch.bool or normalizer.is_complex():
+            raise TypeError(f"normalizer must be a real number tensor, got {normalizer.dtype}")
+        if input is not None:
+            check_same_device(input, "normalizer", normalizer)
+        if values_known(normalizer, validate) and not bool((normalizer > 0) & torch.isfinite(normalizer)):
+            raise ValueError(f"normalizer must be finite and positive, got tensor({normalizer.item()})")
         return normalizer
-    if not is_real_number(normalizer) or not float(normalizer) > 0:
-        raise ValueError(f"normalizer must be a positive number or a 0-dim tensor, got {normalizer!r}")
+    if not is_real_number(normalizer) or not 0.0 < float(normalizer) < math.inf:
+        raise ValueError(f"normalizer must be a finite positive number or a 0-dim tensor, got {normalizer!r}")
     return float(normalizer)
+
+
+def check_weight_values(weight, validate):
+    """A sigmoid ``weight`` (any shape broadcastable to the input): finite and non-negative,
+    checked where the values are known without a host sync."""
+    if values_known(weight, validate):
+        bad = ~((weight >= 0) & torch.isfinite(weight))  # NaN fails both
+        if bool(bad.any()):
+            raise ValueError(f"weight must be finite and non-negative, got {first_bad_value(weight, bad)}")
+
+
+def check_sigmoid_alpha(alpha):
+    """The weight of positives: a finite number (negative for no alpha weighting)."""
+    if not is_real_number(alpha):
+        raise TypeError(f"alpha must be a number (negative for no alpha weighting), got {type(alpha).__name__}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite (negative for no alpha weighting), got {alpha}")
+    return float(alpha)
+
+
+def check_dense_target_values(target, validate):
+    """Dense targets are probabilities: values in [0, 1], checked where known without a host sync."""
+    if target.numel() == 0 or not values_known(target, validate):
+        return
+    bad = ~((target >= 0) & (target <= 1))  # NaN fails both
+    if bool(bad.any()):
+        raise ValueError(f"dense target values must lie in [0, 1], got {first_bad_value(target, bad)}")
 
 
 def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, normalizer, validate=False):
@@ -216,8 +279,7 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     check_same_device(input, "target", target)
     check_reduction(reduction)
-    if not is_real_number(alpha):
-        raise TypeError(f"alpha must be a number (negative for no alpha weighting), got {type(alpha).__name__}")
+    alpha = check_sigmoid_alpha(alpha)
     ignore_index = check_ignore_index(ignore_index)
     num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     gamma = check_per_class("gamma", gamma, num_classes, input, validate=validate)
@@ -227,6 +289,7 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
                 f"dense target shape {tuple(target.shape)} must equal input shape {tuple(input.shape)} "
                 "(or pass integer class indices without the class dimension)"
             )
+        check_dense_target_values(target, validate)
         canonical_target = as_ncp(target)
     elif target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"target must be float (dense) or integer class indices, got {target.dtype}")
@@ -235,9 +298,11 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
             raise ValueError("class-index targets need input of shape (N, C) or (N, C, d1, ..., dk)")
         expected = input.shape[:1] + input.shape[2:]
         if target.shape != expected:
+            # An integer 0/1 mask of input's shape is the usual way to get here.
+            hint = " A dense 0/1 target must be floating point: pass target.float()." if target.shape == input.shape else ""
             raise ValueError(
                 f"class-index target shape {tuple(target.shape)} does not match input shape "
-                f"{tuple(input.shape)}: expected {tuple(expected)} (input's shape without dimension 1)"
+                f"{tuple(input.shape)}: expected {tuple(expected)} (input's shape without dimension 1).{hint}"
             )
         check_class_indices(target, num_classes, ignore_index, validate=validate, background_ok=True)
         canonical_target = target.reshape(input.shape[0], -1) if target.numel() else target.reshape(
@@ -253,18 +318,17 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
             broadcast = None
         if broadcast != input.shape:
             raise ValueError(f"weight shape {tuple(weight.shape)} is not broadcastable to input shape {tuple(input.shape)}")
-        if values_known(weight, validate) and bool((~(weight >= 0)).any()):
-            raise ValueError("weight must be non-negative (and not NaN)")
+        check_weight_values(weight, validate)
         weight = as_ncp(weight.detach().expand(input.shape))
     return SigmoidArgs(
         input=as_ncp(input),
         target=canonical_target,
-        alpha=float(alpha),
+        alpha=alpha,
         gamma=gamma,
         weight=weight,
         ignore_index=ignore_index,
         reduction=reduction,
-        normalizer=check_normalizer(normalizer, reduction, input),
+        normalizer=check_normalizer(normalizer, reduction, input, validate=validate),
         loss_shape=input.shape,
     )
 
@@ -278,9 +342,9 @@ def sigmoid_star_args(input, target, alpha, gamma, reduction):
     if target.shape != input.shape:
         raise ValueError(f"target shape {tuple(target.shape)} must equal input shape {tuple(input.shape)}")
     check_same_device(input, "target", target)
+    check_dense_target_values(target, validate=False)
     check_reduction(reduction)
-    if not is_real_number(alpha):
-        raise TypeError(f"alpha must be a number (negative for no alpha weighting), got {type(alpha).__name__}")
-    if not is_real_number(gamma) or not float(gamma) > 0:
-        raise ValueError(f"gamma of FL* must be a positive number (the loss divides by it), got {gamma!r}")
-    return as_ncp(input), as_ncp(target), float(alpha), float(gamma), reduction
+    alpha = check_sigmoid_alpha(alpha)
+    if not is_real_number(gamma) or not 0.0 < float(gamma) < math.inf:
+        raise ValueError(f"gamma of FL* must be a finite positive number (the loss divides by it), got {gamma!r}")
+    return as_ncp(input), as_ncp(target), alpha, float(gamma), reduction

@@ -59,20 +59,29 @@ def available_backends(device=None):
     return [name for name in BACKENDS if _why_not(name, device) is None]
 
 
+def check_name(backend):
+    """``backend`` is ``"auto"`` or one of :data:`BACKENDS` (whether it can run is decided per call).
+
+    Raises:
+        ValueError: ``backend`` is not a backend's name.
+    """
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+
+
 def resolve(backend, device):
     """The name of the backend that runs for ``backend`` (a name or ``"auto"``) on ``device``.
 
     Raises:
         ValueError: ``backend`` is unknown or cannot run on ``device``.
     """
+    check_name(backend)
     if backend == "auto":
         backend = os.environ.get(ENV_VAR, "auto") or "auto"
         if backend not in BACKENDS + ("auto",):
             raise ValueError(f"{ENV_VAR}={backend!r} is not a backend; choose one of {BACKENDS}")
     if backend == "auto":
         backend = next(name for name in BACKENDS if _why_not(name, device) is None)
-    elif backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     reason = _why_not(backend, device)
     if reason is not None:
         raise ValueError(f"backend={backend!r} cannot run here: {reason}")

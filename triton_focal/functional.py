@@ -2,7 +2,9 @@
 
 The math lives in ``reference.py`` (eager) and ``kernels/`` (Triton); this module only
 checks arguments (``_validation``), chooses a backend (``backends``) and restores the
-user's shapes.
+user's shapes. Every backend gives the same result, including at the edges the README's
+"Semantics" section lists: masked (``-inf``) logits, NaN in ignored elements, a mean whose
+denominator is 0, zero classes.
 """
 
 from typing import Optional, Union
@@ -15,6 +17,8 @@ from . import _validation, backends
 def _autocast_to_float32(input):
     """Under autocast, losses run in float32 (autocast's policy for ``cross_entropy`` and
     ``binary_cross_entropy_with_logits``): the result is float32, as theirs is."""
+    if not isinstance(input, torch.Tensor):  # validation names the argument
+        return input
     if input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(input.device.type):
         return input.float()
     return input
@@ -52,6 +56,7 @@ def focal_loss(
         input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (classes in dimension 1,
             channels-first as segmentation networks emit them; any strides), float16,
             bfloat16, float32 or float64.
+            A ``-inf`` logit masks its class: it gets probability 0 and gradient 0.
         target: class indices, integer, ``()``, ``(N,)`` or ``(N, d1, ..., dk)``, in
             ``[0, C)`` or ``ignore_index``.
         gamma: focusing parameter ``>= 0``, or a ``(C,)`` tensor of per-class values.
@@ -60,10 +65,12 @@ def focal_loss(
         weight: ``(C,)`` class weights with ``F.cross_entropy`` semantics (they enter the
             mean's denominator).
         ignore_index: target value whose elements give 0 loss, 0 gradient and are left out
-            of the mean.
+            of the mean; their logits are not read (NaN padding there is harmless).
         reduction: ``"none"`` (loss shaped like ``target``), ``"sum"``, or ``"mean"`` (sum
-            divided by the sum of ``w_y`` over non-ignored elements; 0 if none is left).
-        label_smoothing: ``eps`` in ``[0, 1]``.
+            divided by the sum of ``w_y`` over non-ignored elements; 0, with a zero
+            gradient, where that denominator is 0).
+        label_smoothing: ``eps`` in ``[0, 1]``. A masked class (``p = 0``) adds 0 to the
+            smoothing sum.
         backend: ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
         validate: check class indices on the GPU too (costs a device-to-host sync; CPU
             tensors are always checked).
@@ -77,6 +84,17 @@ def focal_loss(
     Returns:
         The loss in ``input``'s dtype: a 0-dim tensor, or ``target``'s shape for
         ``reduction="none"``.
+
+    Raises:
+        TypeError: ``input`` is not a floating-point tensor, ``target`` is not an integer
+            tensor, or an argument has the wrong kind (``weight`` not a tensor, ``gamma`` or
+            ``alpha`` neither a number nor a float tensor, ``ignore_index`` not an int).
+        ValueError: ``target``'s shape does not match ``input``'s; ``gamma``, ``alpha`` or
+            ``weight`` is negative, inf or NaN, or not one value per class;
+            ``label_smoothing`` is outside ``[0, 1]``; ``reduction`` or ``backend`` is
+            unknown, or the backend cannot run here; a class index is outside ``[0, C)``
+            (checked for CPU tensors, or with ``validate=True``); ``ignore_index`` does not
+            fit in int64; tensors are on different devices.
     """
     input = _autocast_to_float32(input)
     args = _validation.softmax_args(
@@ -128,7 +146,8 @@ def sigmoid_focal_loss(
         target: dense float targets with ``input``'s shape (soft values allowed), or integer
             class indices with ``input``'s shape minus dimension 1: element ``(n, c, ...)`` is
             positive iff ``target[n, ...] == c``; ``C`` is background (all negative);
-            ``ignore_index`` rows give 0 and are left out of the mean. No one-hot is built.
+            ``ignore_index`` rows give 0 and are left out of the mean (their logits are not
+            read). No one-hot is built.
         alpha: weight of positives in ``[0, 1]``; negative for no weighting.
         gamma: focusing parameter ``>= 0``, or a ``(C,)`` tensor applied along dimension 1.
         reduction: ``"none"`` (``input``'s shape), ``"sum"`` or ``"mean"`` (over the elements
@@ -136,12 +155,27 @@ def sigmoid_focal_loss(
         weight: tensor broadcastable to ``input`` (per anchor, per class, per element).
         ignore_index: class-index target value that ignores a whole row.
         normalizer: divisor replacing the mean's (number of positive anchors, mmdet's
-            ``avg_factor``): a number or a 0-dim tensor; the result is ``sum / normalizer``.
+            ``avg_factor``): a finite positive number or a 0-dim tensor; the result is
+            ``sum / normalizer``. A tensor that requires grad gets its gradient.
         backend: ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
-        validate: check class indices on the GPU too (costs a device-to-host sync).
+        validate: check class indices, dense target values and a tensor ``normalizer`` on
+            the GPU too (costs a device-to-host sync; CPU tensors are always checked).
 
     Returns:
         The loss in ``input``'s dtype.
+
+    Raises:
+        TypeError: ``input`` is not a floating-point tensor, ``target`` is neither float
+            nor integer, or ``alpha``, ``gamma``, ``weight`` or ``ignore_index`` has the
+            wrong kind.
+        ValueError: ``target``'s shape fits neither form (an integer 0/1 mask of
+            ``input``'s shape is told to pass floats); dense target values outside
+            ``[0, 1]``, a class index outside ``[0, C]``, or a ``normalizer`` tensor that is
+            not finite and positive (values checked for CPU tensors, or with
+            ``validate=True``); ``alpha`` is inf or NaN; ``gamma`` or ``weight`` is
+            negative, inf or NaN; ``normalizer`` is not a finite positive number, or is
+            given with ``reduction="none"``; ``reduction`` or ``backend`` is unknown;
+            tensors are on different devices.
     """
     input = _autocast_to_float32(input)
     args = _validation.sigmoid_args(
@@ -181,6 +215,13 @@ def sigmoid_focal_loss_star(
 
     Returns:
         The loss in ``input``'s dtype.
+
+    Raises:
+        TypeError: ``input`` is not a floating-point tensor, ``target`` is not a
+            floating-point tensor, or ``alpha`` is not a number.
+        ValueError: shapes differ; target values outside ``[0, 1]`` (CPU tensors);
+            ``alpha`` is inf or NaN; ``gamma`` is not a finite positive number;
+            ``reduction`` or ``backend`` is unknown.
     """
     input = _autocast_to_float32(input)
     x, t, alpha, gamma, reduction = _validation.sigmoid_star_args(input, target, alpha, gamma, reduction)

@@ -1,7 +1,9 @@
-"""``torch.nn.Module`` wrappers of the functional API.
+"""``torch.nn.Module`` wrappers of the functional API: :class:`FocalLoss` (softmax, a drop-in
+for ``nn.CrossEntropyLoss``) and :class:`SigmoidFocalLoss` (one-vs-all, RetinaNet).
 
-Tensor arguments (alpha, weight, per-class gamma) are registered as buffers, so
-``module.to(device)`` moves them and ``state_dict`` saves them.
+Arguments are checked when the module is built, so a bad ``alpha`` fails at construction
+rather than at the first forward. Tensor arguments (alpha, weight, per-class gamma) are
+registered as buffers, so ``module.to(device)`` moves them and ``state_dict`` saves them.
 """
 
 from typing import Optional, Union
@@ -9,20 +11,25 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from . import functional
+from . import _validation, backends, functional
+
+# A module's repr lists per-class tensors up to this many values, and their length beyond.
+_REPR_MAX_VALUES = 8
 
 
-def _check_tensor_values(name, value):
-    """Values are checked once, here, where it costs nothing (a module's tensors start on the CPU)."""
-    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and bool((~(value >= 0)).any()):
-        raise ValueError(f"{name} must be non-negative (and not NaN), got {value.tolist()}")
+def _describe(value):
+    """A short repr of a number, None, or a per-class tensor."""
+    if not isinstance(value, torch.Tensor):
+        return repr(value)
+    if value.numel() <= _REPR_MAX_VALUES:
+        return "tensor([" + ", ".join(f"{v:g}" for v in value.flatten().tolist()) + "])"
+    return f"<tensor of shape {tuple(value.shape)}>"
 
 
 class _TensorArgs(nn.Module):
     """Stores tensor-or-scalar arguments, tensors as buffers."""
 
     def _store(self, name, value):
-        _check_tensor_values(name, value)
         if isinstance(value, torch.Tensor):
             self.register_buffer(name, value.detach().clone())
         else:
@@ -30,7 +37,40 @@ class _TensorArgs(nn.Module):
 
 
 class FocalLoss(_TensorArgs):
-    """Softmax focal loss, a drop-in for ``nn.CrossEntropyLoss``; see :func:`triton_focal.focal_loss`.
+    """Softmax focal loss, a drop-in for ``nn.CrossEntropyLoss``.
+
+    Each element's loss is ``a_y * ((1 - eps) * w_y * f_y + (eps / C) * sum_c w_c * f_c)``
+    with ``f_c = (1 - p_c) ** gamma * (-log p_c)`` and ``p = softmax(input, dim=1)``; with
+    ``gamma=0`` it equals ``nn.CrossEntropyLoss`` (value and gradient). The computation is
+    :func:`triton_focal.focal_loss`, which documents every argument.
+
+    Args:
+        gamma: focusing parameter ``>= 0``, or a ``(C,)`` tensor of per-class values.
+        alpha: factor multiplying the loss (not the mean's denominator): a number, a
+            ``(C,)`` tensor, or None for 1.
+        weight: ``(C,)`` class weights with ``nn.CrossEntropyLoss`` semantics.
+        ignore_index: target value left out of the loss, the gradient and the mean.
+        reduction: ``"mean"`` (``nn.CrossEntropyLoss``'s weighted mean; 0 where its
+            denominator is 0), ``"sum"`` or ``"none"``.
+        label_smoothing: ``eps`` in ``[0, 1]``.
+        backend: ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
+        z_loss: coefficient of PaLM's z-loss ``z_loss * logsumexp(z) ** 2`` per element.
+        softcap: ``c > 0`` caps the logits to ``c * tanh(input / c)``; None: off.
+        inplace_grad: Triton backend only: the gradient overwrites the logits' storage
+            (no extra memory; the logits must not be used after the loss).
+
+    Shape:
+        - input: ``(N, C)``, ``(C,)`` or ``(N, C, d1, ..., dk)`` logits, classes in dimension 1.
+        - target: ``(N,)``, ``()`` or ``(N, d1, ..., dk)`` class indices in ``[0, C)`` or
+          ``ignore_index``.
+        - output: a scalar, or ``target``'s shape with ``reduction="none"``.
+
+    Raises:
+        TypeError: an argument has the wrong kind (``alpha`` a list, ``weight`` not a tensor).
+        ValueError: an argument is out of range (``gamma``, ``alpha`` or ``weight`` negative,
+            inf or NaN; ``label_smoothing`` outside ``[0, 1]``; an unknown ``reduction`` or
+            ``backend``), at construction. ``forward`` raises what
+            :func:`triton_focal.focal_loss` raises.
 
     Example::
 
@@ -49,8 +89,21 @@ class FocalLoss(_TensorArgs):
         backend: str = "auto",
         z_loss: float = 0.0,
         softcap: Optional[float] = None,
+        inplace_grad: bool = False,
     ):
         super().__init__()
+        # The class count is known only at the first forward; everything else is checked now.
+        _validation.check_per_class("gamma", gamma, None, None, validate=True)
+        if alpha is not None:
+            _validation.check_per_class("alpha", alpha, None, None, validate=True)
+        if weight is not None:
+            _validation.check_per_class("weight", weight, None, None, validate=True, allow_scalar=False)
+        _validation.check_ignore_index(ignore_index)
+        _validation.check_reduction(reduction)
+        _validation.check_label_smoothing(label_smoothing)
+        backends.check_name(backend)
+        _validation.check_z_loss(z_loss)
+        _validation.check_softcap(softcap)
         self._store("gamma", gamma)
         self._store("alpha", alpha)
         self._store("weight", weight)
@@ -60,8 +113,11 @@ class FocalLoss(_TensorArgs):
         self.backend = backend
         self.z_loss = z_loss
         self.softcap = softcap
+        self.inplace_grad = inplace_grad
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The focal loss of ``input`` logits ``(N, C, ...)`` against class indices ``target``
+        ``(N, ...)``: a scalar, or ``target``'s shape with ``reduction="none"``."""
         return functional.focal_loss(
             input,
             target,
@@ -74,15 +130,66 @@ class FocalLoss(_TensorArgs):
             backend=self.backend,
             z_loss=self.z_loss,
             softcap=self.softcap,
+            inplace_grad=self.inplace_grad,
         )
 
     def extra_repr(self) -> str:
-        gamma = "per-class" if isinstance(self.gamma, torch.Tensor) else self.gamma
-        return f"gamma={gamma}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, backend={self.backend!r}"
+        fields = [
+            f"gamma={_describe(self.gamma)}",
+            f"alpha={_describe(self.alpha)}",
+            f"weight={_describe(self.weight)}",
+            f"ignore_index={self.ignore_index}",
+            f"reduction={self.reduction!r}",
+            f"label_smoothing={self.label_smoothing}",
+            f"backend={self.backend!r}",
+        ]
+        # The optional extras appear only when on, so a plain module's repr stays short.
+        if self.z_loss:
+            fields.append(f"z_loss={self.z_loss}")
+        if self.softcap is not None:
+            fields.append(f"softcap={self.softcap}")
+        if self.inplace_grad:
+            fields.append("inplace_grad=True")
+        return ", ".join(fields)
 
 
 class SigmoidFocalLoss(_TensorArgs):
-    """One-vs-all sigmoid focal loss; see :func:`triton_focal.sigmoid_focal_loss`."""
+    """One-vs-all sigmoid focal loss (RetinaNet), equal to ``torchvision.ops.sigmoid_focal_loss``.
+
+    With ``p = sigmoid(input)`` and a target ``t`` in ``[0, 1]``, each element's loss is
+    ``alpha_t * (1 - p_t) ** gamma * BCE(input, t) * weight``. The computation is
+    :func:`triton_focal.sigmoid_focal_loss`, which documents every argument.
+
+    Args:
+        alpha: weight of positives in ``[0, 1]``; negative for no weighting.
+        gamma: focusing parameter ``>= 0``, or a ``(C,)`` tensor applied along dimension 1.
+        reduction: ``"none"`` (default, as torchvision), ``"sum"`` or ``"mean"``.
+        weight: tensor broadcastable to the input (per anchor, per class, per element).
+        ignore_index: class-index target value that ignores a whole row.
+        normalizer: divisor replacing the mean's (mmdet's ``avg_factor``); ``forward`` can
+            pass this batch's value instead.
+        backend: ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
+
+    Shape:
+        - input: ``(N, C)`` or ``(N, C, d1, ..., dk)`` logits (any shape with dense targets).
+        - target: dense floats in ``[0, 1]`` with ``input``'s shape, or integer class indices
+          ``(N, d1, ..., dk)`` where ``C`` is background.
+        - output: a scalar, or ``input``'s shape with ``reduction="none"``.
+
+    Raises:
+        TypeError: an argument has the wrong kind (``alpha`` not a number, ``weight`` not a
+            tensor).
+        ValueError: an argument is out of range (``alpha`` inf or NaN; ``gamma`` or
+            ``weight`` negative, inf or NaN; ``normalizer`` not finite and positive, or set
+            with ``reduction="none"``; an unknown ``reduction`` or ``backend``), at
+            construction. ``forward`` raises what :func:`triton_focal.sigmoid_focal_loss`
+            raises.
+
+    Example::
+
+        criterion = SigmoidFocalLoss(alpha=0.25, gamma=2.0, reduction="sum")
+        loss = criterion(cls_logits, labels, normalizer=num_pos)   # (A, C), (A,) with C = background
+    """
 
     def __init__(
         self,
@@ -91,10 +198,20 @@ class SigmoidFocalLoss(_TensorArgs):
         reduction: str = "none",
         weight: Optional[torch.Tensor] = None,
         ignore_index: int = -100,
-        normalizer: Optional[float] = None,
+        normalizer: Optional[Union[float, torch.Tensor]] = None,
         backend: str = "auto",
     ):
         super().__init__()
+        _validation.check_sigmoid_alpha(alpha)
+        _validation.check_per_class("gamma", gamma, None, None, validate=True)
+        _validation.check_reduction(reduction)
+        if weight is not None:
+            if not isinstance(weight, torch.Tensor):
+                raise TypeError(f"weight must be a tensor broadcastable to input, got {type(weight).__name__}")
+            _validation.check_weight_values(weight, validate=True)
+        _validation.check_ignore_index(ignore_index)
+        _validation.check_normalizer(normalizer, reduction, None, validate=True)
+        backends.check_name(backend)
         self.alpha = alpha
         self._store("gamma", gamma)
         self._store("weight", weight)
@@ -104,7 +221,8 @@ class SigmoidFocalLoss(_TensorArgs):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
-        """``normalizer`` given here (e.g. this batch's number of positives) overrides the stored one."""
+        """The sigmoid focal loss of ``input`` against ``target``. ``normalizer`` given here
+        (e.g. this batch's number of positives) overrides the stored one."""
         return functional.sigmoid_focal_loss(
             input,
             target,
@@ -118,5 +236,13 @@ class SigmoidFocalLoss(_TensorArgs):
         )
 
     def extra_repr(self) -> str:
-        gamma = "per-class" if isinstance(self.gamma, torch.Tensor) else self.gamma
-        return f"alpha={self.alpha}, gamma={gamma}, reduction={self.reduction!r}, backend={self.backend!r}"
+        fields = [
+            f"alpha={self.alpha}",
+            f"gamma={_describe(self.gamma)}",
+            f"reduction={self.reduction!r}",
+            f"weight={_describe(self.weight)}",
+            f"ignore_index={self.ignore_index}",
+            f"normalizer={_describe(self.normalizer)}",
+            f"backend={self.backend!r}",
+        ]
+        return ", ".join(fields)
