@@ -34,6 +34,7 @@ launch, and the model refuses a case whose scaled-down launches differ in kernel
 import argparse
 import ast
 import builtins
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -568,7 +569,20 @@ def run_case(case, headline):
 # --- compile and read the machine code (a subprocess without the interpreter) -------------
 
 
-def _spec_key(launch):
+@contextlib.contextmanager
+def recording(mode="count"):
+    """Launches inside the block are recorded into the yielded list: executed and counted
+    (``"count"``) or only captured (``"capture"``)."""
+    install_recorder()
+    _Recorder.launches = launches = []
+    _Recorder.mode = mode
+    try:
+        yield launches
+    finally:
+        _Recorder.mode = "off"
+
+
+def spec_key(launch):
     import triton
 
     parts = [launch.module, launch.qualname, launch.source_hash, triton.__version__]
@@ -595,7 +609,7 @@ def compile_launches(launches, pythonpath, cache_dir):
     """``{spec key: machine-code summary}`` for every distinct launch, compiled for sm_90."""
     specs = {}
     for launch in launches:
-        key = _spec_key(launch)
+        key = spec_key(launch)
         cached = os.path.join(cache_dir, key + ".json")
         if key in specs or os.path.exists(cached):
             continue
@@ -614,7 +628,7 @@ def compile_launches(launches, pythonpath, cache_dir):
             raise RuntimeError("compiling for sm_90 failed:\n" + done.stderr[-4000:])
     out = {}
     for launch in launches:
-        key = _spec_key(launch)
+        key = spec_key(launch)
         with open(os.path.join(cache_dir, key + ".json")) as f:
             out[key] = json.load(f)
     return out
@@ -879,7 +893,7 @@ def model_case(case, headline_launches, small_launches, torch_bytes, floor_bytes
     instructions = mufu_total = kernel_bytes = 0.0
     spills = registers = 0
     for big, small in zip(headline_launches, small_launches):
-        code = code_by_key[_spec_key(big)]
+        code = code_by_key[spec_key(big)]
         warps = code["num_warps"]
         per_sm = device.programs_per_sm(code["registers"], warps, code["shared_bytes"])
         resident = min(big.programs, device.sms * max(per_sm, 1))
