@@ -3,9 +3,13 @@
 ``fused_linear_focal_loss(hidden, lm_weight, target)`` equals
 ``focal_loss(hidden @ lm_weight.T + bias, target)``, but the ``(T, V)`` logits only ever
 exist one chunk of rows at a time. Each chunk's logits are made, turned into their loss
-and gradient by the chosen backend (the Triton kernel computes both in one pass), and
-folded at once into the gradients of ``hidden``, ``lm_weight`` and ``bias``; peak memory
-is one chunk of logits and its gradient instead of two ``(T, V)`` tensors.
+and gradient, and folded at once into the gradients of ``hidden``, ``lm_weight`` and
+``bias``. A chunk holds about as many logits as ``hidden`` has elements (Liger-Kernel's
+sizing), so the extra memory is a few hidden-sized buffers plus the weight's gradient,
+instead of two ``(T, V)`` tensors. The Triton kernel computes a chunk's loss and gradient
+in one pass; the reference and compile backends use the torch statement of the same row
+math without an autograd graph (``distributed.rows_focal_loss``), so a chunk's
+intermediates are its logits, their gradient and a few temporaries of that size.
 
 For ``reduction="sum"`` and ``"mean"`` the gradients are made in the forward pass and only
 scaled by ``grad_output`` in backward. For ``"none"`` the per-token ``grad_output`` is
@@ -14,80 +18,120 @@ needed before the weight gradient can be summed, so backward recomputes the chun
 
 import torch
 
-from . import _validation, reference
+from . import _validation, backends, reference
+from .distributed import mean_scales, rows_focal_loss
 from .functional import focal_loss
 
-# Rows per chunk keep one chunk of logits near 2**26 elements (128 MiB in bf16) at V = 128k.
-CHUNK_ELEMENTS = 2**26
+
+def _chunks(num_rows, vocab, hidden_size, chunk_size):
+    """Row ranges of the chunks. By default a chunk holds about ``num_rows * hidden_size``
+    logits, as many as ``hidden`` has elements: the logits never outweigh the activations."""
+    if chunk_size is None:
+        num_chunks = max(1, -(-vocab // max(hidden_size, 1)))  # ceil(V / H)
+        chunk_size = max(1, -(-num_rows // num_chunks))
+    return [(start, min(start + chunk_size, num_rows)) for start in range(0, num_rows, chunk_size)]
 
 
-def _chunks(num_rows, vocab, chunk_size):
-    size = chunk_size or max(1, min(num_rows, CHUNK_ELEMENTS // max(vocab, 1)))
-    return [(start, min(start + size, num_rows)) for start in range(0, num_rows, size)]
+def _chunk_loss_and_grad(logits, target, backend, focal_kwargs, scales, need_grad):
+    """One chunk's summed (or per-row) loss and the gradient of its logits.
 
-
-def _fold_chunks(hidden, lm_weight, bias, target, focal_kwargs, chunk_size, row_scale, need_grad):
-    """Loss of every chunk and, if ``need_grad``, the gradients it induces.
-
-    ``row_scale`` is what the summed (or per-row) loss is multiplied by before
-    differentiating: a scalar, or a ``(T,)`` tensor of per-token grad_output.
-    Returns ``(loss_sum or per-row loss, grad_hidden, grad_weight, grad_bias)``.
+    ``scales`` = ``(focal, z)``: what each row's focal part and z-loss part are multiplied by
+    before differentiating (numbers, or ``(rows,)`` tensors of per-token grad_output); ``z``
+    None: the same as ``focal``.
     """
     per_row = focal_kwargs["reduction"] == "none"
+    scale_focal, scale_z = scales
+    settings = {key: value for key, value in focal_kwargs.items() if key not in ("reduction", "backend")}
+    # The kernel scales a row's focal and z parts alike: it serves when the two scales are one.
+    if backend == "triton" and (settings["z_loss"] == 0 or scale_z is None):
+        with torch.enable_grad():
+            logits.requires_grad_(need_grad)
+            loss = focal_loss(logits, target, reduction="none" if per_row else "sum", backend="triton", **settings)
+            grad = None
+            if need_grad:
+                (grad,) = torch.autograd.grad(loss, logits, torch.ones_like(loss) * scale_focal)
+        return (loss.detach() if per_row else loss.detach() * scale_focal), grad
+    scale_z = scale_focal if scale_z is None else scale_z
+    args = _validation.softmax_args(
+        logits, target, settings["gamma"], settings["alpha"], settings["weight"], settings["ignore_index"], "none",
+        settings["label_smoothing"], False, settings["z_loss"], settings["softcap"],
+    )
+    focal_rows, z_rows, grad = rows_focal_loss(
+        logits.to(reference.compute_dtype(logits.dtype)), target, gamma=args.gamma, alpha=args.alpha,
+        weight=args.weight, ignore_index=args.ignore_index, label_smoothing=args.label_smoothing,
+        z_loss=args.z_loss, softcap=args.softcap, backend=backend, scale_focal=scale_focal, scale_z=scale_z,
+        need_grad=need_grad,
+    )
+    if per_row:
+        return focal_rows + z_rows, grad
+    return focal_rows.sum() * scale_focal + z_rows.sum() * scale_z, grad
+
+
+def _fold_chunks(hidden, lm_weight, bias, target, focal_kwargs, chunk_size, scales, need_grad):
+    """Loss of every chunk and, if ``need_grad``, the gradients it induces.
+
+    ``scales`` = ``(focal, z)``: what the focal and z-loss parts are multiplied by before
+    differentiating: numbers or 0-dim tensors, or ``(T,)`` tensors of per-token grad_output.
+    Returns ``(loss sum or per-row loss, grad_hidden, grad_weight, grad_bias)``.
+    """
+    per_row = focal_kwargs["reduction"] == "none"
+    backend = backends.resolve(focal_kwargs["backend"], hidden.device)
     accumulate = reference.compute_dtype(hidden.dtype)
     losses = []
     grad_hidden = torch.empty_like(hidden) if need_grad else None
     grad_weight = torch.zeros_like(lm_weight, dtype=accumulate) if need_grad else None
     grad_bias = torch.zeros_like(bias, dtype=accumulate) if need_grad and bias is not None else None
-    for start, end in _chunks(hidden.shape[0], lm_weight.shape[0], chunk_size):
+    for start, end in _chunks(hidden.shape[0], lm_weight.shape[0], hidden.shape[1], chunk_size):
         rows = hidden[start:end]
-        with torch.enable_grad():
-            logits = rows @ lm_weight.t()
-            if bias is not None:
-                logits = logits + bias
-            logits = logits.detach().requires_grad_(need_grad)
-            loss = focal_loss(logits, target[start:end], **focal_kwargs)
-            if need_grad:
-                scale = row_scale[start:end] if isinstance(row_scale, torch.Tensor) and per_row else row_scale
-                (grad_logits,) = torch.autograd.grad(loss, logits, torch.ones_like(loss) * scale)
-        losses.append(loss.detach())
+        logits = rows @ lm_weight.t()
+        if bias is not None:
+            logits += bias
+        chunk_scales = [scale[start:end] if isinstance(scale, torch.Tensor) and per_row else scale for scale in scales]
+        loss, grad_logits = _chunk_loss_and_grad(logits, target[start:end], backend, focal_kwargs, chunk_scales, need_grad)
+        del logits
+        losses.append(loss)
         if need_grad:
-            grad_hidden[start:end] = grad_logits @ lm_weight
+            grad_logits = grad_logits.to(hidden.dtype)
+            torch.mm(grad_logits, lm_weight, out=grad_hidden[start:end])
             grad_weight.addmm_(grad_logits.t().to(accumulate), rows.to(accumulate))
             if grad_bias is not None:
                 grad_bias += grad_logits.to(accumulate).sum(0)
+            del grad_logits
     loss = torch.cat(losses) if per_row else torch.stack(losses).to(accumulate).sum()
     return loss, grad_hidden, grad_weight, grad_bias
 
 
 class _FusedLinearFocalFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, lm_weight, bias, target, focal_kwargs, chunk_size, denominator):
+    def forward(ctx, hidden, lm_weight, bias, target, focal_kwargs, chunk_size, denominator, count):
         need_grad = any(ctx.needs_input_grad[:3])
         reduction = focal_kwargs["reduction"]
         ctx.focal_kwargs, ctx.chunk_size = focal_kwargs, chunk_size
         if reduction == "none":
             ctx.save_for_backward(hidden, lm_weight, bias, target)
-            loss, *_ = _fold_chunks(hidden, lm_weight, bias, target, focal_kwargs, chunk_size, 1.0, False)
+            loss, *_ = _fold_chunks(hidden, lm_weight, bias, target, focal_kwargs, chunk_size, (1.0, 1.0), False)
             return loss.to(hidden.dtype)
-        # Chunks are summed; the mean divides once by the whole batch's denominator.
-        inv_denominator = 1.0 / denominator if reduction == "mean" else 1.0
+        # Chunks are summed, each part already divided by the whole batch's mean divisor.
+        scales = mean_scales(reduction, denominator, count)
+        if focal_kwargs["z_loss"] == 0 or focal_kwargs["weight"] is None:
+            scales = (scales[0], None)  # one divisor (sum w_y = rows without weight)
         loss, *grads = _fold_chunks(
-            hidden, lm_weight, bias, target, {**focal_kwargs, "reduction": "sum"}, chunk_size, inv_denominator, need_grad
+            hidden, lm_weight, bias, target, {**focal_kwargs, "reduction": "sum"}, chunk_size, scales, need_grad
         )
         ctx.grads = grads
-        return (loss * inv_denominator).to(hidden.dtype)
+        return loss.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         if ctx.focal_kwargs["reduction"] == "none":
             hidden, lm_weight, bias, target = ctx.saved_tensors
-            _, *grads = _fold_chunks(hidden, lm_weight, bias, target, ctx.focal_kwargs, ctx.chunk_size, grad_output, True)
+            scales = (grad_output, None)
+            _, *grads = _fold_chunks(hidden, lm_weight, bias, target, ctx.focal_kwargs, ctx.chunk_size, scales, True)
         else:
             grads = [None if g is None else g * grad_output for g in ctx.grads]
         ctx.grads = None
         # Autograd casts each gradient to its input's dtype.
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def fused_linear_focal_loss(
@@ -100,9 +144,11 @@ def fused_linear_focal_loss(
         lm_weight: ``(V, H)`` output projection.
         target: ``(T,)`` class indices in ``[0, V)`` or ``ignore_index``.
         bias: optional ``(V,)``.
-        chunk_size: rows per chunk (default: about 2**26 logits per chunk).
+        chunk_size: rows per chunk (default: ``ceil(T / ceil(V / H))``, a chunk of logits
+            about the size of ``hidden``).
         **focal_kwargs: ``gamma``, ``alpha``, ``weight``, ``ignore_index``, ``reduction``,
-            ``label_smoothing``, ``backend`` of :func:`triton_focal.focal_loss`.
+            ``label_smoothing``, ``z_loss``, ``softcap``, ``backend`` of
+            :func:`triton_focal.focal_loss`.
 
     Returns:
         The loss, as :func:`triton_focal.focal_loss` would return it.
@@ -120,8 +166,9 @@ def fused_linear_focal_loss(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     for name, tensor in (("lm_weight", lm_weight), ("bias", bias)):
         _validation.check_same_device(hidden, name, tensor)
-    kwargs = {"gamma": 2.0, "alpha": None, "weight": None, "ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0}
-    unknown = set(focal_kwargs) - set(kwargs) - {"backend"}
+    kwargs = {"gamma": 2.0, "alpha": None, "weight": None, "ignore_index": -100, "reduction": "mean",
+              "label_smoothing": 0.0, "z_loss": 0.0, "softcap": None, "backend": "auto"}
+    unknown = set(focal_kwargs) - set(kwargs)
     if unknown:
         raise TypeError(f"fused_linear_focal_loss got unexpected keyword arguments {sorted(unknown)}")
     kwargs.update(focal_kwargs)
@@ -129,10 +176,9 @@ def fused_linear_focal_loss(
     probe = hidden.new_empty(1, 1).expand(hidden.shape[0], lm_weight.shape[0])
     args = _validation.softmax_args(
         probe, target, kwargs["gamma"], kwargs["alpha"], kwargs["weight"], kwargs["ignore_index"],
-        kwargs["reduction"], kwargs["label_smoothing"],
+        kwargs["reduction"], kwargs["label_smoothing"], False, kwargs["z_loss"], kwargs["softcap"],
     )
-    denominator = reference.softmax_mean_denominator(
-        target, args.weight, args.ignore_index, reference.compute_dtype(hidden.dtype)
-    )
-    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return _FusedLinearFocalFunction.apply(hidden, lm_weight, bias, target, kwargs, chunk_size, denominator)
+    dtype = reference.compute_dtype(hidden.dtype)
+    denominator = reference.softmax_mean_denominator(target, args.weight, args.ignore_index, dtype)
+    count = (target != args.ignore_index).sum(dtype=dtype)
+    return _FusedLinearFocalFunction.apply(hidden, lm_weight, bias, target, kwargs, chunk_size, denominator, count)
