@@ -1,0 +1,283 @@
+"""The compile backend's math: each loss as a forward and a closed-form backward.
+
+``reference.py`` states the losses for reading and lets autograd differentiate them; this
+module states the same losses for speed. Each forward reduces the logits to a few numbers
+per row (log-sum-exp, the target's log-probability) and each backward writes the gradient
+from those numbers in one elementwise pass, so Inductor fuses every function into one loop
+over the logits. Only label smoothing needs a focal term for every class.
+
+Every function takes ``(N, C, P)`` logits and returns float32 (float64 for float64 input)
+results; the caller casts. The numbers a user varies between calls (gamma, alpha, eps, the
+z-loss and softcap coefficients, ignore_index) arrive as 0-dim tensors, so a compiled
+function is never specialized on their values. The structure of a call (reduction, which
+optional terms are present) is the keyword-only ``cfg``, fixed per compiled function.
+
+Notation, per element with target ``y``, ``z`` the (softcapped) logits, ``l_c = log p_c``::
+
+    f(l)    = (1 - p) ** g * (-l)                          the focal term of one class
+    coef(l) = -df/dl = (1 - p) ** g * (1 - g * p * l / (1 - p))
+    loss    = a_y * ((1 - eps) * w_y * f(l_y) + (eps / C) * sum_c w_c * f(l_c)) + k * lse(z) ** 2
+    dloss/dz_j = a_y * ((1 - eps) * w_y * coef(l_y) * (p_j - [j == y])
+                        + (eps / C) * (p_j * sum_c w_c * coef(l_c) - w_j * coef(l_j)))
+                 + 2 * k * lse(z) * p_j
+
+``coef`` follows from ``dl_y/dz_j = [j == y] - p_j``. ``l / (1 - p)`` tends to -1 as
+``p -> 1``, which keeps ``coef`` finite for every ``g >= 0`` (the ``(1 - p) ** (g - 1)``
+of a naive derivative is infinite there for ``g < 1``). A class masked with a ``-inf``
+logit has ``p = 0`` and ``f = inf``; its smoothing term and gradient are defined as 0.
+"""
+
+import torch
+
+from .reference import compute_dtype
+
+
+# --- shared pieces ---------------------------------------------------------------------------
+
+
+def _safe_ratio(num, den, where_zero):
+    """``num / den``, and ``where_zero`` where ``den == 0`` (no NaN reaches a ``where``'s gradient:
+    these functions are never differentiated, but the value itself must stay finite)."""
+    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), where_zero)
+
+
+def focal_and_coef(log_p, gamma):
+    """``f(l)`` and ``coef(l)`` of the module docstring, finite for every ``gamma >= 0``.
+
+    ``1 - p`` comes from ``expm1``, exact near ``p = 1``; ``p * l / (1 - p)`` is 0 where ``p``
+    is 0 (a ``-inf`` target logit gives ``f = inf`` with a finite gradient, as
+    ``F.cross_entropy`` does).
+    """
+    p = torch.exp(log_p)
+    one_minus_p = -torch.expm1(log_p)
+    weight = one_minus_p**gamma  # 0 ** 0 == 1
+    l_over_q = _safe_ratio(log_p, one_minus_p, torch.full_like(log_p, -1.0))
+    p_l_over_q = torch.where(p > 0, p * l_over_q, torch.zeros_like(p))
+    return weight * -log_p, weight * (1 - gamma * p_l_over_q)
+
+
+def softcap_forward(x, softcap):
+    """``softcap * tanh(x / softcap)``, Gemma 2's logit cap."""
+    return softcap * torch.tanh(x / softcap)
+
+
+def softcap_backward(grad_z, x, softcap):
+    """The cap's chain rule: ``dz/dx = 1 - tanh(x / softcap) ** 2``."""
+    t = torch.tanh(x / softcap)
+    return grad_z * (1 - t * t)
+
+
+def per_class(value):
+    """A 0-dim value, or a ``(C,)`` tensor viewed along dimension 1 of ``(N, C, P)``."""
+    return value if value.dim() == 0 else value.view(1, -1, 1)
+
+
+def at_target(value, safe_target):
+    """A 0-dim value, or a ``(C,)`` tensor read at each row's target class (``(N, P)``)."""
+    return value if value.dim() == 0 else value[safe_target]
+
+
+def mean_scale(denominator):
+    """``1 / denominator``, and 0 where it is 0: the mean of nothing is 0 with a zero gradient."""
+    return _safe_ratio(torch.ones_like(denominator), denominator, torch.zeros_like(denominator))
+
+
+# --- softmax focal loss ----------------------------------------------------------------------
+
+
+def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *, cfg):
+    """The loss of the module docstring, reduced, and the per-row numbers the backward needs.
+
+    Returns:
+        ``(loss, lse, coef_sum)``: the reduced loss in ``x``'s dtype; ``lse(z)`` per row (``(N, P)``);
+        ``sum_c w_c * coef(l_c)`` per row when label smoothing is on (else ``lse`` again, unused).
+    """
+    z = x.to(compute_dtype(x.dtype))
+    if cfg.softcap:
+        z = softcap_forward(z, softcap)
+    num_classes = z.shape[1]
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+
+    lse = torch.logsumexp(z, dim=1)
+    log_p_target = z.gather(1, safe_target.unsqueeze(1)).squeeze(1) - lse
+    focal_target, _ = focal_and_coef(log_p_target, at_target(gamma, safe_target))
+    w_target = at_target(weight, safe_target) if cfg.weight else torch.ones_like(lse)
+
+    loss = w_target * focal_target
+    coef_sum = lse
+    if cfg.smoothing:
+        w = per_class(weight) if cfg.weight else 1.0
+        log_p = z - lse.unsqueeze(1)
+        focal, coef = focal_and_coef(log_p, per_class(gamma))
+        masked = torch.isneginf(z)
+        zero = torch.zeros_like(focal)
+        smooth = (w * torch.where(masked, zero, focal)).sum(dim=1)
+        coef_sum = (w * torch.where(masked, zero, coef)).sum(dim=1)
+        loss = (1 - eps) * loss + (eps / num_classes) * smooth
+    if cfg.alpha:
+        loss = at_target(alpha, safe_target) * loss
+
+    zero_row = torch.zeros_like(lse)
+    loss = torch.where(valid, loss, zero_row)
+    z_part = torch.where(valid, z_loss * lse * lse, zero_row) if cfg.z_loss else None
+    if cfg.reduction == "none":
+        total = loss + z_part if cfg.z_loss else loss
+    elif cfg.reduction == "sum":
+        total = loss.sum() + z_part.sum() if cfg.z_loss else loss.sum()
+    else:
+        total = loss.sum() * mean_scale(torch.where(valid, w_target, zero_row).sum())
+        if cfg.z_loss:
+            total = total + z_part.sum() * mean_scale(valid.sum().to(lse.dtype))
+    return total.to(x.dtype), lse, coef_sum
+
+
+def softmax_backward(grad_loss, x, target, lse, coef_sum, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *, cfg):
+    """``dloss/dx`` of :func:`softmax_forward` in one pass, from the saved ``lse`` (and
+    ``coef_sum`` with smoothing); returned in ``x``'s dtype."""
+    z = x.to(compute_dtype(x.dtype))
+    if cfg.softcap:
+        z = softcap_forward(z, softcap)
+    num_classes = z.shape[1]
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    grad_loss = grad_loss.to(lse.dtype)
+
+    # The row's scale: grad_output, divided by the mean's denominator(s).
+    w_target = at_target(weight, safe_target) if cfg.weight else torch.ones_like(lse)
+    if cfg.reduction == "mean":
+        zero_row = torch.zeros_like(lse)
+        focal_scale = grad_loss * mean_scale(torch.where(valid, w_target, zero_row).sum())
+        z_scale = grad_loss * mean_scale(valid.sum().to(lse.dtype))
+    else:
+        focal_scale = z_scale = grad_loss
+    if cfg.alpha:
+        focal_scale = focal_scale * at_target(alpha, safe_target)
+
+    log_p_target = z.gather(1, safe_target.unsqueeze(1)).squeeze(1) - lse
+    _, coef_target = focal_and_coef(log_p_target, at_target(gamma, safe_target))
+    target_coef = focal_scale * w_target * coef_target  # multiplies (p_j - [j == y])
+    if cfg.smoothing:
+        target_coef = (1 - eps) * target_coef
+    p_coef = target_coef  # multiplies p_j
+    if cfg.smoothing:
+        p_coef = p_coef + focal_scale * (eps / num_classes) * coef_sum
+    if cfg.z_loss:
+        p_coef = p_coef + z_scale * 2 * z_loss * lse
+
+    log_p = z - lse.unsqueeze(1)
+    p = torch.exp(log_p)
+    classes = torch.arange(num_classes, device=z.device).view(1, -1, 1)
+    is_target = classes == safe_target.unsqueeze(1)
+    grad = p_coef.unsqueeze(1) * p - torch.where(is_target, target_coef.unsqueeze(1), torch.zeros_like(p))
+    if cfg.smoothing:
+        _, coef = focal_and_coef(log_p, per_class(gamma))
+        w = per_class(weight) if cfg.weight else 1.0
+        smooth = (focal_scale * (eps / num_classes)).expand_as(lse).unsqueeze(1) * w * coef
+        grad = grad - torch.where(torch.isneginf(z), torch.zeros_like(smooth), smooth)
+    grad = torch.where(valid.unsqueeze(1), grad, torch.zeros_like(grad))
+    if cfg.softcap:
+        grad = softcap_backward(grad, x.to(z.dtype), softcap)
+    return grad.to(x.dtype)
+
+
+# --- sigmoid focal loss ----------------------------------------------------------------------
+
+
+def _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg):
+    """Per element: the computation dtype's logits, the target ``t`` and the row mask (or None)."""
+    x = x.to(compute_dtype(x.dtype))
+    if cfg.index_targets:
+        classes = torch.arange(x.shape[1], device=x.device).view(1, -1, 1)
+        t = (target.unsqueeze(1) == classes).to(x.dtype)
+        valid = (target != ignore_index).unsqueeze(1)
+    else:
+        t = target.to(x.dtype)
+        valid = None
+    return x, t, valid
+
+
+def _element_scale(t, alpha, weight, cfg):
+    """``alpha_t * weight`` per element (1 where neither is given)."""
+    scale = alpha * t + (1 - alpha) * (1 - t) if cfg.alpha else torch.ones_like(t)
+    if weight is not None:
+        scale = scale * weight.to(t.dtype)
+    return scale
+
+
+def sigmoid_forward(x, target, gamma, alpha, weight, ignore_index, *, cfg):
+    """``alpha_t * (1 - p_t) ** gamma * BCE(x, t) * weight``, reduced (``"mean"`` over the
+    elements not ignored; a normalizer is applied by the caller to the ``"sum"``)."""
+    x_dtype = x.dtype
+    x, t, valid = _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg)
+    bce = torch.clamp_min(x, 0) - x * t + torch.log1p(torch.exp(-x.abs()))
+    one_minus_p_t = torch.sigmoid(-x) * t + torch.sigmoid(x) * (1 - t)  # no cancellation
+    loss = _element_scale(t, alpha, weight, cfg) * one_minus_p_t ** per_class(gamma) * bce
+    if valid is not None:
+        loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if cfg.reduction == "sum":
+        loss = loss.sum()
+    elif cfg.reduction == "mean":
+        count = valid.expand_as(loss).sum().to(loss.dtype) if valid is not None else loss.new_tensor(loss.numel())
+        loss = loss.sum() * mean_scale(count)
+    return loss.to(x_dtype)
+
+
+def sigmoid_backward(grad_loss, x, target, gamma, alpha, weight, ignore_index, *, cfg):
+    """``dloss/dx`` of :func:`sigmoid_forward`, elementwise::
+
+        d/dx [(1 - p_t) ** g * bce] = g * (1 - p_t) ** g * (p (1 - p) / (1 - p_t)) * (1 - 2t) * bce
+                                      + (1 - p_t) ** g * (p - t)
+
+    ``p (1 - p) / (1 - p_t)`` is finite (``p`` or ``1 - p`` for hard targets) and taken as 0
+    where ``1 - p_t`` underflows to 0, where both terms vanish.
+    """
+    x_dtype = x.dtype
+    x, t, valid = _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg)
+    p, one_minus_p = torch.sigmoid(x), torch.sigmoid(-x)
+    bce = torch.clamp_min(x, 0) - x * t + torch.log1p(torch.exp(-x.abs()))
+    one_minus_p_t = one_minus_p * t + p * (1 - t)
+    g = per_class(gamma)
+    focal = one_minus_p_t**g
+    ratio = _safe_ratio(p * one_minus_p, one_minus_p_t, torch.zeros_like(p))
+    grad = focal * (g * ratio * (1 - 2 * t) * bce + (p - t))
+    grad = grad * _element_scale(t, alpha, weight, cfg)
+
+    grad_loss = grad_loss.to(x.dtype)
+    if cfg.reduction == "mean":
+        count = valid.expand_as(x).sum().to(x.dtype) if valid is not None else x.new_tensor(x.numel())
+        grad_loss = grad_loss * mean_scale(count)
+    grad = grad * grad_loss
+    if valid is not None:
+        grad = torch.where(valid, grad, torch.zeros_like(grad))
+    return grad.to(x_dtype)
+
+
+# --- FL* -------------------------------------------------------------------------------------
+
+
+def star_forward(x, target, gamma, alpha, *, cfg):
+    """FL*: ``alpha_t * softplus(-gamma * x * (2t - 1)) / gamma``, reduced."""
+    x_dtype = x.dtype
+    x = x.to(compute_dtype(x.dtype))
+    t = target.to(x.dtype)
+    u = -gamma * x * (2 * t - 1)
+    loss = _element_scale(t, alpha, None, cfg) * (torch.clamp_min(u, 0) + torch.log1p(torch.exp(-u.abs()))) / gamma
+    if cfg.reduction == "sum":
+        loss = loss.sum()
+    elif cfg.reduction == "mean":
+        loss = loss.sum() * mean_scale(loss.new_tensor(loss.numel()))
+    return loss.to(x_dtype)
+
+
+def star_backward(grad_loss, x, target, gamma, alpha, *, cfg):
+    """``d FL*/dx = -alpha_t * (2t - 1) * sigmoid(-gamma * x * (2t - 1))``."""
+    x_dtype = x.dtype
+    x = x.to(compute_dtype(x.dtype))
+    t = target.to(x.dtype)
+    sign = 2 * t - 1
+    grad = -_element_scale(t, alpha, None, cfg) * sign * torch.sigmoid(-gamma * x * sign)
+    grad_loss = grad_loss.to(x.dtype)
+    if cfg.reduction == "mean":
+        grad_loss = grad_loss * mean_scale(x.new_tensor(x.numel()))
+    return (grad * grad_loss).to(x_dtype)
