@@ -14,6 +14,10 @@ intermediates are its logits, their gradient and a few temporaries of that size.
 For ``reduction="sum"`` and ``"mean"`` the gradients are made in the forward pass and only
 scaled by ``grad_output`` in backward. For ``"none"`` the per-token ``grad_output`` is
 needed before the weight gradient can be summed, so backward recomputes the chunks.
+
+A backward with ``create_graph=True`` (a Hessian-vector product, a gradient penalty) goes
+through the eager reference on the whole ``(T, V)`` logits instead, so that its gradients
+can be differentiated again; that path alone holds the full logits.
 """
 
 import torch
@@ -97,8 +101,20 @@ def _fold_chunks(hidden, lm_weight, bias, target, focal_kwargs, chunk_size, scal
             if grad_bias is not None:
                 grad_bias += grad_logits.to(accumulate).sum(0)
             del grad_logits
-    loss = torch.cat(losses) if per_row else torch.stack(losses).to(accumulate).sum()
+    if not losses:  # an empty batch: no rows, or the empty sum
+        loss = hidden.new_zeros(0, dtype=accumulate) if per_row else hidden.new_zeros((), dtype=accumulate)
+    else:
+        loss = torch.cat(losses) if per_row else torch.stack(losses).to(accumulate).sum()
     return loss, grad_hidden, grad_weight, grad_bias
+
+
+def _differentiable_loss(hidden, lm_weight, bias, target, focal_kwargs):
+    """The same loss through the eager reference on the whole logits: every step is an
+    autograd op, so gradients made from it can be differentiated again."""
+    logits = hidden @ lm_weight.t()
+    if bias is not None:
+        logits = logits + bias
+    return focal_loss(logits, target, **{**focal_kwargs, "backend": "reference"})
 
 
 class _FusedLinearFocalFunction(torch.autograd.Function):
@@ -118,18 +134,24 @@ class _FusedLinearFocalFunction(torch.autograd.Function):
         loss, *grads = _fold_chunks(
             hidden, lm_weight, bias, target, {**focal_kwargs, "reduction": "sum"}, chunk_size, scales, need_grad
         )
-        ctx.grads = grads
+        # Saved, not kept as attributes: autograd frees saved tensors after a backward unless
+        # the graph is retained, so a second backward (retain_graph=True) finds them again.
+        ctx.save_for_backward(hidden, lm_weight, bias, target, *grads)
         return loss.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        if ctx.focal_kwargs["reduction"] == "none":
-            hidden, lm_weight, bias, target = ctx.saved_tensors
+        hidden, lm_weight, bias, target, *stored_grads = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable
+            wanted = [t for t, needed in zip((hidden, lm_weight, bias), ctx.needs_input_grad) if needed]
+            loss = _differentiable_loss(hidden, lm_weight, bias, target, ctx.focal_kwargs)
+            made = iter(torch.autograd.grad(loss, wanted, grad_output, create_graph=True))
+            grads = [next(made) if needed else None for needed in ctx.needs_input_grad[:3]]
+        elif ctx.focal_kwargs["reduction"] == "none":
             scales = (grad_output, None)
             _, *grads = _fold_chunks(hidden, lm_weight, bias, target, ctx.focal_kwargs, ctx.chunk_size, scales, True)
         else:
-            grads = [None if g is None else g * grad_output for g in ctx.grads]
-        ctx.grads = None
+            grads = [None if g is None else g * grad_output for g in stored_grads]
         # Autograd casts each gradient to its input's dtype.
         return (*grads, None, None, None, None, None)
 
@@ -151,7 +173,15 @@ def fused_linear_focal_loss(
             :func:`triton_focal.focal_loss`.
 
     Returns:
-        The loss, as :func:`triton_focal.focal_loss` would return it.
+        The loss, as :func:`triton_focal.focal_loss` would return it. A backward with
+        ``create_graph=True`` gives gradients that can be differentiated again (computed
+        through the eager reference on the whole logits).
+
+    Raises:
+        ValueError: ``hidden``, ``lm_weight`` or ``bias`` has the wrong shape, ``chunk_size``
+            is not a positive int, tensors are on different devices, or a ``focal_kwargs``
+            value is refused as :func:`triton_focal.focal_loss` refuses it.
+        TypeError: an unknown keyword argument, or a ``focal_kwargs`` value of the wrong kind.
     """
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a (T, H) tensor, got {getattr(hidden, 'shape', type(hidden).__name__)}")
