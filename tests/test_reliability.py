@@ -210,10 +210,11 @@ def test_mean_with_zero_denominator_is_zero_with_zero_gradient(request, backend)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_zero_classes_with_every_element_ignored(backend, reduction):
+def test_zero_classes_with_every_element_ignored(request, backend, reduction):
     """C = 0 and nothing to score: the empty sum (0), a zero mean, or one 0 per element."""
     if backend == "compile" and reduction != "mean":
         pytest.skip("compile runs one configuration")
+    mark_known_failure(request, "compile", when=backend == "compile")
     x = torch.randn(3, 0, 2, device=DEVICE, requires_grad=True)
     target = torch.full((3, 2), -100, device=DEVICE)
     loss = triton_focal.focal_loss(x, target, reduction=reduction, backend=backend)
