@@ -1,10 +1,12 @@
-"""The eager reference: SPEC.md's math in plain PyTorch, written to be read.
+"""The eager reference: the README's math in plain PyTorch, written to be read.
 
 Every backend computes exactly this. The functions take the canonical arguments that
 ``triton_focal._validation`` produces (logits viewed as ``(N, C, P)``, targets as
 ``(N, P)``, alpha/weight/gamma as scalars or ``(C,)`` tensors) and compute in float32
 (float64 for float64 input), returning the input's dtype. Gradients come from autograd
-through this composition; it is kept free of NaN/inf for every finite input.
+through this composition, so it also has second derivatives. It is kept free of NaN/inf
+for every finite input, for masked (``-inf``) non-target logits, and for NaN or inf in
+ignored elements; a mean over a zero denominator is 0.
 """
 
 import math
