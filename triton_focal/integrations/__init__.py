@@ -1,0 +1,1 @@
+"""Adapters to training frameworks; each is an optional extra (``transformers``: ``[hf]``)."""
