@@ -61,12 +61,11 @@ def check(x, target, **kwargs):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Shrink the launch table so that tiny shapes take the multi-block (looping) path."""
-    monkeypatch.setattr(ops, "MAX_SINGLE_BLOCK_STRIDED", 8)
-    monkeypatch.setattr(ops, "MAX_SINGLE_BLOCK_CONTIGUOUS", 8)
-    monkeypatch.setattr(ops, "LOOP_BLOCK_C_STRIDED", 8)
-    monkeypatch.setattr(ops, "LOOP_BLOCK_C_CONTIGUOUS", 8)
-    monkeypatch.setattr(ops, "LOOP_BLOCK_P_STRIDED", 4)
+    """Shrink the launch table and the GPU so that tiny shapes take every loop: several class
+    steps per row, rows split over lanes, and programs that walk several tiles."""
+    monkeypatch.setattr(ops, "STRIDED_BLOCK_C", 2)
+    monkeypatch.setattr(ops, "MAX_SPLIT", 4)
+    monkeypatch.setattr(ops.PersistentGrid, "programs", lambda self, num_tiles, num_warps, footprint: min(num_tiles, 2))
 
 
 SHAPES = [

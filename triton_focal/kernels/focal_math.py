@@ -12,11 +12,22 @@ written so that no finite input produces NaN or inf:
   saturated logits for ``gamma < 1``).
 """
 
+import os
+
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 # Smallest normal float32. Clamping 1 - p to it keeps (1 - p) ** (gamma - 1) finite.
 FP32_TINY = tl.constexpr(1.1754943508222875e-38)  # a constexpr object: compiled kernels may read it
+# exp(x) = exp2(x * LOG2E) and log(x) = log2(x) * LN2: in float32, exp2 and log2 are single MUFU
+# instructions (ex2.approx, lg2.approx: about 2 ulp, and 2**-22 absolute for log2 near 1), where
+# exp and log are longer sequences. Callers keep exact forms where a cancellation would amplify
+# the error (log p near p = 1, 1 - p near p = 1); float64 gets exact functions throughout.
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+# The interpreter runs numpy, which has neither libdevice nor MUFU: there log2 is exact.
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
@@ -76,17 +87,79 @@ def target_log_prob(x_target, lse, q_target):
 
 @triton.jit
 def one_minus_exp(log_p):
-    """``1 - exp(log_p)`` for ``log_p <= 0`` without cancellation near 0 (``-expm1``)."""
-    u = tl.exp(log_p)
-    near_one = log_p > -1.0
-    # Kahan's expm1: (u - 1) * x / log(u); the rounding error of u cancels in the ratio.
-    log_u = tl.where(near_one & (u != 1.0), tl.log(u), 1.0)
-    expm1 = tl.where(u == 1.0, log_p, (u - 1.0) * log_p / log_u)
+    """``1 - exp(log_p)`` for ``log_p <= 0`` without cancellation near 0 (``-expm1``).
+
+    Above ``-ln 2`` (``p > 1/2``, at most one class per row) ``1 - p`` would cancel. Float32
+    uses the Taylor series of ``-expm1`` there: ten terms leave a relative error below 1e-8 on
+    ``[-ln 2, 0]`` and cost no MUFU; below, ``1 - p >= 1/2`` is exact to an ulp of ``p``.
+    Float64 uses Kahan's ``expm1``, ``(u - 1) * x / log(u)``, where the rounding of ``u`` cancels.
+    """
+    u = tl.exp2(log_p * LOG2E)
+    near_one = log_p > -LN2
+    if log_p.dtype == tl.float64:
+        log_u = tl.where(near_one & (u != 1.0), tl.log(u), 1.0)
+        expm1 = tl.where(u == 1.0, log_p, (u - 1.0) * log_p / log_u)
+    else:
+        # Horner: x (1 + x/2 (1 + x/3 (1 + ... (1 + x/10))))
+        x = tl.where(near_one, log_p, 0.0)
+        t = 1.0 + x * 0.1
+        t = 1.0 + x * (1.0 / 9.0) * t
+        t = 1.0 + x * 0.125 * t
+        t = 1.0 + x * (1.0 / 7.0) * t
+        t = 1.0 + x * (1.0 / 6.0) * t
+        t = 1.0 + x * 0.2 * t
+        t = 1.0 + x * 0.25 * t
+        t = 1.0 + x * (1.0 / 3.0) * t
+        t = 1.0 + x * 0.5 * t
+        expm1 = x * t
     return tl.where(near_one, -expm1, 1.0 - u)
 
 
 @triton.jit
-def focal_term(log_p, p, q, gamma):
+def softcap_logits(x, cap):
+    """``cap * tanh(x / cap)`` (Gemma 2's logit softcapping), odd and without cancellation:
+    ``tanh |u| = (1 - e) / (1 + e) = t / (2 - t)`` with ``t = 1 - exp(-2 |u|)`` from
+    ``one_minus_exp``, exact to a few ulp even where ``tanh u ~ u``."""
+    u = x / cap
+    t = one_minus_exp(-2.0 * tl.abs(u))
+    tanh_abs = t / (2.0 - t)
+    return cap * tl.where(u < 0, -tanh_abs, tanh_abs)
+
+
+@triton.jit
+def fast_log2(x):
+    """``log2(x)``: one MUFU ``lg2.approx`` for float32 on a GPU (2 ulp; 2**-22 absolute for
+    ``x`` in ``[1/2, 2]``, so callers never take it of ``1 - tiny``); exact elsewhere.
+    ``tl.log2`` would be a libdevice polynomial of about twelve instructions."""
+    if x.dtype == tl.float32 and not INTERPRETED:
+        return libdevice.fast_log2f(x)
+    return tl.log2(x)
+
+
+@triton.jit
+def q_powers(q, gamma, GAMMA_INT: tl.constexpr):
+    """``(q ** gamma, q ** (gamma - 1))`` for ``q = 1 - p`` in ``[0, 1]``.
+
+    ``GAMMA_INT >= 0``: ``gamma`` is that integer and the powers are products (no MUFU;
+    ``q ** -1`` is never formed: at ``gamma = 0`` the second power is only ever multiplied by
+    ``gamma``, so it is returned as 0). Otherwise ``exp2(gamma * log2 q)`` with ``q`` clamped
+    to the smallest normal float32: ``0 ** 0 == 1``, ``0 ** gamma == 0``, and
+    ``q ** (gamma - 1) <= 2 ** 126`` stays finite for every ``gamma >= 0``.
+    """
+    if GAMMA_INT == 0:
+        return tl.full(q.shape, 1.0, q.dtype), tl.zeros(q.shape, q.dtype)
+    elif GAMMA_INT > 0:
+        q_pow_m1 = tl.full(q.shape, 1.0, q.dtype)
+        for _ in tl.static_range(GAMMA_INT - 1):
+            q_pow_m1 = q_pow_m1 * q
+        return q_pow_m1 * q, q_pow_m1
+    else:
+        log2_q = fast_log2(tl.maximum(q, FP32_TINY))
+        return tl.exp2(gamma * log2_q), tl.exp2((gamma - 1.0) * log2_q)
+
+
+@triton.jit
+def focal_term(log_p, p, q, gamma, GAMMA_INT: tl.constexpr = -1):
     """Focal loss of one class and its gradient coefficient.
 
     With ``q = 1 - p``::
@@ -101,9 +174,7 @@ def focal_term(log_p, p, q, gamma):
     Returns:
         ``(f, g)``.
     """
-    log2_q = tl.log2(tl.maximum(q, FP32_TINY))
-    q_pow_gamma = tl.exp2(gamma * log2_q)
-    q_pow_gamma_m1 = tl.exp2((gamma - 1.0) * log2_q)
+    q_pow_gamma, q_pow_gamma_m1 = q_powers(q, gamma, GAMMA_INT)
     f = -q_pow_gamma * log_p
     g = q_pow_gamma - gamma * p * log_p * q_pow_gamma_m1
     return f, g

@@ -1,251 +1,389 @@
-"""Triton kernels of the softmax focal loss: loss and gradient in one launch.
+"""Triton kernel of the softmax focal loss: loss and gradient from one program per tile.
 
-One kernel serves every layout. A program owns a tile ``[BLOCK_P, BLOCK_C]`` (positions x
-classes) of one image ``n``; the element ``(n, c, p)`` of the logits sits at
-``n * stride_n + c * stride_c + p * stride_p``. Channels-first segmentation logits have
-``stride_p == 1``, so a tile's loads are coalesced along positions with no permute;
-``(T, V)`` rows arrive folded by the launcher as one image of ``T`` positions with
-``stride_c == 1``. The class axis (axis 1 of the tile) is the one reduced.
+Layout. The logits are seen as ``(N, C, P)`` with explicit strides; a *row* is one ``(n, p)``
+and its ``C`` classes. A program walks tiles of ``ROWS`` rows (a persistent grid, see the
+launcher) and holds ``[BLOCK_C, BLOCK_P]`` logits at a time, with ``BLOCK_P = ROWS * SPLIT``:
+
+* channels-first logits (``stride_p == 1``): ``SPLIT = 1``, one column per pixel. The columns
+  are the contiguous axis, so each thread owns whole pixels (``BLOCK_C`` classes of each) and
+  every class reduction stays inside a thread: no shuffle, no barrier, and the per-row epilogue
+  runs once per pixel;
+* contiguous classes (``(T, V)`` rows, channels_last): ``SPLIT`` lanes share a row, each lane
+  owning ``BLOCK_C`` consecutive classes of every ``BLOCK_C * SPLIT``-class step. Lanes keep
+  their own running statistics, combined across the row once per pass.
+
+Passes over a row's classes: (1) online-softmax statistics, (2) with label smoothing only, the
+per-row sums of the focal terms, (3) the gradient. The launcher keeps the rows in flight small
+enough that passes 2 and 3 re-read the logits from L2.
 
 Derivation of the gradient (``l_c = log p_c``, ``q_c = 1 - p_c``, ``a``/``w`` the alpha and
-weight vectors, ``eps`` the label smoothing)::
+weight vectors, ``eps`` the label smoothing, ``k`` the z-loss coefficient)::
 
     f_c = q_c ** gamma_c * (-l_c)                               focal_term
     g_c = q_c ** gamma_c - gamma_c * p_c * l_c * q_c ** (gamma_c - 1)
     d f_c / d z_j = g_c * (p_j - [j == c])
 
-    loss      = a_y * ((1 - eps) * w_y * f_y + (eps / C) * sum_c w_c f_c)
+    loss       = a_y * ((1 - eps) * w_y * f_y + (eps / C) * sum_c w_c f_c) + k * lse ** 2
     dloss/dz_j = a_y * ((1 - eps) * w_y * g_y * (p_j - [j == y])
-                        + (eps / C) * (S_g * p_j - w_j * g_j)),     S_g = sum_c w_c g_c
+                        + (eps / C) * (S_g * p_j - w_j * g_j)) + 2 k lse p_j,   S_g = sum_c w_c g_c
 
-``p_y - 1`` is written as ``-q_y`` with ``q_y = s_other / s`` from the other classes' mass,
-so the target's gradient keeps its precision when ``p_y`` is close to 1 (Liger PR #1329).
+``p_y - 1`` is written as ``-q_y`` with ``q_y = s_other / s`` from the other classes' mass, so
+the target's gradient keeps its precision when ``p_y`` is close to 1 (Liger PR #1329). With a
+softcap ``c`` the logits are ``z = c tanh(x / c)`` and ``dloss/dx_j = dloss/dz_j (1 - (z_j/c)**2)``.
+
+Fast math: in float32, ``exp2``/``log2`` are the MUFU ``ex2.approx``/``lg2.approx`` (a few ulp,
+see ``focal_math.py``); the per-row terms that a cancellation would amplify (``log p_y`` near
+``p_y = 1``) use exact ``log``/``log1p``; float64 logits get exact functions throughout.
 """
 
 import triton
 import triton.language as tl
 
-from .focal_math import focal_term, join_float, one_minus_exp, online_softmax_step, target_log_prob
+from .focal_math import LN2, LOG2E, fast_log2, focal_term, join_float, log1p, softcap_logits, target_log_prob
 
 # Largest finite float32: the running max starts here, not at -inf, so a row whose lanes
 # are all masked keeps s == 0 instead of forming exp(-inf + inf).
-FP32_MAX = tl.constexpr(3.4028234663852886e38)  # a constexpr object: compiled kernels may read it
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
+
+# What a launch does with the gradient (GRAD_MODE).
+GRAD_NONE = tl.constexpr(0)  # loss only
+GRAD_ALWAYS = tl.constexpr(1)  # forward: the gradient of the loss (grad_output = 1) too
+GRAD_IF_POLICY = tl.constexpr(2)  # forward: the gradient too if the device policy flag says so
+GRAD_BACKWARD = tl.constexpr(3)  # backward: the gradient times grad_output, no loss
 
 
 @triton.jit
-def _load_class_block(x_row_ptr, offs_c, stride_x_c, p_mask, target, row_ok, C, ACC: tl.constexpr):
-    """One ``[BLOCK_P, BLOCK_C]`` block of logits in ``ACC``, masked lanes at ``-inf``.
-
-    Returns:
-        ``(x, mask, is_target)``, all ``[BLOCK_P, BLOCK_C]``.
-    """
-    c_mask = offs_c < C
-    mask = p_mask[:, None] & c_mask[None, :]
-    x = tl.load(x_row_ptr[:, None] + offs_c[None, :] * stride_x_c, mask=mask, other=-float("inf"))
-    is_target = (offs_c[None, :] == target[:, None]) & row_ok[:, None]
-    return x.to(ACC), mask, is_target
+def _load_logits(ptrs, mask, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
+    """A block of logits in ``ACC``, masked lanes at ``-inf`` (they add nothing to any sum)."""
+    x = tl.load(ptrs, mask=mask, other=-float("inf")).to(ACC)
+    if HAS_SOFTCAP:
+        x = tl.where(mask, softcap_logits(x, softcap), -float("inf"))
+    return x
 
 
 @triton.jit
-def _class_probs(x, is_target, m, log_s, log_p_y, q_y):
-    """``(log p, p, 1 - p)`` of a block; the target lane takes the row's exact values.
-
-    ``log p = (x - m) - log s`` rather than ``x - lse``: at logits of 1e4 the float32
-    ``lse`` has an absolute error of 1e-3, ``x - m`` none.
-    """
-    log_p = tl.where(is_target, log_p_y[:, None], (x - m[:, None]) - log_s[:, None])
-    p = tl.exp(log_p)
-    q = tl.where(is_target, q_y[:, None], one_minus_exp(log_p))
-    return log_p, p, q
+def _combine_lanes(m, s, ROWS: tl.constexpr, SPLIT: tl.constexpr):
+    """Running ``(max, sum of exp(x - max))`` of the ``SPLIT`` lanes of each row, combined and
+    broadcast back to every lane (once per pass, not per element)."""
+    if SPLIT == 1:
+        return m, s
+    m2 = tl.reshape(m, (ROWS, SPLIT))
+    row_max = tl.max(m2, axis=1)
+    row_s = tl.sum(tl.reshape(s, (ROWS, SPLIT)) * tl.exp2((m2 - row_max[:, None]) * LOG2E), axis=1)
+    return _lanes(row_max, ROWS, SPLIT), _lanes(row_s, ROWS, SPLIT)
 
 
 @triton.jit
-def _class_params(gamma_ptr, weight_ptr, offs_c, C, gamma,
+def _sum_lanes(v, ROWS: tl.constexpr, SPLIT: tl.constexpr):
+    """Per-row sum of a per-lane partial, broadcast back to every lane of the row."""
+    if SPLIT == 1:
+        return v
+    return _lanes(tl.sum(tl.reshape(v, (ROWS, SPLIT)), axis=1), ROWS, SPLIT)
+
+
+@triton.jit
+def _max_lanes(v, ROWS: tl.constexpr, SPLIT: tl.constexpr):
+    """Per-row max of a per-lane value, broadcast back to every lane of the row."""
+    if SPLIT == 1:
+        return v
+    return _lanes(tl.max(tl.reshape(v, (ROWS, SPLIT)), axis=1), ROWS, SPLIT)
+
+
+@triton.jit
+def _lanes(row_value, ROWS: tl.constexpr, SPLIT: tl.constexpr):
+    return tl.reshape(tl.broadcast_to(row_value[:, None], (ROWS, SPLIT)), (ROWS * SPLIT,))
+
+
+@triton.jit
+def _class_params(gamma_ptr, weight_ptr, cls, mask, gamma,
                   HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr):
-    """Per-lane ``gamma_c`` and ``w_c`` as ``[1, BLOCK_C]`` (or scalars when shared)."""
-    c_mask = offs_c < C
+    """``gamma_c`` and ``w_c`` of a block (scalars when shared by every class)."""
     if HAS_CLASS_GAMMA:
-        gamma_c = tl.load(gamma_ptr + offs_c, mask=c_mask, other=0.0)[None, :]
+        gamma_c = tl.load(gamma_ptr + cls, mask=mask, other=0.0)
     else:
         gamma_c = gamma
     if HAS_WEIGHT:
-        w_c = tl.load(weight_ptr + offs_c, mask=c_mask, other=0.0)[None, :]
+        w_c = tl.load(weight_ptr + cls, mask=mask, other=0.0)
     else:
         w_c = 1.0
     return gamma_c, w_c
 
 
 @triton.jit
-def _smoothing_sums(x, mask, is_target, m, log_s, log_p_y, q_y, gamma_c, w_c):
-    """Per-row ``sum_c w_c f_c`` and ``sum_c w_c g_c`` over one class block."""
-    log_p, p, q = _class_probs(x, is_target, m, log_s, log_p_y, q_y)
-    f, g = focal_term(log_p, p, q, gamma_c)
-    # Masked lanes have log p = -inf (f = inf, g = NaN): keep them out of the sums.
-    w_f = tl.sum(tl.where(mask, w_c * f, 0.0), axis=1)
-    w_g = tl.sum(tl.where(mask, w_c * g, 0.0), axis=1)
-    return w_f, w_g
+def _log_probs(x, m, log_s):
+    """``log p`` of a block: ``(x - m) - log s``, not ``x - lse``: at logits of 1e4 the float32
+    ``lse`` has an absolute error of 1e-3, ``x - m`` none."""
+    return (x - m[None, :]) - log_s[None, :]
 
 
 @triton.jit
-def _grad_block(x, is_target, m, log_s, log_p_y, q_y, gamma_c, w_c, coef_y, coef_smooth, sum_w_g,
-                row_ok, row_bad, HAS_SMOOTHING: tl.constexpr):
-    """The gradient of one class block (see the module docstring for the formula)."""
-    log_p, p, q = _class_probs(x, is_target, m, log_s, log_p_y, q_y)
-    # p_j - [j == y], with p_y - 1 = -q_y taken from the other classes' mass.
-    grad = coef_y[:, None] * tl.where(is_target, -q_y[:, None], p)
-    if HAS_SMOOTHING:
-        f, g = focal_term(log_p, p, q, gamma_c)
-        grad += coef_smooth[:, None] * (sum_w_g[:, None] * p - w_c * g)
-    # Ignored rows (and rows past P, whose statistics are NaN) get 0; an out-of-range
-    # target gets NaN rather than a silently wrong gradient.
-    grad = tl.where(row_ok[:, None], grad, 0.0)
-    return tl.where(row_bad[:, None], float("nan"), grad)
+def _class_terms(x, log_p, p, gamma_c, GAMMA_INT: tl.constexpr):
+    """``(f, g, small)`` of every class of a block, for the label smoothing terms.
+
+    ``q = 1 - p`` is exact to an ulp where ``p <= 1/2``
+    (``small``); the one class per row that can have ``p > 1/2`` gets its ``f`` and ``g`` from
+    the row's exact ``1 - p`` instead (``_dominant_class``). A class at ``-inf`` has ``p = 0``
+    and ``f = g = 0`` (its ``q ** gamma * log p`` would be ``1 * -inf``: no class at all).
+    """
+    f, g = focal_term(log_p, p, 1.0 - p, gamma_c, GAMMA_INT)
+    small = p <= 0.5
+    keep = small & (x > -float("inf"))
+    return tl.where(keep, f, 0.0), tl.where(keep, g, 0.0), small
 
 
 @triton.jit
-def _softmax_focal_fwd_kernel(
+def _dominant_class(big_cls, p_small, gamma_ptr, weight_ptr, gamma, row_ok,
+                    HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr, GAMMA_INT: tl.constexpr):
+    """``(w f, w g, g)`` of each row's class with ``p > 1/2`` (index ``big_cls``, -1 if none),
+    from ``1 - p = p_small``, the sum of the other classes' ``p``: no cancellation."""
+    has_big = (big_cls >= 0) & row_ok
+    safe_cls = tl.where(has_big, big_cls, 0)
+    gamma_b, w_b = _class_params(gamma_ptr, weight_ptr, safe_cls, has_big, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
+    f_b, g_b = focal_term(log1p(-p_small), 1.0 - p_small, p_small, gamma_b, GAMMA_INT)
+    g_b = tl.where(has_big, g_b, 0.0)
+    return tl.where(has_big, w_b * f_b, 0.0), w_b * g_b, g_b
+
+
+@triton.jit
+def _softmax_focal_kernel(
     # pointers
     x_ptr,  # (N, C, P) logits, any float dtype
     target_ptr,  # (N, P) class indices, any int dtype
-    gamma_ptr,  # (C,) float32 per-class gamma, read if HAS_CLASS_GAMMA
-    alpha_ptr,  # (C,) float32 per-class alpha, read if HAS_CLASS_ALPHA
-    weight_ptr,  # (C,) float32 class weights, read if HAS_WEIGHT
-    denom_ptr,  # () mean's denominator (ACC dtype), read if MEAN and COMPUTE_GRAD
+    gamma_ptr,  # (C,) per-class gamma in ACC (HAS_CLASS_GAMMA)
+    alpha_ptr,  # (C,) per-class alpha in ACC (HAS_CLASS_ALPHA)
+    weight_ptr,  # (C,) class weights in ACC (HAS_WEIGHT)
+    denom_ptr,  # (2,) ACC: the mean's divisors of the focal and the z-loss parts (MEAN)
     loss_ptr,  # (N, P) in x's dtype if PER_ELEMENT, else (num_programs,) ACC partial sums
-    grad_ptr,  # (N, C, P) in x's dtype, written if COMPUTE_GRAD
+    grad_ptr,  # (N, C, P) in x's dtype
+    grad_out_ptr,  # () or (N, P) by strides: d total / d loss (GRAD_BACKWARD)
+    policy_ptr,  # (1,) int32 device flag: forwards store the gradient (GRAD_IF_POLICY, GRAD_BACKWARD)
+    stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
     # strides
     stride_x_n, stride_x_c, stride_x_p,
     stride_t_n, stride_t_p,
     stride_l_n, stride_l_p,
     stride_g_n, stride_g_c, stride_g_p,
+    stride_go_n, stride_go_p,
     # sizes
-    C, P, num_p_blocks,
-    # scalars (runtime values: a new gamma or alpha does not recompile), floats as
-    # float32 (hi, lo) halves so that float64 logits get them unrounded
+    C, P, num_p_blocks, num_tiles,
+    # scalars (runtime values: a new gamma or alpha does not recompile), floats as float32
+    # (hi, lo) halves so that float64 logits get them unrounded
     gamma_hi, gamma_lo, alpha_hi, alpha_lo, smoothing_hi, smoothing_lo,
+    z_loss_hi, z_loss_lo, softcap_hi, softcap_lo,
     ignore_index,
     # constants
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    SINGLE_BLOCK: tl.constexpr,  # C <= BLOCK_C: the tile stays in registers
+    BLOCK_C: tl.constexpr,  # classes per lane per step
+    BLOCK_P: tl.constexpr,  # lanes of a tile: ROWS rows x SPLIT lanes each
+    SPLIT: tl.constexpr,  # lanes sharing one row
     HAS_CLASS_GAMMA: tl.constexpr,
+    GAMMA_INT: tl.constexpr,  # gamma is this integer (powers as products), or -1
     HAS_CLASS_ALPHA: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
+    HAS_Z_LOSS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     PER_ELEMENT: tl.constexpr,  # reduction="none"
-    MEAN: tl.constexpr,  # reduction="mean": the stored gradient is divided by the denominator
+    MEAN: tl.constexpr,  # reduction="mean"
+    GRAD_MODE: tl.constexpr,  # GRAD_NONE, GRAD_ALWAYS, GRAD_IF_POLICY or GRAD_BACKWARD
+    GRAD_OUT_IS_SCALAR: tl.constexpr,  # GRAD_BACKWARD: grad_output is 0-dim
+    SKIP_IF_STORED: tl.constexpr,  # GRAD_BACKWARD into the forward's buffer: nothing to do if
+    # the forward stored the gradient and grad_output is exactly 1
     ACC: tl.constexpr,  # float32, or float64 for float64 logits
 ):
+    ROWS: tl.constexpr = BLOCK_P // SPLIT
+    CLASS_STEP: tl.constexpr = BLOCK_C * SPLIT
+    pid = tl.program_id(0)
     gamma = join_float(gamma_hi, gamma_lo, ACC)
     alpha = join_float(alpha_hi, alpha_lo, ACC)
     label_smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
-    # 64-bit offsets: the program id is int64 before it meets a size or a stride.
-    pid = tl.program_id(0).to(tl.int64)
-    n = pid // num_p_blocks
-    offs_p = (pid % num_p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
-    offs_c0 = tl.arange(0, BLOCK_C).to(tl.int64)
-    p_mask = offs_p < P
-    x_row_ptr = x_ptr + n * stride_x_n + offs_p * stride_x_p  # [BLOCK_P]
+    z_loss = join_float(z_loss_hi, z_loss_lo, ACC)
+    softcap = join_float(softcap_hi, softcap_lo, ACC)
 
-    # 1. The target of each row and its per-class factors.
-    target = tl.load(target_ptr + n * stride_t_n + offs_p * stride_t_p, mask=p_mask, other=ignore_index)
-    target = target.to(tl.int64)
-    row_valid = p_mask & (target != ignore_index)
-    in_range = (target >= 0) & (target < C)
-    tl.device_assert(in_range | ~row_valid, "target class index out of range [0, C)")
-    row_ok = row_valid & in_range
-    row_bad = row_valid & ~in_range  # only reachable when the caller skipped validation
-    safe_target = tl.where(row_ok, target, 0)
-    if HAS_CLASS_GAMMA:
-        gamma_y = tl.load(gamma_ptr + safe_target).to(ACC)
+    # 0. What this launch writes, decided on the device (no host sync).
+    compute_loss = GRAD_MODE != GRAD_BACKWARD
+    grad_scale = tl.full([BLOCK_P], 1.0, ACC)
+    if GRAD_MODE == GRAD_IF_POLICY:
+        store_grad = tl.load(policy_ptr) != 0
+        if pid == 0:
+            tl.store(stored_ptr, store_grad.to(tl.int32))
+    elif GRAD_MODE == GRAD_BACKWARD:
+        store_grad = True
+        if GRAD_OUT_IS_SCALAR:
+            grad_out = tl.load(grad_out_ptr).to(ACC)
+            grad_scale = grad_scale * grad_out
+            if pid == 0:  # later forwards store their gradient only where it would be used as is
+                tl.store(policy_ptr, (grad_out == 1.0).to(tl.int32))
+            if SKIP_IF_STORED:
+                store_grad = (tl.load(stored_ptr) == 0) | (grad_out != 1.0)
     else:
-        gamma_y = gamma
-    if HAS_CLASS_ALPHA:
-        alpha_y = tl.load(alpha_ptr + safe_target).to(ACC)
-    else:
-        alpha_y = alpha
-    if HAS_WEIGHT:
-        w_y = tl.load(weight_ptr + safe_target).to(ACC)
-    else:
-        w_y = 1.0
-
-    # 2. Softmax statistics: running max m, sum s, and s_other without the target class.
-    m = tl.full([BLOCK_P], -FP32_MAX, dtype=ACC)
-    s = tl.zeros([BLOCK_P], dtype=ACC)
-    s_other = tl.zeros([BLOCK_P], dtype=ACC)
-    if SINGLE_BLOCK:
-        x, mask, is_target = _load_class_block(x_row_ptr, offs_c0, stride_x_c, p_mask, target, row_ok, C, ACC)
-        m, s, s_other = online_softmax_step(m, s, s_other, x, is_target)
-        x_y = tl.sum(tl.where(is_target, x, 0.0), axis=1)
-    else:
-        for c_start in range(0, C, BLOCK_C):
-            xb, maskb, is_tb = _load_class_block(
-                x_row_ptr, c_start + offs_c0, stride_x_c, p_mask, target, row_ok, C, ACC
-            )
-            m, s, s_other = online_softmax_step(m, s, s_other, xb, is_tb)
-        # One gather per row for the target logit (ignored rows read nothing).
-        x_y = tl.load(x_row_ptr + safe_target * stride_x_c, mask=row_ok, other=0.0).to(ACC)
-    log_s = tl.log(s)  # log-sum-exp is m + log_s, kept apart for precision
-    q_y = s_other / s  # 1 - p_y without cancellation
-    log_p_y = target_log_prob(x_y - m, log_s, q_y)
-    f_y, g_y = focal_term(log_p_y, tl.exp(log_p_y), q_y, gamma_y)
-
-    # 3. Label smoothing needs sum_c w_c f_c (loss) and S_g = sum_c w_c g_c (gradient).
-    sum_w_f = tl.zeros([BLOCK_P], dtype=ACC)
-    sum_w_g = tl.zeros([BLOCK_P], dtype=ACC)
-    if HAS_SMOOTHING:
-        if SINGLE_BLOCK:
-            gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, offs_c0, C, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
-            sum_w_f, sum_w_g = _smoothing_sums(x, mask, is_target, m, log_s, log_p_y, q_y, gamma_c, w_c)
+        store_grad = GRAD_MODE == GRAD_ALWAYS
+    mean_scale = 1.0
+    z_scale = 1.0
+    if MEAN:
+        # The mean of nothing is 0, with a zero gradient.
+        denom = tl.load(denom_ptr).to(ACC)
+        mean_scale = tl.where(denom > 0, 1.0 / tl.where(denom > 0, denom, 1.0), 0.0)
+        if HAS_Z_LOSS:
+            z_denom = tl.load(denom_ptr + 1).to(ACC)
+            z_scale = tl.where(z_denom > 0, 1.0 / tl.where(z_denom > 0, z_denom, 1.0), 0.0)
         else:
-            for c_start in range(0, C, BLOCK_C):
-                offs_c = c_start + offs_c0
-                xb, maskb, is_tb = _load_class_block(
-                    x_row_ptr, offs_c, stride_x_c, p_mask, target, row_ok, C, ACC
-                )
-                gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, offs_c, C, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
-                wf, wg = _smoothing_sums(xb, maskb, is_tb, m, log_s, log_p_y, q_y, gamma_c, w_c)
-                sum_w_f += wf
-                sum_w_g += wg
+            z_scale = mean_scale
 
-    # 4. The loss of each row: stored, or summed into this program's partial sum.
-    loss = (1.0 - label_smoothing) * w_y * f_y
-    if HAS_SMOOTHING:
-        loss += (label_smoothing / C) * sum_w_f
-    loss = tl.where(row_ok, alpha_y * loss, 0.0)
-    loss = tl.where(row_bad, float("nan"), loss)
-    if PER_ELEMENT:
-        loss_offs = n * stride_l_n + offs_p * stride_l_p
-        tl.store(loss_ptr + loss_offs, loss.to(loss_ptr.dtype.element_ty), mask=p_mask)
-    else:
-        tl.store(loss_ptr + pid, tl.sum(loss, axis=0))
+    lane = tl.arange(0, BLOCK_P)
+    row_in_tile = lane // SPLIT
+    lane_class = (lane % SPLIT) * BLOCK_C  # first class of each lane within a class step
+    offs_k = tl.arange(0, BLOCK_C)
+    first_lane = (lane % SPLIT) == 0  # the lane that stores a row's values
+    loss_acc = tl.zeros([BLOCK_P], dtype=ACC)
 
-    # 5. The gradient, scaled for the mean (0 when every element is ignored: no NaN).
-    if COMPUTE_GRAD:
-        scale = 1.0
-        if MEAN:
-            denom = tl.load(denom_ptr).to(ACC)
-            scale = tl.where(denom > 0, 1.0 / tl.where(denom > 0, denom, 1.0), 0.0)
-        coef_y = alpha_y * (1.0 - label_smoothing) * w_y * g_y * scale
-        coef_smooth = alpha_y * (label_smoothing / C) * scale + tl.zeros([BLOCK_P], dtype=ACC)
-        g_row_ptr = grad_ptr + n * stride_g_n + offs_p * stride_g_p  # [BLOCK_P]
-        if SINGLE_BLOCK:
-            gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, offs_c0, C, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
-            grad = _grad_block(x, is_target, m, log_s, log_p_y, q_y, gamma_c, w_c, coef_y, coef_smooth,
-                               sum_w_g, row_ok, row_bad, HAS_SMOOTHING)
-            tl.store(g_row_ptr[:, None] + offs_c0[None, :] * stride_g_c,
-                     grad.to(grad_ptr.dtype.element_ty), mask=mask)
+    # A backward with nothing to do (the forward stored the gradient, grad_output is 1) walks
+    # no tile.
+    tiles = num_tiles
+    if GRAD_MODE == GRAD_BACKWARD:
+        tiles = tl.where(store_grad, num_tiles, 0)
+    for tile in range(pid, tiles, tl.num_programs(0)):
+        # 64-bit offsets: the tile index is int64 before it meets a size or a stride.
+        tile64 = tl.cast(tile, tl.int64)
+        n = tile64 // num_p_blocks
+        p = (tile64 % num_p_blocks) * ROWS + row_in_tile
+        p_mask = p < P
+        x_row = x_ptr + n * stride_x_n + p * stride_x_p  # [BLOCK_P]
+        x_lane = x_row + lane_class * stride_x_c
+
+        # 1. The target of each row and its per-class factors.
+        target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=p_mask, other=ignore_index)
+        target = target.to(tl.int64)
+        row_valid = p_mask & (target != ignore_index)
+        in_range = (target >= 0) & (target < C)
+        tl.device_assert(in_range | ~row_valid, "target class index out of range [0, C)")
+        row_ok = row_valid & in_range
+        row_bad = row_valid & ~in_range  # only reachable when the caller skipped validation
+        safe_target = tl.where(row_ok, target, 0)
+        target_in_lane = (safe_target - lane_class).to(tl.int32)  # the target's class within a step
+        if HAS_CLASS_GAMMA:
+            gamma_y = tl.load(gamma_ptr + safe_target)
         else:
-            # Second read of the logits; with inplace_grad the gradient overwrites each block
-            # after this program's last read of it.
-            for c_start in range(0, C, BLOCK_C):
-                offs_c = c_start + offs_c0
-                xb, maskb, is_tb = _load_class_block(
-                    x_row_ptr, offs_c, stride_x_c, p_mask, target, row_ok, C, ACC
-                )
-                gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, offs_c, C, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
-                grad = _grad_block(xb, is_tb, m, log_s, log_p_y, q_y, gamma_c, w_c, coef_y, coef_smooth,
-                                   sum_w_g, row_ok, row_bad, HAS_SMOOTHING)
-                tl.store(g_row_ptr[:, None] + offs_c[None, :] * stride_g_c,
-                         grad.to(grad_ptr.dtype.element_ty), mask=maskb)
+            gamma_y = gamma
+        if HAS_CLASS_ALPHA:
+            alpha_y = tl.load(alpha_ptr + safe_target)
+        else:
+            alpha_y = alpha
+        if HAS_WEIGHT:
+            w_y = tl.load(weight_ptr + safe_target)
+        else:
+            w_y = 1.0
+
+        # 2. Softmax statistics, per lane: running max m and s_other, the sum of
+        #    exp(x - m) over every class but the target (so that 1 - p_y has no cancellation).
+        m = tl.full([BLOCK_P], -FP32_MAX, dtype=ACC)
+        s_other = tl.zeros([BLOCK_P], dtype=ACC)
+        for c0 in range(0, C, CLASS_STEP):
+            cls = c0 + offs_k[:, None]  # [BLOCK_C, 1] + the lane's first class below
+            mask = (cls + lane_class[None, :] < C) & p_mask[None, :]
+            x = _load_logits(x_lane[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            e = tl.exp2((x - m_new[None, :]) * LOG2E)
+            is_target = offs_k[:, None] == (target_in_lane - c0)[None, :]
+            s_other = s_other * tl.exp2((m - m_new) * LOG2E) + tl.sum(tl.where(is_target, 0.0, e), axis=0)
+            m = m_new
+        # The target's own term, from one gather of its logit.
+        x_y = _load_logits(x_row + safe_target * stride_x_c, row_ok, softcap, HAS_SOFTCAP, ACC)
+        m, s_other = _combine_lanes(m, s_other, ROWS, SPLIT)
+        x_y = tl.where(row_ok, x_y, m)  # ignored rows: any finite value
+        e_y = tl.exp2((x_y - m) * LOG2E)
+        s = s_other + e_y
+        # The log-sum-exp is m + log_s, kept apart for precision. s is in [1, C]: lg2.approx's
+        # 2**-22 absolute error is a relative error of 2**-22 in every p_j.
+        log_s = fast_log2(s) * LN2
+        q_y = tl.fdiv(s_other, s)  # 1 - p_y without cancellation
+        log_p_y = target_log_prob(x_y - m, log_s, q_y)
+        f_y, g_y = focal_term(log_p_y, tl.exp2(log_p_y * LOG2E), q_y, gamma_y, GAMMA_INT)
+
+        # 3. Label smoothing needs sum_c w_c f_c (loss) and S_g = sum_c w_c g_c (gradient).
+        sum_w_f = tl.zeros([BLOCK_P], dtype=ACC)
+        sum_w_g = tl.zeros([BLOCK_P], dtype=ACC)
+        if HAS_SMOOTHING:
+            p_small = tl.zeros([BLOCK_P], dtype=ACC)  # sum of p over the classes with p <= 1/2
+            big_cls = tl.full([BLOCK_P], -1, tl.int32)  # the class with p > 1/2, if any
+            for c0 in range(0, C, CLASS_STEP):
+                cls = c0 + offs_k[:, None] + lane_class[None, :]
+                mask = (cls < C) & p_mask[None, :]
+                x = _load_logits(x_row[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
+                gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, cls, mask, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
+                log_p = _log_probs(x, m, log_s)
+                p_j = tl.exp2(log_p * LOG2E)
+                f, g, small = _class_terms(x, log_p, p_j, gamma_c, GAMMA_INT)
+                sum_w_f += tl.sum(w_c * f, axis=0)
+                sum_w_g += tl.sum(w_c * g, axis=0)
+                p_small += tl.sum(tl.where(small, p_j, 0.0), axis=0)
+                big_cls = tl.maximum(big_cls, tl.max(tl.where(small, -1, cls.to(tl.int32)), axis=0))
+            sum_w_f = _sum_lanes(sum_w_f, ROWS, SPLIT)
+            sum_w_g = _sum_lanes(sum_w_g, ROWS, SPLIT)
+            p_small = _sum_lanes(p_small, ROWS, SPLIT)
+            big_cls = _max_lanes(big_cls, ROWS, SPLIT)
+            w_f_big, w_g_big, g_big = _dominant_class(big_cls, p_small, gamma_ptr, weight_ptr, gamma, row_ok,
+                                                      HAS_CLASS_GAMMA, HAS_WEIGHT, GAMMA_INT)
+            sum_w_f += w_f_big
+            sum_w_g += w_g_big
+
+        # 4. The loss of each row: stored, or summed into this program's partial sum.
+        lse = m + log_s
+        if compute_loss:
+            loss = (1.0 - label_smoothing) * w_y * f_y
+            if HAS_SMOOTHING:
+                loss += (label_smoothing / C) * sum_w_f
+            loss = alpha_y * loss * mean_scale  # the mean divides per row: one sum does it all
+            if HAS_Z_LOSS:
+                loss += z_loss * lse * lse * z_scale
+            loss = tl.where(row_ok, loss, 0.0)
+            loss = tl.where(row_bad, float("nan"), loss)
+            if PER_ELEMENT:
+                loss_offs = n * stride_l_n + p * stride_l_p
+                tl.store(loss_ptr + loss_offs, loss.to(loss_ptr.dtype.element_ty), mask=p_mask & first_lane)
+            else:
+                loss_acc += tl.where(first_lane, loss, 0.0)
+
+        # 5. The gradient: a second (third with smoothing) read, from L2.
+        if store_grad:
+            row_scale = grad_scale
+            if GRAD_MODE == GRAD_BACKWARD:
+                if not GRAD_OUT_IS_SCALAR:
+                    go = tl.load(grad_out_ptr + n * stride_go_n + p * stride_go_p, mask=p_mask, other=0.0)
+                    row_scale = row_scale * go.to(ACC)
+            focal_scale = row_scale * mean_scale * alpha_y
+            coef_y = focal_scale * (1.0 - label_smoothing) * w_y * g_y  # times (p_j - [j == y])
+            coef_p = coef_y
+            if HAS_Z_LOSS:
+                coef_p += row_scale * z_scale * 2.0 * z_loss * lse
+            coef_smooth = focal_scale * (label_smoothing / C)
+            coef_y = tl.where(row_ok, coef_y, 0.0)
+            coef_p = tl.where(row_ok, coef_p, 0.0)
+            coef_smooth = tl.where(row_ok, coef_smooth, 0.0)
+            # Ignored rows get 0 even where their logits are NaN; an out-of-range target
+            # gets NaN rather than a silently wrong gradient.
+            fill = tl.where(row_bad, float("nan"), 0.0)
+            g_row = grad_ptr + n * stride_g_n + p * stride_g_p + lane_class * stride_g_c
+            for c0 in range(0, C, CLASS_STEP):
+                cls = c0 + offs_k[:, None]
+                mask = (cls + lane_class[None, :] < C) & p_mask[None, :]
+                x = _load_logits(x_lane[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
+                is_target = offs_k[:, None] == (target_in_lane - c0)[None, :]
+                log_p = _log_probs(x, m, log_s)
+                p_j = tl.exp2(log_p * LOG2E)
+                # p_j - [j == y], with p_y - 1 = -q_y from the other classes' mass.
+                grad = coef_p[None, :] * p_j - tl.where(is_target, coef_y[None, :], 0.0)
+                if HAS_SMOOTHING:
+                    cls_j = cls + lane_class[None, :]
+                    gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, cls_j, mask, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
+                    _, g, _ = _class_terms(x, log_p, p_j, gamma_c, GAMMA_INT)
+                    g = tl.where(cls_j == big_cls[None, :], g_big[None, :], g)
+                    grad += coef_smooth[None, :] * (sum_w_g[None, :] * p_j - w_c * g)
+                if HAS_SOFTCAP:
+                    tanh = x / softcap
+                    grad = grad * (1.0 - tanh * tanh)
+                grad = tl.where(row_ok[None, :], grad, fill[None, :])
+                tl.store(g_row[None, :] + cls * stride_g_c, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+    if compute_loss and not PER_ELEMENT:
+        # One partial sum per program, added by torch in a fixed order: bit-identical reruns.
+        tl.store(loss_ptr + pid, tl.sum(loss_acc, axis=0))

@@ -22,7 +22,7 @@ import triton
 from ..kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel
 from ..reference import compute_dtype
 from .scalars import split_float
-from .stored_grad import stored_grad_times
+from .grad_policy import scale_stored_grad as stored_grad_times
 
 # Tile table. Reasoned, not measured (no GPU was at hand to tune on):
 # * a program owns about _TILE_ELEMENTS elements: 16 per thread at 8 warps, enough loads in

@@ -1,9 +1,16 @@
-"""Triton softmax focal loss: launchers, ``torch.library`` ops and autograd.
+"""Triton softmax focal loss: launcher, ``torch.library`` ops and autograd.
 
-The forward launch computes the loss and, when a gradient will be needed, the gradient
-too (the logits are in registers anyway): forward + backward read the logits once and
-write the gradient once. The backward only scales the stored gradient by ``grad_output``
-(``stored_grad.py``), and skips even that, on the device, where ``grad_output`` is 1.
+Who writes the gradient (``grad_policy.py`` has the whole policy, shared with the sigmoid loss):
+
+* eager forward: one launch computes the loss and, when the device's policy flag says so,
+  the gradient for ``grad_output == 1`` while the logits are on chip. Plain
+  ``loss.backward()`` then moves no byte: its backward launch sees ``grad_output == 1`` and
+  a stored gradient, and exits (decided on the device, no host sync);
+* any other ``grad_output`` (GradScaler, accumulation, a weighted sum): the backward
+  recomputes the gradient from the logits, times ``grad_output``, and clears the flag, so
+  later forwards compute the loss only: one read of the logits forward, one read and one
+  write backward (a stored gradient would cost a read and a write more to rescale);
+* traced (``torch.compile``): the forward computes the loss only, the backward recomputes.
 
 The ops are ``torch.library.custom_op`` s with fake implementations, so
 ``torch.compile(fullgraph=True)`` keeps them in one graph (``triton_op`` + ``wrap_triton``
@@ -15,60 +22,67 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.softmax_focal import _softmax_focal_fwd_kernel
+from ..kernels.softmax_focal import (
+    GRAD_ALWAYS,
+    GRAD_BACKWARD,
+    GRAD_IF_POLICY,
+    GRAD_NONE,
+    _softmax_focal_kernel,
+)
 from ..reference import compute_dtype, softmax_mean_denominator
+from .grad_policy import (
+    PersistentGrid,
+    acc_dtype,
+    backward_in_place,
+    is_dense,
+    policy_flag,
+    save_options,
+    saved_options,
+    scale_stored_grad,
+)
 from .scalars import split_float
-from .stored_grad import is_dense, stored_grad_times
 
-# Launch table. Reasoned, not measured (no GPU was available to tune it); each constant
-# says why. Autotuning is deliberately off: the table is the whole policy.
+# Launch table, from the sm_90 cost model (``python -m perf.model``), not from GPU timings
+# (none were available): each choice below is what the model showed memory-bound without
+# spills. A lane loads 16 bytes per access, the widest coalesced load.
 #
-# TILE: elements a program holds per class block. 8192 fp32 values over 8 warps is 32 per
-# thread per live tile; the kernel keeps about three tiles live (x, p, gradient), which
-# stays within the register file without spilling on current NVIDIA/AMD parts.
-TILE = 8192
-# Classes strided by P (channels-first): the whole class vector of a pixel tile fits in
-# one block up to here, so the gradient comes from registers in one read of the logits.
-# At C = 1024, BLOCK_P = 8 is still 32 contiguous bytes per class row (one sector).
-MAX_SINGLE_BLOCK_STRIDED = 1024
-# Classes strided by P beyond that: 64 positions (256 B of fp32 per class row, fully
-# coalesced) x 64 classes per block, looping over classes.
-LOOP_BLOCK_P_STRIDED, LOOP_BLOCK_C_STRIDED = 64, 64
-# Classes contiguous (rows, channels_last): a whole row in one block up to 8192 classes
-# (32 KB of fp32), several rows per program when rows are short.
-MAX_SINGLE_BLOCK_CONTIGUOUS = 8192
-# Longer rows (vocabularies): one row per program, 8192-class blocks, three passes at most
-# over an L2-resident row (a 128K-vocabulary fp32 row is 512 KB).
-LOOP_BLOCK_C_CONTIGUOUS = 8192
+# Classes strided by P (channels-first): a thread owns 16 bytes of pixels (8 bf16) and steps
+# over the classes STRIDED_BLOCK_C at a time, so class reductions never leave the thread and
+# 8 x 16 bytes are in flight per thread.
+STRIDED_BLOCK_C = 8
+STRIDED_NUM_WARPS = 4
+# Contiguous classes ((T, V) rows, channels_last): a lane owns 16 bytes of consecutive
+# classes. Long rows get LONG_ROW_WARPS warps of LANES_PER_THREAD lanes each (4 x 16 bytes in
+# flight per thread); short rows share a program, one lane per thread.
+LONG_ROW_WARPS = 16
+LANES_PER_THREAD = 4
+SHORT_ROW_WARPS = 4
+MAX_SPLIT = 32 * LONG_ROW_WARPS * LANES_PER_THREAD  # lanes of one row
 
 
-def _launch_config(num_classes, num_positions, stride_c):
-    """``(BLOCK_P, BLOCK_C, single_block, num_warps)`` for a ``(N, C, P)`` launch."""
-    p_cap = triton.next_power_of_2(max(num_positions, 1))
-    c_pow2 = triton.next_power_of_2(max(num_classes, 1))
-    if stride_c == 1 or num_classes == 1:
-        if c_pow2 <= MAX_SINGLE_BLOCK_CONTIGUOUS:
-            block_c, single = c_pow2, True
-            block_p = min(max(TILE // block_c, 1), p_cap)
-        else:
-            block_c, single, block_p = LOOP_BLOCK_C_CONTIGUOUS, False, 1
-    elif c_pow2 <= MAX_SINGLE_BLOCK_STRIDED:
-        block_c, single = c_pow2, True
-        block_p = min(max(TILE // block_c, 1), p_cap)
-    else:
-        block_c, single = LOOP_BLOCK_C_STRIDED, False
-        block_p = min(LOOP_BLOCK_P_STRIDED, p_cap)
-    # Warps by tile size: 4 up to 1K elements, 8 up to 4K, 16 beyond (flash-attn's ladder).
-    elements = block_p * block_c
-    num_warps = 4 if elements <= 1024 else 8 if elements <= 4096 else 16
-    return block_p, block_c, single, num_warps
+def _launch_config(num_classes, num_rows, stride_c, element_size):
+    """``(BLOCK_C, BLOCK_P, SPLIT, num_warps)`` for ``num_rows`` rows of ``num_classes``."""
+    vec = max(16 // element_size, 1)
+    if stride_c != 1 and num_classes > 1:
+        block_p = min(vec * 32 * STRIDED_NUM_WARPS, max(triton.next_power_of_2(num_rows), 32))
+        return min(STRIDED_BLOCK_C, triton.next_power_of_2(num_classes)), block_p, 1, STRIDED_NUM_WARPS
+    block_c = min(vec, triton.next_power_of_2(num_classes))
+    split = min(triton.next_power_of_2(triton.cdiv(num_classes, block_c)), MAX_SPLIT)
+    if split >= 32 * LONG_ROW_WARPS:
+        return block_c, split, split, LONG_ROW_WARPS
+    block_p = max(min(32 * SHORT_ROW_WARPS, split * triton.next_power_of_2(num_rows)), split)
+    return block_c, block_p, split, SHORT_ROW_WARPS
 
 
-def _acc_dtype(dtype):
-    """Triton's accumulation dtype: float32, or float64 for float64 logits (gradcheck)."""
-    import triton.language as tl
+# Integer gammas up to this get their powers as products, compiled per value (no MUFU).
+MAX_INTEGER_GAMMA = 4
 
-    return tl.float64 if dtype == torch.float64 else tl.float32
+
+def _integer_gamma(gamma):
+    """``gamma`` as a compile-time integer where it is one (2, the usual, included), else -1."""
+    if isinstance(gamma, torch.Tensor) or gamma != int(gamma) or not 0 <= gamma <= MAX_INTEGER_GAMMA:
+        return -1
+    return int(gamma)
 
 
 def _fold_rows(shape, *strides):
@@ -80,234 +94,288 @@ def _fold_rows(shape, *strides):
     return n, p, list(strides)
 
 
-def softmax_focal_fwd(input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
-                      compute_grad, grad=None):
-    """Launch the forward kernel: loss, and the gradient when ``compute_grad``.
+def _dummy_strides(n):
+    return (0,) * n
+
+
+def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
+                         z_loss, softcap, denominators, grad_mode, *, grad=None, grad_output=None,
+                         stored=None, skip_if_stored=False):
+    """Launch the kernel once.
 
     Args:
         input: logits ``(N, C, P)``, float16/bfloat16/float32/float64, any strides.
         target: class indices ``(N, P)``, any integer dtype.
-        gamma: a float, or a float32 ``(C,)`` tensor.
-        alpha: a float (1.0 for none), or a float32 ``(C,)`` tensor.
-        weight: None or a float32 ``(C,)`` tensor.
+        gamma: a float, or a ``(C,)`` tensor in the compute dtype.
+        alpha: a float (1.0 for none), or a ``(C,)`` tensor in the compute dtype.
+        weight: None or a ``(C,)`` tensor in the compute dtype.
         ignore_index: int.
         reduction: ``"none"``, ``"sum"`` or ``"mean"``.
-        label_smoothing: float in ``[0, 1]``.
-        compute_grad: write the gradient of the (reduced) loss with respect to ``input``.
-        grad: where to write it, ``(N, C, P)`` in ``input``'s dtype (``input`` itself for an
-            in-place gradient); allocated like ``input`` when None.
+        label_smoothing, z_loss: floats (0 for none); softcap: float or None.
+        denominators: ``(2,)`` mean divisors (focal, z-loss) for ``"mean"``, else None.
+        grad_mode: ``GRAD_NONE``, ``GRAD_ALWAYS``, ``GRAD_IF_POLICY`` or ``GRAD_BACKWARD``.
+        grad: the gradient buffer, ``(N, C, P)`` in ``input``'s dtype (any mode but GRAD_NONE).
+        grad_output: ``()`` or ``(N, P)`` (GRAD_BACKWARD).
+        stored: ``(1,)`` int32: set by a GRAD_IF_POLICY forward, read by a backward that
+            ``skip_if_stored``.
 
     Returns:
-        ``(loss, grad)``: loss ``(N, P)`` for ``"none"`` else 0-dim, in ``input``'s dtype;
-        grad ``(N, C, P)``, or an empty tensor when not computed.
+        The loss (``(N, P)`` for ``"none"``, else 0-dim, in ``input``'s dtype), or None for
+        GRAD_BACKWARD.
     """
-    num_images, num_classes, num_positions = input.shape
-    acc_torch = compute_dtype(input.dtype)
-    if compute_grad and grad is None:
-        grad = torch.empty_like(input)  # keeps input's strides when they are dense
-    elif not compute_grad:
-        grad = input.new_empty(0)
-
-    denom = None
-    if reduction == "mean":
-        denom = softmax_mean_denominator(target, weight, ignore_index, acc_torch)
+    num_classes = input.shape[1]
+    acc = compute_dtype(input.dtype)
+    compute_loss = grad_mode != GRAD_BACKWARD
     if input.numel() == 0 or target.numel() == 0:
-        if compute_grad:
+        if grad is not None:
             grad.zero_()
-        if reduction == "none":
-            return input.new_zeros(target.shape), grad
-        return input.new_zeros(()), grad
+        if stored is not None and grad_mode == GRAD_IF_POLICY:
+            stored.fill_(1)
+        if not compute_loss:
+            return None
+        return input.new_zeros(target.shape) if reduction == "none" else input.new_zeros(())
 
-    if reduction == "none":
-        loss = input.new_empty(target.shape)
-        loss_strides = loss.stride()
-    else:
-        loss_strides = (0, 0)
-    grad_strides = grad.stride() if compute_grad else (0, 0, 0)
-    n_launch, p_launch, (x_strides, t_strides, l_strides, g_strides) = _fold_rows(
-        input.shape, input.stride(), target.stride(), loss_strides, grad_strides
-    )
-    block_p, block_c, single, num_warps = _launch_config(num_classes, p_launch, x_strides[1])
-    num_p_blocks = triton.cdiv(p_launch, block_p)
-    num_programs = n_launch * num_p_blocks
-    if reduction != "none":
-        loss = torch.empty(num_programs, dtype=acc_torch, device=input.device)
+    per_element = reduction == "none"
+    loss = input.new_empty(target.shape) if per_element and compute_loss else None
+    go_scalar = grad_output is not None and grad_output.dim() == 0
+    if grad_output is not None and not go_scalar:
+        grad_output = grad_output.expand(target.shape)  # stride 0 where it was broadcast
+    strides = [input.stride(), target.stride(),
+               loss.stride() if loss is not None else _dummy_strides(2),
+               grad.stride() if grad is not None else _dummy_strides(3),
+               grad_output.stride() if grad_output is not None and not go_scalar else _dummy_strides(2)]
+    n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s) = _fold_rows(input.shape, *strides)
+    block_c, block_p, split, num_warps = _launch_config(num_classes, p_launch, x_s[1], input.element_size())
+    rows = block_p // split
+    num_p_blocks = triton.cdiv(p_launch, rows)
+    num_tiles = n_launch * num_p_blocks
+    footprint = rows * num_classes * input.element_size()  # bytes a tile reads between its passes
+    num_programs = PersistentGrid.for_device(input.device).programs(num_tiles, num_warps, footprint)
+    if compute_loss and not per_element:
+        loss = torch.empty(num_programs, dtype=acc, device=input.device)
 
     class_gamma = isinstance(gamma, torch.Tensor)
     class_alpha = isinstance(alpha, torch.Tensor)
     dummy = input  # pointer for arguments a constexpr flag leaves unread
-    gamma_value = 0.0 if class_gamma else float(gamma)
-    alpha_value = 1.0 if class_alpha else float(alpha)
-    _softmax_focal_fwd_kernel[(num_programs,)](
+    flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
+    _softmax_focal_kernel[(num_programs,)](
         input, target,
         gamma if class_gamma else dummy,
         alpha if class_alpha else dummy,
         weight if weight is not None else dummy,
-        denom if denom is not None else dummy,
-        loss, grad if compute_grad else dummy,
-        *x_strides, *t_strides, *l_strides, *g_strides,
-        num_classes, p_launch, num_p_blocks,
-        *split_float(gamma_value), *split_float(alpha_value), *split_float(label_smoothing),
+        denominators if denominators is not None else dummy,
+        loss if loss is not None else dummy,
+        grad if grad is not None else dummy,
+        grad_output if grad_output is not None else dummy,
+        flag, stored if stored is not None else dummy,
+        *x_s, *t_s, *l_s, *g_s, *go_s,
+        num_classes, p_launch, num_p_blocks, num_tiles,
+        *split_float(0.0 if class_gamma else float(gamma)), *split_float(1.0 if class_alpha else float(alpha)),
+        *split_float(label_smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
         int(ignore_index),
-        BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_BLOCK=single,
-        HAS_CLASS_GAMMA=class_gamma, HAS_CLASS_ALPHA=class_alpha, HAS_WEIGHT=weight is not None,
-        HAS_SMOOTHING=label_smoothing > 0, COMPUTE_GRAD=compute_grad,
-        PER_ELEMENT=reduction == "none", MEAN=reduction == "mean",
-        ACC=_acc_dtype(input.dtype), num_warps=num_warps,
+        BLOCK_C=block_c, BLOCK_P=block_p, SPLIT=split,
+        HAS_CLASS_GAMMA=class_gamma, GAMMA_INT=_integer_gamma(gamma), HAS_CLASS_ALPHA=class_alpha, HAS_WEIGHT=weight is not None,
+        HAS_SMOOTHING=label_smoothing > 0, HAS_Z_LOSS=z_loss > 0, HAS_SOFTCAP=softcap is not None,
+        PER_ELEMENT=per_element, MEAN=reduction == "mean", GRAD_MODE=grad_mode,
+        GRAD_OUT_IS_SCALAR=go_scalar, SKIP_IF_STORED=skip_if_stored,
+        ACC=acc_dtype(input.dtype), num_warps=num_warps,
     )
-    if reduction == "none":
-        return loss, grad
-    # The partial sums are added by torch in a fixed order: bit-identical reruns.
-    total = loss.sum()
-    if reduction == "mean":
-        total = total / torch.where(denom > 0, denom, torch.ones_like(denom))
-    return total.to(input.dtype), grad
+    if not compute_loss or per_element:
+        return loss
+    # The partial sums (each row divided by the mean's divisors already) are added by torch
+    # in a fixed order: bit-identical reruns.
+    return loss.sum().to(input.dtype)
+
+
+def mean_denominators(target, weight, ignore_index, z_loss, dtype):
+    """``(2,)``: the sum of ``w_y`` over non-ignored rows (``F.cross_entropy``'s divisor) and
+    the number of non-ignored rows (the z-loss's divisor), device tensors (no host sync)."""
+    focal = softmax_mean_denominator(target, weight, ignore_index, dtype)
+    if z_loss > 0 and weight is not None:
+        count = softmax_mean_denominator(target, None, ignore_index, dtype)
+    else:
+        count = focal
+    return torch.stack([focal, count])
 
 
 # --- torch.library ops ----------------------------------------------------------------
+# The loss's options travel as one list, OPTIONS, in every op and in the autograd context.
+OPTIONS = ("class_gamma", "gamma", "class_alpha", "alpha", "weight", "ignore_index", "reduction",
+           "label_smoothing", "z_loss", "softcap")
+
+
+def _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing,
+                    z_loss, softcap):
+    return dict(gamma=gamma if class_gamma is None else class_gamma,
+                alpha=alpha if class_alpha is None else class_alpha, weight=weight,
+                ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                z_loss=z_loss, softcap=softcap)
 
 
 @torch.library.custom_op("triton_focal::softmax_focal_fwd", mutates_args=())
-def _softmax_focal_fwd_op(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    class_gamma: Optional[torch.Tensor],
-    gamma: float,
-    class_alpha: Optional[torch.Tensor],
-    alpha: float,
-    weight: Optional[torch.Tensor],
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return softmax_focal_fwd(
-        input, target, gamma if class_gamma is None else class_gamma,
-        alpha if class_alpha is None else class_alpha, weight, ignore_index, reduction,
-        label_smoothing, compute_grad,
-    )
+def _forward_op(
+    input: torch.Tensor, target: torch.Tensor,
+    class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
+    weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
+    z_loss: float, softcap: Optional[float], store_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad, stored, denominators)``. With ``store_grad`` the gradient for
+    ``grad_output == 1`` goes to ``grad`` where the device policy says so (``stored``)."""
+    opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
+                           label_smoothing, z_loss, softcap)
+    denominators = mean_denominators(target, weight, ignore_index, z_loss, compute_dtype(input.dtype))
+    grad = torch.empty_like(input) if store_grad else input.new_empty(0)
+    stored = torch.zeros(1, dtype=torch.int32, device=input.device)
+    loss = softmax_focal_launch(input, target, **opts, denominators=denominators,
+                                grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
+                                grad=grad if store_grad else None, stored=stored)
+    return loss, grad, stored, denominators
 
 
-@_softmax_focal_fwd_op.register_fake
-def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
-      label_smoothing, compute_grad):
+@_forward_op.register_fake
+def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing,
+      z_loss, softcap, store_grad):
     loss = input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
-    grad = torch.empty_like(input) if compute_grad else input.new_empty(0)
-    return loss, grad
+    grad = torch.empty_like(input) if store_grad else input.new_empty(0)
+    return loss, grad, input.new_empty(1, dtype=torch.int32), input.new_empty(2, dtype=compute_dtype(input.dtype))
 
 
-@torch.library.custom_op("triton_focal::softmax_focal_fwd_inplace", mutates_args=("input",))
-def _softmax_focal_fwd_inplace_op(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    class_gamma: Optional[torch.Tensor],
-    gamma: float,
-    class_alpha: Optional[torch.Tensor],
-    alpha: float,
-    weight: Optional[torch.Tensor],
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
+@torch.library.custom_op("triton_focal::softmax_focal_bwd", mutates_args=())
+def _backward_op(
+    grad_output: torch.Tensor, input: torch.Tensor, target: torch.Tensor, denominators: torch.Tensor,
+    class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
+    weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
+    z_loss: float, softcap: Optional[float],
 ) -> torch.Tensor:
-    loss, _ = softmax_focal_fwd(
-        input, target, gamma if class_gamma is None else class_gamma,
-        alpha if class_alpha is None else class_alpha, weight, ignore_index, reduction,
-        label_smoothing, True, grad=input,
-    )
-    return loss
+    """The gradient times ``grad_output``, recomputed from the logits into a new buffer."""
+    grad = torch.empty_like(input)
+    opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
+                           label_smoothing, z_loss, softcap)
+    softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_BACKWARD,
+                         grad=grad, grad_output=grad_output)
+    return grad
 
 
-@_softmax_focal_fwd_inplace_op.register_fake
-def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
-      label_smoothing):
-    return input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
-
-
-def _scaled_stored_grad(ctx, grad_loss):
-    """The gradient of the op's input: the stored gradient times ``grad_loss``."""
-    (grad,) = ctx.saved_tensors
-    if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
-        return None
-    if grad.numel() == 0 and ctx.input_numel != 0:
-        raise RuntimeError("triton_focal: no gradient was stored by the forward pass (grad mode was off)")
-    return stored_grad_times(grad, grad_loss.unsqueeze(1) if ctx.reduction == "none" else grad_loss)
+@_backward_op.register_fake
+def _(grad_output, input, *args):
+    return torch.empty_like(input)
 
 
 def _setup_context(ctx, inputs, output):
-    _, grad = output
-    ctx.mark_non_differentiable(grad)
-    ctx.set_materialize_grads(False)  # no logits-sized zeros for the gradient output's gradient
-    ctx.save_for_backward(grad)
-    ctx.reduction = inputs[8]
-    ctx.input_numel = inputs[0].numel()
+    input, target, *options, _store_grad = inputs
+    _, grad, stored, denominators = output
+    ctx.mark_non_differentiable(grad, stored, denominators)
+    ctx.set_materialize_grads(False)  # no logits-sized zeros for the other outputs' gradients
+    save_options(ctx, (input, target, grad, stored, denominators), options)
 
 
-def _backward(ctx, grad_loss, _grad_of_grad):
-    return (_scaled_stored_grad(ctx, grad_loss),) + (None,) * 10
+def _backward(ctx, grad_loss, *_):
+    if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
+        return (None,) * 13
+    (input, target, grad, stored, denominators), options = saved_options(ctx)
+    if backward_in_place(grad):
+        softmax_focal_launch(input, target, **_launch_options(*options), denominators=denominators,
+                             grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_loss, stored=stored,
+                             skip_if_stored=True)
+    else:
+        grad = _backward_op(grad_loss, input, target, denominators, *options)
+    return (grad,) + (None,) * 12
 
 
-_softmax_focal_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- in-place gradient -----------------------------------------------------------------
+
+
+@torch.library.custom_op("triton_focal::softmax_focal_fwd_inplace", mutates_args=("input",))
+def _forward_inplace_op(
+    input: torch.Tensor, target: torch.Tensor,
+    class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
+    weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
+    z_loss: float, softcap: Optional[float],
+) -> torch.Tensor:
+    opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
+                           label_smoothing, z_loss, softcap)
+    denominators = mean_denominators(target, weight, ignore_index, z_loss, compute_dtype(input.dtype))
+    return softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_ALWAYS,
+                                grad=input)
+
+
+@_forward_inplace_op.register_fake
+def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing,
+      z_loss, softcap):
+    return input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
 
 
 class _InplaceSoftmaxFocal(torch.autograd.Function):
-    """The forward writes the gradient into the logits' storage (marked dirty, so autograd
-    refuses a later use of values it saved from them)."""
+    """The forward writes the gradient into the logits' storage: the logits are gone, so the
+    backward can only rescale it (in place, and not at all for ``grad_output == 1``)."""
 
     @staticmethod
-    def forward(ctx, input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_index,
-                reduction, label_smoothing):
-        loss = _softmax_focal_fwd_inplace_op(input, target, class_gamma, gamma, class_alpha, alpha,
-                                             weight, ignore_index, reduction, label_smoothing)
-        ctx.mark_dirty(input)
-        ctx.set_materialize_grads(False)  # no logits-sized zeros for the second output's gradient
-        ctx.save_for_backward(input)
-        ctx.reduction = reduction
-        ctx.input_numel = input.numel()
-        return loss, input
+    def forward(ctx, logits, shape, target, *options):
+        loss = _forward_inplace_op(logits.view(shape), target, *options)
+        ctx.mark_dirty(logits)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logits)
+        ctx.shape = shape
+        ctx.per_element = options[OPTIONS.index("reduction")] == "none"
+        return loss, logits
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_of_input):
-        return (_scaled_stored_grad(ctx, grad_loss),) + (None,) * 9
+    def backward(ctx, grad_loss, _grad_of_logits):
+        if grad_loss is None:
+            return (None,) * 13
+        (grad,) = ctx.saved_tensors
+        scaled = scale_stored_grad(grad.view(ctx.shape), grad_loss.unsqueeze(1) if ctx.per_element else grad_loss)
+        return (scaled.view(grad.shape),) + (None,) * 12
 
 
-def _inplace_allowed(input):
-    """In place needs a grad-requiring non-leaf whose elements do not overlap."""
-    base = input if input._base is None else input._base
-    if base.is_leaf or torch.compiler.is_compiling():
-        return False
-    return is_dense(input)
+def _inplace_allowed(logits):
+    """In place needs a grad-requiring non-leaf whose elements do not overlap, in eager mode."""
+    base = logits if logits._base is None else logits._base
+    return not base.is_leaf and not torch.compiler.is_compiling() and is_dense(logits)
 
 
 def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
-                       inplace_grad=False):
+                       z_loss=0.0, softcap=None, inplace_grad=False, logits=None):
     """Softmax focal loss of ``(N, C, P)`` logits, the Triton backend (canonical arguments).
 
     Args:
         input: logits ``(N, C, P)``, any strides, float16/bfloat16/float32/float64.
         target: class indices ``(N, P)``, any integer dtype, in ``[0, C)`` or ``ignore_index``.
-        gamma: float ``>= 0`` or float32 ``(C,)`` tensor.
-        alpha: None, a float, or a float32 ``(C,)`` tensor.
-        weight: None or a float32 ``(C,)`` tensor.
+        gamma: float ``>= 0`` or a ``(C,)`` tensor.
+        alpha: None, a float, or a ``(C,)`` tensor.
+        weight: None or a ``(C,)`` tensor.
         ignore_index: int.
         reduction: ``"none"``, ``"sum"`` or ``"mean"``.
         label_smoothing: float in ``[0, 1]``.
-        inplace_grad: write the gradient into ``input``'s storage (``input`` is clobbered;
-            no extra memory). Only for a non-leaf, non-overlapping ``input`` in eager mode;
-            elsewhere the gradient gets its own buffer.
+        z_loss: float ``>= 0``; softcap: float ``> 0`` or None.
+        inplace_grad: write the gradient into the logits' storage (they are clobbered; no
+            extra memory). Only for a non-leaf, non-overlapping tensor in eager mode; elsewhere
+            the gradient gets its own buffer.
+        logits: the user's tensor that ``input`` views (for ``inplace_grad``, which must mark
+            that tensor, not a view made of it here, as modified).
 
     Returns:
         ``(N, P)`` for ``"none"``, else a 0-dim tensor, in ``input``'s dtype.
     """
-    compute_grad = input.requires_grad and torch.is_grad_enabled()
-    class_gamma = gamma if isinstance(gamma, torch.Tensor) else None
-    class_alpha = alpha if isinstance(alpha, torch.Tensor) else None
-    args = (
-        target, class_gamma, 0.0 if class_gamma is not None else float(gamma),
+    acc = compute_dtype(input.dtype)
+    as_acc = lambda t: None if t is None else t.to(device=input.device, dtype=acc).contiguous()
+    class_gamma = as_acc(gamma) if isinstance(gamma, torch.Tensor) else None
+    class_alpha = as_acc(alpha) if isinstance(alpha, torch.Tensor) else None
+    options = (
+        class_gamma, 0.0 if class_gamma is not None else float(gamma),
         class_alpha, 1.0 if alpha is None or class_alpha is not None else float(alpha),
-        weight, int(ignore_index), reduction, float(label_smoothing),
+        as_acc(weight), int(ignore_index), reduction, float(label_smoothing), float(z_loss),
+        None if softcap is None else float(softcap),
     )
-    if inplace_grad and compute_grad and _inplace_allowed(input):
-        loss, _ = _InplaceSoftmaxFocal.apply(input, *args)
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
+    logits = input if logits is None else logits
+    if inplace_grad and needs_grad and _inplace_allowed(logits):
+        loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options)
         return loss
-    loss, _ = _softmax_focal_fwd_op(input, *args, compute_grad)
+    # Traced graphs never store a gradient in the forward: their backward recomputes it.
+    store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
+    loss, *_ = _forward_op(input, target, *options, store_grad)
     return loss
