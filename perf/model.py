@@ -92,11 +92,14 @@ DEVICE = DeviceModel()
 # Targets of issue 10: the modeled bound in % of the floor for bf16 forward + backward
 # (``loss.backward()``), 80 for any headline case in float32, and for a ``grad_output`` other
 # than 1 (eager or compiled) at most 1.5x the floor's bytes (1.7 with dense sigmoid targets).
-SEG_A = ("seg (16,150,512,512)", "softmax", (16, 150, 512, 512), (2, 150, 64, 64), 60)
-SEG_B = ("seg (8,19,512,1024)", "softmax", (8, 19, 512, 1024), (2, 19, 64, 128), 85)
-VOCAB = ("vocab (8192,128256)", "softmax", (8192, 128256), (8, 128256), 80)
-DET_INDEX = ("det (1.6M,80) index", "sigmoid_index", (1_600_000, 80), (16_000, 80), 85)
-DET_DENSE = ("det (1.6M,80) dense", "sigmoid_dense", (1_600_000, 80), (16_000, 80), 85)
+# (name, kind, headline shape, scaled-down shape, target). The scaled-down shapes keep what a
+# program sees (classes, a row's length, enough positions for a full tile) and cut the count of
+# programs; the model checks that they launch the same kernels with the same constexprs.
+SEG_A = ("seg (16,150,512,512)", "softmax", (16, 150, 512, 512), (1, 150, 64, 64), 60)
+SEG_B = ("seg (8,19,512,1024)", "softmax", (8, 19, 512, 1024), (1, 19, 64, 128), 85)
+VOCAB = ("vocab (8192,128256)", "softmax", (8192, 128256), (4, 128256), 80)
+DET_INDEX = ("det (1.6M,80) index", "sigmoid_index", (1_600_000, 80), (4096, 80), 85)
+DET_DENSE = ("det (1.6M,80) dense", "sigmoid_dense", (1_600_000, 80), (4096, 80), 85)
 FP32_TARGET = 80
 SMOOTHING_TARGET = 50
 TRAFFIC_LIMIT, TRAFFIC_LIMIT_DENSE = 1.5, 1.7
@@ -545,10 +548,9 @@ def run_case(case, headline):
         out = loss * case.grad_output if case.grad_output != 1 else loss
         torch.autograd.grad(out, x)  # not .backward(): accumulating into x.grad is autograd's, not the loss's
 
-    if not headline:  # compile (dynamo, autotuning caches) outside the count
-        mode, _Recorder.mode = _Recorder.mode, "off"
-        step()
-        _Recorder.mode = mode
+    if case.compiled:  # Dynamo and AOTAutograd trace outside the count (kernels captured, not run)
+        with recording("capture"):
+            step()
     _Recorder.launches = []
     torch_bytes.clear()
     _Recorder.mode = "capture" if headline else "count"
@@ -734,9 +736,9 @@ def dynamic_counts(code, launch):
     Weights, from the SASS and the interpreter's counts of the same launch:
     * in a SASS loop mapped (by line info) to a source loop: the loop's iterations, i.e. the
       sum over its entries of ``trips // unroll`` (ptxas's unroll factor is the loop counter's
-      increment over the source step); copies of the body outside the loop (ptxas's remainder)
-      run ``(trips % unroll) / (unroll - 1)`` times per entry, and other code of the loop's lines
-      outside it (preheader, epilogue) once per entry;
+      increment over the source step);
+    * code of a loop's lines outside its SASS loop: once per entry before it (preheader); after
+      an unrolled loop, ``(trips % unroll) / (unroll - 1)`` per entry (ptxas's remainder copies);
     * elsewhere: the number of programs that executed any of the block's source lines (early
       exits and runtime branches), every program for code of no line.
     A runtime branch inside a loop is counted as taken.
@@ -800,11 +802,14 @@ def dynamic_counts(code, launch):
             parent = sass_loops[k][2]
             iterations[k] = iterations[parent] if parent >= 0 else float(programs)
 
-    def source_weight(source):
-        """Code of a source loop's lines outside its SASS loop."""
+    def source_weight(source, index):
+        """Code of a source loop's lines outside its SASS loops: before the loop (preheader)
+        once per entry; after an unrolled loop, ptxas's remainder copies of the body, ``trips %
+        unroll`` of the ``unroll - 1`` copies per entry (a loop that is not unrolled: its
+        epilogue, once per entry)."""
         calls = trips_by_loop.get(source, [])
         main = main_of.get(source)
-        if main is not None and unroll[main] > 1:
+        if main is not None and unroll[main] > 1 and index > sass_loops[main][1]:
             u = unroll[main]
             return sum(n % u for n, _ in calls) / (u - 1)
         return float(len(calls)) if calls else float(programs)
@@ -841,7 +846,7 @@ def dynamic_counts(code, launch):
         if k is not None:  # inside a SASS loop: once per iteration, whatever line it came from
             weight = iterations[k]
         elif source is not None:  # a loop's line outside its SASS loop (remainder, preheader, epilogue)
-            weight = source_weight(source)
+            weight = source_weight(source, i)
         else:
             weight = plain_weight[block_of[i]] if block_of[i] in has_lines else float(programs)
         warp_instructions += weight
@@ -935,9 +940,13 @@ def model_case(case, headline_launches, small_launches, torch_bytes, floor_bytes
         "case": case.name, "family": case.family, "dtype": case.dtype, "options": case.options,
         "grad_output": case.grad_output, "compiled": case.compiled, "headline": case.headline,
         "shape": list(case.shape), "scaled_down_shape": list(case.small_shape), "scale": scale,
+        "counted": ("bytes, trips and executed lines counted under the interpreter at scaled_down_shape, "
+                    "multiplied by scale (headline / scaled-down logits elements); launches and machine code "
+                    "from the headline shape"),
         "launch": (f"{main['kernel']} grid {main['grid'][0]}, {main['num_warps']} warps, "
                    + ", ".join(f"{k}={v}" for k, v in main["constexprs"].items() if k.startswith("BLOCK"))) if main else "",
         "registers": registers, "spills": spills,
+        "shared_bytes": main["shared_bytes"] if main else None,
         "occupancy_programs_per_sm": main["programs_per_sm"] if main else None,
         "instructions_per_element": instructions * 32 / numel, "mufu_per_element": mufu_total * 32 / numel,
         "kernel_bytes": kernel_bytes, "torch_op_bytes": torch_total,
@@ -988,10 +997,14 @@ def run_model(cases, pythonpath=None, cache_dir=None, log=print):
     return [model_case(*run, codes) for run in runs]
 
 
-def markdown(results, device=DEVICE):
+def markdown(results, before=None, device=DEVICE):
+    """The table; with ``before`` results, a column of their % of the floor."""
+    before_pct = {r["case"]: r["modeled_pct_of_floor"] for r in before or []}
     head = ("| case | launch | regs | spills | programs/SM | instr/elem | MUFU/elem | bytes/floor | issue ms | "
-            "MUFU ms | bytes ms | modeled ms | floor ms | % of floor | target | bound |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+            "MUFU ms | bytes ms | modeled ms | floor ms | % of floor | target | bound |"
+            + (" before |" if before else "") + "\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            + ("---:|" if before else "") + "\n")
     rows = []
     for r in results:
         target = (f">= {r['target_pct_of_floor']}%" if r["target_pct_of_floor"] is not None else
@@ -999,7 +1012,8 @@ def markdown(results, device=DEVICE):
         rows.append(f"| {r['case']} | {r['launch']} | {r['registers']} | {r['spills']} | {r['occupancy_programs_per_sm']} | "
                     f"{r['instructions_per_element']:.0f} | {r['mufu_per_element']:.1f} | {r['bytes_over_floor']:.2f} | "
                     f"{r['issue_ms']:.3f} | {r['mufu_ms']:.3f} | {r['bytes_ms']:.3f} | {r['modeled_ms']:.3f} | "
-                    f"{r['floor_ms']:.3f} | {r['modeled_pct_of_floor']:.0f}% | {target} | {r['bound']} |")
+                    f"{r['floor_ms']:.3f} | {r['modeled_pct_of_floor']:.0f}% | {target} | {r['bound']} |"
+                    + (f" {before_pct[r['case']]:.0f}% |" if r["case"] in before_pct else " |" if before else ""))
     note = (f"Modeled, not measured: {device.name}, {device.sms} SMs at {device.clock_hz / 1e9:.2f} GHz, "
             f"{device.warp_instructions_per_sm_per_clock} warp instructions per SM per clock, MUFU "
             f"{device.mufu_lanes_per_sm_per_clock} lanes per SM per clock, {device.copy_bandwidth / 1e12:.1f} TB/s, "
@@ -1065,7 +1079,9 @@ def main(argv=None):
             "command": command.strip(), "seconds": round(elapsed, 1)}
     for r in results:
         r.update(meta)
-    print(markdown(results))
+    before_path = os.path.join(DEFAULT_DIR, "before.json")
+    before = json.load(open(before_path)) if os.path.exists(before_path) and not args.tree else None
+    print(markdown(results, before))
     print(f"perf.model: {elapsed:.0f} s")
     if args.out:
         with open(args.out, "w") as f:
@@ -1075,10 +1091,9 @@ def main(argv=None):
         with open(os.path.join(DEFAULT_DIR, "model.json"), "w") as f:
             json.dump(results, f, indent=1)
         with open(os.path.join(DEFAULT_DIR, "model.md"), "w") as f:
-            f.write("# perf.model: modeled H100 cost of the current kernels (no GPU)\n\n"
-                    f"`{meta['command']}`, triton {meta['triton']}, torch {meta['torch']}.\n\n" + markdown(results))
-        before_path = os.path.join(DEFAULT_DIR, "before.json")
-        before = json.load(open(before_path)) if os.path.exists(before_path) else None
+            f.write("# perf.model: the kernels' modeled H100 cost (no GPU; a model, not a measurement)\n\n"
+                    f"`{meta['command']}`, triton {meta['triton']}, torch {meta['torch']}, {elapsed:.0f} s on this "
+                    "machine. \"before\": `before.json`, the kernels at 9ecf09f.\n\n" + markdown(results, before))
         plot(results, before, os.path.join(DEFAULT_DIR, "model.png"))
 
 
