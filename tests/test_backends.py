@@ -1,6 +1,5 @@
 """Backend choice, the compile fallback, the modules, and a property test against float64."""
 
-import warnings
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import triton_focal
-from triton_focal import backends, compiled
+from triton_focal import backends
 
 
 def test_available_backends_lists_reference_and_compile():
@@ -44,26 +43,6 @@ def test_compile_matches_reference_across_batch_sizes():
     t = torch.randint(0, 8, (50,))  # 7 = background
     got = triton_focal.sigmoid_focal_loss(x, t, reduction="mean", backend="compile")
     assert_close(got, triton_focal.sigmoid_focal_loss(x, t, reduction="mean", backend="reference"), "sigmoid loss")
-
-
-def test_compile_falls_back_to_reference_with_one_warning(monkeypatch):
-    def broken_compile(fn, **kwargs):
-        def run(*args, **kw):
-            raise RuntimeError("no C++ compiler")
-
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(compiled, "_compiled", {})
-    monkeypatch.setattr(compiled, "_compile_failed", False)
-    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
-    with pytest.warns(RuntimeWarning, match="using the eager reference"):
-        first = triton_focal.focal_loss(x, t, backend="compile")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        second = triton_focal.focal_loss(x, t, backend="compile")
-    expected = triton_focal.focal_loss(x, t, backend="reference")
-    assert torch.equal(first, expected) and torch.equal(second, expected)
 
 
 def test_modules_keep_tensor_arguments_as_buffers():

@@ -29,7 +29,6 @@ import warnings
 
 import torch
 import torch.fx.experimental._config
-from torch.autograd.function import once_differentiable
 
 from . import _compiled_math as math_
 from .reference import compute_dtype
@@ -93,9 +92,10 @@ class _Compiled:
         # Inside autograd.Function.forward the inputs still say requires_grad, which Dynamo
         # guards on; the math never differentiates, so it sees detached tensors.
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        if torch.compiler.is_compiling():  # inside the user's torch.compile: let it fuse the math
-            return self.eager[which](*args, cfg=self.cfg)
-        if self.failed:
+        if self.failed or torch.compiler.is_compiling() or _functorch_active():
+            # Inside the user's torch.compile the math is traced into their graph. Under
+            # torch.func transforms Dynamo cannot trace, and a failed attempt would mark the
+            # function "skip" for the rest of the process: run the same math eagerly.
             return self.eager[which](*args, cfg=self.cfg)
         if not self.announced:
             self.announced = True
@@ -112,6 +112,28 @@ class _Compiled:
                 stacklevel=5,
             )
             return self.eager[which](*args, cfg=self.cfg)
+
+
+def _functorch_active():
+    return torch._C._are_functorch_transforms_active()
+
+
+def _first_order_only(grad, input):
+    """The gradient, unchanged; under ``create_graph=True`` one that raises if differentiated.
+
+    The backward is closed-form math without a graph of its own, so a second derivative
+    through it would silently be 0 (a Hessian-vector product missing the loss's part). The
+    raising node takes ``input`` as an input too, so that differentiating with respect to it
+    reaches the node (``once_differentiable`` guards only when ``grad_output`` requires grad).
+    """
+    if not torch.is_grad_enabled() or not input.requires_grad:
+        return grad
+    error = torch._C._functions.DelayedError(
+        b"triton_focal: the compile backend has no second derivative; use backend='reference' "
+        b"for double backward (create_graph=True)",
+        2,
+    )
+    return error(grad.detach(), input)[0]
 
 
 def _fresh_copy(fn, key):
@@ -181,10 +203,11 @@ class _SoftmaxFocal(torch.autograd.Function):
         ctx.fn = fn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss, _grad_lse, _grad_coef_sum):
-        grad = ctx.fn("backward", grad_loss, *ctx.saved_tensors)
-        return grad, None, None, None, None, None, None, None, None, None
+        saved = ctx.saved_tensors  # once: checkpointing allows one unpack
+        with torch.no_grad():
+            grad = ctx.fn("backward", grad_loss, *saved)
+        return _first_order_only(grad, saved[0]), None, None, None, None, None, None, None, None, None
 
 
 def softmax_focal_loss(
@@ -241,9 +264,11 @@ class _SigmoidFocal(torch.autograd.Function):
         ctx.fn = fn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss):
-        return ctx.fn("backward", grad_loss, *ctx.saved_tensors), None, None, None, None, None, None
+        saved = ctx.saved_tensors  # once: checkpointing allows one unpack
+        with torch.no_grad():
+            grad = ctx.fn("backward", grad_loss, *saved)
+        return _first_order_only(grad, saved[0]), None, None, None, None, None, None
 
 
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
@@ -286,9 +311,11 @@ class _SigmoidFocalStar(torch.autograd.Function):
         ctx.fn = fn
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss):
-        return ctx.fn("backward", grad_loss, *ctx.saved_tensors), None, None, None, None
+        saved = ctx.saved_tensors  # once: checkpointing allows one unpack
+        with torch.no_grad():
+            grad = ctx.fn("backward", grad_loss, *saved)
+        return _first_order_only(grad, saved[0]), None, None, None, None
 
 
 def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
