@@ -32,35 +32,33 @@ class AllocationRecorder(TorchDispatchMode):
         return [name for name, size in self.allocations if size >= numel]
 
 
-@pytest.mark.parametrize("compute_grad", [True, False])
+@pytest.mark.parametrize("store_grad", [True, False])
 @pytest.mark.parametrize("shape", [(2, 19, 40), (3, 300, 1)])  # channels-first; rows
-def test_softmax_forward_allocates_only_the_gradient(device, compute_grad, shape):
+def test_softmax_forward_allocates_only_the_gradient(device, store_grad, shape):
     x = torch.randn(shape, device=device)
     target = torch.randint(0, shape[1], (shape[0], shape[2]), device=device)
     weight = torch.rand(shape[1], device=device)
-    for reduction in ("mean", "none"):
-        with AllocationRecorder() as recorder:
-            softmax_focal.softmax_focal_fwd(x, target, 2.0, 0.25, weight, -100, reduction, 0.1, compute_grad)
-        assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if compute_grad else [])
+    options = (None, 2.0, None, 0.25, weight, -100, "mean", 0.1, 0.0, None)
+    with AllocationRecorder() as recorder:
+        softmax_focal._forward_op._init_fn(x, target, *options, store_grad)  # the op body, not the op
+    assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if store_grad else [])
 
 
-@pytest.mark.parametrize("compute_grad", [True, False])
-def test_sigmoid_forward_allocates_only_the_gradient(device, compute_grad):
+@pytest.mark.parametrize("store_grad", [True, False])
+def test_sigmoid_forward_allocates_only_the_gradient(device, store_grad):
     x = torch.randn(64, 80, device=device).unsqueeze(2)
     target = torch.randint(0, 81, (64, 1), device=device)
     weight = torch.rand(64, 1, 1, device=device).expand_as(x)  # per anchor, never expanded in memory
     with AllocationRecorder() as recorder:
-        sigmoid_focal.sigmoid_focal_fwd(
-            x, target, weight=weight, class_gamma=None, denominator=None, alpha=0.25, gamma=2.0,
-            ignore_index=-100, reduce=True, star=False, compute_grad=compute_grad,
-        )
-    assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if compute_grad else [])
+        sigmoid_focal._forward_op._init_fn(x, target, None, weight, None, 0.25, 2.0, -100, "sum", False, store_grad)
+    assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if store_grad else [])
 
 
+@pytest.mark.parametrize("grad_output", [1.0, 2.0])
 @pytest.mark.parametrize("inplace_grad", [False, True])
-def test_softmax_forward_and_backward_allocate_one_gradient(device, inplace_grad):
-    # The whole training step through the op: its output gradient is the one logits-sized
-    # tensor (none at all with inplace_grad); backward scales it in place.
+def test_softmax_forward_and_backward_allocate_one_gradient(device, inplace_grad, grad_output):
+    # The whole training step through the op: one logits-sized tensor, the gradient, whoever
+    # writes it (the forward, or a backward that recomputes it); none at all with inplace_grad.
     leaf = torch.randn(2, 19, 40, device=device, requires_grad=True)
     target = torch.randint(0, 19, (2, 40), device=device)
     logits = leaf.clone()  # a non-leaf, so the in-place gradient may overwrite it
@@ -69,7 +67,7 @@ def test_softmax_forward_and_backward_allocate_one_gradient(device, inplace_grad
             logits, target, gamma=2.0, alpha=None, weight=None, ignore_index=-100, reduction="mean",
             label_smoothing=0.0, inplace_grad=inplace_grad,
         )
-        (grad,) = torch.autograd.grad(loss, leaf, torch.tensor(2.0, device=device))
+        (grad,) = torch.autograd.grad(loss, leaf, torch.tensor(grad_output, device=device))
     expected = [] if inplace_grad else ["triton_focal.softmax_focal_fwd.default"]
     assert recorder.logits_sized(logits.numel()) == expected
     assert torch.isfinite(grad).all()
@@ -77,7 +75,7 @@ def test_softmax_forward_and_backward_allocate_one_gradient(device, inplace_grad
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
 def test_is_dense_reads_strides_only(layout):
-    from triton_focal.ops.stored_grad import is_dense
+    from triton_focal.ops.grad_policy import is_dense
 
     x = torch.empty(2, 3, 4, 5)
     view = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "transposed": x.transpose(1, 3)}[layout]
@@ -85,7 +83,8 @@ def test_is_dense_reads_strides_only(layout):
     assert not is_dense(x[:, :2]) and not is_dense(torch.empty(3, 1).expand(3, 4))
 
 
-def test_sigmoid_forward_and_backward_allocate_one_gradient(device):
+@pytest.mark.parametrize("grad_output", [1.0, 0.5])
+def test_sigmoid_forward_and_backward_allocate_one_gradient(device, grad_output):
     leaf = torch.randn(64, 80, 1, device=device, requires_grad=True)
     logits = leaf.clone()
     target = torch.randint(0, 81, (64, 1), device=device)
@@ -93,6 +92,6 @@ def test_sigmoid_forward_and_backward_allocate_one_gradient(device):
         loss = sigmoid_focal.sigmoid_focal_loss(
             logits, target, alpha=0.25, gamma=2.0, weight=None, ignore_index=-100, reduction="sum", normalizer=None
         )
-        (grad,) = torch.autograd.grad(loss, leaf, torch.tensor(0.5, device=device))
-    assert recorder.logits_sized(logits.numel()) == ["triton_focal.sigmoid_focal.default"]
+        (grad,) = torch.autograd.grad(loss, leaf, torch.tensor(grad_output, device=device))
+    assert recorder.logits_sized(logits.numel()) == ["triton_focal.sigmoid_focal_fwd.default"]
     assert torch.isfinite(grad).all()

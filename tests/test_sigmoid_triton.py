@@ -12,6 +12,7 @@ from helpers import TOLERANCES, assert_close, assert_no_worse_than_torch
 
 import triton_focal
 from triton_focal import reference
+from triton_focal.kernels.grad_mode import GRAD_NONE
 from triton_focal.ops import sigmoid_focal as ops
 
 DEFAULTS = dict(alpha=0.25, gamma=2.0, weight=None, ignore_index=-100, reduction="none", normalizer=None)
@@ -384,12 +385,12 @@ def test_no_gradient_without_requires_grad(device, monkeypatch):
     x = make_logits((5, 4, 3), device)
     t = make_dense_target((5, 4, 3), device)
     seen = []
-    launch = ops.sigmoid_focal_fwd
-    monkeypatch.setattr(ops, "sigmoid_focal_fwd", lambda *a, **k: seen.append(k["compute_grad"]) or launch(*a, **k))
+    launch = ops.sigmoid_focal_launch
+    monkeypatch.setattr(ops, "sigmoid_focal_launch", lambda *a, **k: seen.append((k["grad_mode"], k["grad"])) or launch(*a, **k))
     ops.sigmoid_focal_loss(x, t, **DEFAULTS)
     with torch.no_grad():
         ops.sigmoid_focal_loss(x.requires_grad_(True), t, **DEFAULTS)
-    assert seen == [False, False]
+    assert seen == [(GRAD_NONE, None), (GRAD_NONE, None)]
 
 
 def test_bit_identical_reruns(device):
@@ -412,18 +413,17 @@ def test_empty_input(device, shape, reduction):
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_opcheck(device, reduction):
+    # The ops as a traced graph runs them: the forward stores no gradient, the backward op
+    # recomputes it (the eager policy, which may store it, is tested above and in test_grad_policy.py).
     x = make_logits((4, 3, 5), device).requires_grad_(True)
     t = make_dense_target((4, 3, 5), device)
-    args = (x, t, None, None, None, 0.25, 2.0, -100, reduction, False, True)
-    # With a scalar grad_output the backward scales the op's second output in place; that
-    # output never leaves this module, but opcheck's AOT test returns every output and the
-    # partitioner refuses a graph output mutated in backward. The compiled path is covered
-    # end to end by test_compile_fullgraph.
-    utils = None if reduction == "none" else ("test_schema", "test_autograd_registration", "test_faketensor")
-    result = torch.library.opcheck(ops._sigmoid_focal_op, args, **({} if utils is None else {"test_utils": utils}))
-    assert all(v == "SUCCESS" for v in result.values()), result
+    options = (None, None, 0.25, 2.0, -100, reduction, False)
+    torch.library.opcheck(ops._forward_op, (x, t, None, *options, False))
+    grad_out = torch.rand(() if reduction == "mean" else x.shape, device=device)
+    torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), t, None, *options))
     index = make_index_target(4, 3, 5, device)
-    torch.library.opcheck(ops._sigmoid_focal_op, (x.detach(), index, None, None, None, 0.25, 2.0, -100, "none", False, False))
+    torch.library.opcheck(ops._forward_op, (x.detach(), index, torch.tensor(3.0, device=device), None, None, 0.25, 2.0,
+                                            -100, "sum", False, False))
 
 
 @pytest.mark.slow

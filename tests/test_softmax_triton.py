@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from triton_focal import reference
+from triton_focal.kernels.grad_mode import GRAD_IF_POLICY, GRAD_NONE
 from triton_focal.ops import softmax_focal as ops
 
 from helpers import assert_close, assert_no_worse_than_torch
@@ -270,22 +271,21 @@ def test_offsets_are_64_bit():
 
 def test_no_gradient_written_without_grad(monkeypatch):
     seen = []
-    launch = ops.softmax_focal_fwd
+    launch = ops.softmax_focal_launch
 
     def spy(*args, **kwargs):
-        loss, grad = launch(*args, **kwargs)
-        seen.append(grad.numel())
-        return loss, grad
+        seen.append((kwargs["grad_mode"], kwargs.get("grad")))
+        return launch(*args, **kwargs)
 
-    monkeypatch.setattr(ops, "softmax_focal_fwd", spy)
+    monkeypatch.setattr(ops, "softmax_focal_launch", spy)
     x, target = make_inputs((2, 5, 6))
     x.requires_grad_()
     with torch.no_grad():
         loss = ops.softmax_focal_loss(x, target, **DEFAULTS)
     ops.softmax_focal_loss(x.detach(), target, **DEFAULTS)
-    assert seen == [0, 0] and not loss.requires_grad
+    assert seen == [(GRAD_NONE, None), (GRAD_NONE, None)] and not loss.requires_grad
     ops.softmax_focal_loss(x, target, **DEFAULTS)
-    assert seen[-1] == x.numel()
+    assert seen[-1][0] == GRAD_IF_POLICY and seen[-1][1].shape == x.shape
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
@@ -354,13 +354,17 @@ def test_inplace_grad_refuses_corrupting_saved_values():
         loss.backward()
 
 
-@pytest.mark.parametrize("compute_grad", [True, False])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_opcheck(compute_grad, reduction):
+def test_opcheck(reduction):
+    # The ops as a traced graph runs them: the forward stores no gradient, the backward op
+    # recomputes it (the eager policy, which may store it, is tested in test_grad_policy.py).
     x, target = make_inputs((2, 5, 6))
-    x.requires_grad_(compute_grad)
-    args = (x, target, torch.rand(5), 0.0, None, 0.25, torch.rand(5) + 0.1, -100, reduction, 0.1, compute_grad)
-    torch.library.opcheck(ops._softmax_focal_fwd_op, args)
+    x.requires_grad_()
+    options = (torch.rand(5), 0.0, None, 0.25, torch.rand(5) + 0.1, -100, reduction, 0.1, 1e-3, 4.0)
+    torch.library.opcheck(ops._forward_op, (x, target, *options, False))
+    denominators = ops.mean_denominators(target, options[4], -100, 1e-3, torch.float32)
+    grad_out = torch.rand(() if reduction == "mean" else target.shape)
+    torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), target, denominators, *options))
 
 
 @pytest.mark.slow

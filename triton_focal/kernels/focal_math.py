@@ -46,36 +46,6 @@ def log1p(x):
 
 
 @triton.jit
-def softplus(x):
-    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
-    return tl.maximum(x, 0.0) + log1p(tl.exp(-tl.abs(x)))
-
-
-@triton.jit
-def online_softmax_step(m, s, s_other, x, is_target):
-    """Fold one class block into the running softmax statistics of each row.
-
-    Args:
-        m: running max, ``[R]``.
-        s: running ``sum_c exp(x_c - m)``, ``[R]``.
-        s_other: the same sum without the target class, ``[R]``; ``1 - p_y = s_other / s``
-            exactly, with no cancellation when ``p_y`` is close to 1.
-        x: the block of logits, ``[R, B]``, masked lanes at ``-inf``.
-        is_target: ``[R, B]`` mask of the target class.
-
-    Returns:
-        ``(m, s, s_other)`` updated. ``m`` starts at a finite minimum so that a row whose
-        lanes are all masked keeps ``s == 0`` instead of ``exp(-inf + inf)``.
-    """
-    m_new = tl.maximum(m, tl.max(x, axis=1))
-    rescale = tl.exp(m - m_new)
-    e = tl.exp(x - m_new[:, None])
-    s = s * rescale + tl.sum(e, axis=1)
-    s_other = s_other * rescale + tl.sum(tl.where(is_target, 0.0, e), axis=1)
-    return m_new, s, s_other
-
-
-@triton.jit
 def target_log_prob(x_target, lse, q_target):
     """``log p_y`` of the target class, given ``1 - p_y`` from the other classes' mass.
 
@@ -137,6 +107,15 @@ def fast_log2(x):
 
 
 @triton.jit
+def fast_reciprocal(x):
+    """``1 / x`` for ``x`` in ``[1, 2]``: one MUFU ``rcp.approx`` and a multiply for float32 on a
+    GPU (``div.approx``, 2 ulp), without the range reduction of ``div.full``; exact elsewhere."""
+    if x.dtype == tl.float32 and not INTERPRETED:
+        return libdevice.fast_dividef(1.0, x)
+    return 1.0 / x
+
+
+@triton.jit
 def q_powers(q, gamma, GAMMA_INT: tl.constexpr):
     """``(q ** gamma, q ** (gamma - 1))`` for ``q = 1 - p`` in ``[0, 1]``.
 
@@ -181,56 +160,91 @@ def focal_term(log_p, p, q, gamma, GAMMA_INT: tl.constexpr = -1):
 
 
 @triton.jit
-def focal_weight(q, gamma):
-    """``q ** gamma`` with ``0 ** 0 == 1`` and no overflow of its derivative."""
-    return tl.exp2(gamma * tl.log2(tl.maximum(q, FP32_TINY)))
+def log1p_unit(e):
+    """``log(1 + e)`` for ``e`` in ``[0, 1]``: float32 to a relative 3e-6 (2e-7 below 1/16),
+    float64 exact.
 
-
-# --- sigmoid ---
+    Below 1/16 a Taylor polynomial (its first omitted term is below 1.6e-7 relative), since
+    ``log2(1 + e)`` has only absolute precision near 1; above, one MUFU ``lg2`` (``1 + e`` is
+    then at least 1.0625, and lg2.approx's 2**-22 absolute error is below 3e-6 relative).
+    """
+    if e.dtype == tl.float64:
+        return log1p(e)
+    series = e * (1.0 - e * (0.5 - e * ((1.0 / 3.0) - e * (0.25 - e * 0.2))))
+    return tl.where(e < 0.0625, series, fast_log2(1.0 + e) * LN2)
 
 
 @triton.jit
-def sigmoid_pair(x):
-    """``(sigmoid(x), sigmoid(-x))``, both to full relative precision.
+def sigmoid_parts(x):
+    """``(sigmoid(x), sigmoid(-x), log1p(exp(-|x|)))`` to full relative precision.
 
-    ``exp(-|x|)`` lies in ``(0, 1]``, so nothing overflows, and the smaller of the two is
+    ``e = exp(-|x|)`` lies in ``(0, 1]``, so nothing overflows, and the smaller sigmoid is
     ``e / (1 + e)`` rather than ``1 - (larger)``, which would cancel.
     """
-    e = tl.exp(-tl.abs(x))
-    big = 1.0 / (1.0 + e)
+    e = tl.exp2(-tl.abs(x) * LOG2E)
+    big = fast_reciprocal(1.0 + e)
     small = e * big
     positive = x >= 0
-    return tl.where(positive, big, small), tl.where(positive, small, big)
+    return tl.where(positive, big, small), tl.where(positive, small, big), log1p_unit(e)
 
 
 @triton.jit
-def sigmoid_focal_term(x, t, gamma):
-    """Sigmoid focal loss of one element and its derivative, before ``alpha_t`` and weight.
+def binary_sigmoid_focal_term(x, positive, gamma, GAMMA_INT: tl.constexpr):
+    """Sigmoid focal loss of one element with a 0/1 target, and its derivative.
 
-    With ``p = sigmoid(x)`` and a target ``t`` in ``[0, 1]``::
+    With ``s = +1`` for a positive, ``-1`` else, and ``z = s x``: ``p_t = sigmoid(z)``,
+    ``q = 1 - p_t = sigmoid(-z)``, ``bce = softplus(-z)`` and ``log q = -softplus(z)`` (no
+    logarithm of ``q`` is taken)::
 
-        q   = 1 - p_t = sigmoid(-x) t + sigmoid(x) (1 - t)     (no 1 - p_t cancellation)
-        bce = max(x, 0) - x t + log1p(exp(-|x|))
-        f   = q ** gamma * bce
+        f     = q ** gamma * bce
+        df/dz = -q ** gamma * (gamma * p_t * bce + q)        (dbce/dz = -q, dq/dz = -p_t q)
 
-    Since ``dp/dx = p (1 - p)``, ``dq/dx = p (1 - p) (1 - 2t)`` and ``dbce/dx = p - t``::
-
-        df/dx = gamma q ** (gamma - 1) p (1 - p) (1 - 2t) bce + q ** gamma (p - t)
-
-    ``q ** (gamma - 1)`` comes from ``focal_weight``'s clamped form, at most ``2 ** 126``
-    for ``0 <= gamma < 1``; it is multiplied into ``p (1 - p) <= 1/4`` first, so the
-    product stays finite at saturated logits and the right label still gives ``f = 0``.
+    so ``q ** (gamma - 1)`` never appears.
 
     Returns:
         ``(f, df/dx)``, shaped like ``x``.
     """
-    p, p_neg = sigmoid_pair(x)
+    z = tl.where(positive, x, -x)
+    p_t, q, log1p_e = sigmoid_parts(z)
+    bce = tl.maximum(-z, 0.0) + log1p_e
+    if GAMMA_INT >= 0:
+        q_pow_gamma, _ = q_powers(q, gamma, GAMMA_INT)
+    else:
+        q_pow_gamma = tl.exp2(-gamma * (tl.maximum(z, 0.0) + log1p_e) * LOG2E)
+    df_dz = -q_pow_gamma * (gamma * p_t * bce + q)
+    return q_pow_gamma * bce, tl.where(positive, df_dz, -df_dz)
+
+
+@triton.jit
+def sigmoid_focal_term(x, t, gamma, GAMMA_INT: tl.constexpr):
+    """Sigmoid focal loss of one element with a soft target ``t`` in ``[0, 1]``, and its
+    derivative, before ``alpha_t`` and weight.
+
+    With ``p = sigmoid(x)``::
+
+        q   = 1 - p_t = sigmoid(-x) t + sigmoid(x) (1 - t)     (no 1 - p_t cancellation)
+        bce = max(x, 0) - x t + log1p(exp(-|x|))
+        f   = q ** gamma * bce
+        df/dx = gamma q ** (gamma - 1) dq bce + q ** gamma (p - t),   dq = p (1 - p) (1 - 2t)
+
+    ``q ** (gamma - 1) dq`` is ``q ** gamma * (dq / q)`` with ``|dq / q| <= 1`` (``q >= p (1 - p)``),
+    so it stays finite at saturated logits for every ``gamma >= 0``.
+
+    Returns:
+        ``(f, df/dx)``, shaped like ``x``.
+    """
+    p, p_neg, log1p_e = sigmoid_parts(x)
     q = p_neg * t + p * (1.0 - t)
-    bce = tl.maximum(x, 0.0) - x * t + log1p(tl.exp(-tl.abs(x)))
-    q_pow_gamma = focal_weight(q, gamma)
+    bce = tl.maximum(x, 0.0) - x * t + log1p_e
     dq = (p * p_neg) * (1.0 - 2.0 * t)
-    df = gamma * (dq * focal_weight(q, gamma - 1.0)) * bce + q_pow_gamma * (p - t)
-    return q_pow_gamma * bce, df
+    if GAMMA_INT >= 0:
+        q_pow_gamma, q_pow_gamma_m1 = q_powers(q, gamma, GAMMA_INT)
+        dq_term = q_pow_gamma_m1 * dq
+    else:
+        q_safe = tl.maximum(q, FP32_TINY)
+        q_pow_gamma = tl.exp2(gamma * fast_log2(q_safe))
+        dq_term = q_pow_gamma * tl.fdiv(dq, q_safe)
+    return q_pow_gamma * bce, gamma * dq_term * bce + q_pow_gamma * (p - t)
 
 
 @triton.jit
@@ -245,5 +259,5 @@ def sigmoid_focal_star_term(x, t, gamma):
     """
     s = 2.0 * t - 1.0
     z = gamma * x * s
-    _, sigmoid_neg_z = sigmoid_pair(z)
-    return softplus(-z) / gamma, -s * sigmoid_neg_z
+    _, sigmoid_neg_z, log1p_e = sigmoid_parts(z)
+    return (tl.maximum(-z, 0.0) + log1p_e) / gamma, -s * sigmoid_neg_z

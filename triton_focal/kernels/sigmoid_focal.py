@@ -1,133 +1,179 @@
-"""Triton kernels of the one-vs-all sigmoid focal loss (and FL*).
+"""Triton kernel of the one-vs-all sigmoid focal loss (and FL*): loss and gradient per tile.
 
-The logits are seen as ``(N, C, P)`` with explicit strides. A program owns a tile of
-``BLOCK_R`` rows (``r = n * P + p``) by ``BLOCK_C`` classes; the launcher makes the
-contiguous axis the wide one, so ``(N, C)`` detection logits (``stride_c == 1``) and
-channels-first heatmaps (``stride_p == 1``) are both read without a copy.
+The logits are seen as ``(N, C, P)`` with explicit strides; a *row* is one ``(n, p)``. A
+program of the persistent grid walks tiles of ``BLOCK_R`` rows of one image and steps over the
+classes ``BLOCK_C`` at a time (80 detection classes are five steps of 16, no padded lanes).
+Whichever axis is contiguous is the one the loads coalesce along: ``(N, C)`` detection logits
+(classes) or channels-first heatmaps (pixels), both read without a copy. Per-row work (the
+class index of a row, its ignore flag) is done once per tile, not once per element.
 
-The forward computes the loss and, in the same pass, ``d loss / d x`` (the tile is in
-registers anyway, so the logits are read once); the backward only rescales that gradient by
-``grad_output`` (in place for a scalar ``grad_output``, and not at all when it is exactly 1).
+Class-index targets never build a one-hot: element ``(n, c, p)`` is positive iff
+``target[n, p] == c`` (``C`` is background, ``ignore_index`` an ignored row).
+
+Who writes the gradient is the softmax kernel's policy (``grad_mode.py``): the forward stores
+it for ``grad_output == 1`` when the device flag says so; the backward recomputes it from the
+logits and targets, times ``grad_output``, unless it was stored and ``grad_output == 1``.
 """
 
 import triton
 import triton.language as tl
 
-from .focal_math import join_float, sigmoid_focal_star_term, sigmoid_focal_term
+from .focal_math import binary_sigmoid_focal_term, join_float, sigmoid_focal_star_term, sigmoid_focal_term
+from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY
 
 
 @triton.jit
-def _tile_coords(num_rows, num_classes, P, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Row coordinates ``(n, p)``, class index ``c`` (all int64) and masks of this tile."""
-    # int64 before any multiply: N * C * P may exceed 2**31 (Liger #803, flash-attn #714).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    n = rows // P
-    p = rows - n * P
-    return n, p, cols, rows < num_rows, cols < num_classes
-
-
-@triton.jit
-def _sigmoid_focal_fwd_kernel(
+def _sigmoid_focal_kernel(
     # pointers
     x_ptr,  # (N, C, P) logits
     target_ptr,  # (N, C, P) dense float targets, or (N, P) class indices if INDEX_TARGET
     weight_ptr,  # (N, C, P) weight view, stride 0 allowed (HAS_WEIGHT)
-    gamma_ptr,  # (C,) contiguous per-class gamma (HAS_CLASS_GAMMA)
+    gamma_ptr,  # (C,) per-class gamma in ACC (HAS_CLASS_GAMMA)
     denom_ptr,  # () divisor of the reduced loss (HAS_DENOM)
-    loss_ptr,  # (N, C, P) per-element loss, or (programs,) partial sums if REDUCE
-    dx_ptr,  # (N, C, P) d loss / d x, input dtype (COMPUTE_GRAD)
+    loss_ptr,  # (N, C, P) per-element loss, or (num_programs,) ACC partial sums if REDUCE
+    grad_ptr,  # (N, C, P) d loss / d x, in x's dtype
+    grad_out_ptr,  # () or (N, C, P) by strides: d total / d loss (GRAD_BACKWARD)
+    policy_ptr,  # (1,) int32 device flag: forwards store the gradient
+    stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
     # strides
     stride_x_n, stride_x_c, stride_x_p,
     stride_t_n, stride_t_c, stride_t_p,  # stride_t_c unused for class indices
     stride_w_n, stride_w_c, stride_w_p,
-    stride_o_n, stride_o_c, stride_o_p,  # shared by the per-element loss and dx
+    stride_l_n, stride_l_c, stride_l_p,
+    stride_g_n, stride_g_c, stride_g_p,
+    stride_go_n, stride_go_c, stride_go_p,
     # sizes
-    num_rows,  # N * P
-    num_classes,  # C
-    P,
+    C, P, num_p_blocks, num_tiles,
     # scalars: float32 (hi, lo) halves, so float64 math gets them unrounded (ops/scalars.py)
     alpha_hi, alpha_lo,
     gamma_hi, gamma_lo,
     ignore_index,
     # constants
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,  # rows (positions) per tile
+    BLOCK_C: tl.constexpr,  # classes per step
     INDEX_TARGET: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     HAS_CLASS_GAMMA: tl.constexpr,
+    GAMMA_INT: tl.constexpr,  # gamma is this integer (powers as products), or -1
     STAR: tl.constexpr,
     REDUCE: tl.constexpr,
     HAS_DENOM: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
-    FP64: tl.constexpr,
+    GRAD_MODE: tl.constexpr,  # GRAD_NONE, GRAD_ALWAYS, GRAD_IF_POLICY or GRAD_BACKWARD
+    GRAD_OUT_IS_SCALAR: tl.constexpr,
+    SKIP_IF_STORED: tl.constexpr,  # see softmax_focal.py
+    ACC: tl.constexpr,  # float32, or float64 for float64 logits
 ):
-    # 1. where this tile lies
-    n, p, c, row_mask, col_mask = _tile_coords(num_rows, num_classes, P, BLOCK_R, BLOCK_C)
-    mask = row_mask[:, None] & col_mask[None, :]
+    pid = tl.program_id(0)
+    alpha = join_float(alpha_hi, alpha_lo, ACC)
 
-    # 2. logits, in float32 (float64 for float64 input)
-    x = tl.load(x_ptr + (n * stride_x_n + p * stride_x_p)[:, None] + (c * stride_x_c)[None, :], mask=mask, other=0.0)
-    if FP64:
-        x = x.to(tl.float64)
+    # 0. What this launch writes, decided on the device (no host sync).
+    compute_loss = GRAD_MODE != GRAD_BACKWARD
+    grad_scale = 1.0
+    if GRAD_MODE == GRAD_IF_POLICY:
+        store_grad = tl.load(policy_ptr) != 0
+        if pid == 0:
+            tl.store(stored_ptr, store_grad.to(tl.int32))
+    elif GRAD_MODE == GRAD_BACKWARD:
+        store_grad = True
+        if GRAD_OUT_IS_SCALAR:
+            grad_out = tl.load(grad_out_ptr).to(ACC)
+            grad_scale = grad_out
+            if pid == 0:
+                tl.store(policy_ptr, (grad_out == 1.0).to(tl.int32))
+            if SKIP_IF_STORED:
+                store_grad = (tl.load(stored_ptr) == 0) | (grad_out != 1.0)
     else:
-        x = x.to(tl.float32)
+        store_grad = GRAD_MODE == GRAD_ALWAYS
+    if HAS_DENOM:
+        grad_scale = grad_scale / tl.load(denom_ptr).to(ACC)
+    tiles = num_tiles
+    if GRAD_MODE == GRAD_BACKWARD:
+        tiles = tl.where(store_grad, num_tiles, 0)
 
-    # 3. targets: read by stride, or compared to the class index (the one-hot is never built)
-    if INDEX_TARGET:
-        label = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=row_mask, other=ignore_index)
-        label = label.to(tl.int64)
-        labelled = label != ignore_index
-        # C itself is background. Indices are not checked on the GPU (that would cost a host
-        # sync): an out-of-range one turns its row's loss and gradient into NaN instead of
-        # training on a silently wrong target.
-        out_of_range = labelled & ((label < 0) | (label > num_classes))
-        tl.device_assert(~out_of_range, "class index outside [0, C] and not ignore_index")
-        keep = mask & labelled[:, None]
-        t = (label[:, None] == c[None, :]).to(x.dtype)  # label == C: background, all zero
-    else:
-        t_off = (n * stride_t_n + p * stride_t_p)[:, None] + (c * stride_t_c)[None, :]
-        t = tl.load(target_ptr + t_off, mask=mask, other=0.0).to(x.dtype)
-        keep = mask
+    rows = tl.arange(0, BLOCK_R)
+    offs_c = tl.arange(0, BLOCK_C)
+    loss_acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
+    for tile in range(pid, tiles, tl.num_programs(0)):
+        # 1. Where this tile lies; 64-bit before any multiply (N * C * P may exceed 2**31).
+        tile64 = tl.cast(tile, tl.int64)
+        n = tile64 // num_p_blocks
+        p = (tile64 % num_p_blocks) * BLOCK_R + rows
+        row_mask = p < P
+        x_row = x_ptr + n * stride_x_n + p * stride_x_p
+        if INDEX_TARGET:
+            label = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=row_mask, other=ignore_index)
+            label = label.to(tl.int64)
+            labelled = label != ignore_index
+            # C itself is background. An out-of-range index turns its row's loss and gradient
+            # into NaN instead of training on a silently wrong target (checking on the GPU
+            # would cost a host sync).
+            out_of_range = labelled & ((label < 0) | (label > C))
+            tl.device_assert(~out_of_range, "class index outside [0, C] and not ignore_index")
+            row_keep = row_mask & labelled & ~out_of_range
+            row_fill = tl.where(out_of_range, float("nan"), 0.0)
+            label_in_step = label.to(tl.int32)
+        else:
+            row_keep = row_mask
+            row_fill = tl.zeros([BLOCK_R], dtype=ACC)
 
-    # 4. the loss and its derivative
-    if HAS_CLASS_GAMMA:
-        gamma = tl.load(gamma_ptr + c, mask=col_mask, other=0.0).to(x.dtype)[None, :]
-    else:
-        gamma = join_float(gamma_hi, gamma_lo, x.dtype)
-    if STAR:
-        loss, dloss = sigmoid_focal_star_term(x, t, gamma)
-    else:
-        loss, dloss = sigmoid_focal_term(x, t, gamma)
-    if HAS_ALPHA:
-        alpha = join_float(alpha_hi, alpha_lo, x.dtype)
-        alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
-        loss = alpha_t * loss
-        dloss = alpha_t * dloss
-    if HAS_WEIGHT:
-        w_off = (n * stride_w_n + p * stride_w_p)[:, None] + (c * stride_w_c)[None, :]
-        w = tl.load(weight_ptr + w_off, mask=mask, other=0.0).to(x.dtype)
-        loss = w * loss
-        dloss = w * dloss
-    # Ignored rows and lanes past the edge: loss 0, gradient 0 (a NaN there is dropped too).
-    loss = tl.where(keep, loss, 0.0)
-    dloss = tl.where(keep, dloss, 0.0)
-    if INDEX_TARGET:
-        loss = tl.where(out_of_range[:, None], float("nan"), loss)
-        dloss = tl.where(out_of_range[:, None], float("nan"), dloss)
+        for c0 in range(0, C, BLOCK_C):
+            # 2. The logits of one class step, in ACC.
+            c = c0 + offs_c
+            mask = row_mask[:, None] & (c < C)[None, :]
+            x = tl.load(x_row[:, None] + (c * stride_x_c)[None, :], mask=mask, other=0.0).to(ACC)
 
-    # 5. the loss: per element, or one partial sum per program (summed by torch in a
-    # fixed order: no atomics, so reruns are bit-identical)
-    o_off = (n * stride_o_n + p * stride_o_p)[:, None] + (c * stride_o_c)[None, :]
-    if REDUCE:
-        partial = tl.sum(tl.sum(loss, axis=1), axis=0)
-        tl.store(loss_ptr + tl.program_id(0).to(tl.int64) * tl.num_programs(1) + tl.program_id(1), partial)
-    else:
-        tl.store(loss_ptr + o_off, loss.to(loss_ptr.dtype.element_ty), mask=mask)
+            # 3. The loss and its derivative (targets compared with the class, or read).
+            if HAS_CLASS_GAMMA:
+                gamma = tl.load(gamma_ptr + c, mask=c < C, other=0.0)[None, :]
+            else:
+                gamma = join_float(gamma_hi, gamma_lo, ACC)
+            if INDEX_TARGET:
+                positive = (c0 + offs_c)[None, :] == label_in_step[:, None]
+                loss, dloss = binary_sigmoid_focal_term(x, positive, gamma, GAMMA_INT)
+                if HAS_ALPHA:
+                    alpha_t = tl.where(positive, alpha, 1.0 - alpha)
+            else:
+                t_off = (n * stride_t_n + p * stride_t_p)[:, None] + (c * stride_t_c)[None, :]
+                t = tl.load(target_ptr + t_off, mask=mask, other=0.0).to(ACC)
+                if STAR:
+                    loss, dloss = sigmoid_focal_star_term(x, t, gamma)
+                else:
+                    loss, dloss = sigmoid_focal_term(x, t, gamma, GAMMA_INT)
+                if HAS_ALPHA:
+                    alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
+            if HAS_ALPHA:
+                loss = alpha_t * loss
+                dloss = alpha_t * dloss
+            if HAS_WEIGHT:
+                w_off = (n * stride_w_n + p * stride_w_p)[:, None] + (c * stride_w_c)[None, :]
+                w = tl.load(weight_ptr + w_off, mask=mask, other=0.0).to(ACC)
+                loss = w * loss
+                dloss = w * dloss
+            # Ignored rows and lanes past the edge: loss 0, gradient 0 (a NaN there is dropped
+            # too); an out-of-range class index: NaN.
+            keep = row_keep[:, None] & (c < C)[None, :]
 
-    # 6. the gradient of the reduced loss with grad_output == 1; backward rescales it
-    if COMPUTE_GRAD:
-        if HAS_DENOM:
-            dloss = dloss / tl.load(denom_ptr).to(x.dtype)
-        tl.store(dx_ptr + o_off, dloss.to(dx_ptr.dtype.element_ty), mask=mask)
+            # 4. The loss: per element, or into this program's partial sum.
+            if compute_loss:
+                loss = tl.where(keep, loss, row_fill[:, None])
+                if REDUCE:
+                    loss_acc += loss
+                else:
+                    l_off = (n * stride_l_n + p * stride_l_p)[:, None] + (c * stride_l_c)[None, :]
+                    tl.store(loss_ptr + l_off, loss.to(loss_ptr.dtype.element_ty), mask=mask)
+
+            # 5. The gradient, times grad_output and the mean's divisor.
+            if store_grad:
+                scale = grad_scale
+                if GRAD_MODE == GRAD_BACKWARD:
+                    if not GRAD_OUT_IS_SCALAR:
+                        go_off = (n * stride_go_n + p * stride_go_p)[:, None] + (c * stride_go_c)[None, :]
+                        scale = scale * tl.load(grad_out_ptr + go_off, mask=mask, other=0.0).to(ACC)
+                grad = tl.where(keep, dloss * scale, row_fill[:, None])
+                g_off = (n * stride_g_n + p * stride_g_p)[:, None] + (c * stride_g_c)[None, :]
+                tl.store(grad_ptr + g_off, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+    if compute_loss and REDUCE:
+        # One partial sum per program, added by torch in a fixed order: bit-identical reruns.
+        tl.store(loss_ptr + pid, tl.sum(tl.sum(loss_acc, axis=1), axis=0))

@@ -39,18 +39,12 @@ see ``focal_math.py``); the per-row terms that a cancellation would amplify (``l
 import triton
 import triton.language as tl
 
+from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY
 from .focal_math import LN2, LOG2E, fast_log2, focal_term, join_float, log1p, softcap_logits, target_log_prob
 
 # Largest finite float32: the running max starts here, not at -inf, so a row whose lanes
 # are all masked keeps s == 0 instead of forming exp(-inf + inf).
 FP32_MAX = tl.constexpr(3.4028234663852886e38)
-
-# What a launch does with the gradient (GRAD_MODE).
-GRAD_NONE = tl.constexpr(0)  # loss only
-GRAD_ALWAYS = tl.constexpr(1)  # forward: the gradient of the loss (grad_output = 1) too
-GRAD_IF_POLICY = tl.constexpr(2)  # forward: the gradient too if the device policy flag says so
-GRAD_BACKWARD = tl.constexpr(3)  # backward: the gradient times grad_output, no loss
-
 
 @triton.jit
 def _load_logits(ptrs, mask, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):

@@ -114,6 +114,17 @@ def saved_options(ctx):
     return tensors, options
 
 
+# Integer gammas up to this get their powers as products, compiled once per value (no MUFU).
+MAX_INTEGER_GAMMA = 4
+
+
+def integer_gamma(gamma):
+    """``gamma`` as a compile-time integer where it is one (2, the usual, included), else -1."""
+    if isinstance(gamma, torch.Tensor) or gamma != int(gamma) or not 0 <= gamma <= MAX_INTEGER_GAMMA:
+        return -1
+    return int(gamma)
+
+
 def acc_dtype(dtype):
     """Triton's arithmetic dtype: float32, or float64 for float64 logits (gradcheck)."""
     import triton.language as tl

@@ -1,17 +1,15 @@
-"""The Triton sigmoid focal loss: launchers, ``torch.library`` ops and autograd.
+"""The Triton sigmoid focal loss: launcher, ``torch.library`` ops and autograd.
 
 Layers, top to bottom:
 
 * ``sigmoid_focal_loss`` / ``sigmoid_focal_loss_star``: the canonical backend functions
   (same arguments as ``triton_focal.reference``); they decide whether a gradient is needed
   and call the op.
-* ``triton_focal::sigmoid_focal`` (``torch.library.custom_op`` with a fake and an autograd
-  formula, so ``torch.compile(fullgraph=True)`` traces through it): one launch computes the
-  loss and, when the input needs a gradient, ``d loss / d input`` for ``grad_output == 1``.
-* the backward multiplies that stored gradient by ``grad_output`` (``stored_grad.py``,
-  shared with the softmax loss): in place, and not at all when a 0-dim ``grad_output`` is
-  exactly 1 (decided on the device).
-* ``sigmoid_focal_fwd``: the launcher, which owns the block sizes, the grid and the strides.
+* ``triton_focal::sigmoid_focal_fwd`` / ``sigmoid_focal_bwd`` (``torch.library.custom_op`` s
+  with fakes and an autograd formula, so ``torch.compile(fullgraph=True)`` traces through
+  them). Who writes the gradient is the policy of ``grad_policy.py``, shared with the softmax
+  loss: the forward for ``grad_output == 1``, else the backward, recomputing it.
+* ``sigmoid_focal_launch``: the launcher, which owns the block sizes, the grid and the strides.
 """
 
 from typing import Optional
@@ -19,197 +17,274 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.sigmoid_focal import _sigmoid_focal_fwd_kernel
+from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
+from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from ..reference import compute_dtype
+from .grad_policy import (
+    PersistentGrid,
+    acc_dtype,
+    backward_in_place,
+    integer_gamma,
+    policy_flag,
+    save_options,
+    saved_options,
+)
 from .scalars import split_float
-from .grad_policy import scale_stored_grad as stored_grad_times
 
-# Tile table. Reasoned, not measured (no GPU was at hand to tune on):
-# * a program owns about _TILE_ELEMENTS elements: 16 per thread at 8 warps, enough loads in
-#   flight to cover memory latency with a few programs per SM, small enough that the
-#   float32 temporaries of the loss and its gradient stay in registers;
-# * the contiguous axis is the wide one, so loads coalesce: up to 128 classes per tile
-#   when classes are contiguous ((N, C) detection logits, channels_last), at most 8 when
-#   they are strided by P (channels-first heatmaps, where the pixels are contiguous).
-#   Classes beyond the block go to more programs along grid axis 1: nothing is looped.
-_TILE_ELEMENTS = 4096
-_MAX_BLOCK_C_CONTIGUOUS = 128
-_MAX_BLOCK_C_STRIDED = 8
-_ELEMENTS_PER_WARP = 512  # 16 per thread: num_warps = tile / 512, from 1 to 8
+# Tile table, from the sm_90 cost model (``python -m perf.model``), not from GPU timings. A
+# program steps over the classes BLOCK_C at a time, so per-row work (a row's class index, its
+# ignore flag) is done once per tile and 80 classes need no padded lanes (5 x 16):
+# * classes contiguous ((N, C) detection logits, channels_last): 16 classes (32 bytes of
+#   bf16, a full sector per row) by TILE_ELEMENTS / 16 rows;
+# * classes strided by P (channels-first heatmaps): 8 classes by 16 bytes of pixels per thread.
+# 4 warps and 16 elements per thread: enough loads in flight, no spills.
+CONTIGUOUS_BLOCK_C = 16
+STRIDED_BLOCK_C = 8
+TILE_ELEMENTS = 2048
+NUM_WARPS = 4
 
 
-def _tile(num_rows, num_classes, stride_c):
-    """``(BLOCK_R, BLOCK_C, num_warps)`` for a ``(rows, classes)`` problem and its layout."""
-    max_block_c = _MAX_BLOCK_C_CONTIGUOUS if stride_c == 1 else _MAX_BLOCK_C_STRIDED
-    block_c = min(triton.next_power_of_2(max(num_classes, 1)), max_block_c)
-    block_r = min(_TILE_ELEMENTS // block_c, triton.next_power_of_2(max(num_rows, 1)))
-    num_warps = min(max(block_r * block_c // _ELEMENTS_PER_WARP, 1), 8)
-    return block_r, block_c, num_warps
+def _tile(num_classes, num_positions, stride_c, element_size):
+    """``(BLOCK_R, BLOCK_C)`` for ``(N, C, P)`` logits of ``num_positions`` rows per image."""
+    if stride_c == 1 or num_classes == 1:
+        block_c = min(CONTIGUOUS_BLOCK_C, triton.next_power_of_2(num_classes))
+        block_r = TILE_ELEMENTS // block_c
+    else:
+        block_c = min(STRIDED_BLOCK_C, triton.next_power_of_2(num_classes))
+        block_r = max(16 // element_size, 1) * 32 * NUM_WARPS
+    return min(block_r, max(triton.next_power_of_2(num_positions), 16)), block_c
 
 
-def sigmoid_focal_fwd(input, target, *, weight, class_gamma, denominator, alpha, gamma, ignore_index, reduce, star, compute_grad):
-    """Launch the forward kernel.
+def _fold_rows(shape, *strides):
+    """``(N, C, 1)`` detection logits seen as one image of ``N`` positions (rows then share a
+    tile); ``(N, C, P)`` otherwise unchanged."""
+    n, _, p = shape
+    if p == 1 and n > 1:
+        return 1, n, [(0, s[1], s[0]) for s in strides]
+    return n, p, list(strides)
+
+
+def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ignore_index, denominator, reduce,
+                         star, grad_mode, grad=None, grad_output=None, stored=None, skip_if_stored=False):
+    """Launch the kernel once.
 
     Args:
         input: ``(N, C, P)`` logits, any strides, float16/bfloat16/float32/float64.
         target: ``(N, C, P)`` floating targets, or ``(N, P)`` integer class indices.
         weight: ``None`` or an ``(N, C, P)`` view (stride 0 allowed), any float dtype.
-        class_gamma: ``None`` or a ``(C,)`` tensor; then ``gamma`` is ignored.
-        denominator: ``None`` or a 0-dim tensor; the stored gradient is divided by it.
-        alpha: float; ``< 0`` means no alpha weighting.
-        gamma: float.
+        class_gamma: ``None`` or a ``(C,)`` tensor in the compute dtype; then ``gamma`` is unused.
+        gamma, alpha: floats; ``alpha < 0`` means no alpha weighting.
         ignore_index: int, for class-index targets.
-        reduce: if true, return per-program partial sums instead of per-element losses.
+        denominator: ``None`` or a 0-dim tensor dividing the loss and the gradient.
+        reduce: return the sum instead of per-element losses.
         star: FL* instead of the focal loss.
-        compute_grad: also store ``d loss / d input`` (times ``1 / denominator``).
+        grad_mode: ``GRAD_NONE``, ``GRAD_ALWAYS``, ``GRAD_IF_POLICY`` or ``GRAD_BACKWARD``.
+        grad: the gradient buffer, like ``input`` (any mode but GRAD_NONE).
+        grad_output: ``()`` or broadcastable to ``input`` (GRAD_BACKWARD).
+        stored: ``(1,)`` int32, set by a GRAD_IF_POLICY forward, read by a backward that
+            ``skip_if_stored``.
 
     Returns:
-        ``(loss, dx)``: ``loss`` is ``(N, C, P)`` in the input's dtype, or the partial
-        sums ``(programs,)`` in the compute dtype (float32, float64 for float64 input);
-        ``dx`` is ``torch.empty_like(input)`` filled with the gradient, or an empty
-        ``(0,)`` tensor without ``compute_grad``.
+        The loss (``(N, C, P)``, or 0-dim summed, in ``input``'s dtype), or None for GRAD_BACKWARD.
     """
-    N, C, P = input.shape
-    num_rows = N * P
-    fp64 = input.dtype == torch.float64
-    acc_dtype = compute_dtype(input.dtype)
-    # empty_like keeps a dense input's layout (channels_last too): dx is written as x is read.
-    dx = torch.empty_like(input) if compute_grad else input.new_empty((0,))
-    block_r, block_c, num_warps = _tile(num_rows, C, input.stride(1))
-    grid = (triton.cdiv(num_rows, block_r), triton.cdiv(C, block_c))
-    if reduce:
-        loss = torch.empty(grid[0] * grid[1], dtype=acc_dtype, device=input.device)  # every program writes one
-    else:
-        loss = torch.empty_like(input)
+    num_classes = input.shape[1]
+    acc = compute_dtype(input.dtype)
+    compute_loss = grad_mode != GRAD_BACKWARD
     if input.numel() == 0:
-        dx.zero_()
-        return loss, dx
+        if grad is not None:
+            grad.zero_()
+        if stored is not None and grad_mode == GRAD_IF_POLICY:
+            stored.fill_(1)
+        if not compute_loss:
+            return None
+        return input.new_zeros(()) if reduce else torch.empty_like(input)
 
     index_target = not target.is_floating_point()
-    if index_target:
-        stride_t = (target.stride(0), 0, target.stride(1))
-    else:
-        stride_t = target.stride()
-    # The per-element loss and dx are both empty_like(input): one set of strides serves both.
-    out = dx if compute_grad else loss
-    stride_o = out.stride() if out.dim() == 3 else (0, 0, 0)
-    if class_gamma is not None:
-        class_gamma = class_gamma.contiguous()
-    _sigmoid_focal_fwd_kernel[grid](
-        input, target, weight, class_gamma, denominator, loss, dx,
-        *input.stride(), *stride_t,
-        *(weight.stride() if weight is not None else (0, 0, 0)),
-        *stride_o,
-        num_rows, C, P,
-        *split_float(alpha), *split_float(gamma), ignore_index,
-        BLOCK_R=block_r,
-        BLOCK_C=block_c,
-        INDEX_TARGET=index_target,
-        HAS_WEIGHT=weight is not None,
-        HAS_ALPHA=alpha >= 0,
+    loss = torch.empty_like(input) if compute_loss and not reduce else None
+    go_scalar = grad_output is not None and grad_output.dim() == 0
+    if grad_output is not None and not go_scalar:
+        grad_output = grad_output.expand(input.shape)  # stride 0 where it was broadcast
+    no_strides = (0, 0, 0)
+    strides = [input.stride(),
+               (target.stride(0), 0, target.stride(1)) if index_target else target.stride(),
+               weight.stride() if weight is not None else no_strides,
+               loss.stride() if loss is not None else no_strides,
+               grad.stride() if grad is not None else no_strides,
+               grad_output.stride() if grad_output is not None and not go_scalar else no_strides]
+    n_launch, p_launch, strides = _fold_rows(input.shape, *strides)
+    block_r, block_c = _tile(num_classes, p_launch, strides[0][1], input.element_size())
+    num_p_blocks = triton.cdiv(p_launch, block_r)
+    num_tiles = n_launch * num_p_blocks
+    # An elementwise loss re-reads nothing: the grid fills the GPU.
+    num_programs = PersistentGrid.for_device(input.device).programs(num_tiles, NUM_WARPS, footprint=0)
+    if compute_loss and reduce:
+        loss = torch.empty(num_programs, dtype=acc, device=input.device)
+
+    dummy = input  # pointer for arguments a constexpr flag leaves unread
+    flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
+    _sigmoid_focal_kernel[(num_programs,)](
+        input, target,
+        weight if weight is not None else dummy,
+        class_gamma if class_gamma is not None else dummy,
+        denominator if denominator is not None else dummy,
+        loss if loss is not None else dummy,
+        grad if grad is not None else dummy,
+        grad_output if grad_output is not None else dummy,
+        flag, stored if stored is not None else dummy,
+        *(s for stride in strides for s in stride),
+        num_classes, p_launch, num_p_blocks, num_tiles,
+        *split_float(alpha), *split_float(gamma), int(ignore_index),
+        BLOCK_R=block_r, BLOCK_C=block_c,
+        INDEX_TARGET=index_target, HAS_WEIGHT=weight is not None, HAS_ALPHA=alpha >= 0,
         HAS_CLASS_GAMMA=class_gamma is not None,
-        STAR=star,
-        REDUCE=reduce,
-        HAS_DENOM=denominator is not None,
-        COMPUTE_GRAD=compute_grad,
-        FP64=fp64,
-        num_warps=num_warps,
+        GAMMA_INT=-1 if class_gamma is not None or star else integer_gamma(gamma),
+        STAR=star, REDUCE=reduce, HAS_DENOM=denominator is not None,
+        GRAD_MODE=grad_mode, GRAD_OUT_IS_SCALAR=go_scalar, SKIP_IF_STORED=skip_if_stored,
+        ACC=acc_dtype(input.dtype), num_warps=NUM_WARPS,
     )
-    return loss, dx
+    if not compute_loss:
+        return None
+    if not reduce:
+        return loss
+    # The partial sums are added by torch in a fixed order: bit-identical reruns.
+    total = loss.sum()
+    if denominator is not None:
+        total = total / denominator
+    return total.to(input.dtype)
+
+
+def _denominator(input, target, normalizer, ignore_index, reduction):
+    """The divisor of the reduced loss, a device tensor (no host sync), or None."""
+    acc = compute_dtype(input.dtype)
+    if reduction == "none":
+        return None
+    if normalizer is not None:
+        return normalizer.detach().to(acc)
+    if reduction == "sum":
+        return None
+    if target.is_floating_point():
+        count = torch.full((), input.numel(), dtype=acc, device=input.device)
+    else:
+        count = (target != ignore_index).sum().to(acc) * input.shape[1]
+    # The mean of nothing is 0 with a zero gradient, not NaN.
+    return torch.where(count > 0, count, torch.ones_like(count))
 
 
 # --- torch.library ops -------------------------------------------------------------
+# The loss's options, in every op and in the autograd context: (weight, class_gamma, alpha,
+# gamma, ignore_index, reduction, star).
 
 
-@torch.library.custom_op("triton_focal::sigmoid_focal", mutates_args=())
-def _sigmoid_focal_op(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    class_gamma: Optional[torch.Tensor],
-    normalizer: Optional[torch.Tensor],
-    alpha: float,
-    gamma: float,
-    ignore_index: int,
-    reduction: str,
-    star: bool,
-    compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    acc_dtype = compute_dtype(input.dtype)
-    # The divisor of the reduced loss stays on the device (no host sync).
-    if reduction == "none":
-        denominator = None
-    elif normalizer is not None:
-        denominator = normalizer.detach().to(acc_dtype)
-    elif reduction == "mean":
-        if target.is_floating_point():
-            count = torch.full((), input.numel(), dtype=acc_dtype, device=input.device)
-        else:
-            count = (target != ignore_index).sum().to(acc_dtype) * input.shape[1]
-        # The mean of nothing is 0 with a zero gradient, not NaN.
-        denominator = torch.where(count > 0, count, torch.ones_like(count))
-    else:
-        denominator = None
-
-    loss, dx = sigmoid_focal_fwd(
-        input, target,
-        weight=weight, class_gamma=class_gamma, denominator=denominator,
-        alpha=alpha, gamma=gamma, ignore_index=ignore_index,
-        reduce=reduction != "none", star=star, compute_grad=compute_grad,
-    )
-    if reduction != "none":
-        total = loss.sum()
-        loss = (total / denominator if denominator is not None else total).to(input.dtype)
-    return loss, dx
+def _launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
+    return dict(weight=weight, class_gamma=class_gamma, alpha=alpha, gamma=gamma, ignore_index=ignore_index,
+                reduce=reduction != "none", star=star)
 
 
-@_sigmoid_focal_op.register_fake
-def _(input, target, weight, class_gamma, normalizer, alpha, gamma, ignore_index, reduction, star, compute_grad):
+@torch.library.custom_op("triton_focal::sigmoid_focal_fwd", mutates_args=())
+def _forward_op(
+    input: torch.Tensor, target: torch.Tensor, normalizer: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor], class_gamma: Optional[torch.Tensor], alpha: float, gamma: float,
+    ignore_index: int, reduction: str, star: bool, store_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad, stored)``. With ``store_grad`` the gradient for ``grad_output == 1``
+    goes to ``grad`` where the device policy says so (``stored``)."""
+    options = _launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, star)
+    denominator = _denominator(input, target, normalizer, ignore_index, reduction)
+    grad = torch.empty_like(input) if store_grad else input.new_empty(0)
+    stored = torch.zeros(1, dtype=torch.int32, device=input.device)
+    loss = sigmoid_focal_launch(input, target, **options, denominator=denominator,
+                                grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
+                                grad=grad if store_grad else None, stored=stored)
+    return loss, grad, stored
+
+
+@_forward_op.register_fake
+def _(input, target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star, store_grad):
     loss = torch.empty_like(input) if reduction == "none" else input.new_empty(())
-    dx = torch.empty_like(input) if compute_grad else input.new_empty((0,))
-    return loss, dx
+    grad = torch.empty_like(input) if store_grad else input.new_empty(0)
+    return loss, grad, input.new_empty(1, dtype=torch.int32)
+
+
+@torch.library.custom_op("triton_focal::sigmoid_focal_bwd", mutates_args=())
+def _backward_op(
+    grad_output: torch.Tensor, input: torch.Tensor, target: torch.Tensor, normalizer: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor], class_gamma: Optional[torch.Tensor], alpha: float, gamma: float,
+    ignore_index: int, reduction: str, star: bool,
+) -> torch.Tensor:
+    """The gradient times ``grad_output``, recomputed from the logits into a new buffer."""
+    grad = torch.empty_like(input)
+    sigmoid_focal_launch(input, target, **_launch_options(weight, class_gamma, alpha, gamma, ignore_index,
+                                                          reduction, star),
+                         denominator=_denominator(input, target, normalizer, ignore_index, reduction),
+                         grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_output)
+    return grad
+
+
+@_backward_op.register_fake
+def _(grad_output, input, *args):
+    return torch.empty_like(input)
 
 
 def _setup_context(ctx, inputs, output):
-    _, dx = output
-    ctx.mark_non_differentiable(dx)
-    ctx.set_materialize_grads(False)  # no logits-sized zeros for the gradient output's gradient
-    ctx.save_for_backward(dx)
+    input, target, normalizer, *options, _store_grad = inputs
+    loss, grad, stored = output
+    ctx.mark_non_differentiable(grad, stored)
+    ctx.set_materialize_grads(False)  # no logits-sized zeros for the other outputs' gradients
+    # A normalizer that requires grad gets d (sum / normalizer) / d normalizer = -loss / normalizer.
+    ctx.normalizer_grad = normalizer is not None and normalizer.requires_grad
+    save_options(ctx, (input, target, normalizer, grad, stored, loss if ctx.normalizer_grad else None), options)
 
 
-def _backward(ctx, grad_loss, _grad_dx):
-    (dx,) = ctx.saved_tensors
-    # grad_loss is None when the loss was not used (gradients are not materialized as zeros).
-    return (None if grad_loss is None else stored_grad_times(dx, grad_loss),) + (None,) * 10
+def _backward(ctx, grad_loss, *_):
+    if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
+        return (None,) * 11
+    (input, target, normalizer, grad, stored, loss), options = saved_options(ctx)
+    grad_normalizer = None
+    if ctx.normalizer_grad:
+        grad_normalizer = (-grad_loss * loss / normalizer).to(normalizer.dtype)
+    if not ctx.needs_input_grad[0]:
+        return (None, None, grad_normalizer) + (None,) * 8
+    if backward_in_place(grad):
+        sigmoid_focal_launch(input, target, **_launch_options(*options),
+                             denominator=_denominator(input, target, normalizer, options[4], options[5]),
+                             grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_loss, stored=stored,
+                             skip_if_stored=True)
+    else:
+        grad = _backward_op(grad_loss, input, target, normalizer, *options)
+    return (grad, None, grad_normalizer) + (None,) * 8
 
 
-_sigmoid_focal_op.register_autograd(_backward, setup_context=_setup_context)
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --- canonical backend functions ---------------------------------------------------
 
 
-def _needs_grad(input):
-    return input.requires_grad and torch.is_grad_enabled()
-
-
 def _normalizer_tensor(normalizer, input):
     if normalizer is None or isinstance(normalizer, torch.Tensor):
         return normalizer
-    dtype = compute_dtype(input.dtype)
     # torch.full is a device fill, not a host-to-device copy.
-    return torch.full((), float(normalizer), dtype=dtype, device=input.device)
+    return torch.full((), float(normalizer), dtype=compute_dtype(input.dtype), device=input.device)
+
+
+def _call(input, target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
+    # Traced graphs never store a gradient in the forward: their backward recomputes it.
+    store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
+    loss, _, _ = _forward_op(input, target, _normalizer_tensor(normalizer, input), weight, class_gamma,
+                             float(alpha), float(gamma), int(ignore_index), reduction, star, store_grad)
+    return loss
 
 
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
-    """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits (SPEC.md), fused in Triton.
+    """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits, fused in Triton.
 
     Args:
         input: ``(N, C, P)`` logits, any strides, float16/bfloat16/float32/float64.
         target: dense floating ``(N, C, P)`` targets (soft values allowed, any strides) or
             integer ``(N, P)`` class indices (``C``: background, ``ignore_index``: ignored row).
         alpha: float; ``alpha_t = alpha t + (1 - alpha) (1 - t)``, none if ``alpha < 0``.
-        gamma: float ``>= 0`` or a float32 ``(C,)`` tensor on the input's device.
+        gamma: float ``>= 0`` or a ``(C,)`` tensor.
         weight: ``None`` or a tensor expanded to ``(N, C, P)`` (stride 0 allowed).
         ignore_index: int.
         reduction: ``"none"``, ``"sum"`` or ``"mean"``.
@@ -218,24 +293,18 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     Returns:
         ``(N, C, P)`` for ``"none"``, else a 0-dim tensor, in the input's dtype.
     """
-    class_gamma = gamma if isinstance(gamma, torch.Tensor) else None
-    loss, _ = _sigmoid_focal_op(
-        input, target, weight, class_gamma, _normalizer_tensor(normalizer, input),
-        float(alpha), 0.0 if class_gamma is not None else float(gamma), int(ignore_index),
-        reduction, False, _needs_grad(input),
-    )
-    return loss
+    class_gamma = None
+    if isinstance(gamma, torch.Tensor):
+        class_gamma = gamma.to(device=input.device, dtype=compute_dtype(input.dtype)).contiguous()
+    return _call(input, target, normalizer, weight, class_gamma, alpha,
+                 0.0 if class_gamma is not None else gamma, ignore_index, reduction, False)
 
 
 def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
-    """FL* of ``(N, C, P)`` logits against dense ``(N, C, P)`` targets (SPEC.md).
-
+    """FL* of ``(N, C, P)`` logits against dense ``(N, C, P)`` targets:
     ``loss = alpha_t * softplus(-gamma x (2t - 1)) / gamma`` with ``gamma > 0``.
 
     Returns:
         ``(N, C, P)`` for ``"none"``, else a 0-dim tensor, in the input's dtype.
     """
-    loss, _ = _sigmoid_focal_op(
-        input, target, None, None, None, float(alpha), float(gamma), -100, reduction, True, _needs_grad(input),
-    )
-    return loss
+    return _call(input, target, None, None, None, alpha, gamma, -100, reduction, True)

@@ -22,18 +22,14 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.softmax_focal import (
-    GRAD_ALWAYS,
-    GRAD_BACKWARD,
-    GRAD_IF_POLICY,
-    GRAD_NONE,
-    _softmax_focal_kernel,
-)
+from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
+from ..kernels.softmax_focal import _softmax_focal_kernel
 from ..reference import compute_dtype, softmax_mean_denominator
 from .grad_policy import (
     PersistentGrid,
     acc_dtype,
     backward_in_place,
+    integer_gamma,
     is_dense,
     policy_flag,
     save_options,
@@ -72,17 +68,6 @@ def _launch_config(num_classes, num_rows, stride_c, element_size):
         return block_c, split, split, LONG_ROW_WARPS
     block_p = max(min(32 * SHORT_ROW_WARPS, split * triton.next_power_of_2(num_rows)), split)
     return block_c, block_p, split, SHORT_ROW_WARPS
-
-
-# Integer gammas up to this get their powers as products, compiled per value (no MUFU).
-MAX_INTEGER_GAMMA = 4
-
-
-def _integer_gamma(gamma):
-    """``gamma`` as a compile-time integer where it is one (2, the usual, included), else -1."""
-    if isinstance(gamma, torch.Tensor) or gamma != int(gamma) or not 0 <= gamma <= MAX_INTEGER_GAMMA:
-        return -1
-    return int(gamma)
 
 
 def _fold_rows(shape, *strides):
@@ -174,7 +159,7 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
         *split_float(label_smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
         int(ignore_index),
         BLOCK_C=block_c, BLOCK_P=block_p, SPLIT=split,
-        HAS_CLASS_GAMMA=class_gamma, GAMMA_INT=_integer_gamma(gamma), HAS_CLASS_ALPHA=class_alpha, HAS_WEIGHT=weight is not None,
+        HAS_CLASS_GAMMA=class_gamma, GAMMA_INT=integer_gamma(gamma), HAS_CLASS_ALPHA=class_alpha, HAS_WEIGHT=weight is not None,
         HAS_SMOOTHING=label_smoothing > 0, HAS_Z_LOSS=z_loss > 0, HAS_SOFTCAP=softcap is not None,
         PER_ELEMENT=per_element, MEAN=reduction == "mean", GRAD_MODE=grad_mode,
         GRAD_OUT_IS_SCALAR=go_scalar, SKIP_IF_STORED=skip_if_stored,

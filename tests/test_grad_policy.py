@@ -1,0 +1,127 @@
+"""Who writes the gradient (ops/grad_policy.py): the forward for grad_output == 1, otherwise a
+backward that recomputes it; and the in-place rescale of an inplace_grad gradient."""
+
+import pytest
+import torch
+from helpers import assert_close
+
+import triton_focal
+from triton_focal.ops import grad_policy
+from triton_focal.ops import sigmoid_focal, softmax_focal
+
+
+def _launches(monkeypatch, module, name):
+    """Record (grad_mode, skip_if_stored) of every launch through ``module.name``."""
+    seen = []
+    launch = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        seen.append((int(kwargs["grad_mode"]), kwargs.get("skip_if_stored", False)))
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
+
+
+def _softmax(x, t):
+    return triton_focal.focal_loss(x, t, gamma=2.0, label_smoothing=0.1, backend="triton")
+
+
+def _sigmoid(x, t):
+    return triton_focal.sigmoid_focal_loss(x, t, reduction="mean", backend="triton")
+
+
+CASES = [
+    (_softmax, softmax_focal, "softmax_focal_launch", lambda: (torch.randn(3, 7, 5), torch.randint(0, 7, (3, 5)))),
+    (_sigmoid, sigmoid_focal, "sigmoid_focal_launch", lambda: (torch.randn(6, 5), torch.randint(0, 6, (6,)))),
+]
+
+
+@pytest.mark.parametrize("loss_fn,module,launcher,make", CASES)
+def test_policy_follows_grad_output_on_the_device(monkeypatch, loss_fn, module, launcher, make):
+    x, t = make()
+    flag = grad_policy.policy_flag(x.device)
+    flag.fill_(1)
+    reference_grad = None
+    for grad_output, stored_expected in [(1.0, 1), (1.0, 1), (2.0, 1), (2.0, 0), (1.0, 0), (1.0, 1)]:
+        xt = x.clone().requires_grad_()
+        loss = loss_fn(xt, t)
+        loss.backward(torch.tensor(grad_output))
+        # After a backward, the flag says what the next forward will do.
+        assert int(flag) == int(grad_output == 1.0)
+        if reference_grad is None:
+            reference_grad = xt.grad.clone()
+        assert_close(xt.grad, reference_grad * grad_output, f"grad_output {grad_output}")
+    flag.fill_(1)
+
+
+@pytest.mark.parametrize("loss_fn,module,launcher,make", CASES)
+def test_each_forward_records_whether_it_stored(monkeypatch, loss_fn, module, launcher, make):
+    x, t = make()
+    flag = grad_policy.policy_flag(x.device)
+    stored = []
+    launch = getattr(module, launcher)
+
+    def spy(*args, **kwargs):
+        out = launch(*args, **kwargs)
+        stored.append(int(kwargs["stored"]))
+        return out
+
+    monkeypatch.setattr(module, launcher, spy)
+    for value in (1, 0):
+        flag.fill_(value)
+        loss_fn(x.clone().requires_grad_(), t)
+    flag.fill_(1)
+    assert stored == [1, 0]
+
+
+@pytest.mark.parametrize("loss_fn,module,launcher,make", CASES)
+def test_retained_graph_recomputes_into_a_new_buffer(monkeypatch, loss_fn, module, launcher, make):
+    x, t = make()
+    grad_policy.policy_flag(x.device).fill_(1)
+    xt = x.clone().requires_grad_()
+    loss = loss_fn(xt, t)
+    (first,) = torch.autograd.grad(loss, xt, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, xt, retain_graph=True)
+    (last,) = torch.autograd.grad(loss, xt)  # the forward's buffer, graph freed afterwards
+    assert torch.equal(first, second) and torch.equal(first, last)
+    assert first.data_ptr() != second.data_ptr()
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5, 0.0, -3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_scale_in_place(device, scale, dtype):
+    grad = torch.randn(3, 5, 7, device=device).to(dtype)
+    expected = (grad.double() * scale).to(dtype)
+    grad_policy._scale_stored_grad_op(grad, torch.tensor(scale, device=device))
+    # The interpreter rounds to bfloat16 by truncation, a GPU to nearest: one ulp apart.
+    assert_close(grad, expected, "scaled gradient", rtol=2 ** -7 if dtype == torch.bfloat16 else 0, atol=0)
+
+
+def test_scale_covers_a_permuted_dense_buffer(device):
+    grad = torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last)
+    expected = grad * 2
+    grad_policy._scale_stored_grad_op(grad, torch.tensor(2.0, device=device))
+    assert torch.equal(grad, expected)
+
+
+def test_scale_opcheck(device):
+    torch.library.opcheck(grad_policy._scale_stored_grad_op,
+                          (torch.randn(4, 3, 5, device=device), torch.tensor(2.0, device=device)))
+
+
+def test_scale_per_element_and_broadcast_grad_output(device):
+    grad = torch.randn(2, 3, 4, device=device)
+    grad_output = torch.randn(2, 1, 4, device=device).expand(2, 3, 4)  # stride 0 along classes
+    expected = grad * grad_output
+    assert torch.equal(grad_policy.scale_stored_grad(grad.clone(), grad_output), expected)
+
+
+def test_persistent_grid_keeps_rereads_in_l2_or_fills_the_gpu():
+    grid = grad_policy.PersistentGrid(num_sms=132, l2_bytes=50 * 2**20)
+    # 256 KB rows (a 128k bf16 vocabulary): 100 rows in flight stay in 25 MB.
+    assert grid.programs(8192, 16, 256 * 1024) == 100
+    # 600 KB tiles: too few programs would fit, so the grid fills the GPU instead.
+    assert grid.programs(100000, 4, 600 * 1024) == 132 * 16
+    # Fewer tiles than programs: one program per tile.
+    assert grid.programs(10, 4, 1024) == 10
