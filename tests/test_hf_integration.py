@@ -53,11 +53,9 @@ def batch(seed=0, batch_size=2, length=9):
     return input_ids, labels
 
 
-def _backends(z_loss_or_softcap=False):
-    """Every backend that runs here; the Triton kernel's z-loss and softcap are still to come."""
+def _backends():
+    """Every backend that runs here."""
     marks = {"compile": [pytest.mark.slow]}
-    if z_loss_or_softcap:
-        marks["triton"] = [pytest.mark.xfail(strict=False, raises=TypeError, reason="owner: triton")]
     return [pytest.param(name, marks=marks.get(name, [])) for name in triton_focal.available_backends("cpu")]
 
 
@@ -98,7 +96,7 @@ def test_focal_settings_reach_the_loss():
     assert_close(loss, expected, "loss")
 
 
-@pytest.mark.parametrize("backend", _backends(z_loss_or_softcap=True))
+@pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("num_items_in_batch", [None, 17])
 def test_fused_head_equals_the_logits_path(backend, num_items_in_batch):
     settings = dict(gamma=1.0, label_smoothing=0.1, z_loss=1e-3, backend=backend)
