@@ -67,8 +67,8 @@ class DeviceModel:
     warp_instructions_per_sm_per_clock: int = 4  # four schedulers, one issue each per clock
     mufu_lanes_per_sm_per_clock: int = 16  # a warp's MUFU instruction takes 2 SM cycles of the SFU
     copy_bandwidth: float = 3.0e12  # bytes/s, read + write counted
-    l2_bytes: float = 50e6
-    l2_reuse_bytes: float = 25e6  # a re-read is an L2 hit when the resident programs touch less in between
+    l2_bytes: int = 50 * 2**20  # "50 MB": 52,428,800 bytes, as the device reports its L2
+    l2_reuse_bytes: int = 25 * 2**20  # a re-read is an L2 hit when the resident programs load less in between
     registers_per_sm: int = 65536
     register_allocation_unit: int = 256  # registers, per warp
     max_warps_per_sm: int = 64
@@ -729,6 +729,18 @@ def _immediates(text):
     return values
 
 
+@dataclasses.dataclass
+class DynamicCounts:
+    """Warp instructions executed by a launch; ``outside_loops_*``: the part outside every SASS
+    loop (once per program, or less), which grows with the grid rather than with the work."""
+
+    warp_instructions: float
+    mufu: float
+    outside_loops_warp_instructions: float
+    outside_loops_mufu: float
+    loops: list
+
+
 def dynamic_counts(code, launch):
     """Warp instructions and MUFU instructions executed by all programs of ``launch`` (one warp's
     instruction stream times ``num_warps``), and the loops with their trips.
@@ -760,11 +772,35 @@ def dynamic_counts(code, launch):
             if owner[i] is None or (sass_loops[owner[i]][1] - sass_loops[owner[i]][0]) > last - first:
                 owner[i] = k
     assoc = [_innermost_source_loop(ins[1], source_loops) for ins in instructions]
-    # map each SASS loop to the source loop most of its own instructions come from
+    # Map each SASS loop to a source loop: the one whose header line its backward branch carries
+    # (Triton attributes the loop's compare-and-branch to the ``for``), else the one most of its own
+    # instructions come from; an enclosing SASS loop maps to an enclosing source loop.
+    def header_of(locations):
+        for file, line in locations:
+            hits = [k for k, loop in enumerate(source_loops)
+                    if loop.file == _real(file) and loop.header <= line <= loop.header_last]
+            if hits:
+                return min(hits, key=lambda k: source_loops[k].last - source_loops[k].first)
+        return None
+
+    def encloses(outer, inner):
+        a, b = source_loops[outer], source_loops[inner]
+        return outer != inner and a.file == b.file and a.first <= b.first and b.last <= a.last
+
+    own_votes = [Counter(assoc[i] for i in range(len(instructions)) if owner[i] == k and assoc[i] is not None)
+                 for k in range(len(sass_loops))]
     mapped = []
-    for k in range(len(sass_loops)):
-        votes = Counter(assoc[i] for i in range(len(instructions)) if owner[i] == k and assoc[i] is not None)
-        mapped.append(votes.most_common(1)[0][0] if votes else None)
+    for k, (first, last, _) in enumerate(sass_loops):
+        latch = header_of(instructions[last][1])
+        mapped.append(latch if latch is not None else
+                      own_votes[k].most_common(1)[0][0] if own_votes[k] else None)
+    for k in sorted(range(len(sass_loops)), key=lambda k: sass_loops[k][0] - sass_loops[k][1], reverse=True):
+        parent = sass_loops[k][2]  # innermost loops first, so a fix propagates outwards
+        if parent >= 0 and mapped[k] is not None and mapped[parent] is not None and not encloses(mapped[parent], mapped[k]):
+            outer = [s for s in range(len(source_loops)) if encloses(s, mapped[k])]
+            if outer:
+                voted = [s for s, _ in own_votes[parent].most_common() if s in outer]
+                mapped[parent] = voted[0] if voted else min(outer, key=lambda s: source_loops[s].last - source_loops[s].first)
     unroll = []
     for k, source in enumerate(mapped):
         factor = 1
@@ -838,7 +874,7 @@ def dynamic_counts(code, launch):
             has_lines.add(block_of[i])
             plain_weight[block_of[i]] = max(plain_weight[block_of[i]], float(launch.coverage.get(where, 0)))
 
-    warp_instructions = mufu = 0.0
+    total, outside = [0.0, 0.0], [0.0, 0.0]  # (warp instructions, MUFU) of one warp
     for i, (opcode, locations, reachable, _) in enumerate(instructions):
         if not reachable:
             continue
@@ -849,9 +885,12 @@ def dynamic_counts(code, launch):
             weight = source_weight(source, i)
         else:
             weight = plain_weight[block_of[i]] if block_of[i] in has_lines else float(programs)
-        warp_instructions += weight
-        if opcode.startswith("MUFU"):
-            mufu += weight
+        is_mufu = opcode.startswith("MUFU")
+        total[0] += weight
+        total[1] += weight * is_mufu
+        if k is None:
+            outside[0] += weight
+            outside[1] += weight * is_mufu
     warps = code["num_warps"]
     loops = []
     for k, (first, last, parent) in enumerate(sass_loops):
@@ -864,7 +903,7 @@ def dynamic_counts(code, launch):
             "trips_per_entry": (sum(n for n, _ in calls) / len(calls)) if calls else None,
             "iterations_per_program": iterations[k] / programs,
         })
-    return warp_instructions * warps, mufu * warps, loops
+    return DynamicCounts(total[0] * warps, total[1] * warps, outside[0] * warps, outside[1] * warps, loops)
 
 
 # --- the model ------------------------------------------------------------------------
@@ -903,9 +942,13 @@ def model_case(case, headline_launches, small_launches, torch_bytes, floor_bytes
         per_sm = device.programs_per_sm(code["registers"], warps, code["shared_bytes"])
         resident = min(big.programs, device.sms * max(per_sm, 1))
         active_sms = min(device.sms, big.programs)
-        warp_instr, mufu, loops = dynamic_counts(code, small)
-        warp_instr *= scale
-        mufu *= scale
+        # work in loops scales with the elements; code outside loops runs per program
+        counts = dynamic_counts(code, small)
+        per_program_scale = big.programs / small.programs
+        warp_instr = ((counts.warp_instructions - counts.outside_loops_warp_instructions) * scale
+                      + counts.outside_loops_warp_instructions * per_program_scale)
+        mufu = (counts.mufu - counts.outside_loops_mufu) * scale + counts.outside_loops_mufu * per_program_scale
+        loops = counts.loops
         nbytes = (dram_load_bytes(small, resident, device) + small.store_bytes) * scale
         issue_s = warp_instr / (active_sms * device.warp_instructions_per_sm_per_clock * clock)
         mufu_s = mufu * 32 / (active_sms * device.mufu_lanes_per_sm_per_clock * clock)
@@ -941,8 +984,8 @@ def model_case(case, headline_launches, small_launches, torch_bytes, floor_bytes
         "grad_output": case.grad_output, "compiled": case.compiled, "headline": case.headline,
         "shape": list(case.shape), "scaled_down_shape": list(case.small_shape), "scale": scale,
         "counted": ("bytes, trips and executed lines counted under the interpreter at scaled_down_shape, "
-                    "multiplied by scale (headline / scaled-down logits elements); launches and machine code "
-                    "from the headline shape"),
+                    "multiplied by scale (headline / scaled-down logits elements), code outside loops by headline / "
+                    "scaled-down programs; launches and machine code from the headline shape"),
         "launch": (f"{main['kernel']} grid {main['grid'][0]}, {main['num_warps']} warps, "
                    + ", ".join(f"{k}={v}" for k, v in main["constexprs"].items() if k.startswith("BLOCK"))) if main else "",
         "registers": registers, "spills": spills,
@@ -1017,7 +1060,7 @@ def markdown(results, before=None, device=DEVICE):
     note = (f"Modeled, not measured: {device.name}, {device.sms} SMs at {device.clock_hz / 1e9:.2f} GHz, "
             f"{device.warp_instructions_per_sm_per_clock} warp instructions per SM per clock, MUFU "
             f"{device.mufu_lanes_per_sm_per_clock} lanes per SM per clock, {device.copy_bandwidth / 1e12:.1f} TB/s, "
-            f"re-reads from L2 when under {device.l2_reuse_bytes / 1e6:.0f} MB in between. "
+            f"re-reads from L2 when under {device.l2_reuse_bytes / 2**20:.0f} MiB in between. "
             "instr/elem: dynamic SASS warp instructions x 32 / logits elements.\n\n")
     return note + head + "\n".join(rows) + "\n"
 

@@ -83,10 +83,10 @@ def test_copy_moves_the_floor_and_its_loop_runs_trips_over_unroll(sass_cache):
         assert launch.load_first_bytes == launch.store_bytes == x.numel() * 2
         assert launch.reread_same_program == [] and launch.reread_other_program_bytes == 0
         code = _machine_code(launch, sass_cache)
-        warp_instructions, mufu, loops = model.dynamic_counts(code, launch)
-        (loop,) = loops
-        assert loop["trips_per_entry"] == trips and mufu == 0
-        counts[trips] = (warp_instructions, loop)
+        executed = model.dynamic_counts(code, launch)
+        (loop,) = executed.loops
+        assert loop["trips_per_entry"] == trips and executed.mufu == 0
+        counts[trips] = (executed.warp_instructions, loop)
     # ptxas unrolls this loop 4 times: 8 more trips run the unrolled body twice more per warp
     (w8, loop8), (w16, loop16) = counts[8], counts[16]
     unroll = loop8["unroll"]
@@ -108,7 +108,7 @@ def test_two_passes_count_a_reread_and_the_l2_rule_decides_where_it_comes_from(s
     assert model.dram_load_bytes(launch, resident_programs=fits) == x.numel() * 4  # from L2
     assert model.dram_load_bytes(launch, resident_programs=fits + 1) == 2 * x.numel() * 4  # from DRAM
     code = _machine_code(launch, sass_cache)
-    _, _, loops = model.dynamic_counts(code, launch)
+    loops = model.dynamic_counts(code, launch).loops
     assert sorted(l["trips_per_entry"] for l in loops) == [length // block] * 2
 
 
@@ -121,7 +121,7 @@ def test_an_early_exit_runs_only_the_code_before_it(sass_cache):
                         num_warps=4)
         assert launch.store_bytes == (0 if scale == 1.0 else numel * 4)
         code = _machine_code(launch, sass_cache)
-        executed[scale] = model.dynamic_counts(code, launch)[0]
+        executed[scale] = model.dynamic_counts(code, launch).warp_instructions
         reachable = sum(1 for ins in code["instructions"] if ins[2])
         assert executed[scale] <= reachable * 4 * (numel // block)
     assert executed[1.0] < 0.5 * executed[2.0]
