@@ -136,4 +136,5 @@ def test_default_chunks_hold_about_as_many_logits_as_the_hidden_states(tokens, h
     assert chunks[0][0] == 0 and chunks[-1][1] == tokens
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
     rows = chunks[0][1] - chunks[0][0]
-    assert rows * vocab <= max(2 * tokens * hidden_size, vocab), (rows, len(chunks))
+    assert rows * vocab <= max(2 * tokens * hidden_size, fused_linear.MIN_CHUNK_ROWS * vocab), (rows, len(chunks))
+    assert rows >= min(tokens, fused_linear.MIN_CHUNK_ROWS)

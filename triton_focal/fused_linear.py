@@ -27,12 +27,18 @@ from .distributed import mean_scales, rows_focal_loss
 from .functional import focal_loss
 
 
+# Fewer rows than this make the chunk's matrix products lose efficiency (measured on CPUs;
+# GPUs' GEMM tiles are of the same order), so the default chunk never goes below it.
+MIN_CHUNK_ROWS = 256
+
+
 def _chunks(num_rows, vocab, hidden_size, chunk_size):
     """Row ranges of the chunks. By default a chunk holds about ``num_rows * hidden_size``
-    logits, as many as ``hidden`` has elements: the logits never outweigh the activations."""
+    logits, as many as ``hidden`` has elements (the logits never outweigh the activations),
+    and at least ``MIN_CHUNK_ROWS`` rows."""
     if chunk_size is None:
         num_chunks = max(1, -(-vocab // max(hidden_size, 1)))  # ceil(V / H)
-        chunk_size = max(1, -(-num_rows // num_chunks))
+        chunk_size = max(MIN_CHUNK_ROWS, -(-num_rows // num_chunks))
     return [(start, min(start + chunk_size, num_rows)) for start in range(0, num_rows, chunk_size)]
 
 
@@ -167,7 +173,7 @@ def fused_linear_focal_loss(
         target: ``(T,)`` class indices in ``[0, V)`` or ``ignore_index``.
         bias: optional ``(V,)``.
         chunk_size: rows per chunk (default: ``ceil(T / ceil(V / H))``, a chunk of logits
-            about the size of ``hidden``).
+            about the size of ``hidden``, and at least 256 rows).
         **focal_kwargs: ``gamma``, ``alpha``, ``weight``, ``ignore_index``, ``reduction``,
             ``label_smoothing``, ``z_loss``, ``softcap``, ``backend`` of
             :func:`triton_focal.focal_loss`.
