@@ -1,6 +1,5 @@
 """Backend choice, the compile fallback, the modules, and a property test against float64."""
 
-
 import pytest
 import torch
 from helpers import assert_close

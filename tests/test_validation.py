@@ -1,4 +1,4 @@
-"""Every bad input of SPEC.md raises a clear error naming the argument, before any computation."""
+"""Every bad input raises a clear error naming the argument, before any computation (README: "Errors")."""
 
 import pytest
 import torch

@@ -1,8 +1,11 @@
 """triton_focal: fused focal loss for segmentation, detection and large vocabularies.
 
-Public names are those of SPEC.md: :func:`focal_loss`, :func:`sigmoid_focal_loss`,
-:func:`sigmoid_focal_loss_star`, :func:`fused_linear_focal_loss`, :class:`FocalLoss`,
-:class:`SigmoidFocalLoss` and :func:`available_backends`.
+Public names: :func:`focal_loss`, :func:`sigmoid_focal_loss`, :func:`sigmoid_focal_loss_star`,
+:func:`fused_linear_focal_loss`, :class:`FocalLoss`, :class:`SigmoidFocalLoss` and
+:func:`available_backends`. The contract they keep (the formulas and reductions, the errors,
+which backend runs where, and the numerics every backend guarantees) is stated in the
+project's README.md, sections "Semantics", "Errors" and "Backends"; ``reference.py`` is its
+executable statement.
 """
 
 from .backends import available_backends
