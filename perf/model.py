@@ -172,6 +172,7 @@ class Launch:
     constexpr_names: list
     options: dict  # num_warps, num_stages, ...
     source_hash: str  # of every source file the kernel can call into
+    source_files: list
     # counted in a scaled-down run (empty at the headline shape)
     store_bytes: int = 0
     load_first_bytes: int = 0  # first touch of an address in this launch
@@ -333,12 +334,17 @@ def _describe_launch(kernel, args, kwargs, grid):
         grid = grid(bound)
     grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
     constexpr_names = [k for k, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)]
+    files = sorted({path for _, path in _reachable_kernel_globals(fn)})
+    return Launch(fn.__module__, fn.__qualname__, _real(fn.__code__.co_filename), grid, described, constexpr_names,
+                  options, _hash_sources(files), files)
+
+
+def _hash_sources(files):
     digest = hashlib.sha1()
-    for _, path in sorted(_reachable_kernel_globals(fn), key=lambda gf: gf[1]):
+    for path in files:
         with open(path, "rb") as f:
             digest.update(f.read())
-    return Launch(fn.__module__, fn.__qualname__, _real(fn.__code__.co_filename), grid, described, constexpr_names,
-                  options, digest.hexdigest())
+    return digest.hexdigest()
 
 
 def install_recorder():
@@ -615,7 +621,8 @@ def compile_launches(launches, pythonpath, cache_dir):
         cached = os.path.join(cache_dir, key + ".json")
         if key in specs or os.path.exists(cached):
             continue
-        specs[key] = {"module": launch.module, "qualname": launch.qualname,
+        specs[key] = {"module": launch.module, "qualname": launch.qualname, "source_hash": launch.source_hash,
+                      "source_files": launch.source_files,
                       "args": [(n, _portable(v)) for n, v in launch.args], "options": launch.options}
     if specs:
         with tempfile.NamedTemporaryFile("wb", suffix=".pkl", delete=False) as f:
@@ -661,6 +668,8 @@ def _compile_worker(spec_path, cache_dir):
                 value = tl.dtype(value[1])
             args.append(value)
         kernel = sass.compile_sm90(fn, args, kwargs)
+        if _hash_sources(spec["source_files"]) != spec["source_hash"]:
+            raise RuntimeError(f"{spec['qualname']}: its source files changed while the model ran; run it again")
         code = sass.read_sass(kernel.asm["cubin"])
         summary = {
             "registers": code.registers, "local_bytes": code.local_bytes, "spill_instructions": code.spill_instructions,
