@@ -3,9 +3,9 @@
 Masked (-inf) logits, NaN in ignored elements, a mean whose denominator is 0, zero classes,
 a normalizer that requires grad, second derivatives and torch.func, the in-place gradient
 through the public API. Each case runs on every backend it concerns, against a float64
-statement written here, independent of the backends. The compile backend runs one small
-configuration per case (each new configuration is a compilation): gamma=2, label
-smoothing 0.1, a class weight, mean.
+statement written here, independent of the backends. Shapes are small and the cases share
+their settings where they can: each new static configuration costs the compile backend a
+compilation.
 """
 
 import pytest
@@ -21,20 +21,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [name for name in ("reference", "compile", "triton") if name in triton_focal.available_backends(DEVICE)]
 INF = float("inf")
 
-# The one configuration the compile backend runs in the softmax cases below.
-COMPILE_CASE = dict(gamma=2.0, label_smoothing=0.1)
+# Settings shared by the softmax cases below (with a class weight and the mean).
+SHARED_CASE = dict(gamma=2.0, label_smoothing=0.1)
 
 
 def mark_known_failure(request, owner, when=True):
     """Mark this run a known failure of ``owner``'s code (not strict: the mark goes once fixed)."""
     if when:
         request.node.add_marker(pytest.mark.xfail(strict=False, reason=f"owner: {owner}"))
-
-
-def skip_compile_unless(backend, **case):
-    """The compile backend runs only ``COMPILE_CASE``; other cases are the eager backends'."""
-    if backend == "compile" and any(case[key] != value for key, value in COMPILE_CASE.items()):
-        pytest.skip("compile runs one configuration (COMPILE_CASE)")
 
 
 def gold_rows(x, target, *, gamma, label_smoothing, num_classes, weight=None):
@@ -62,11 +56,9 @@ def gold_mean(x, target, *, weight=None, ignore_index=-100, **kwargs):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_masked_logits_give_the_loss_and_gradient_of_the_unmasked_classes(request, backend, gamma, label_smoothing):
+def test_masked_logits_give_the_loss_and_gradient_of_the_unmasked_classes(backend, gamma, label_smoothing):
     """-inf on non-target classes (vocabulary or invalid-class masking): a finite gradient,
     0 on the masked classes, equal to the float64 value over the unmasked ones."""
-    skip_compile_unless(backend, gamma=gamma, label_smoothing=label_smoothing)
-    mark_known_failure(request, "triton", when=backend == "triton" and label_smoothing > 0)
     gen = torch.Generator().manual_seed(0)
     num_rows, num_classes = 6, 7
     x = torch.randn(num_rows, num_classes, generator=gen, dtype=torch.float64) * 3
@@ -103,10 +95,9 @@ def test_masked_logits_give_the_loss_and_gradient_of_the_unmasked_classes(reques
     assert (x_masked.grad.cpu()[masked] == 0).all()
 
 
-@pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "compile"])
-def test_masked_channels_first_logits(request, backend):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_channels_first_logits(backend):
     """The same over (N, C, H, W) logits, classes strided by H * W."""
-    mark_known_failure(request, "triton", when=backend == "triton")
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64)
     target = torch.randint(0, 3, (2, 3, 4), generator=gen)
@@ -123,21 +114,22 @@ def test_masked_channels_first_logits(request, backend):
     assert_close(x_masked.grad, x_gold.grad, "grad", dtype=torch.float32)
 
 
-@pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "compile"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_masked_target_logit_follows_cross_entropy(request, backend):
     """A -inf logit on the target class: an infinite loss and F.cross_entropy's finite gradient."""
     mark_known_failure(request, "triton", when=backend == "triton")
     x = torch.randn(3, 4, dtype=torch.float64)
     x[0, 1] = -INF
     target = torch.tensor([1, 2, 3])
-    x_ours = x.clone().to(DEVICE).requires_grad_(True)
-    loss = triton_focal.focal_loss(x_ours, target.to(DEVICE), gamma=0.0, reduction="sum", backend=backend)
+    weight = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64)
+    x_ours = x.float().to(DEVICE).requires_grad_(True)
+    loss = triton_focal.focal_loss(x_ours, target.to(DEVICE), gamma=0.0, weight=weight.float().to(DEVICE), backend=backend)
     loss.backward()
     x_ce = x.clone().requires_grad_(True)
-    expected = torch.nn.functional.cross_entropy(x_ce, target, reduction="sum")
+    expected = torch.nn.functional.cross_entropy(x_ce, target, weight=weight)
     expected.backward()
     assert loss.item() == INF
-    assert_close(x_ours.grad, x_ce.grad, "grad")
+    assert_close(x_ours.grad, x_ce.grad, "grad", dtype=torch.float32)
 
 
 # Item 3: NaN in an ignored element -------------------------------------------------------
@@ -154,17 +146,17 @@ def test_nan_in_ignored_elements_gives_zero_gradient(backend):
     x_padded[1] = float("nan")
     x_padded[3, 2] = INF
     x_padded = x_padded.to(DEVICE).requires_grad_(True)
-    loss = triton_focal.focal_loss(x_padded, target.to(DEVICE), weight=weight.to(DEVICE), backend=backend, **COMPILE_CASE)
+    loss = triton_focal.focal_loss(x_padded, target.to(DEVICE), weight=weight.to(DEVICE), backend=backend, **SHARED_CASE)
     loss.backward()
     x_clean = x.clone().double().requires_grad_(True)
-    expected = gold_mean(x_clean, target, weight=weight.double(), **COMPILE_CASE)
+    expected = gold_mean(x_clean, target, weight=weight.double(), **SHARED_CASE)
     expected.backward()
     assert_close(loss, expected, "loss", dtype=torch.float32)
     assert_close(x_padded.grad, x_clean.grad, "grad", dtype=torch.float32)
     assert (x_padded.grad.cpu()[[1, 3]] == 0).all()
 
 
-@pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "compile"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_in_ignored_sigmoid_rows_gives_zero_gradient(backend):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(4, 3, generator=gen)
@@ -191,15 +183,14 @@ def test_nan_in_ignored_sigmoid_rows_gives_zero_gradient(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mean_with_zero_denominator_is_zero_with_zero_gradient(request, backend):
+def test_mean_with_zero_denominator_is_zero_with_zero_gradient(backend):
     """Every present class weighted 0 (the smoothing term alone would be nonzero), or every
     element ignored: the mean is 0 and so is the gradient, on every backend."""
-    mark_known_failure(request, "triton", when=backend == "triton")
     x = torch.randn(4, 5, device=DEVICE, requires_grad=True)
     weight = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0], device=DEVICE)
     for target in (torch.tensor([0, 1, 0, -100]), torch.full((4,), -100)):
         x.grad = None
-        loss = triton_focal.focal_loss(x, target.to(DEVICE), weight=weight, backend=backend, **COMPILE_CASE)
+        loss = triton_focal.focal_loss(x, target.to(DEVICE), weight=weight, backend=backend, **SHARED_CASE)
         loss.backward()
         assert loss.item() == 0.0, f"mean over a zero denominator gave {loss.item()} for target {target.tolist()}"
         assert (x.grad == 0).all()
@@ -212,8 +203,6 @@ def test_mean_with_zero_denominator_is_zero_with_zero_gradient(request, backend)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_zero_classes_with_every_element_ignored(request, backend, reduction):
     """C = 0 and nothing to score: the empty sum (0), a zero mean, or one 0 per element."""
-    if backend == "compile" and reduction != "mean":
-        pytest.skip("compile runs one configuration")
     mark_known_failure(request, "compile", when=backend == "compile")
     x = torch.randn(3, 0, 2, device=DEVICE, requires_grad=True)
     target = torch.full((3, 2), -100, device=DEVICE)
@@ -225,12 +214,11 @@ def test_zero_classes_with_every_element_ignored(request, backend, reduction):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_normalizer_tensor_gets_its_gradient(request, backend):
+def test_normalizer_tensor_gets_its_gradient(backend):
     """A normalizer computed from the network (a soft count of positives) gets d loss / d n."""
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(6, 3, generator=gen, device=DEVICE)
     target = torch.tensor([0, 3, 1, 3, 2, 3], device=DEVICE)
-    mark_known_failure(request, "triton", when=backend == "triton")
     normalizer = torch.tensor(2.5, device=DEVICE, requires_grad=True)
     loss = triton_focal.sigmoid_focal_loss(x, target, reduction="sum", normalizer=normalizer, backend=backend)
     loss.backward()
