@@ -89,8 +89,6 @@ def inputs(seed=0, num_classes=5):
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hessian_vector_product_is_right_or_refused(request, backend, kind):
-    if backend == "compile" and kind == "sigmoid":
-        pytest.skip("compile runs one configuration (softmax)")
     mark_known_failure(request, "triton", when=backend == "triton")
     loss_fn = LOSSES[kind]
     x, v, weight = inputs()
@@ -105,8 +103,6 @@ def test_hessian_vector_product_is_right_or_refused(request, backend, kind):
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_func_grad(request, backend, kind):
-    if backend == "compile" and kind == "sigmoid":
-        pytest.skip("compile runs one configuration (softmax)")
     mark_known_failure(request, "triton", when=backend == "triton")
     loss_fn = LOSSES[kind]
     x, _, weight = inputs()
@@ -159,8 +155,6 @@ def fused_inputs(tokens=7, hidden_size=4, vocab=9, seed=6):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_linear_second_backward_with_retained_graph(backend, reduction):
-    if backend == "compile" and reduction != "mean":
-        pytest.skip("compile runs one configuration")
     hidden, lm_weight, bias, target = fused_inputs()
     params = [t.requires_grad_(True) for t in (hidden, lm_weight, bias)]
     loss = triton_focal.fused_linear_focal_loss(
@@ -174,7 +168,7 @@ def test_fused_linear_second_backward_with_retained_graph(backend, reduction):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("backend", EAGER_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_linear_empty_batch(backend, reduction):
     """No tokens: the loss focal_loss gives (0, or no rows) and zero gradients."""
     hidden, lm_weight, bias, target = fused_inputs(tokens=0)
@@ -187,7 +181,7 @@ def test_fused_linear_empty_batch(backend, reduction):
         assert grad.shape == param.shape and (grad == 0).all()
 
 
-@pytest.mark.parametrize("backend", EAGER_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_linear_mean_with_zero_denominator(backend):
     """Every present class weighted 0, with label smoothing: 0 and zero gradients, as focal_loss."""
     hidden, lm_weight, bias, target = fused_inputs()
@@ -204,8 +198,6 @@ def test_fused_linear_mean_with_zero_denominator(backend):
 def test_fused_linear_hessian_vector_product(backend, reduction):
     """create_graph=True through the fused head: the gradients can be differentiated again,
     and give the Hessian-vector product of the materialized logits' loss."""
-    if backend == "compile" and reduction != "mean":
-        pytest.skip("compile runs one configuration")
     hidden, lm_weight, bias, target = fused_inputs()
     gen = torch.Generator().manual_seed(7)
     directions = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in (hidden, lm_weight, bias)]
