@@ -193,8 +193,8 @@ def test_mean_of_nothing_is_zero():
 @pytest.mark.parametrize("index_targets", [True, False])
 def test_sigmoid_matches_the_reference(index_targets):
     """Class-index targets (background ``C``, an ignored row, a broadcast weight, a
-    ``normalizer`` tensor that gets its gradient) and dense soft targets (per-class gamma,
-    no alpha, mean), with +-1e4 logits."""
+    ``normalizer`` tensor that gets its gradient) and dense soft targets on rows (per-class
+    gamma, no alpha, mean), with +-1e4 logits."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(6, 4, 5, generator=gen, dtype=F64) * 4
     x[0, 0, 0], x[1, 1, 1] = 1e4, -1e4
@@ -203,8 +203,9 @@ def test_sigmoid_matches_the_reference(index_targets):
         target[2, 3] = -100
         weight = (torch.rand(1, 4, 1, generator=gen, dtype=F64) + 0.5).expand(6, 4, 5)
         kwargs = dict(alpha=0.25, gamma=0.5, weight=weight, ignore_index=-100, reduction="sum")
-    else:
-        target = torch.rand(6, 4, 5, generator=gen, dtype=F64)
+    else:  # rows, (N, C, 1), as detection heads give them
+        x = x.permute(0, 2, 1).reshape(30, 4, 1)
+        target = torch.rand(30, 4, 1, generator=gen, dtype=F64)
         gamma = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=F64)
         kwargs = dict(alpha=-1.0, gamma=gamma, weight=None, ignore_index=-100, reduction="mean", normalizer=None)
     results = {}

@@ -172,6 +172,20 @@ def _layout(t):
     return tuple(sorted(range(t.dim()), key=lambda d: (-strides[d], d))), tuple(s == 0 for s in strides)
 
 
+def _rows_as_positions(t):
+    """Rows ``(N, C, 1)`` (or row targets ``(N, 1)``) viewed as one image ``(1, C, N)`` (``(1, N)``),
+    without a copy. Inductor then sees the classes at stride 1 and vectorizes the reduction
+    over them; as ``(N, C, 1)`` with dynamic sizes the class stride is a symbol (P) and the
+    generated loop is scalar, 4x slower on a (512, 32000) vocabulary."""
+    if t is None:
+        return None
+    return t[:, :, 0].t().unsqueeze(0) if t.dim() == 3 else t.t()
+
+
+def _is_rows(input):
+    return input.shape[2] == 1 and input.shape[0] > 1
+
+
 def _scalar(value, x):
     """A number as a 0-dim tensor in ``x``'s computation dtype (a tensor keeps its shape)."""
     return torch.as_tensor(value, dtype=compute_dtype(x.dtype), device=x.device)
@@ -215,6 +229,13 @@ def softmax_focal_loss(
 ):
     """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices (the
     reference's arguments and result, closed-form gradient)."""
+    if _is_rows(input):
+        loss = softmax_focal_loss(
+            _rows_as_positions(input), _rows_as_positions(target), gamma=gamma, alpha=alpha, weight=weight,
+            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+            softcap=softcap,
+        )
+        return loss.reshape(target.shape) if reduction == "none" else loss
     cfg = SoftmaxConfig(
         reduction=reduction,
         alpha=alpha is not None,
@@ -274,6 +295,12 @@ class _SigmoidFocal(torch.autograd.Function):
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
     """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits against dense ``(N, C, P)`` or
     class-index ``(N, P)`` targets (the reference's arguments and result)."""
+    if _is_rows(input):
+        loss = sigmoid_focal_loss(
+            _rows_as_positions(input), _rows_as_positions(target), alpha=alpha, gamma=gamma,
+            weight=_rows_as_positions(weight), ignore_index=ignore_index, reduction=reduction, normalizer=normalizer,
+        )
+        return loss[0].t().unsqueeze(2) if reduction == "none" else loss
     cfg = SigmoidConfig(
         reduction="sum" if normalizer is not None and reduction != "none" else reduction,
         alpha=alpha >= 0,
