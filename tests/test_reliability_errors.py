@@ -138,9 +138,10 @@ def test_public_functions_document_their_errors(fn):
 @pytest.mark.parametrize("module", [triton_focal.FocalLoss, triton_focal.SigmoidFocalLoss])
 def test_help_of_a_module_describes_it(module):
     """``help(FocalLoss)`` opens on the loss's own description, arguments and errors, and
-    ``forward`` has its own doc rather than torch's generic one."""
+    its methods have their own docs rather than torch's generic ones."""
     text = pydoc.render_doc(module, renderer=pydoc.plaintext)
     own = text[: text.index("Method resolution order")]
     for part in ("Args:", "gamma:", "alpha:", "Shape:", "Raises:", "Example::"):
         assert part in own, f"{part!r} missing from help({module.__name__})"
-    assert module.forward.__doc__ != torch.nn.Module.forward.__doc__
+    for method in ("__init__", "forward", "extra_repr"):
+        assert getattr(module, method).__doc__ != getattr(torch.nn.Module, method).__doc__, f"{method} has torch's doc"

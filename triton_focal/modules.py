@@ -91,6 +91,7 @@ class FocalLoss(_TensorArgs):
         softcap: Optional[float] = None,
         inplace_grad: bool = False,
     ):
+        """Check the arguments (see the class docstring) and keep tensors as buffers."""
         super().__init__()
         # The class count is known only at the first forward; everything else is checked now.
         _validation.check_per_class("gamma", gamma, None, None, validate=True)
@@ -134,6 +135,7 @@ class FocalLoss(_TensorArgs):
         )
 
     def extra_repr(self) -> str:
+        """Every argument, per-class tensors shown by value when short."""
         fields = [
             f"gamma={_describe(self.gamma)}",
             f"alpha={_describe(self.alpha)}",
@@ -201,6 +203,7 @@ class SigmoidFocalLoss(_TensorArgs):
         normalizer: Optional[Union[float, torch.Tensor]] = None,
         backend: str = "auto",
     ):
+        """Check the arguments (see the class docstring) and keep tensors as buffers."""
         super().__init__()
         _validation.check_sigmoid_alpha(alpha)
         _validation.check_per_class("gamma", gamma, None, None, validate=True)
@@ -236,6 +239,7 @@ class SigmoidFocalLoss(_TensorArgs):
         )
 
     def extra_repr(self) -> str:
+        """Every argument, per-class tensors shown by value when short."""
         fields = [
             f"alpha={self.alpha}",
             f"gamma={_describe(self.gamma)}",
