@@ -119,8 +119,8 @@ def test_scale_per_element_and_broadcast_grad_output(device):
 
 def test_persistent_grid_keeps_rereads_in_l2_or_fills_the_gpu():
     grid = grad_policy.PersistentGrid(num_sms=132, l2_bytes=50 * 2**20)
-    # 256 KB rows (a 128k bf16 vocabulary): 100 rows in flight stay in 25 MB.
-    assert grid.programs(8192, 16, 256 * 1024) == 100
+    # 256 KB rows (a 128k bf16 vocabulary): 90 rows in flight stay in 45% of the L2.
+    assert grid.programs(8192, 16, 256 * 1024) == 90
     # 600 KB tiles: too few programs would fit, so the grid fills the GPU instead.
     assert grid.programs(100000, 4, 600 * 1024) == 132 * 16
     # Fewer tiles than programs: one program per tile.

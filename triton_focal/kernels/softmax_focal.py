@@ -111,27 +111,27 @@ def _log_probs(x, m, log_s):
 
 
 @triton.jit
-def _class_terms(x, log_p, p, gamma_c, GAMMA_INT: tl.constexpr):
-    """``(f, g, small)`` of every class of a block, for the label smoothing terms.
+def _class_terms(x, log_p, p, big, gamma_c, GAMMA_INT: tl.constexpr):
+    """``(f, g)`` of every class of a block but the row's dominant one (``big``, 0 there), for
+    the label smoothing terms.
 
-    ``q = 1 - p`` is exact to an ulp where ``p <= 1/2``
-    (``small``); the one class per row that can have ``p > 1/2`` gets its ``f`` and ``g`` from
-    the row's exact ``1 - p`` instead (``_dominant_class``). A class at ``-inf`` has ``p = 0``
-    and ``f = g = 0`` (its ``q ** gamma * log p`` would be ``1 * -inf``: no class at all).
+    ``q = 1 - p`` is exact to an ulp where ``p <= 1/2``, that is everywhere but ``big``, which
+    gets its ``f`` and ``g`` from the row's exact ``1 - p`` instead (``_dominant_class``). A
+    class at ``-inf`` has ``p = 0`` and ``f = g = 0`` (its ``q ** gamma * log p`` would be
+    ``1 * -inf``: a masked class is no class at all).
     """
     f, g = focal_term(log_p, p, 1.0 - p, gamma_c, GAMMA_INT)
-    small = p <= 0.5
-    keep = small & (x > -float("inf"))
-    return tl.where(keep, f, 0.0), tl.where(keep, g, 0.0), small
+    keep = ~big & (x > -float("inf"))
+    return tl.where(keep, f, 0.0), tl.where(keep, g, 0.0)
 
 
 @triton.jit
-def _dominant_class(big_cls, p_small, gamma_ptr, weight_ptr, gamma, row_ok,
+def _dominant_class(has_big, big_cls, p_small, gamma_ptr, weight_ptr, gamma,
                     HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr, GAMMA_INT: tl.constexpr):
-    """``(w f, w g, g)`` of each row's class with ``p > 1/2`` (index ``big_cls``, -1 if none),
-    from ``1 - p = p_small``, the sum of the other classes' ``p``: no cancellation."""
-    has_big = (big_cls >= 0) & row_ok
-    safe_cls = tl.where(has_big, big_cls, 0)
+    """``(w f, w g, g)`` of each row's class with ``p > 1/2`` where ``has_big`` (its index
+    ``big_cls`` is needed, and tracked, only for per-class gamma or weights), from
+    ``1 - p = p_small``, the sum of the other classes' ``p``: no cancellation."""
+    safe_cls = tl.where(has_big & (big_cls >= 0), big_cls, 0)
     gamma_b, w_b = _class_params(gamma_ptr, weight_ptr, safe_cls, has_big, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
     f_b, g_b = focal_term(log1p(-p_small), 1.0 - p_small, p_small, gamma_b, GAMMA_INT)
     g_b = tl.where(has_big, g_b, 0.0)
@@ -267,8 +267,9 @@ def _softmax_focal_kernel(
         else:
             w_y = 1.0
 
-        # 2. Softmax statistics, per lane: running max m and s_other, the sum of
-        #    exp(x - m) over every class but the target (so that 1 - p_y has no cancellation).
+        # 2. Softmax statistics, per lane: running max m and s_other, the sum of exp(x - m)
+        #    over every class but the target (so that 1 - p_y has no cancellation). With label
+        #    smoothing the sum takes every class: pass 3 gives 1 - p_y exactly instead.
         m = tl.full([BLOCK_P], -FP32_MAX, dtype=ACC)
         s_other = tl.zeros([BLOCK_P], dtype=ACC)
         for c0 in range(0, C, CLASS_STEP):
@@ -277,28 +278,34 @@ def _softmax_focal_kernel(
             x = _load_logits(x_lane[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
             m_new = tl.maximum(m, tl.max(x, axis=0))
             e = tl.exp2((x - m_new[None, :]) * LOG2E)
-            is_target = offs_k[:, None] == (target_in_lane - c0)[None, :]
-            s_other = s_other * tl.exp2((m - m_new) * LOG2E) + tl.sum(tl.where(is_target, 0.0, e), axis=0)
+            if not HAS_SMOOTHING:
+                e = tl.where(offs_k[:, None] == (target_in_lane - c0)[None, :], 0.0, e)
+            s_other = s_other * tl.exp2((m - m_new) * LOG2E) + tl.sum(e, axis=0)
             m = m_new
         # The target's own term, from one gather of its logit.
         x_y = _load_logits(x_row + safe_target * stride_x_c, row_ok, softcap, HAS_SOFTCAP, ACC)
         m, s_other = _combine_lanes(m, s_other, ROWS, SPLIT)
         x_y = tl.where(row_ok, x_y, m)  # ignored rows: any finite value
         e_y = tl.exp2((x_y - m) * LOG2E)
-        s = s_other + e_y
+        if HAS_SMOOTHING:
+            s = s_other
+        else:
+            s = s_other + e_y
         # The log-sum-exp is m + log_s, kept apart for precision. s is in [1, C]: lg2.approx's
         # 2**-22 absolute error is a relative error of 2**-22 in every p_j.
         log_s = fast_log2(s) * LN2
-        q_y = tl.fdiv(s_other, s)  # 1 - p_y without cancellation
-        log_p_y = target_log_prob(x_y - m, log_s, q_y)
-        f_y, g_y = focal_term(log_p_y, tl.exp2(log_p_y * LOG2E), q_y, gamma_y, GAMMA_INT)
 
         # 3. Label smoothing needs sum_c w_c f_c (loss) and S_g = sum_c w_c g_c (gradient).
+        #    One class per row can have p > 1/2, and then it is the row's max (its exp(x - m)
+        #    is exactly 1, so p = 1 / s > 1/2 iff s < 2, and a tie would make s >= 2). Every
+        #    other class has 1 - p = q exact to an ulp; the dominant one gets q from the sum
+        #    of the others' p (p_small), without cancellation.
         sum_w_f = tl.zeros([BLOCK_P], dtype=ACC)
         sum_w_g = tl.zeros([BLOCK_P], dtype=ACC)
         if HAS_SMOOTHING:
-            p_small = tl.zeros([BLOCK_P], dtype=ACC)  # sum of p over the classes with p <= 1/2
-            big_cls = tl.full([BLOCK_P], -1, tl.int32)  # the class with p > 1/2, if any
+            has_big = s < 2.0
+            p_small = tl.zeros([BLOCK_P], dtype=ACC)
+            big_cls = tl.full([BLOCK_P], -1, tl.int32)  # index of the dominant class, if any
             for c0 in range(0, C, CLASS_STEP):
                 cls = c0 + offs_k[:, None] + lane_class[None, :]
                 mask = (cls < C) & p_mask[None, :]
@@ -306,19 +313,27 @@ def _softmax_focal_kernel(
                 gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, cls, mask, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
                 log_p = _log_probs(x, m, log_s)
                 p_j = tl.exp2(log_p * LOG2E)
-                f, g, small = _class_terms(x, log_p, p_j, gamma_c, GAMMA_INT)
+                big = (x == m[None, :]) & has_big[None, :]
+                f, g = _class_terms(x, log_p, p_j, big, gamma_c, GAMMA_INT)
                 sum_w_f += tl.sum(w_c * f, axis=0)
                 sum_w_g += tl.sum(w_c * g, axis=0)
-                p_small += tl.sum(tl.where(small, p_j, 0.0), axis=0)
-                big_cls = tl.maximum(big_cls, tl.max(tl.where(small, -1, cls.to(tl.int32)), axis=0))
+                p_small += tl.sum(tl.where(big, 0.0, p_j), axis=0)
+                if HAS_WEIGHT or HAS_CLASS_GAMMA:
+                    big_cls = tl.maximum(big_cls, tl.max(tl.where(big, cls.to(tl.int32), -1), axis=0))
             sum_w_f = _sum_lanes(sum_w_f, ROWS, SPLIT)
             sum_w_g = _sum_lanes(sum_w_g, ROWS, SPLIT)
             p_small = _sum_lanes(p_small, ROWS, SPLIT)
             big_cls = _max_lanes(big_cls, ROWS, SPLIT)
-            w_f_big, w_g_big, g_big = _dominant_class(big_cls, p_small, gamma_ptr, weight_ptr, gamma, row_ok,
-                                                      HAS_CLASS_GAMMA, HAS_WEIGHT, GAMMA_INT)
+            w_f_big, w_g_big, g_big = _dominant_class(has_big & row_ok, big_cls, p_small, gamma_ptr, weight_ptr,
+                                                      gamma, HAS_CLASS_GAMMA, HAS_WEIGHT, GAMMA_INT)
             sum_w_f += w_f_big
             sum_w_g += w_g_big
+            # The target's 1 - p_y: the others' p if it dominates, else exact to an ulp.
+            q_y = tl.where(has_big & (x_y == m), p_small, 1.0 - tl.fdiv(e_y, s))
+        else:
+            q_y = tl.fdiv(s_other, s)  # 1 - p_y without cancellation
+        log_p_y = target_log_prob(x_y - m, log_s, q_y)
+        f_y, g_y = focal_term(log_p_y, tl.exp2(log_p_y * LOG2E), q_y, gamma_y, GAMMA_INT)
 
         # 4. The loss of each row: stored, or summed into this program's partial sum.
         lse = m + log_s
@@ -350,6 +365,8 @@ def _softmax_focal_kernel(
             if HAS_Z_LOSS:
                 coef_p += row_scale * z_scale * 2.0 * z_loss * lse
             coef_smooth = focal_scale * (label_smoothing / C)
+            if HAS_SMOOTHING:
+                coef_p += coef_smooth * sum_w_g  # the smoothing term's S_g p_j, folded per row
             coef_y = tl.where(row_ok, coef_y, 0.0)
             coef_p = tl.where(row_ok, coef_p, 0.0)
             coef_smooth = tl.where(row_ok, coef_smooth, 0.0)
@@ -369,9 +386,10 @@ def _softmax_focal_kernel(
                 if HAS_SMOOTHING:
                     cls_j = cls + lane_class[None, :]
                     gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, cls_j, mask, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
-                    _, g, _ = _class_terms(x, log_p, p_j, gamma_c, GAMMA_INT)
-                    g = tl.where(cls_j == big_cls[None, :], g_big[None, :], g)
-                    grad += coef_smooth[None, :] * (sum_w_g[None, :] * p_j - w_c * g)
+                    big = (x == m[None, :]) & has_big[None, :]
+                    _, g = _class_terms(x, log_p, p_j, big, gamma_c, GAMMA_INT)
+                    g = tl.where(big, g_big[None, :], g)
+                    grad -= coef_smooth[None, :] * (w_c * g)
                 if HAS_SOFTCAP:
                     tanh = x / softcap
                     grad = grad * (1.0 - tanh * tanh)

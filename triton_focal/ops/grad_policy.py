@@ -31,10 +31,13 @@ from ..kernels.scale_grad import _scale_grad_by_scalar_kernel
 STAND_IN_SMS = 132
 STAND_IN_L2_BYTES = 50 * 2**20
 MAX_WARPS_PER_SM = 64
-# A re-read is served by L2 only while the rows in flight fit in half the L2 (the cost
-# model's rule: H100's L2 is two partitions). Keeping them that few is worth idling SMs down
-# to this many resident warps per SM on average; below it, latency would cost more than the
-# re-read saves, and the grid fills the GPU instead (the re-read then comes from DRAM).
+# A re-read is served by L2 only while what the programs in flight read in between fits in
+# about half the L2 (the cost model's rule: H100's L2 is two partitions of 25 MB); 45%
+# leaves room for the gradient being written meanwhile. Keeping the programs that few is
+# worth idling SMs down to this many resident warps per SM on average; below it, latency
+# would cost more than the re-read saves, and the grid fills the GPU instead (the re-read
+# then comes from DRAM).
+L2_REUSE_FRACTION = 0.45
 MIN_WARPS_PER_SM_FOR_L2 = 8
 
 
@@ -58,7 +61,7 @@ class PersistentGrid:
         ``footprint`` bytes: few enough that the re-reads stay in L2 where that still keeps
         the GPU busy, else as many as fit the GPU."""
         resident = self.num_sms * max(MAX_WARPS_PER_SM // num_warps, 1)
-        in_l2 = (self.l2_bytes // 2) // max(footprint, 1)
+        in_l2 = int(self.l2_bytes * L2_REUSE_FRACTION) // max(footprint, 1)
         if in_l2 * num_warps >= self.num_sms * MIN_WARPS_PER_SM_FOR_L2:
             resident = min(resident, in_l2)
         return max(1, min(num_tiles, resident))
