@@ -196,6 +196,8 @@ class Launch:
 
 
 class _Recorder:
+    """The interpreter patches' state: one launch is counted at a time, program by program."""
+
     mode = "off"  # "capture": record, do not execute; "count": record and execute, counting
     launches = []
     current = None
@@ -229,6 +231,8 @@ def _reachable_kernel_globals(fn):
 
 
 def _counting_range(*args):
+    """``range`` for the kernels' modules while a launch is counted: records each loop's trips
+    at the line of its ``for`` (the interpreter maps ``tl.range`` to ``range`` too)."""
     trips = builtins.range(*args)
     frame = sys._getframe(1)
     if frame.f_code.co_name == "_new_range":  # tl.range / tl.static_range under the interpreter
@@ -242,6 +246,7 @@ def _counting_range(*args):
 
 
 def _trace_lines(frame, event, arg):
+    """``sys.settrace`` hook: the source lines of kernel code the current program executes."""
     if _real(frame.f_code.co_filename) not in _Recorder.kernel_files:
         return None
 
