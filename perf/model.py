@@ -620,6 +620,7 @@ def _portable(value):
 
 def compile_launches(launches, pythonpath, cache_dir):
     """``{spec key: machine-code summary}`` for every distinct launch, compiled for sm_90."""
+    os.makedirs(cache_dir, exist_ok=True)
     specs = {}
     for launch in launches:
         key = spec_key(launch)

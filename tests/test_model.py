@@ -89,6 +89,13 @@ def test_copy_moves_the_floor_and_its_loop_runs_trips_over_unroll(sass_cache):
         (loop,) = executed.loops
         assert loop["trips_per_entry"] == trips and executed.mufu == 0
         counts[trips] = (executed.warp_instructions, loop)
+        # one warp runs the code before the loop, the unrolled body trips // unroll times, and
+        # at most all of the code after it (remainder copies and the exit)
+        (first, last, _), = code["loops"]
+        reachable = [ins[2] for ins in code["instructions"]]
+        body = (last - first + 1) * trips // loop["unroll"]
+        per_warp = executed.warp_instructions / (rows * 4)
+        assert sum(reachable[:first]) + body <= per_warp <= sum(reachable) - (last - first + 1) + body
     # ptxas unrolls this loop 4 times: 8 more trips run the unrolled body twice more per warp
     (w8, loop8), (w16, loop16) = counts[8], counts[16]
     unroll = loop8["unroll"]
