@@ -89,7 +89,6 @@ def inputs(seed=0, num_classes=5):
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hessian_vector_product_is_right_or_refused(request, backend, kind):
-    mark_known_failure(request, "triton", when=backend == "triton")
     loss_fn = LOSSES[kind]
     x, v, weight = inputs()
     x.requires_grad_(True)
@@ -103,7 +102,6 @@ def test_hessian_vector_product_is_right_or_refused(request, backend, kind):
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_func_grad(request, backend, kind):
-    mark_known_failure(request, "triton", when=backend == "triton")
     loss_fn = LOSSES[kind]
     x, _, weight = inputs()
     grad = torch.func.grad(lambda z: loss_fn(z, backend, weight))(x)
@@ -119,7 +117,6 @@ def test_torch_func_grad(request, backend, kind):
 def test_inplace_grad_through_the_public_api(request, backend, api, shape):
     """``inplace_grad=True`` on a network's output (a non-leaf) of every rank: the gradient
     that reaches the network is the reference's (other backends ignore the flag)."""
-    mark_known_failure(request, "triton", when=backend == "triton" and len(shape) != 3)
     gen = torch.Generator().manual_seed(5)
     weights = torch.randn(shape, generator=gen).to(DEVICE).requires_grad_(True)
     target = torch.randint(0, 5, shape[:1] + shape[2:] if len(shape) > 1 else (), generator=gen).to(DEVICE)

@@ -101,7 +101,8 @@ def focal_loss(
         input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate, z_loss, softcap
     )
     name = backends.resolve(backend, input.device)
-    extra = {"inplace_grad": True} if inplace_grad and name == "triton" else {}
+    # The in-place gradient must mark the user's tensor as modified, not the view made here.
+    extra = {"inplace_grad": True, "logits": input} if inplace_grad and name == "triton" else {}
     # Passed only when used, so a call without them is the same call on every backend.
     if args.z_loss > 0:
         extra["z_loss"] = args.z_loss

@@ -20,6 +20,7 @@ from triton.language.extra import libdevice
 
 # Smallest normal float32. Clamping 1 - p to it keeps (1 - p) ** (gamma - 1) finite.
 FP32_TINY = tl.constexpr(1.1754943508222875e-38)  # a constexpr object: compiled kernels may read it
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
 # exp(x) = exp2(x * LOG2E) and log(x) = log2(x) * LN2: in float32, exp2 and log2 are single MUFU
 # instructions (ex2.approx, lg2.approx: about 2 ulp, and 2**-22 absolute for log2 near 1), where
 # exp and log are longer sequences. Callers keep exact forms where a cancellation would amplify
@@ -155,7 +156,8 @@ def focal_term(log_p, p, q, gamma, GAMMA_INT: tl.constexpr = -1):
     """
     q_pow_gamma, q_pow_gamma_m1 = q_powers(q, gamma, GAMMA_INT)
     f = -q_pow_gamma * log_p
-    g = q_pow_gamma - gamma * p * log_p * q_pow_gamma_m1
+    # p log p -> 0 as p -> 0: a class at -inf (p = 0, log p = -inf) gives 0, not NaN.
+    g = q_pow_gamma - gamma * p * tl.maximum(log_p, -FP32_MAX) * q_pow_gamma_m1
     return f, g
 
 

@@ -40,11 +40,8 @@ import triton
 import triton.language as tl
 
 from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY
-from .focal_math import LN2, LOG2E, fast_log2, focal_term, join_float, log1p, softcap_logits, target_log_prob
+from .focal_math import FP32_MAX, LN2, LOG2E, fast_log2, focal_term, join_float, log1p, softcap_logits, target_log_prob
 
-# Largest finite float32: the running max starts here, not at -inf, so a row whose lanes
-# are all masked keeps s == 0 instead of forming exp(-inf + inf).
-FP32_MAX = tl.constexpr(3.4028234663852886e38)
 
 @triton.jit
 def _load_logits(ptrs, mask, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
@@ -270,6 +267,8 @@ def _softmax_focal_kernel(
         # 2. Softmax statistics, per lane: running max m and s_other, the sum of exp(x - m)
         #    over every class but the target (so that 1 - p_y has no cancellation). With label
         #    smoothing the sum takes every class: pass 3 gives 1 - p_y exactly instead.
+        # The running max starts at the lowest finite float32, not at -inf, so a row whose
+        # lanes are all masked keeps s == 0 instead of forming exp(-inf + inf).
         m = tl.full([BLOCK_P], -FP32_MAX, dtype=ACC)
         s_other = tl.zeros([BLOCK_P], dtype=ACC)
         for c0 in range(0, C, CLASS_STEP):

@@ -101,6 +101,25 @@ def backward_in_place(grad):
     return grad.numel() > 0 and not _traced(grad) and not _graph_is_kept()
 
 
+# --- what the kernels do not do: second derivatives and torch.func --------------------------
+# The kernels compute first derivatives. A second derivative (``create_graph=True``) and the
+# ``torch.func`` transforms go through the eager reference instead: correct, and as fast as
+# eager PyTorch.
+
+
+def functorch_active():
+    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
+def differentiable_grad(reference_loss, input, grad_loss):
+    """``d loss / d input`` times ``grad_loss`` with a graph, from the reference's autograd,
+    for a backward that was asked to ``create_graph``."""
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(reference_loss(input), input, grad_loss, create_graph=True)
+    return grad
+
+
 def save_options(ctx, tensors, options):
     """Save ``tensors`` and the loss's ``options`` (tensors among them saved, the rest kept)."""
     ctx.num_tensors = len(tensors)

@@ -19,11 +19,14 @@ import triton
 
 from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
+from .. import reference
 from ..reference import compute_dtype
 from .grad_policy import (
     PersistentGrid,
     acc_dtype,
     backward_in_place,
+    differentiable_grad,
+    functorch_active,
     integer_gamma,
     policy_flag,
     save_options,
@@ -244,6 +247,9 @@ def _backward(ctx, grad_loss, *_):
         grad_normalizer = (-grad_loss * loss / normalizer).to(normalizer.dtype)
     if not ctx.needs_input_grad[0]:
         return (None, None, grad_normalizer) + (None,) * 8
+    if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+        grad = differentiable_grad(_reference(target, normalizer, *options), input, grad_loss)
+        return (grad, None, grad_normalizer) + (None,) * 8
     if backward_in_place(grad):
         sigmoid_focal_launch(input, target, **_launch_options(*options),
                              denominator=_denominator(input, target, normalizer, options[4], options[5]),
@@ -267,7 +273,20 @@ def _normalizer_tensor(normalizer, input):
     return torch.full((), float(normalizer), dtype=compute_dtype(input.dtype), device=input.device)
 
 
+def _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
+    """The loss as the eager reference computes it, a function of the logits."""
+    if star:
+        return lambda input: reference.sigmoid_focal_loss_star(input, target, alpha=alpha, gamma=gamma,
+                                                               reduction=reduction)
+    return lambda input: reference.sigmoid_focal_loss(
+        input, target, alpha=alpha, gamma=gamma if class_gamma is None else class_gamma, weight=weight,
+        ignore_index=ignore_index, reduction=reduction, normalizer=normalizer)
+
+
 def _call(input, target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
+    if functorch_active():  # torch.func transforms: see grad_policy.py
+        return _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction,
+                          star)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     # Traced graphs never store a gradient in the forward: their backward recomputes it.
     store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()

@@ -24,11 +24,14 @@ import triton
 
 from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..kernels.softmax_focal import _softmax_focal_kernel
+from .. import reference
 from ..reference import compute_dtype, softmax_mean_denominator
 from .grad_policy import (
     PersistentGrid,
     acc_dtype,
     backward_in_place,
+    differentiable_grad,
+    functorch_active,
     integer_gamma,
     is_dense,
     policy_flag,
@@ -258,6 +261,8 @@ def _backward(ctx, grad_loss, *_):
     if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
         return (None,) * 13
     (input, target, grad, stored, denominators), options = saved_options(ctx)
+    if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+        return (differentiable_grad(_reference(options, target), input, grad_loss),) + (None,) * 12
     if backward_in_place(grad):
         softmax_focal_launch(input, target, **_launch_options(*options), denominators=denominators,
                              grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_loss, stored=stored,
@@ -268,6 +273,12 @@ def _backward(ctx, grad_loss, *_):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _reference(options, target):
+    """The loss as the eager reference computes it, a function of the logits."""
+    opts = _launch_options(*options)
+    return lambda input: reference.softmax_focal_loss(input, target, **opts)
 
 
 # --- in-place gradient -----------------------------------------------------------------
@@ -316,10 +327,16 @@ class _InplaceSoftmaxFocal(torch.autograd.Function):
         return (scaled.view(grad.shape),) + (None,) * 12
 
 
-def _inplace_allowed(logits):
-    """In place needs a grad-requiring non-leaf whose elements do not overlap, in eager mode."""
+def _inplace_allowed(logits, input):
+    """In place needs a grad-requiring non-leaf whose elements do not overlap, in eager mode,
+    that ``input`` views (not a copy made by reshaping)."""
     base = logits if logits._base is None else logits._base
-    return not base.is_leaf and not torch.compiler.is_compiling() and is_dense(logits)
+    if base.is_leaf or torch.compiler.is_compiling() or not is_dense(logits):
+        return False
+    try:
+        return logits.view(input.shape).data_ptr() == input.data_ptr()
+    except RuntimeError:  # not viewable as (N, C, P): input is a copy
+        return False
 
 
 def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
@@ -355,9 +372,11 @@ def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, red
         as_acc(weight), int(ignore_index), reduction, float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap),
     )
+    if functorch_active():  # torch.func transforms: see grad_policy.py
+        return _reference(options, target)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     logits = input if logits is None else logits
-    if inplace_grad and needs_grad and _inplace_allowed(logits):
+    if inplace_grad and needs_grad and _inplace_allowed(logits, input):
         loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options)
         return loss
     # Traced graphs never store a gradient in the forward: their backward recomputes it.
