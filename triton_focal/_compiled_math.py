@@ -86,11 +86,18 @@ def mean_scale(denominator):
 
 
 def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *, cfg):
-    """The loss of the module docstring, reduced, and the per-row numbers the backward needs.
+    """The loss of the module docstring, reduced, and the per-row coefficients of its gradient.
+
+    Everything the gradient needs per row is computed here, once per row, so that the
+    backward's pass over the logits does only per-element work (Inductor would otherwise
+    recompute a per-row gather and power for every class of the row).
 
     Returns:
-        ``(loss, lse, coef_sum)``: the reduced loss in ``x``'s dtype; ``lse(z)`` per row (``(N, P)``);
-        ``sum_c w_c * coef(l_c)`` per row when label smoothing is on (else ``lse`` again, unused).
+        ``(loss, lse, target_coef, p_coef, smooth_coef)``: the reduced loss in ``x``'s dtype,
+        and per row (``(N, P)``, 0 on ignored rows, the mean's division included):
+        ``lse(z)``; ``target_coef``, which multiplies ``-[j == y]``; ``p_coef``, which
+        multiplies ``p_j``; ``smooth_coef``, which multiplies ``-w_j * coef(l_j)`` (label
+        smoothing only; otherwise ``lse`` again, unused).
     """
     z = x.to(compute_dtype(x.dtype))
     if cfg.softcap:
@@ -98,14 +105,25 @@ def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, 
     num_classes = z.shape[1]
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    zero_row = torch.zeros(safe_target.shape, dtype=z.dtype, device=z.device)
 
     lse = torch.logsumexp(z, dim=1)
     log_p_target = z.gather(1, safe_target.unsqueeze(1)).squeeze(1) - lse
-    focal_target, _ = focal_and_coef(log_p_target, at_target(gamma, safe_target))
+    focal_target, coef_target = focal_and_coef(log_p_target, at_target(gamma, safe_target))
     w_target = at_target(weight, safe_target) if cfg.weight else torch.ones_like(lse)
+    a_target = at_target(alpha, safe_target) if cfg.alpha else 1.0
+
+    # The scale of each row's focal part and z-loss part in the reduced loss.
+    if cfg.reduction == "mean":
+        focal_scale = mean_scale(torch.where(valid, w_target, zero_row).sum())
+        z_scale = mean_scale(valid.sum().to(z.dtype))
+    else:
+        focal_scale = z_scale = 1.0
+    row_scale = torch.where(valid, a_target * focal_scale + zero_row, zero_row)
 
     loss = w_target * focal_target
-    coef_sum = lse
+    target_coef = row_scale * w_target * coef_target
+    smooth_coef = lse
     if cfg.smoothing:
         w = per_class(weight) if cfg.weight else 1.0
         log_p = z - lse.unsqueeze(1)
@@ -115,67 +133,47 @@ def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, 
         smooth = (w * torch.where(masked, zero, focal)).sum(dim=1)
         coef_sum = (w * torch.where(masked, zero, coef)).sum(dim=1)
         loss = (1 - eps) * loss + (eps / num_classes) * smooth
-    if cfg.alpha:
-        loss = at_target(alpha, safe_target) * loss
+        target_coef = (1 - eps) * target_coef
+        smooth_coef = row_scale * (eps / num_classes)
+        p_coef = target_coef + smooth_coef * coef_sum
+    else:
+        p_coef = target_coef
+    loss = torch.where(valid, a_target * loss, zero_row)
+    if cfg.z_loss:
+        z_part = torch.where(valid, z_loss * lse * lse, zero_row)
+        p_coef = p_coef + torch.where(valid, z_scale * 2 * z_loss * lse, zero_row)
 
-    zero_row = torch.zeros_like(lse)
-    loss = torch.where(valid, loss, zero_row)
-    z_part = torch.where(valid, z_loss * lse * lse, zero_row) if cfg.z_loss else None
     if cfg.reduction == "none":
         total = loss + z_part if cfg.z_loss else loss
-    elif cfg.reduction == "sum":
-        total = loss.sum() + z_part.sum() if cfg.z_loss else loss.sum()
     else:
-        total = loss.sum() * mean_scale(torch.where(valid, w_target, zero_row).sum())
+        total = loss.sum() * focal_scale
         if cfg.z_loss:
-            total = total + z_part.sum() * mean_scale(valid.sum().to(lse.dtype))
-    return total.to(x.dtype), lse, coef_sum
+            total = total + z_part.sum() * z_scale
+    return total.to(x.dtype), lse, target_coef, p_coef, smooth_coef
 
 
-def softmax_backward(grad_loss, x, target, lse, coef_sum, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *, cfg):
-    """``dloss/dx`` of :func:`softmax_forward` in one pass, from the saved ``lse`` (and
-    ``coef_sum`` with smoothing); returned in ``x``'s dtype."""
+def softmax_backward(grad_loss, x, target, lse, target_coef, p_coef, smooth_coef, gamma, weight, ignore_index, softcap, *, cfg):
+    """``dloss/dx`` of :func:`softmax_forward` in one elementwise pass over the logits, from
+    its per-row coefficients; returned in ``x``'s dtype."""
     z = x.to(compute_dtype(x.dtype))
     if cfg.softcap:
         z = softcap_forward(z, softcap)
     num_classes = z.shape[1]
-    valid = target != ignore_index
-    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
-    grad_loss = grad_loss.to(lse.dtype)
-
-    # The row's scale: grad_output, divided by the mean's denominator(s).
-    w_target = at_target(weight, safe_target) if cfg.weight else torch.ones_like(lse)
-    if cfg.reduction == "mean":
-        zero_row = torch.zeros_like(lse)
-        focal_scale = grad_loss * mean_scale(torch.where(valid, w_target, zero_row).sum())
-        z_scale = grad_loss * mean_scale(valid.sum().to(lse.dtype))
-    else:
-        focal_scale = z_scale = grad_loss
-    if cfg.alpha:
-        focal_scale = focal_scale * at_target(alpha, safe_target)
-
-    log_p_target = z.gather(1, safe_target.unsqueeze(1)).squeeze(1) - lse
-    _, coef_target = focal_and_coef(log_p_target, at_target(gamma, safe_target))
-    target_coef = focal_scale * w_target * coef_target  # multiplies (p_j - [j == y])
-    if cfg.smoothing:
-        target_coef = (1 - eps) * target_coef
-    p_coef = target_coef  # multiplies p_j
-    if cfg.smoothing:
-        p_coef = p_coef + focal_scale * (eps / num_classes) * coef_sum
-    if cfg.z_loss:
-        p_coef = p_coef + z_scale * 2 * z_loss * lse
+    valid = (target != ignore_index).unsqueeze(1)
+    grad_loss = grad_loss.to(z.dtype)
+    if cfg.reduction == "none":  # one grad_output per row
+        grad_loss = grad_loss.unsqueeze(1)
 
     log_p = z - lse.unsqueeze(1)
-    p = torch.exp(log_p)
     classes = torch.arange(num_classes, device=z.device).view(1, -1, 1)
-    is_target = classes == safe_target.unsqueeze(1)
-    grad = p_coef.unsqueeze(1) * p - torch.where(is_target, target_coef.unsqueeze(1), torch.zeros_like(p))
+    is_target = classes == target.unsqueeze(1)
+    zero = torch.zeros_like(log_p)
+    grad = p_coef.unsqueeze(1) * torch.exp(log_p) - torch.where(is_target, target_coef.unsqueeze(1), zero)
     if cfg.smoothing:
         _, coef = focal_and_coef(log_p, per_class(gamma))
         w = per_class(weight) if cfg.weight else 1.0
-        smooth = (focal_scale * (eps / num_classes)).expand_as(lse).unsqueeze(1) * w * coef
-        grad = grad - torch.where(torch.isneginf(z), torch.zeros_like(smooth), smooth)
-    grad = torch.where(valid.unsqueeze(1), grad, torch.zeros_like(grad))
+        grad = grad - torch.where(torch.isneginf(z), zero, smooth_coef.unsqueeze(1) * w * coef)
+    grad = torch.where(valid, grad * grad_loss, zero)
     if cfg.softcap:
         grad = softcap_backward(grad, x.to(z.dtype), softcap)
     return grad.to(x.dtype)

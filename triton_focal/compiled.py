@@ -87,6 +87,7 @@ class _Compiled:
         self.compiled = {name: torch.compile(_fresh_copy(fn, key), dynamic=True) for name, fn in self.eager.items()}
         self.failed = False
         self.announced = False
+        self.rows = key[-1] == "rows"
 
     def __call__(self, which, *args):
         # Inside autograd.Function.forward the inputs still say requires_grad, which Dynamo
@@ -100,6 +101,8 @@ class _Compiled:
         if not self.announced:
             self.announced = True
             warnings.warn(f"triton_focal: compiling {self.description} once for this process; {SKIP_HINT}", CompileNotice, stacklevel=5)
+        if self.rows:
+            _mark_rows_static(args)
         try:
             with _sizes_not_specialized():
                 return self.compiled[which](*args, cfg=self.cfg)
@@ -141,6 +144,15 @@ def _fresh_copy(fn, key):
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
+def _mark_rows_static(args):
+    """Rows ``(N, C, 1)``: the trailing 1 is static, so that Inductor sees the classes at
+    stride 1 and vectorizes over them. As a dynamic size it makes the class stride a symbol
+    and the generated loops scalar (4x slower on a (512, 32000) vocabulary)."""
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.dim() >= 2 and arg.shape[-1] == 1:
+            torch._dynamo.mark_static(arg, arg.dim() - 1)
+
+
 def _sizes_not_specialized():
     """Dynamo specializes a dynamic size on being 0 or 1 (a new version for a batch of one);
     the size-oblivious mode compiles one version for every size. Marking sizes unbacked would
@@ -172,18 +184,9 @@ def _layout(t):
     return tuple(sorted(range(t.dim()), key=lambda d: (-strides[d], d))), tuple(s == 0 for s in strides)
 
 
-def _rows_as_positions(t):
-    """Rows ``(N, C, 1)`` (or row targets ``(N, 1)``) viewed as one image ``(1, C, N)`` (``(1, N)``),
-    without a copy. Inductor then sees the classes at stride 1 and vectorizes the reduction
-    over them; as ``(N, C, 1)`` with dynamic sizes the class stride is a symbol (P) and the
-    generated loop is scalar, 4x slower on a (512, 32000) vocabulary."""
-    if t is None:
-        return None
-    return t[:, :, 0].t().unsqueeze(0) if t.dim() == 3 else t.t()
-
-
-def _is_rows(input):
-    return input.shape[2] == 1 and input.shape[0] > 1
+def _rows(input):
+    """``"rows"`` for ``(N, C, 1)`` logits (vocabularies, detection heads), else ``"positions"``."""
+    return "rows" if input.shape[2] == 1 else "positions"
 
 
 def _scalar(value, x):
@@ -211,13 +214,13 @@ class _SoftmaxFocal(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, fn = inputs
-        _, lse, coef_sum = output
-        ctx.save_for_backward(x, target, lse, coef_sum, gamma, alpha, weight, eps, ignore_index, z_loss, softcap)
-        ctx.mark_non_differentiable(lse, coef_sum)
+        _, *rows = output  # lse, target_coef, p_coef, smooth_coef
+        ctx.save_for_backward(x, target, *rows, gamma, weight, ignore_index, softcap)
+        ctx.mark_non_differentiable(*rows)
         ctx.fn = fn
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_lse, _grad_coef_sum):
+    def backward(ctx, grad_loss, *_grad_rows):
         saved = ctx.saved_tensors  # once: checkpointing allows one unpack
         with torch.no_grad():
             grad = ctx.fn("backward", grad_loss, *saved)
@@ -229,13 +232,6 @@ def softmax_focal_loss(
 ):
     """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices (the
     reference's arguments and result, closed-form gradient)."""
-    if _is_rows(input):
-        loss = softmax_focal_loss(
-            _rows_as_positions(input), _rows_as_positions(target), gamma=gamma, alpha=alpha, weight=weight,
-            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-            softcap=softcap,
-        )
-        return loss.reshape(target.shape) if reduction == "none" else loss
     cfg = SoftmaxConfig(
         reduction=reduction,
         alpha=alpha is not None,
@@ -251,7 +247,7 @@ def softmax_focal_loss(
         "per-class gamma" if gamma_t.dim() else "",
         "per-class alpha" if alpha_t is not None and alpha_t.dim() else "",
     )
-    key = ("softmax", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), extra, _layout(input))
+    key = ("softmax", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), extra, _layout(input), _rows(input))
     describe = lambda: _describe("softmax focal loss", cfg, input, extra)  # noqa: E731
     fn = _compiled_for(key, describe, math_.softmax_forward, math_.softmax_backward, cfg)
     args = (
@@ -264,9 +260,9 @@ def softmax_focal_loss(
         _scalar(softcap if softcap is not None else 1.0, input),
     )
     if input.requires_grad and torch.is_grad_enabled():
-        loss, _, _ = _SoftmaxFocal.apply(input, target, *args, fn)
+        loss = _SoftmaxFocal.apply(input, target, *args, fn)[0]
     else:
-        loss, _, _ = fn("forward", input, target, *args)
+        loss = fn("forward", input, target, *args)[0]
     return loss
 
 
@@ -295,12 +291,6 @@ class _SigmoidFocal(torch.autograd.Function):
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
     """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits against dense ``(N, C, P)`` or
     class-index ``(N, P)`` targets (the reference's arguments and result)."""
-    if _is_rows(input):
-        loss = sigmoid_focal_loss(
-            _rows_as_positions(input), _rows_as_positions(target), alpha=alpha, gamma=gamma,
-            weight=_rows_as_positions(weight), ignore_index=ignore_index, reduction=reduction, normalizer=normalizer,
-        )
-        return loss[0].t().unsqueeze(2) if reduction == "none" else loss
     cfg = SigmoidConfig(
         reduction="sum" if normalizer is not None and reduction != "none" else reduction,
         alpha=alpha >= 0,
@@ -309,7 +299,7 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     )
     gamma_t = _scalar(gamma, input)
     extra = ("per-class gamma" if gamma_t.dim() else "", "normalizer" if normalizer is not None else "")
-    key = ("sigmoid", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), _layout(input), _layout(weight))
+    key = ("sigmoid", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), _layout(input), _layout(weight), _rows(input))
     describe = lambda: _describe("sigmoid focal loss", cfg, input, extra)  # noqa: E731
     fn = _compiled_for(key, describe, math_.sigmoid_forward, math_.sigmoid_backward, cfg)
     ignore = torch.as_tensor(ignore_index, dtype=target.dtype, device=target.device) if cfg.index_targets else None
@@ -349,7 +339,7 @@ def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     """FL* of logits against dense targets of the same shape (the reference's arguments)."""
     cfg = StarConfig(reduction=reduction, alpha=alpha >= 0)
     x, t = input.reshape(1, 1, -1), target.reshape(1, 1, -1)
-    key = ("star", cfg, input.dtype, target.dtype, input.device.type, _layout(x), _layout(t))
+    key = ("star", cfg, input.dtype, target.dtype, input.device.type, _layout(x), _layout(t), "positions")
     describe = lambda: _describe("sigmoid focal loss star", cfg, x, ())  # noqa: E731
     fn = _compiled_for(key, describe, math_.star_forward, math_.star_backward, cfg)
     args = (_scalar(gamma, input), _scalar(alpha, input))
