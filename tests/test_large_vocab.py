@@ -1,6 +1,8 @@
 """z-loss and softcap on every backend (gamma=0: Liger-Kernel's cross entropy with
 ``lse_square_scale`` and ``softcap``), the fused linear head with them, and its chunk sizing."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,3 +140,32 @@ def test_default_chunks_hold_about_as_many_logits_as_the_hidden_states(tokens, h
     rows = chunks[0][1] - chunks[0][0]
     assert rows * vocab <= max(2 * tokens * hidden_size, fused_linear.MIN_CHUNK_ROWS * vocab), (rows, len(chunks))
     assert rows >= min(tokens, fused_linear.MIN_CHUNK_ROWS)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the CPU measurement reads Linux's /proc")
+def test_fused_head_peak_memory_is_a_quarter_of_the_materialized_step():
+    # Each method in its own process (perf.memory); peak resident memory over the inputs.
+    from perf import memory
+
+    rows = memory.main(["--tokens", "4096", "--hidden", "256", "--vocab", "8000", "--repeats", "0", "--no-save",
+                        "--device", "cpu", "--methods", "materialized_ce", "fused_reference"])
+    peaks = {row["method"]: row["peak_over_inputs_mib"] for row in rows}
+    assert set(peaks) == {"materialized_ce", "fused_reference"}, peaks
+    # The materialized step holds the (T, V) logits and their gradient: 2 * 125 MiB at least.
+    assert peaks["materialized_ce"] >= 2 * 4096 * 8000 * 4 / 2**20
+    assert peaks["fused_reference"] <= 0.25 * peaks["materialized_ce"], peaks
+
+
+def test_finetune_example_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "finetune_causal_lm.py"
+    spec = importlib.util.spec_from_file_location("finetune_causal_lm", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main(["--steps", "4", "--vocab", "64", "--width", "16", "--batch", "4", "--length", "8",
+                            "--backend", "reference", "--z-loss", "1e-3", "--softcap", "20"])
+    assert set(results) == {"ce", "focal"}
+    assert all(torch.isfinite(torch.tensor(values)).all() for values in results.values())
+    assert "held-out per-token loss" in capsys.readouterr().out
