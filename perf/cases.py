@@ -17,7 +17,7 @@ IGNORED_FRACTION = 0.02
 BACKGROUND_FRACTION = 0.9
 DET_CLASSES = 80  # COCO
 
-FAMILIES = ("seg", "vocab", "det", "table")
+FAMILIES = ("seg", "vocab", "det", "table", "cpu")
 MODES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -105,6 +105,8 @@ def family_cases(family, gpu, quick=False):
         return [_det(target, a) for target in ("dense", "index") for a in anchors]
     if family == "table":
         return [replace(case, family="table") for case in _headline_cases(gpu)]
+    if family == "cpu":
+        return [replace(case, family="cpu") for case in cpu_cases(quick)]
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
@@ -122,6 +124,19 @@ def _headline_cases(gpu):
         _seg("cityscapes", "H*W", 32 * 64, (1, 19, 32, 64)),
         _vocab("llama3", "T", 16, (16, 128256)),
         _det("dense", 16_000),
+    ]
+
+
+def cpu_cases(quick=False):
+    """The CPU comparison (``--cpu-table``): shapes a laptop or a CPU CI trains at, where the
+    compile fallback is what ``backend="auto"`` runs. ``quick`` halves each image side and
+    quarters the rows (a smoke run)."""
+    div = 2 if quick else 1
+    return [
+        _seg("cityscapes", "H*W", (256 // div) ** 2, (4, 19, 256 // div, 256 // div)),
+        _seg("ade20k", "H*W", (128 // div) ** 2, (2, 150, 128 // div, 128 // div)),
+        _vocab("llama2", "T", 512 // div**2, (512 // div**2, 32000)),
+        _det("dense", 100_000 // div**2),
     ]
 
 

@@ -2,9 +2,10 @@
 
 Softmax families (seg, vocab) compute ``focal_loss(gamma=2, reduction="mean")`` with
 ``ignore_index``; the detection family computes ``sigmoid_focal_loss(alpha=0.25, gamma=2,
-reduction="sum")``. ``F.cross_entropy`` / ``F.binary_cross_entropy_with_logits`` are the
-gamma = 0 floors: what the same bytes cost without the focal term. Liger's cross entropy is
-plain CE too and is labelled so.
+reduction="sum")``. Other libraries are called with their own arguments and converted to
+these reductions with scalar operations (README: the conventions table). ``F.cross_entropy``
+/ ``F.binary_cross_entropy_with_logits`` are the gamma = 0 baselines: what the same bytes
+cost without the focal term. Liger's cross entropy is plain CE too and is labelled so.
 """
 
 import importlib
@@ -79,11 +80,27 @@ def _build_blog(case):
     return _blog_softmax_focal
 
 
+def _compiled(fn):
+    """``torch.compile(fn)`` as a user would write it (default options), one per case."""
+    return torch.compile(fn)
+
+
 def _dense(x, t):
     # Class indices (target == C: background) to the one-hot a dense-target API needs.
     if t.is_floating_point():
         return t
     return F.one_hot(t, x.shape[1] + 1)[:, : x.shape[1]].to(x.dtype)
+
+
+def _torchvision_formula(x, t):
+    # torchvision.ops.sigmoid_focal_loss's body (torchvision/ops/focal_loss.py), so that its
+    # formula is measured, eager and compiled, where torchvision itself does not import.
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * ((1 - p_t) ** GAMMA)
+    loss = (DET_ALPHA * t + (1 - DET_ALPHA) * (1 - t)) * loss
+    return loss.sum()
 
 
 def _build_torchvision(case):
@@ -92,12 +109,66 @@ def _build_torchvision(case):
     return lambda x, t: sigmoid_focal_loss(x, _dense(x, t), alpha=DET_ALPHA, gamma=GAMMA, reduction="sum")
 
 
+def _build_tv_formula(case):
+    return lambda x, t: _torchvision_formula(x, _dense(x, t))
+
+
+def _build_tv_formula_compiled(case):
+    fn = _compiled(_torchvision_formula)
+    return lambda x, t: fn(x, _dense(x, t))
+
+
 def _build_cross_entropy(case):
     return lambda x, t: F.cross_entropy(x, t, ignore_index=IGNORE_INDEX, reduction="mean")
 
 
 def _build_bce(case):
     return lambda x, t: F.binary_cross_entropy_with_logits(x, _dense(x, t), reduction="sum")
+
+
+def _valid_count(t):
+    return (t != IGNORE_INDEX).sum()
+
+
+def _build_kornia(case):
+    import kornia.losses
+
+    # kornia's mean divides by C x all pixels (README: conventions); its sum over the
+    # non-ignored count is this suite's mean. Detection: its binary loss, summed.
+    if case.loss == "softmax":
+        return lambda x, t: kornia.losses.focal_loss(
+            x, t, alpha=None, gamma=GAMMA, reduction="sum", ignore_index=IGNORE_INDEX
+        ) / _valid_count(t)
+    return lambda x, t: kornia.losses.binary_focal_loss_with_logits(
+        x, _dense(x, t), alpha=DET_ALPHA, gamma=GAMMA, reduction="sum"
+    )
+
+
+def _build_monai(case):
+    import monai.losses
+
+    # MONAI takes (N, 1, ...) class maps and one-hot encodes them; ignored pixels are
+    # masked by its ignore_index. Per-element losses, summed here as this suite's reductions.
+    if case.loss == "softmax":
+        loss = monai.losses.FocalLoss(
+            use_softmax=True, to_onehot_y=True, gamma=GAMMA, reduction="none", ignore_index=IGNORE_INDEX
+        )
+        return lambda x, t: loss(x, t.unsqueeze(1)).sum() / _valid_count(t)
+    loss = monai.losses.FocalLoss(use_softmax=False, gamma=GAMMA, alpha=DET_ALPHA, reduction="none")
+    return lambda x, t: loss(x, _dense(x, t)).sum()
+
+
+def _build_smp(case):
+    import segmentation_models_pytorch.losses as smp_losses
+
+    # smp's multiclass focal loss is a one-vs-all *sigmoid* loss (another function): timed,
+    # not value-checked.
+    loss = smp_losses.FocalLoss("multiclass", gamma=GAMMA, ignore_index=IGNORE_INDEX)
+    return lambda x, t: loss(x, t)
+
+
+def _build_blog_compiled(case):
+    return _compiled(_blog_softmax_focal)
 
 
 def _build_liger(case):
@@ -114,12 +185,31 @@ PROVIDERS = {
     "compile": Provider("compile", "triton_focal (compile)", ("softmax", "sigmoid"), _triton_focal_builder("compile")),
     "reference": Provider("reference", "eager reference", ("softmax", "sigmoid"), _triton_focal_builder("reference")),
     "blog": Provider("blog", "eager CE + exp(-ce)", ("softmax",), _build_blog),
+    "blog_compiled": Provider("blog_compiled", "torch.compile(CE + exp(-ce))", ("softmax",), _build_blog_compiled),
     "torchvision": Provider("torchvision", "torchvision.ops", ("sigmoid",), _build_torchvision),
-    "cross_entropy": Provider("cross_entropy", "F.cross_entropy (gamma=0 floor)", ("softmax",), _build_cross_entropy, focal=False),
-    "bce": Provider("bce", "F.bce_with_logits (gamma=0 floor)", ("sigmoid",), _build_bce, focal=False),
+    "tv_formula": Provider("tv_formula", "torchvision's formula, eager", ("sigmoid",), _build_tv_formula),
+    "tv_formula_compiled": Provider(
+        "tv_formula_compiled", "torch.compile(torchvision's formula)", ("sigmoid",), _build_tv_formula_compiled
+    ),
+    "kornia": Provider("kornia", "kornia", ("softmax", "sigmoid"), _build_kornia),
+    "monai": Provider("monai", "MONAI", ("softmax", "sigmoid"), _build_monai),
+    # smp has no softmax focal loss; its "multiclass" one is one-vs-all sigmoid per class.
+    "smp": Provider("smp", "smp (sigmoid per class)", ("softmax",), _build_smp, focal=False, families=("seg", "cpu")),
+    "cross_entropy": Provider("cross_entropy", "F.cross_entropy (gamma=0)", ("softmax",), _build_cross_entropy, focal=False),
+    "bce": Provider("bce", "F.bce_with_logits (gamma=0)", ("sigmoid",), _build_bce, focal=False),
     # Liger's kernel takes 2-D (T, V) logits only: the vocabulary family.
     "liger": Provider("liger", "Liger (plain CE)", ("softmax",), _build_liger, focal=False, families=("vocab", "table")),
 }
+
+# What a plain sweep measures; the CPU comparison (--cpu-table) adds the other libraries and
+# the compositions compiled by the user (each compiles once per shape).
+DEFAULT_PROVIDERS = ("triton", "compile", "reference", "blog", "torchvision", "cross_entropy", "bce", "liger")
+CPU_TABLE_PROVIDERS = (
+    "cross_entropy", "bce", "compile", "blog", "blog_compiled", "tv_formula", "tv_formula_compiled",
+    "kornia", "monai", "smp",
+)
+# The gamma = 0 baseline each loss kind's ratios are taken against.
+BASELINE = {"softmax": "cross_entropy", "sigmoid": "bce"}
 
 
 def _importable(module):
@@ -157,6 +247,11 @@ def unavailable_reason(name, device):
                 return f"triton_focal.available_backends() does not list {name!r} on {device}"
     if name == "torchvision" and not _importable("torchvision.ops"):
         return "torchvision is not importable"
+    for peer, module in (("kornia", "kornia.losses"), ("monai", "monai.losses"), ("smp", "segmentation_models_pytorch.losses")):
+        if name == peer and not _importable(module):
+            return f"{module} is not importable (pip install -e \".[peers]\")"
+    if name in ("blog_compiled", "tv_formula_compiled") and not hasattr(torch, "compile"):
+        return "torch.compile is not available"
     if name == "liger":
         if not _importable("liger_kernel.transformers"):
             return "liger_kernel is not importable"

@@ -20,12 +20,23 @@ def _ordered(values):
     return seen
 
 
+def _pct(point):
+    """'% of floor', or 'cache' where the time beat the copy-bandwidth floor (the data sat in
+    cache, so that floor is none: no figure above 100 % of it is ever shown)."""
+    return "cache" if point.get("above_floor") else f"{point['pct_of_floor']:.0f}%"
+
+
+def _spread(point):
+    """The spread between repetitions (or rounds): (p80 - p20) / median."""
+    return (point["ms_p80"] - point["ms_p20"]) / point["ms"] * 100
+
+
 def _cell(point):
     if point is None:
         return ""
     if point["status"] != "ok":
         return point["status"]
-    return f"{point['ms']:.3f} ({point['pct_of_floor']:.0f}%)"
+    return f"{point['ms']:.3f} ±{_spread(point) / 2:.0f}% ({_pct(point)})"
 
 
 def _shape(point):
@@ -41,7 +52,11 @@ def family_tables(result, family):
         for mode in [m for m in MODES if any(p["mode"] == m for p in points)]:
             subset = [p for p in points if p["dtype"] == dtype and p["mode"] == mode]
             labels = _ordered(p["label"] for p in subset)
-            lines += [f"#### {family}, {dtype}, {MODE_TITLES[mode]}: median ms (% of copy-bandwidth floor)", ""]
+            lines += [
+                f"#### {family}, {dtype}, {MODE_TITLES[mode]}: median ms ±half the p20-p80 spread "
+                "(% of copy-bandwidth floor; 'cache': faster than that floor, data in cache)",
+                "",
+            ]
             lines.append("| series | shape | floor ms | " + " | ".join(labels) + " |")
             lines.append("|---|---|---:|" + "---:|" * len(labels))
             for series, shape in _ordered((p["series"], _shape(p)) for p in subset):
@@ -72,12 +87,57 @@ def headline_table(result):
                 lines.append(f"| {p['label']} | {p['status']} | | | |")
                 continue
             memory = "n/a" if p["extra_peak_mb"] is None else f"{p['extra_peak_mb']:.0f}"
+            pct = "cache" if p.get("above_floor") else f"{p['pct_of_floor']:.1f}"
             lines.append(
                 f"| {p['label']} | {p['ms']:.3f} ({p['ms_p20']:.3f}-{p['ms_p80']:.3f}) | {p['gbs']:.1f} | "
-                f"{p['pct_of_floor']:.1f} | {memory} |"
+                f"{pct} | {memory} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def cpu_table(result):
+    """The CPU comparison: per case and dtype, each implementation's forward+backward time as a
+    ratio to the gamma = 0 baseline of the same rounds (F.cross_entropy or BCE), median over
+    the interleaved rounds, with the range of the per-round ratios; the best focal loss bold."""
+    points = [p for p in result["points"] if p["family"] == "cpu" and p["ratio"] is not None]
+    if not points:
+        return []
+    labels = _ordered(p["label"] for p in points)
+    lines = [
+        "| case | dtype | " + " | ".join(labels) + " |",
+        "|---|---|" + "---:|" * len(labels),
+    ]
+    for case, dtype in _ordered((_case_name(p), p["dtype"]) for p in points):
+        row = {p["label"]: p for p in points if _case_name(p) == case and p["dtype"] == dtype}
+        focal = [p for p in row.values() if p["provider"] not in ("cross_entropy", "bce", "smp")]
+        best = min(focal, key=lambda p: p["ratio"])["label"] if focal else None
+        cells = []
+        for label in labels:
+            p = row.get(label)
+            if p is None:
+                cells.append("-")
+                continue
+            text = f"{p['ratio']:.2f} [{p['ratio_min']:.2f}-{p['ratio_max']:.2f}]"
+            cells.append(f"**{text}**" if label == best else text)
+        lines.append(f"| {case} | {dtype} | " + " | ".join(cells) + " |")
+    base = {p["dtype"] + _case_name(p): p for p in points if p["provider"] in ("cross_entropy", "bce")}
+    lines += ["", "Baseline times (ms, median over rounds): " + "; ".join(
+        f"{p['series']} {_shape(p)} {p['dtype']} {p['ms']:.1f}" for p in base.values()
+    ) + "."]
+    loads = [p["load"] for p in points if p.get("load")]
+    if loads:
+        ones = [value for load in loads for value in (load["before"] or {}, load["after"] or {}) for value in [value.get("1min")] if value is not None]
+        if ones:
+            lines.append(
+                f"Machine load (1-minute average) during these cases: {min(ones):.1f} to {max(ones):.1f} "
+                f"on {loads[0]['before']['cores']} cores."
+            )
+    return lines
+
+
+def _case_name(point):
+    return f"{point['family'] if point['family'] != 'cpu' else point['series']} {_shape(point)}"
 
 
 def render(result):
@@ -93,14 +153,26 @@ def render(result):
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         f"- measured copy bandwidth (read + write): {result['copy_bandwidth_gbs']:.1f} GB/s; the floor of a point "
         "is its byte count (read logits, read target, write grad) at that rate",
-        f"- timing: {result['timing']}",
+        f"- timing: {result['timing']}"
+        + (f"; {result['rounds']} interleaved rounds per case" if result.get("rounds") else ""),
+        "- machine load (1, 5, 15 min averages): "
+        + f"{_load(result.get('load_at_start'))} at the start, {_load(result.get('load_at_end'))} at the end"
+        + f" ({result.get('cpu_cores', '?')} cores); the ± of each time is half its p20-p80 spread",
         f"- skipped: " + ("; ".join(f"{s['provider']} ({s['reason']})" for s in result["skipped"]) or "none"),
         "",
     ]
     if any(p["family"] == "table" for p in result["points"]):
         lines += ["## Headline cases", "", headline_table(result), ""]
+    if any(p["family"] == "cpu" for p in result["points"]):
+        lines += [
+            "## CPU comparison: forward+backward time / the gamma=0 baseline's (lower is faster)",
+            "",
+            "Median of the per-round ratios [lowest-highest round]; the baseline is F.cross_entropy for "
+            "softmax cases and F.binary_cross_entropy_with_logits for detection.",
+            "",
+        ] + cpu_table(result) + [""]
     for family in _ordered(p["family"] for p in result["points"]):
-        if family != "table":
+        if family not in ("table", "cpu"):
             lines += [f"## {family}", ""] + family_tables(result, family)
     failed = [p for p in result["points"] if p["status"] != "ok"]
     if failed:
@@ -108,6 +180,12 @@ def render(result):
         lines += [f"- {p['family']} {_shape(p)} {p['dtype']} {p['mode']} {p['label']}: {p['error']}" for p in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def _load(load):
+    if not load:
+        return "unknown"
+    return f"{load['1min']:.1f}/{load['5min']:.1f}/{load['15min']:.1f}"
 
 
 def write_summary(result, out):

@@ -2,11 +2,14 @@
 
     python -m perf.sweep                                  # every family, bf16 and fp32
     python -m perf.sweep --table                          # the four headline cases
+    python -m perf.sweep --cpu-table                      # CPU: the fallback against other libraries
     python -m perf.sweep --quick --families seg --dtypes bf16
 
-Writes ``results.json`` (every point, the machine, the versions, the command), one PNG per
-family and ``summary.md`` into ``--out`` (default ``perf/results/<device-name>/``). Without a
-GPU it runs the CPU grid (tiny shapes) and labels the figures as CPU figures.
+Writes ``results.json`` (every point, the machine, its load, the versions, the command), one
+PNG per family and ``summary.md`` into ``--out``, by default a folder outside the source tree
+(``~/.cache/triton_focal/perf/<device-name>/``, or ``$TRITON_FOCAL_PERF_DIR``), so that a run
+leaves the checkout unchanged; the committed results were written with ``--out perf/results/...``.
+Without a GPU it runs the CPU grid (tiny shapes) and labels the figures as CPU figures.
 """
 
 import argparse
@@ -21,19 +24,31 @@ import torch
 
 from . import cases as cases_mod
 from .cases import DTYPES, FAMILIES, MODES, bytes_moved, family_cases, make_inputs
-from .providers import PROVIDERS, select
+from .providers import BASELINE, CPU_TABLE_PROVIDERS, DEFAULT_PROVIDERS, PROVIDERS, select
 from .timing import (
     bench,
+    bench_interleaved,
     copy_bandwidth_gbs,
     device_info,
     extra_peak_mb,
     free_memory,
     is_oom,
+    machine_load,
     versions,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed results
 DEFAULT_FAMILIES = ("seg", "vocab", "det")
+ROUNDS = 7  # interleaved rounds of the CPU comparison
+
+
+def default_out(slug):
+    """Where a run writes unless ``--out`` says otherwise: outside the source tree."""
+    base = os.environ.get("TRITON_FOCAL_PERF_DIR")
+    if base:
+        return Path(base) / slug
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "triton_focal" / "perf" / slug
 
 
 def _csv(text, allowed, what):
@@ -45,26 +60,51 @@ def _csv(text, allowed, what):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m perf.sweep", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.sweep",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="a few points per family, fewer repetitions")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default perf/results/<device>/)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda if visible")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="output folder (default: $TRITON_FOCAL_PERF_DIR/<device>, else ~/.cache/triton_focal/perf/<device>)",
+    )
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES), help=f"comma list of {FAMILIES}")
     parser.add_argument("--dtypes", default="bf16,fp32", help=f"comma list of {tuple(DTYPES)}")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
-    parser.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma list of {tuple(PROVIDERS)}")
+    parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS), help=f"comma list of {tuple(PROVIDERS)}")
     parser.add_argument(
         "--table", action="store_true",
         help="only the four headline cases, bf16 forward+backward (= --families table --dtypes bf16 --modes fwd+bwd)",
+    )
+    parser.add_argument(
+        "--cpu-table", action="store_true",
+        help="the CPU comparison: the compile fallback against F.cross_entropy / BCE, the blog and torchvision "
+        "formulas (eager and compiled), kornia, MONAI and smp; fp32 and bf16 forward+backward, interleaved rounds, "
+        f"ratios to the gamma=0 baseline (= --families cpu --dtypes fp32,bf16 --modes fwd+bwd --rounds {ROUNDS})",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=0,
+        help="time the providers of a case in this many interleaved rounds (0: one provider after the other)",
     )
     parser.add_argument("--no-plots", action="store_true", help="write the JSON only")
     args = parser.parse_args(argv)
     if args.table:
         args.families, args.dtypes, args.modes = "table", "bf16", "fwd+bwd"
+    if args.cpu_table:
+        args.families, args.dtypes, args.modes = "cpu", "fp32,bf16", "fwd+bwd"
+        args.device = "cpu" if args.device == "auto" else args.device
+        args.rounds = args.rounds or ROUNDS
+        if args.providers == ",".join(DEFAULT_PROVIDERS):
+            args.providers = ",".join(CPU_TABLE_PROVIDERS)
     args.families = _csv(args.families, FAMILIES, "families")
     args.dtypes = _csv(args.dtypes, tuple(DTYPES), "dtypes")
     args.modes = _csv(args.modes, MODES, "modes")
     args.providers = _csv(args.providers, tuple(PROVIDERS), "providers")
+    if args.rounds < 0:
+        raise SystemExit("--rounds must be >= 0")
     return args
 
 
@@ -113,46 +153,122 @@ def reference_value(case, dtype, device):
         free_memory(device)
 
 
-def measure(case, dtype_name, mode, provider, device, quick, copy_gbs, ref_value):
-    """One point: time, bandwidth, floor, memory and value check of one provider."""
+def _new_point(case, dtype_name, mode, provider, copy_gbs):
     dtype = DTYPES[dtype_name]
     # read logits, read target, write grad (bwd, fwd+bwd), write loss (0-dim)
     nbytes = bytes_moved(case, dtype, mode)
-    floor_ms = nbytes / (copy_gbs * 1e9) * 1e3
-    point = {
+    return {
         "family": case.family, "series": case.series, "x_name": case.x_name, "x": case.x,
         "shape": list(case.shape), "target": case.target, "dtype": dtype_name, "mode": mode,
-        "provider": provider.name, "label": provider.label, "bytes": nbytes, "floor_ms": floor_ms,
-        "status": "ok", "error": None, "ms": None, "ms_p20": None, "ms_p80": None, "gbs": None,
-        "pct_of_floor": None, "extra_peak_mb": None, "rel_err": None,
+        "provider": provider.name, "label": provider.label, "bytes": nbytes,
+        "floor_ms": nbytes / (copy_gbs * 1e9) * 1e3, "status": "ok", "error": None, "ms": None, "ms_p20": None,
+        "ms_p80": None, "gbs": None, "pct_of_floor": None, "above_floor": False, "extra_peak_mb": None,
+        "rel_err": None, "ratio": None, "ratio_min": None, "ratio_max": None, "rounds": None, "load": None,
     }
+
+
+def _set_time(point, ms, p20, p80):
+    """Time, bandwidth and % of the floor. A time below the copy-bandwidth floor means the
+    working set sat in cache (small CPU shapes): that floor is no floor there, so no
+    percentage is given (``above_floor``) rather than one above 100 %."""
+    point.update(ms=ms, ms_p20=p20, ms_p80=p80, gbs=point["bytes"] / (ms * 1e-3) / 1e9)
+    pct = 100.0 * point["floor_ms"] / ms
+    point["above_floor"] = pct > 100.0
+    point["pct_of_floor"] = None if point["above_floor"] else pct
+
+
+def _failed(point, err):
+    point["status"] = "oom" if is_oom(err) else "error"
+    point["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+
+
+def _check_value(point, provider, case, x, target, ref_value):
+    if provider.focal and ref_value is not None:
+        value = float(provider.build(case)(x, target).detach())
+        point["rel_err"] = abs(value - ref_value) / max(abs(ref_value), 1e-30)
+
+
+def measure(case, dtype_name, mode, provider, device, quick, copy_gbs, ref_value):
+    """One point: time, bandwidth, floor, memory and value check of one provider."""
+    point = _new_point(case, dtype_name, mode, provider, copy_gbs)
     x = target = fn = setup = None
     try:
-        x, target = make_inputs(case, dtype, device)
-        if mode == "fwd" and provider.focal and ref_value is not None:
-            value = float(provider.build(case)(x, target).detach())
-            point["rel_err"] = abs(value - ref_value) / max(abs(ref_value), 1e-30)
+        x, target = make_inputs(case, DTYPES[dtype_name], device)
+        if mode == "fwd":
+            _check_value(point, provider, case, x, target, ref_value)
         fn, setup = _loss_call(provider, case, mode, x, target)
-        ms, p20, p80 = bench(fn, device, quick=quick, setup=setup)
-        point.update(ms=ms, ms_p20=p20, ms_p80=p80, gbs=nbytes / (ms * 1e-3) / 1e9, pct_of_floor=100.0 * floor_ms / ms)
+        _set_time(point, *bench(fn, device, quick=quick, setup=setup))
         point["extra_peak_mb"] = extra_peak_mb(fn, device, setup=setup)
     except Exception as err:
-        point["status"] = "oom" if is_oom(err) else "error"
-        point["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        _failed(point, err)
     finally:
         del x, target, fn, setup
         free_memory(device)
     return point
 
 
+def measure_interleaved(case, dtype_name, mode, providers, device, quick, copy_gbs, ref_value, rounds):
+    """Every provider of one case, timed in ``rounds`` interleaved rounds (each round times
+    each provider once, in turn), so that a change of machine load hits all of them alike.
+    Each point's time is the median over rounds, its p20/p80 the spread between rounds, and
+    its ``ratio`` the median of the per-round ratios to the gamma = 0 baseline of the same
+    round (``ratio_min``/``ratio_max``: their range). The value check runs on every provider
+    (its forward), whatever the mode."""
+    points, calls = [], {}
+    load_before = machine_load()
+    x, target = make_inputs(case, DTYPES[dtype_name], device)
+    for provider in providers:
+        point = _new_point(case, dtype_name, mode, provider, copy_gbs)
+        points.append(point)
+        try:
+            _check_value(point, provider, case, x, target, ref_value)
+            calls[provider.name] = _loss_call(provider, case, mode, x, target)
+        except Exception as err:
+            _failed(point, err)
+    try:
+        samples = bench_interleaved(calls, device, rounds=rounds, quick=quick)
+    except Exception as err:  # one provider failing mid-run: record it, keep the others
+        samples = {}
+        for point in points:
+            if point["status"] == "ok":
+                _failed(point, err)
+    load = {"before": load_before, "after": machine_load()}
+    baseline = samples.get(BASELINE[case.loss])
+    for point in points:
+        rows = samples.get(point["provider"])
+        point["load"] = load
+        if point["status"] != "ok" or rows is None:
+            continue
+        ordered = sorted(rows)
+        _set_time(point, _median(ordered), _quantile(ordered, 0.2), _quantile(ordered, 0.8))
+        point["rounds"] = len(rows)
+        if baseline is not None:
+            ratios = sorted(ms / base for ms, base in zip(rows, baseline))
+            point.update(ratio=_median(ratios), ratio_min=ratios[0], ratio_max=ratios[-1])
+    del x, target, calls
+    free_memory(device)
+    return points
+
+
+def _median(ordered):
+    return _quantile(ordered, 0.5)
+
+
+def _quantile(ordered, q):
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
 def _progress(index, total, case, dtype_name, mode, point):
     where = f"[{index:4d}/{total}] {case.name} {dtype_name} {mode:7s} {point['provider']:13s}"
     if point["status"] != "ok":
         return f"{where} {point['status'].upper()}: {point['error']}"
-    line = (
-        f"{where} {point['ms']:9.3f} ms [{point['ms_p20']:.3f}, {point['ms_p80']:.3f}] "
-        f"{point['gbs']:8.1f} GB/s {point['pct_of_floor']:5.1f}% of floor"
-    )
+    floor = "in cache: above the copy floor" if point["above_floor"] else f"{point['pct_of_floor']:5.1f}% of floor"
+    line = f"{where} {point['ms']:9.3f} ms [{point['ms_p20']:.3f}, {point['ms_p80']:.3f}] {point['gbs']:8.1f} GB/s {floor}"
+    if point["ratio"] is not None:
+        line += f"  x{point['ratio']:.2f} of baseline [{point['ratio_min']:.2f}, {point['ratio_max']:.2f}]"
     if point["extra_peak_mb"] is not None:
         line += f"  +{point['extra_peak_mb']:.0f} MiB"
     if point["rel_err"] is not None:
@@ -163,8 +279,9 @@ def _progress(index, total, case, dtype_name, mode, point):
 def run(args):
     device = resolve_device(args.device)
     info = device_info(device)
-    out = args.out or RESULTS_DIR / info["slug"]
+    out = args.out or default_out(info["slug"])
     out.mkdir(parents=True, exist_ok=True)
+    print(f"writing to {out}" + ("" if args.out else " (--out to choose)"), flush=True)
     if info["note"]:
         print(f"NOTE: {info['note']}", flush=True)
 
@@ -187,6 +304,9 @@ def run(args):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick,
         "copy_bandwidth_gbs": copy_gbs,
+        "cpu_cores": os.cpu_count(),
+        "load_at_start": machine_load(),
+        "rounds": args.rounds,
         "timing": (
             "triton.testing.do_bench: CUDA events, L2 flushed before each call, after explicit warm-up"
             if device == "cuda"
@@ -216,16 +336,22 @@ def run(args):
         active = [p for p in providers if p.applies(case)]
         if not active:
             continue
-        checks = "fwd" in args.modes and any(p.focal for p in active) and "reference" in PROVIDERS
+        checks = ("fwd" in args.modes or args.rounds) and any(p.focal for p in active)
         ref_value = reference_value(case, DTYPES[dtype_name], device) if checks else None
         for mode in args.modes:
-            for provider in active:
+            if args.rounds:
+                points = measure_interleaved(
+                    case, dtype_name, mode, active, device, args.quick, copy_gbs, ref_value, args.rounds
+                )
+            else:
+                points = (measure(case, dtype_name, mode, p, device, args.quick, copy_gbs, ref_value) for p in active)
+            for point in points:
                 index += 1
-                point = measure(case, dtype_name, mode, provider, device, args.quick, copy_gbs, ref_value)
                 result["points"].append(point)
                 print(_progress(index, total, case, dtype_name, mode, point), flush=True)
         # Written after every case, so a run cut short still leaves its data.
         json_path.write_text(json.dumps(result, indent=1))
+    result["load_at_end"] = machine_load()
     json_path.write_text(json.dumps(result, indent=1))
     print(f"wrote {json_path}", flush=True)
 
@@ -239,6 +365,10 @@ def run(args):
         from .summary import headline_table
 
         print(headline_table(result))
+    if "cpu" in args.families:
+        from .summary import cpu_table
+
+        print("\n".join(cpu_table(result)))
     return result
 
 

@@ -84,6 +84,56 @@ def bench(fn, device, quick=False, setup=None):
     return statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8)
 
 
+def bench_interleaved(calls, device, rounds, quick=False):
+    """Per-round times in ms of several callables, timed in turn within each round.
+
+    Args:
+        calls: name -> ``(fn, setup)`` as for :func:`bench`.
+        device: "cuda" or "cpu".
+        rounds: how many rounds; each times every callable ``reps`` times and keeps the
+            fastest (a call slowed by another process on the machine is noise, never the
+            callable's own cost), starting each round at the next callable so that none
+            always runs first.
+        quick: one call per round instead of three.
+
+    Returns:
+        name -> list of ``rounds`` per-round times (ms), in round order.
+    """
+    names = list(calls)
+    runners = {name: (fn if setup is None else (lambda fn=fn, setup=setup: fn(setup()))) for name, (fn, setup) in calls.items()}
+    timed = {name: fn for name, (fn, _) in calls.items()}
+    for name in names:  # warm-up: compilation happens here
+        for _ in range(2):
+            runners[name]()
+    sync(device)
+    reps = 1 if quick else 3
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            setup = calls[name][1]
+            times = []
+            for _ in range(reps):
+                args = () if setup is None else (setup(),)
+                sync(device)
+                start = time.perf_counter()
+                timed[name](*args)
+                sync(device)
+                times.append((time.perf_counter() - start) * 1e3)
+                del args
+            samples[name].append(min(times))
+    return samples
+
+
+def machine_load():
+    """The 1, 5 and 15 minute load averages and the core count: how busy the machine was
+    (on a shared or loaded machine, CPU timings move with it)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:  # not available on this platform
+        return None
+    return {"1min": round(one, 2), "5min": round(five, 2), "15min": round(fifteen, 2), "cores": os.cpu_count()}
+
+
 def _bench_events(fn, reps, setup=None):
     """CUDA events around each call of ``fn``, the L2 cache flushed and ``setup`` run (both
     untimed) before it: do_bench's method, with room for an untimed setup."""
