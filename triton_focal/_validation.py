@@ -267,8 +267,11 @@ def check_dense_target_values(target, validate):
     """Dense targets are probabilities: values in [0, 1], checked where known without a host sync."""
     if target.numel() == 0 or not values_known(target, validate):
         return
-    bad = ~((target >= 0) & (target <= 1))  # NaN fails both
-    if bool(bad.any()):
+    # One vectorized pass without temporaries (a logits-sized mask costs as much as the loss);
+    # aminmax propagates NaN, which then fails both comparisons.
+    low, high = torch.aminmax(target)
+    if not bool((low >= 0) & (high <= 1)):
+        bad = ~((target >= 0) & (target <= 1))
         raise ValueError(f"dense target values must lie in [0, 1], got {first_bad_value(target, bad)}")
 
 
