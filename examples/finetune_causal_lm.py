@@ -136,12 +136,13 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=48)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--follow", type=float, default=0.8, help="probability that a token's successor follows it")
     parser.add_argument("--hf", action="store_true", help="a tiny transformers Llama instead of the MLP")
     parser.add_argument("--fused", action="store_true", help="with --hf: the fused head (no logits)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    language = make_language(args.vocab, args.seed)
+    language = make_language(args.vocab, args.seed, follow=args.follow)
     base = HFModel(args.vocab, args.width, args.fused) if args.hf else TinyLM(args.vocab, args.width)
     held_out = sample(language, 64, args.length, torch.Generator().manual_seed(args.seed + 2))
     # Frequent: the 5% most likely tokens; rare: the less likely half of the vocabulary.
