@@ -20,6 +20,8 @@ through the eager reference on the whole ``(T, V)`` logits instead, so that its 
 can be differentiated again; that path alone holds the full logits.
 """
 
+from typing import Optional, Union
+
 import torch
 
 from . import _validation, backends, reference
@@ -163,9 +165,23 @@ class _FusedLinearFocalFunction(torch.autograd.Function):
 
 
 def fused_linear_focal_loss(
-    hidden, lm_weight, target, bias=None, *, chunk_size=None, **focal_kwargs
-):
-    """``focal_loss(hidden @ lm_weight.T + bias, target, **focal_kwargs)`` without the full logits.
+    hidden: torch.Tensor,
+    lm_weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    gamma: Union[float, torch.Tensor] = 2.0,
+    alpha: Optional[Union[float, torch.Tensor]] = None,
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
+    backend: str = "auto",
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """``focal_loss(hidden @ lm_weight.T + bias, target, ...)`` without the full logits.
 
     Args:
         hidden: ``(T, H)`` activations (float16, bfloat16, float32 or float64).
@@ -174,9 +190,8 @@ def fused_linear_focal_loss(
         bias: optional ``(V,)``.
         chunk_size: rows per chunk (default: ``ceil(T / ceil(V / H))``, a chunk of logits
             about the size of ``hidden``, and at least 256 rows).
-        **focal_kwargs: ``gamma``, ``alpha``, ``weight``, ``ignore_index``, ``reduction``,
-            ``label_smoothing``, ``z_loss``, ``softcap``, ``backend`` of
-            :func:`triton_focal.focal_loss`.
+        gamma, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+            backend: as in :func:`triton_focal.focal_loss`, over the ``(T, V)`` logits.
 
     Returns:
         The loss, as :func:`triton_focal.focal_loss` would return it. A backward with
@@ -185,9 +200,9 @@ def fused_linear_focal_loss(
 
     Raises:
         ValueError: ``hidden``, ``lm_weight`` or ``bias`` has the wrong shape, ``chunk_size``
-            is not a positive int, tensors are on different devices, or a ``focal_kwargs``
-            value is refused as :func:`triton_focal.focal_loss` refuses it.
-        TypeError: an unknown keyword argument, or a ``focal_kwargs`` value of the wrong kind.
+            is not a positive int, tensors are on different devices, or a loss argument is
+            refused as :func:`triton_focal.focal_loss` refuses it.
+        TypeError: a loss argument of the wrong kind.
     """
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a (T, H) tensor, got {getattr(hidden, 'shape', type(hidden).__name__)}")
@@ -202,12 +217,9 @@ def fused_linear_focal_loss(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     for name, tensor in (("lm_weight", lm_weight), ("bias", bias)):
         _validation.check_same_device(hidden, name, tensor)
-    kwargs = {"gamma": 2.0, "alpha": None, "weight": None, "ignore_index": -100, "reduction": "mean",
-              "label_smoothing": 0.0, "z_loss": 0.0, "softcap": None, "backend": "auto"}
-    unknown = set(focal_kwargs) - set(kwargs)
-    if unknown:
-        raise TypeError(f"fused_linear_focal_loss got unexpected keyword arguments {sorted(unknown)}")
-    kwargs.update(focal_kwargs)
+    kwargs = {"gamma": gamma, "alpha": alpha, "weight": weight, "ignore_index": ignore_index,
+              "reduction": reduction, "label_smoothing": label_smoothing, "z_loss": z_loss, "softcap": softcap,
+              "backend": backend}
     # Check everything against a (T, V) shape without making the logits.
     probe = hidden.new_empty(1, 1).expand(hidden.shape[0], lm_weight.shape[0])
     args = _validation.softmax_args(
