@@ -123,19 +123,21 @@ def train(model, language, focal, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--loss", choices=["ce", "focal", "both"], default="both")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--loss", choices=["ce", "focal", "both"], default="both", help="train with cross entropy, focal loss, or both from the same initial weights")
     parser.add_argument("--gamma", type=float, default=1.0, help="focal gamma (0.5 to 1 suit language models)")
-    parser.add_argument("--z-loss", type=float, default=0.0)
-    parser.add_argument("--softcap", type=float, default=None)
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--vocab", type=int, default=512)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--length", type=int, default=48)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--z-loss", type=float, default=0.0, help="z-loss coefficient (PaLM)")
+    parser.add_argument("--softcap", type=float, default=None, help="logit softcap c of c * tanh(x / c) (Gemma 2); none: off")
+    parser.add_argument("--backend", default="auto", help="triton_focal backend")
+    parser.add_argument("--vocab", type=int, default=512, help="vocabulary size")
+    parser.add_argument("--width", type=int, default=128, help="hidden width")
+    parser.add_argument("--steps", type=int, default=300, help="training steps")
+    parser.add_argument("--batch", type=int, default=32, help="sequences per step")
+    parser.add_argument("--length", type=int, default=48, help="tokens per sequence")
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
     parser.add_argument("--follow", type=float, default=0.8, help="probability that a token's successor follows it")
     parser.add_argument("--hf", action="store_true", help="a tiny transformers Llama instead of the MLP")
     parser.add_argument("--fused", action="store_true", help="with --hf: the fused head (no logits)")

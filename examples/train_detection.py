@@ -70,19 +70,21 @@ class ClassificationHead(nn.Module):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-classes", type=int, default=8)
-    parser.add_argument("--num-images", type=int, default=64)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--num-classes", type=int, default=8, help="object classes (class-index C is background)")
+    parser.add_argument("--num-images", type=int, default=64, help="synthetic images")
     parser.add_argument("--anchors", type=int, default=1024, help="anchors per image")
-    parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--features", type=int, default=16, help="features per anchor")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--gamma", type=float, default=2.0)
-    parser.add_argument("--alpha", type=float, default=0.25)
-    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "compile", "reference"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--gamma", type=float, default=2.0, help="focal gamma")
+    parser.add_argument("--alpha", type=float, default=0.25, help="weight of positives")
+    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "compile", "reference"], help="triton_focal backend")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
     return parser.parse_args(argv)
 
 

@@ -310,22 +310,24 @@ def format_iou(loss, result):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--loss", choices=["ce", "focal", "both"], default="both")
-    parser.add_argument("--gamma", type=float, default=2.0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--loss", choices=["ce", "focal", "both"], default="both", help="train with cross entropy, focal loss, or both from the same initial weights and batches")
+    parser.add_argument("--gamma", type=float, default=2.0, help="focal gamma")
     parser.add_argument("--alpha", default=None, help="none, a float, or a comma-separated per-class list")
-    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "compile", "reference"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "compile", "reference"], help="triton_focal backend")
     parser.add_argument("--amp", action="store_true", help="autocast (bfloat16 on CPU, float16 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs")
     parser.add_argument("--image-size", type=int, default=48, help="side of the square images, a multiple of 4")
     parser.add_argument("--train-size", type=int, default=512, help="number of training images")
     parser.add_argument("--val-size", type=int, default=96, help="number of held-out images")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--width", type=int, default=16, help="channels of the first U-Net level")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the batch order")
     args = parser.parse_args(argv)
     if args.image_size % 4:
         parser.error("--image-size must be a multiple of 4")

@@ -118,9 +118,12 @@ def plot_all(result, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m perf.plot", description="redraw the figures from results.json")
-    parser.add_argument("json", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: beside the JSON)")
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.plot", description="redraw the figures from results.json",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("json", type=Path, help="a results.json written by python -m perf.sweep")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (None: beside the JSON)")
     args = parser.parse_args(argv)
     result = json.loads(args.json.read_text())
     for path in plot_all(result, args.out or args.json.parent):

@@ -195,8 +195,11 @@ def write_summary(result, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m perf.summary", description="summary.md from results.json")
-    parser.add_argument("json", type=Path)
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.summary", description="summary.md from results.json (written beside it)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("json", type=Path, help="a results.json written by python -m perf.sweep")
     args = parser.parse_args(argv)
     print(f"wrote {write_summary(json.loads(args.json.read_text()), args.json.parent)}")
 

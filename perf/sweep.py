@@ -69,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda if visible")
     parser.add_argument(
         "--out", type=Path, default=None,
-        help="output folder (default: $TRITON_FOCAL_PERF_DIR/<device>, else ~/.cache/triton_focal/perf/<device>)",
+        help="output folder (None: $TRITON_FOCAL_PERF_DIR/<device> if set, else ~/.cache/triton_focal/perf/<device>)",
     )
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES), help=f"comma list of {FAMILIES}")
     parser.add_argument("--dtypes", default="bf16,fp32", help=f"comma list of {tuple(DTYPES)}")
