@@ -19,7 +19,73 @@ import triton
 import triton.language as tl
 
 from .focal_math import binary_sigmoid_focal_term, join_float, sigmoid_focal_star_term, sigmoid_focal_term
-from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY
+from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
+
+
+@triton.jit
+def _class_steps(x_row, t_row, w_row, l_row, g_row, go_row,  # [BLOCK_R] pointers of the tile's rows
+                 stride_x_c, stride_t_c, stride_w_c, stride_l_c, stride_g_c, stride_go_c,
+                 C, row_mask, row_keep, row_fill, label_in_step, alpha, gamma_hi, gamma_lo, gamma_ptr, grad_scale,
+                 loss_acc, offs_c,
+                 INDEX_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ALPHA: tl.constexpr,
+                 HAS_CLASS_GAMMA: tl.constexpr, GAMMA_INT: tl.constexpr, STAR: tl.constexpr, REDUCE: tl.constexpr,
+                 GRAD_OUT_IS_SCALAR: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+                 WITH_LOSS: tl.constexpr, WITH_GRAD: tl.constexpr, SCALED: tl.constexpr):  # what to compute
+    """One tile's rows, stepping over the classes: the loss (into ``loss_acc``, or stored) and
+    the gradient (times ``grad_scale``, and ``grad_output`` per element where ``SCALED``)."""
+    for c0 in range(0, C, BLOCK_C):
+        # 2. The logits of one class step, in ACC.
+        c = c0 + offs_c
+        mask = row_mask[:, None] & (c < C)[None, :]
+        x = tl.load(x_row[:, None] + (c * stride_x_c)[None, :], mask=mask, other=0.0).to(ACC)
+
+        # 3. The loss and its derivative (targets compared with the class, or read).
+        if HAS_CLASS_GAMMA:
+            gamma = tl.load(gamma_ptr + c, mask=c < C, other=0.0)[None, :]
+        else:
+            gamma = join_float(gamma_hi, gamma_lo, ACC)
+        if INDEX_TARGET:
+            positive = (c0 + offs_c)[None, :] == label_in_step[:, None]
+            loss, dloss = binary_sigmoid_focal_term(x, positive, gamma, GAMMA_INT)
+            if HAS_ALPHA:
+                alpha_t = tl.where(positive, alpha, 1.0 - alpha)
+        else:
+            t = tl.load(t_row[:, None] + (c * stride_t_c)[None, :], mask=mask, other=0.0).to(ACC)
+            if STAR:
+                loss, dloss = sigmoid_focal_star_term(x, t, gamma)
+            else:
+                loss, dloss = sigmoid_focal_term(x, t, gamma, GAMMA_INT)
+            if HAS_ALPHA:
+                alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
+        if HAS_ALPHA:
+            loss = alpha_t * loss
+            dloss = alpha_t * dloss
+        if HAS_WEIGHT:
+            w = tl.load(w_row[:, None] + (c * stride_w_c)[None, :], mask=mask, other=0.0).to(ACC)
+            loss = w * loss
+            dloss = w * dloss
+        # Ignored rows and lanes past the edge: loss 0, gradient 0 (a NaN there is dropped
+        # too); an out-of-range class index: NaN.
+        keep = row_keep[:, None] & (c < C)[None, :]
+
+        # 4. The loss: per element, or into this program's partial sum.
+        if WITH_LOSS:
+            loss = tl.where(keep, loss, row_fill[:, None])
+            if REDUCE:
+                loss_acc += loss
+            else:
+                tl.store(l_row[:, None] + (c * stride_l_c)[None, :], loss.to(l_row.dtype.element_ty), mask=mask)
+
+        # 5. The gradient, times grad_output and the mean's divisor.
+        if WITH_GRAD:
+            scale = grad_scale
+            if SCALED and not GRAD_OUT_IS_SCALAR:
+                go = tl.load(go_row[:, None] + (c * stride_go_c)[None, :], mask=mask, other=0.0)
+                scale = scale * go.to(ACC)
+            grad = tl.where(keep, dloss * scale, row_fill[:, None])
+            tl.store(g_row[:, None] + (c * stride_g_c)[None, :], grad.to(g_row.dtype.element_ty), mask=mask)
+
+    return loss_acc
 
 
 @triton.jit
@@ -116,63 +182,27 @@ def _sigmoid_focal_kernel(
         else:
             row_keep = row_mask
             row_fill = tl.zeros([BLOCK_R], dtype=ACC)
+            label_in_step = tl.zeros([BLOCK_R], dtype=tl.int32)  # unused
 
-        for c0 in range(0, C, BLOCK_C):
-            # 2. The logits of one class step, in ACC.
-            c = c0 + offs_c
-            mask = row_mask[:, None] & (c < C)[None, :]
-            x = tl.load(x_row[:, None] + (c * stride_x_c)[None, :], mask=mask, other=0.0).to(ACC)
-
-            # 3. The loss and its derivative (targets compared with the class, or read).
-            if HAS_CLASS_GAMMA:
-                gamma = tl.load(gamma_ptr + c, mask=c < C, other=0.0)[None, :]
-            else:
-                gamma = join_float(gamma_hi, gamma_lo, ACC)
-            if INDEX_TARGET:
-                positive = (c0 + offs_c)[None, :] == label_in_step[:, None]
-                loss, dloss = binary_sigmoid_focal_term(x, positive, gamma, GAMMA_INT)
-                if HAS_ALPHA:
-                    alpha_t = tl.where(positive, alpha, 1.0 - alpha)
-            else:
-                t_off = (n * stride_t_n + p * stride_t_p)[:, None] + (c * stride_t_c)[None, :]
-                t = tl.load(target_ptr + t_off, mask=mask, other=0.0).to(ACC)
-                if STAR:
-                    loss, dloss = sigmoid_focal_star_term(x, t, gamma)
-                else:
-                    loss, dloss = sigmoid_focal_term(x, t, gamma, GAMMA_INT)
-                if HAS_ALPHA:
-                    alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
-            if HAS_ALPHA:
-                loss = alpha_t * loss
-                dloss = alpha_t * dloss
-            if HAS_WEIGHT:
-                w_off = (n * stride_w_n + p * stride_w_p)[:, None] + (c * stride_w_c)[None, :]
-                w = tl.load(weight_ptr + w_off, mask=mask, other=0.0).to(ACC)
-                loss = w * loss
-                dloss = w * dloss
-            # Ignored rows and lanes past the edge: loss 0, gradient 0 (a NaN there is dropped
-            # too); an out-of-range class index: NaN.
-            keep = row_keep[:, None] & (c < C)[None, :]
-
-            # 4. The loss: per element, or into this program's partial sum.
-            if compute_loss:
-                loss = tl.where(keep, loss, row_fill[:, None])
-                if REDUCE:
-                    loss_acc += loss
-                else:
-                    l_off = (n * stride_l_n + p * stride_l_p)[:, None] + (c * stride_l_c)[None, :]
-                    tl.store(loss_ptr + l_off, loss.to(loss_ptr.dtype.element_ty), mask=mask)
-
-            # 5. The gradient, times grad_output and the mean's divisor.
+        # 2-5. The class steps of this tile. A forward that may store the gradient picks, per
+        # launch and on the device, the variant with or without the gradient's arithmetic.
+        steps = (x_row, target_ptr + n * stride_t_n + p * stride_t_p, weight_ptr + n * stride_w_n + p * stride_w_p,
+                 loss_ptr + n * stride_l_n + p * stride_l_p, grad_ptr + n * stride_g_n + p * stride_g_p,
+                 grad_out_ptr + n * stride_go_n + p * stride_go_p,
+                 stride_x_c, stride_t_c, stride_w_c, stride_l_c, stride_g_c, stride_go_c,
+                 C, row_mask, row_keep, row_fill, label_in_step, alpha, gamma_hi, gamma_lo, gamma_ptr, grad_scale,
+                 loss_acc, offs_c)
+        if GRAD_MODE == GRAD_IF_POLICY:
             if store_grad:
-                scale = grad_scale
-                if GRAD_MODE == GRAD_BACKWARD:
-                    if not GRAD_OUT_IS_SCALAR:
-                        go_off = (n * stride_go_n + p * stride_go_p)[:, None] + (c * stride_go_c)[None, :]
-                        scale = scale * tl.load(grad_out_ptr + go_off, mask=mask, other=0.0).to(ACC)
-                grad = tl.where(keep, dloss * scale, row_fill[:, None])
-                g_off = (n * stride_g_n + p * stride_g_p)[:, None] + (c * stride_g_c)[None, :]
-                tl.store(grad_ptr + g_off, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+                loss_acc = _class_steps(*steps, INDEX_TARGET, HAS_WEIGHT, HAS_ALPHA, HAS_CLASS_GAMMA, GAMMA_INT, STAR,
+                                        REDUCE, GRAD_OUT_IS_SCALAR, BLOCK_C, ACC, True, True, False)
+            else:
+                loss_acc = _class_steps(*steps, INDEX_TARGET, HAS_WEIGHT, HAS_ALPHA, HAS_CLASS_GAMMA, GAMMA_INT, STAR,
+                                        REDUCE, GRAD_OUT_IS_SCALAR, BLOCK_C, ACC, True, False, False)
+        else:
+            loss_acc = _class_steps(*steps, INDEX_TARGET, HAS_WEIGHT, HAS_ALPHA, HAS_CLASS_GAMMA, GAMMA_INT, STAR,
+                                    REDUCE, GRAD_OUT_IS_SCALAR, BLOCK_C, ACC, compute_loss, GRAD_MODE != GRAD_NONE,
+                                    GRAD_MODE == GRAD_BACKWARD)
 
     if compute_loss and REDUCE:
         # One partial sum per program, added by torch in a fixed order: bit-identical reruns.

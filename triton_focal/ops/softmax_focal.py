@@ -51,10 +51,13 @@ from .scalars import split_float
 STRIDED_BLOCK_C = 8
 STRIDED_NUM_WARPS = 4
 # Contiguous classes ((T, V) rows, channels_last): a lane owns 16 bytes of consecutive
-# classes. Long rows get LONG_ROW_WARPS warps of LANES_PER_THREAD lanes each (4 x 16 bytes in
-# flight per thread); short rows share a program, one lane per thread.
-LONG_ROW_WARPS = 16
-LANES_PER_THREAD = 4
+# classes. A long row gets a whole SM: LONG_ROW_WARPS warps of LANES_PER_THREAD lanes each
+# (32 KB in flight per SM, at most 64 registers a thread). Rows in flight are then few enough
+# (one per program) that the gradient pass re-reads them from L2 even in float32 (a 128k
+# row is 513 KB: 46 rows fit in 45% of an H100's L2), while 32 warps per SM keep enough loads
+# in flight. Short rows share a program, one lane per thread.
+LONG_ROW_WARPS = 32
+LANES_PER_THREAD = 2
 SHORT_ROW_WARPS = 4
 MAX_SPLIT = 32 * LONG_ROW_WARPS * LANES_PER_THREAD  # lanes of one row
 
