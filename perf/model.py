@@ -562,6 +562,11 @@ def run_case(case, headline):
     if case.compiled:  # Dynamo and AOTAutograd trace outside the count (kernels captured, not run)
         with recording("capture"):
             step()
+    if not headline:
+        # One uncounted step first, as in training: the device's gradient policy
+        # (triton_focal/ops/grad_policy.py) settles for this grad_output, so the counted step
+        # is the steady state (forwards store the gradient only where grad_output is 1).
+        step()
     _Recorder.launches = []
     torch_bytes.clear()
     _Recorder.mode = "capture" if headline else "count"
