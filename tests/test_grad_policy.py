@@ -125,3 +125,37 @@ def test_persistent_grid_keeps_rereads_in_l2_or_fills_the_gpu():
     assert grid.programs(100000, 4, 600 * 1024) == 132 * 16
     # Fewer tiles than programs: one program per tile.
     assert grid.programs(10, 4, 1024) == 10
+
+
+@pytest.mark.parametrize("shape,options", [
+    ((2, 7, 3, 5), dict(gamma=2.0)),  # channels-first
+    ((5, 300), dict(gamma=0.5, z_loss=1e-3, softcap=4.0, weight="class", alpha=0.25)),  # rows, every option
+    ((3, 6, 4), dict(gamma=1.5, reduction="none")),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_statistics_stand_in_for_a_dram_reread(monkeypatch, shape, options, dtype):
+    # Where the re-read of the logits would come from DRAM (many classes), the forward saves
+    # per-row statistics and a recomputing backward reads them instead of a statistics pass.
+    monkeypatch.setattr(grad_policy.PersistentGrid, "rereads_in_l2", lambda self, num_warps, footprint: False)
+    seen = []
+    launch = softmax_focal.softmax_focal_launch
+    monkeypatch.setattr(softmax_focal, "softmax_focal_launch",
+                        lambda *a, **k: seen.append(k.get("row_stats") is not None) or launch(*a, **k))
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    target = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen)
+    target.view(-1)[::4] = -100
+    if options.get("weight") == "class":
+        options = {**options, "weight": torch.rand(shape[1], generator=gen, dtype=dtype) + 0.5}
+    for grad_output in (2.0, 3.0):  # the second step: the forward stored no gradient
+        xt, xr = x.clone().requires_grad_(), x.double().clone().requires_grad_()
+        loss = triton_focal.focal_loss(xt, target, backend="triton", **options)
+        ref = triton_focal.focal_loss(xr, target, backend="reference",
+                                      **{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in options.items()})
+        go = torch.full(loss.shape, grad_output, dtype=loss.dtype)
+        loss.backward(go)
+        ref.backward(go.double())
+        assert_close(loss, ref, "loss", dtype=dtype)
+        assert_close(xt.grad, xr.grad, "grad", dtype=dtype)
+    assert seen and all(seen)
+    grad_policy.policy_flag(x.device).fill_(1)

@@ -39,7 +39,7 @@ see ``focal_math.py``); the per-row terms that a cancellation would amplify (``l
 import triton
 import triton.language as tl
 
-from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY
+from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, ROW_STATS_READ, ROW_STATS_WRITE
 from .focal_math import FP32_MAX, LN2, LOG2E, fast_log2, focal_term, join_float, log1p, softcap_logits, target_log_prob
 
 
@@ -149,6 +149,7 @@ def _softmax_focal_kernel(
     grad_out_ptr,  # () or (N, P) by strides: d total / d loss (GRAD_BACKWARD)
     policy_ptr,  # (1,) int32 device flag: forwards store the gradient (GRAD_IF_POLICY, GRAD_BACKWARD)
     stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
+    stats_ptr,  # (3, N * P) ACC per-row (m, s_other, x_y): written (ROW_STATS_WRITE) or read
     # strides
     stride_x_n, stride_x_c, stride_x_p,
     stride_t_n, stride_t_p,
@@ -156,7 +157,7 @@ def _softmax_focal_kernel(
     stride_g_n, stride_g_c, stride_g_p,
     stride_go_n, stride_go_p,
     # sizes
-    C, P, num_p_blocks, num_tiles,
+    C, P, num_p_blocks, num_tiles, num_rows,
     # scalars (runtime values: a new gamma or alpha does not recompile), floats as float32
     # (hi, lo) halves so that float64 logits get them unrounded
     gamma_hi, gamma_lo, alpha_hi, alpha_lo, smoothing_hi, smoothing_lo,
@@ -177,6 +178,7 @@ def _softmax_focal_kernel(
     MEAN: tl.constexpr,  # reduction="mean"
     GRAD_MODE: tl.constexpr,  # GRAD_NONE, GRAD_ALWAYS, GRAD_IF_POLICY or GRAD_BACKWARD
     GRAD_OUT_IS_SCALAR: tl.constexpr,  # GRAD_BACKWARD: grad_output is 0-dim
+    ROW_STATS: tl.constexpr,  # 0, ROW_STATS_WRITE (forward) or ROW_STATS_READ (backward: no pass 1)
     SKIP_IF_STORED: tl.constexpr,  # GRAD_BACKWARD into the forward's buffer: nothing to do if
     # the forward stored the gradient and grad_output is exactly 1
     ACC: tl.constexpr,  # float32, or float64 for float64 logits
@@ -267,23 +269,36 @@ def _softmax_focal_kernel(
         # 2. Softmax statistics, per lane: running max m and s_other, the sum of exp(x - m)
         #    over every class but the target (so that 1 - p_y has no cancellation). With label
         #    smoothing the sum takes every class: pass 3 gives 1 - p_y exactly instead.
-        # The running max starts at the lowest finite float32, not at -inf, so a row whose
-        # lanes are all masked keeps s == 0 instead of forming exp(-inf + inf).
-        m = tl.full([BLOCK_P], -FP32_MAX, dtype=ACC)
-        s_other = tl.zeros([BLOCK_P], dtype=ACC)
-        for c0 in range(0, C, CLASS_STEP):
-            cls = c0 + offs_k[:, None]  # [BLOCK_C, 1] + the lane's first class below
-            mask = (cls + lane_class[None, :] < C) & p_mask[None, :]
-            x = _load_logits(x_lane[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            e = tl.exp2((x - m_new[None, :]) * LOG2E)
-            if not HAS_SMOOTHING:
-                e = tl.where(offs_k[:, None] == (target_in_lane - c0)[None, :], 0.0, e)
-            s_other = s_other * tl.exp2((m - m_new) * LOG2E) + tl.sum(e, axis=0)
-            m = m_new
-        # The target's own term, from one gather of its logit.
-        x_y = _load_logits(x_row + safe_target * stride_x_c, row_ok, softcap, HAS_SOFTCAP, ACC)
-        m, s_other = _combine_lanes(m, s_other, ROWS, SPLIT)
+        #    A backward after a forward that saved them reads them instead (three numbers a
+        #    row, where the re-read of the logits would come from DRAM).
+        row = n * P + p
+        if ROW_STATS == ROW_STATS_READ:
+            m = tl.load(stats_ptr + row, mask=p_mask, other=-FP32_MAX).to(ACC)
+            s_other = tl.load(stats_ptr + num_rows + row, mask=p_mask, other=0.0).to(ACC)
+            x_y = tl.load(stats_ptr + 2 * num_rows + row, mask=p_mask, other=0.0).to(ACC)
+        else:
+            # The running max starts at the lowest finite float32, not at -inf, so a row whose
+            # lanes are all masked keeps s == 0 instead of forming exp(-inf + inf).
+            m = tl.full([BLOCK_P], -FP32_MAX, dtype=ACC)
+            s_other = tl.zeros([BLOCK_P], dtype=ACC)
+            for c0 in range(0, C, CLASS_STEP):
+                cls = c0 + offs_k[:, None]  # [BLOCK_C, 1] + the lane's first class below
+                mask = (cls + lane_class[None, :] < C) & p_mask[None, :]
+                x = _load_logits(x_lane[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
+                m_new = tl.maximum(m, tl.max(x, axis=0))
+                e = tl.exp2((x - m_new[None, :]) * LOG2E)
+                if not HAS_SMOOTHING:
+                    e = tl.where(offs_k[:, None] == (target_in_lane - c0)[None, :], 0.0, e)
+                s_other = s_other * tl.exp2((m - m_new) * LOG2E) + tl.sum(e, axis=0)
+                m = m_new
+            # The target's own term, from one gather of its logit.
+            x_y = _load_logits(x_row + safe_target * stride_x_c, row_ok, softcap, HAS_SOFTCAP, ACC)
+            m, s_other = _combine_lanes(m, s_other, ROWS, SPLIT)
+            if ROW_STATS == ROW_STATS_WRITE:
+                keep = p_mask & first_lane
+                tl.store(stats_ptr + row, m, mask=keep)
+                tl.store(stats_ptr + num_rows + row, s_other, mask=keep)
+                tl.store(stats_ptr + 2 * num_rows + row, x_y, mask=keep)
         x_y = tl.where(row_ok, x_y, m)  # ignored rows: any finite value
         e_y = tl.exp2((x_y - m) * LOG2E)
         if HAS_SMOOTHING:

@@ -56,15 +56,22 @@ class PersistentGrid:
             return PersistentGrid(props.multi_processor_count, props.L2_cache_size)
         return PersistentGrid(STAND_IN_SMS, STAND_IN_L2_BYTES)
 
+    def rereads_in_l2(self, num_warps, footprint):
+        """Whether programs of ``num_warps`` warps that each re-read ``footprint`` bytes can be
+        few enough for L2 to serve the re-reads and still keep the GPU busy."""
+        return self._in_l2(footprint) * num_warps >= self.num_sms * MIN_WARPS_PER_SM_FOR_L2
+
     def programs(self, num_tiles, num_warps, footprint):
         """Programs for ``num_tiles`` tiles of ``num_warps`` warps that each re-read
         ``footprint`` bytes: few enough that the re-reads stay in L2 where that still keeps
         the GPU busy, else as many as fit the GPU."""
         resident = self.num_sms * max(MAX_WARPS_PER_SM // num_warps, 1)
-        in_l2 = int(self.l2_bytes * L2_REUSE_FRACTION) // max(footprint, 1)
-        if in_l2 * num_warps >= self.num_sms * MIN_WARPS_PER_SM_FOR_L2:
-            resident = min(resident, in_l2)
+        if self.rereads_in_l2(num_warps, footprint):
+            resident = min(resident, self._in_l2(footprint))
         return max(1, min(num_tiles, resident))
+
+    def _in_l2(self, footprint):
+        return int(self.l2_bytes * L2_REUSE_FRACTION) // max(footprint, 1)
 
 
 # --- the gradient policy ---------------------------------------------------------------------

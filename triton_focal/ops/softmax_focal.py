@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
+from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, ROW_STATS_READ, ROW_STATS_WRITE
 from ..kernels.softmax_focal import _softmax_focal_kernel
 from .. import reference
 from ..reference import compute_dtype, softmax_mean_denominator
@@ -76,6 +76,29 @@ def _launch_config(num_classes, num_rows, stride_c, element_size):
     return block_c, block_p, split, SHORT_ROW_WARPS
 
 
+def _plan(num_classes, num_rows, stride_c, element_size):
+    """``_launch_config`` and the bytes a tile reads between its passes over the classes."""
+    block_c, block_p, split, num_warps = _launch_config(num_classes, num_rows, stride_c, element_size)
+    return block_c, block_p, split, num_warps, (block_p // split) * num_classes * element_size
+
+
+def row_stats_buffer(input, label_smoothing):
+    """A ``(3, rows)`` buffer for the per-row softmax statistics where they pay, else None.
+
+    They pay where the logits' re-read would come from DRAM (many classes: the grid fills the
+    GPU rather than keep the rows in L2): a backward that recomputes the gradient then reads 3
+    numbers a row instead of the row's C logits once more. Label smoothing needs more per-row
+    sums than these; its backward recomputes everything.
+    """
+    if label_smoothing > 0 or input.numel() == 0:
+        return None
+    n_launch, p_launch, (x_strides,) = _fold_rows(input.shape, input.stride())
+    _, _, _, num_warps, footprint = _plan(input.shape[1], p_launch, x_strides[1], input.element_size())
+    if PersistentGrid.for_device(input.device).rereads_in_l2(num_warps, footprint):
+        return None
+    return torch.empty(3, n_launch * p_launch, dtype=compute_dtype(input.dtype), device=input.device)
+
+
 def _fold_rows(shape, *strides):
     """``(N, C, 1)`` rows seen as one image of ``N`` positions, so a program takes several
     short rows at once; the grid is 1-D either way, so N is never limited by grid.y."""
@@ -91,7 +114,7 @@ def _dummy_strides(n):
 
 def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
                          z_loss, softcap, denominators, grad_mode, *, grad=None, grad_output=None,
-                         stored=None, skip_if_stored=False):
+                         stored=None, skip_if_stored=False, row_stats=None):
     """Launch the kernel once.
 
     Args:
@@ -109,6 +132,8 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
         grad_output: ``()`` or ``(N, P)`` (GRAD_BACKWARD).
         stored: ``(1,)`` int32: set by a GRAD_IF_POLICY forward, read by a backward that
             ``skip_if_stored``.
+        row_stats: ``row_stats_buffer``'s buffer, or None: a forward writes the per-row
+            softmax statistics there, a backward reads them instead of recomputing them.
 
     Returns:
         The loss (``(N, P)`` for ``"none"``, else 0-dim, in ``input``'s dtype), or None for
@@ -136,11 +161,9 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
                grad.stride() if grad is not None else _dummy_strides(3),
                grad_output.stride() if grad_output is not None and not go_scalar else _dummy_strides(2)]
     n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s) = _fold_rows(input.shape, *strides)
-    block_c, block_p, split, num_warps = _launch_config(num_classes, p_launch, x_s[1], input.element_size())
-    rows = block_p // split
-    num_p_blocks = triton.cdiv(p_launch, rows)
+    block_c, block_p, split, num_warps, footprint = _plan(num_classes, p_launch, x_s[1], input.element_size())
+    num_p_blocks = triton.cdiv(p_launch, block_p // split)
     num_tiles = n_launch * num_p_blocks
-    footprint = rows * num_classes * input.element_size()  # bytes a tile reads between its passes
     num_programs = PersistentGrid.for_device(input.device).programs(num_tiles, num_warps, footprint)
     if compute_loss and not per_element:
         loss = torch.empty(num_programs, dtype=acc, device=input.device)
@@ -158,9 +181,9 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
         loss if loss is not None else dummy,
         grad if grad is not None else dummy,
         grad_output if grad_output is not None else dummy,
-        flag, stored if stored is not None else dummy,
+        flag, stored if stored is not None else dummy, row_stats if row_stats is not None else dummy,
         *x_s, *t_s, *l_s, *g_s, *go_s,
-        num_classes, p_launch, num_p_blocks, num_tiles,
+        num_classes, p_launch, num_p_blocks, num_tiles, n_launch * p_launch,
         *split_float(0.0 if class_gamma else float(gamma)), *split_float(1.0 if class_alpha else float(alpha)),
         *split_float(label_smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
         int(ignore_index),
@@ -169,6 +192,7 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
         HAS_SMOOTHING=label_smoothing > 0, HAS_Z_LOSS=z_loss > 0, HAS_SOFTCAP=softcap is not None,
         PER_ELEMENT=per_element, MEAN=reduction == "mean", GRAD_MODE=grad_mode,
         GRAD_OUT_IS_SCALAR=go_scalar, SKIP_IF_STORED=skip_if_stored,
+        ROW_STATS=0 if row_stats is None else ROW_STATS_READ if grad_mode == GRAD_BACKWARD else ROW_STATS_WRITE,
         ACC=acc_dtype(input.dtype), num_warps=num_warps,
     )
     if not compute_loss or per_element:
@@ -208,33 +232,37 @@ def _forward_op(
     input: torch.Tensor, target: torch.Tensor,
     class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
     weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
-    z_loss: float, softcap: Optional[float], store_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, grad, stored, denominators)``. With ``store_grad`` the gradient for
-    ``grad_output == 1`` goes to ``grad`` where the device policy says so (``stored``)."""
+    z_loss: float, softcap: Optional[float], store_grad: bool, needs_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad, stored, denominators, row_stats)``. With ``store_grad`` the gradient for
+    ``grad_output == 1`` goes to ``grad`` where the device policy says so (``stored``); with
+    ``needs_grad``, the per-row statistics go to ``row_stats`` where they pay (else it is empty)."""
     opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
                            label_smoothing, z_loss, softcap)
     denominators = mean_denominators(target, weight, ignore_index, z_loss, compute_dtype(input.dtype))
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     stored = torch.zeros(1, dtype=torch.int32, device=input.device)
+    row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
     loss = softmax_focal_launch(input, target, **opts, denominators=denominators,
                                 grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
-                                grad=grad if store_grad else None, stored=stored)
-    return loss, grad, stored, denominators
+                                grad=grad if store_grad else None, stored=stored, row_stats=row_stats)
+    return loss, grad, stored, denominators, input.new_empty(0) if row_stats is None else row_stats
 
 
 @_forward_op.register_fake
 def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing,
-      z_loss, softcap, store_grad):
+      z_loss, softcap, store_grad, needs_grad):
     loss = input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
-    return loss, grad, input.new_empty(1, dtype=torch.int32), input.new_empty(2, dtype=compute_dtype(input.dtype))
+    row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
+    return (loss, grad, input.new_empty(1, dtype=torch.int32), input.new_empty(2, dtype=compute_dtype(input.dtype)),
+            input.new_empty(0) if row_stats is None else row_stats)
 
 
 @torch.library.custom_op("triton_focal::softmax_focal_bwd", mutates_args=())
 def _backward_op(
     grad_output: torch.Tensor, input: torch.Tensor, target: torch.Tensor, denominators: torch.Tensor,
-    class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
+    row_stats: torch.Tensor, class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
     weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
     z_loss: float, softcap: Optional[float],
 ) -> torch.Tensor:
@@ -243,8 +271,12 @@ def _backward_op(
     opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
                            label_smoothing, z_loss, softcap)
     softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_BACKWARD,
-                         grad=grad, grad_output=grad_output)
+                         grad=grad, grad_output=grad_output, row_stats=_saved(row_stats))
     return grad
+
+
+def _saved(row_stats):
+    return row_stats if row_stats.numel() > 0 else None
 
 
 @_backward_op.register_fake
@@ -253,26 +285,26 @@ def _(grad_output, input, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, *options, _store_grad = inputs
-    _, grad, stored, denominators = output
-    ctx.mark_non_differentiable(grad, stored, denominators)
+    input, target, *options, _store_grad, _needs_grad = inputs
+    _, grad, stored, denominators, row_stats = output
+    ctx.mark_non_differentiable(grad, stored, denominators, row_stats)
     ctx.set_materialize_grads(False)  # no logits-sized zeros for the other outputs' gradients
-    save_options(ctx, (input, target, grad, stored, denominators), options)
+    save_options(ctx, (input, target, grad, stored, denominators, row_stats), options)
 
 
 def _backward(ctx, grad_loss, *_):
     if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
-        return (None,) * 13
-    (input, target, grad, stored, denominators), options = saved_options(ctx)
+        return (None,) * 14
+    (input, target, grad, stored, denominators, row_stats), options = saved_options(ctx)
     if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
-        return (differentiable_grad(_reference(options, target), input, grad_loss),) + (None,) * 12
+        return (differentiable_grad(_reference(options, target), input, grad_loss),) + (None,) * 13
     if backward_in_place(grad):
         softmax_focal_launch(input, target, **_launch_options(*options), denominators=denominators,
                              grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_loss, stored=stored,
-                             skip_if_stored=True)
+                             skip_if_stored=True, row_stats=_saved(row_stats))
     else:
-        grad = _backward_op(grad_loss, input, target, denominators, *options)
-    return (grad,) + (None,) * 12
+        grad = _backward_op(grad_loss, input, target, denominators, row_stats, *options)
+    return (grad,) + (None,) * 13
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -384,5 +416,5 @@ def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, red
         return loss
     # Traced graphs never store a gradient in the forward: their backward recomputes it.
     store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
-    loss, *_ = _forward_op(input, target, *options, store_grad)
+    loss, *_ = _forward_op(input, target, *options, store_grad, needs_grad)
     return loss
