@@ -218,53 +218,65 @@ def _element_scale(t, alpha, weight, cfg):
     return scale
 
 
-def sigmoid_forward(x, target, gamma, alpha, weight, ignore_index, *, cfg):
-    """``alpha_t * (1 - p_t) ** gamma * BCE(x, t) * weight``, reduced (``"mean"`` over the
-    elements not ignored; a normalizer is applied by the caller to the ``"sum"``)."""
-    x_dtype = x.dtype
-    x, t, valid = _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg)
-    p, one_minus_p, softplus_rest = sigmoid_parts(x)
-    bce = torch.clamp_min(x, 0) - x * t + softplus_rest
-    one_minus_p_t = one_minus_p * t + p * (1 - t)  # no cancellation
-    loss = _element_scale(t, alpha, weight, cfg) * power(one_minus_p_t, per_class(gamma)) * bce
-    if valid is not None:
-        loss = torch.where(valid, loss, torch.zeros_like(loss))
-    if cfg.reduction == "sum":
-        loss = loss.sum()
-    elif cfg.reduction == "mean":
-        count = valid.expand_as(loss).sum().to(loss.dtype) if valid is not None else loss.new_tensor(loss.numel())
-        loss = loss.sum() * mean_scale(count)
-    return loss.to(x_dtype)
-
-
-def sigmoid_backward(grad_loss, x, target, gamma, alpha, weight, ignore_index, *, cfg):
-    """``dloss/dx`` of :func:`sigmoid_forward`, elementwise::
+def _sigmoid_loss_and_grad(x, target, gamma, alpha, weight, ignore_index, cfg, with_grad):
+    """Per element, from one set of intermediates: the loss and (``with_grad``) its derivative::
 
         d/dx [(1 - p_t) ** g * bce] = g * (1 - p_t) ** g * (p (1 - p) / (1 - p_t)) * (1 - 2t) * bce
                                       + (1 - p_t) ** g * (p - t)
 
     ``p (1 - p) / (1 - p_t)`` is finite (``p`` or ``1 - p`` for hard targets) and taken as 0
-    where ``1 - p_t`` underflows to 0, where both terms vanish.
+    where ``1 - p_t`` underflows to 0, where both terms vanish. Returns ``(loss, grad, valid)``,
+    0 on ignored rows; ``valid`` is None for dense targets.
     """
-    x_dtype = x.dtype
     x, t, valid = _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg)
     p, one_minus_p, softplus_rest = sigmoid_parts(x)
     bce = torch.clamp_min(x, 0) - x * t + softplus_rest
-    one_minus_p_t = one_minus_p * t + p * (1 - t)
+    one_minus_p_t = one_minus_p * t + p * (1 - t)  # no cancellation
     g = per_class(gamma)
     focal = power(one_minus_p_t, g)
-    ratio = _safe_ratio(p * one_minus_p, one_minus_p_t, torch.zeros_like(p))
-    grad = focal * (g * ratio * (1 - 2 * t) * bce + (p - t))
-    grad = grad * _element_scale(t, alpha, weight, cfg)
-
-    grad_loss = grad_loss.to(x.dtype)
-    if cfg.reduction == "mean":
-        count = valid.expand_as(x).sum().to(x.dtype) if valid is not None else x.new_tensor(x.numel())
-        grad_loss = grad_loss * mean_scale(count)
-    grad = grad * grad_loss
+    scale = _element_scale(t, alpha, weight, cfg)
+    loss = scale * focal * bce
+    grad = None
+    if with_grad:
+        ratio = _safe_ratio(p * one_minus_p, one_minus_p_t, torch.zeros_like(p))
+        grad = scale * focal * (g * ratio * (1 - 2 * t) * bce + (p - t))
     if valid is not None:
-        grad = torch.where(valid, grad, torch.zeros_like(grad))
-    return grad.to(x_dtype)
+        zero = torch.zeros_like(loss)
+        loss = torch.where(valid, loss, zero)
+        grad = torch.where(valid, grad, zero) if with_grad else None
+    return loss, grad, valid
+
+
+def _sigmoid_reduce(loss, valid, cfg):
+    """The reduced loss and the factor its reduction applies to each element (None for "none")."""
+    if cfg.reduction == "none":
+        return loss, None
+    if cfg.reduction == "sum":
+        return loss.sum(), None
+    count = valid.expand_as(loss).sum().to(loss.dtype) if valid is not None else loss.new_tensor(loss.numel())
+    scale = mean_scale(count)
+    return loss.sum() * scale, scale
+
+
+def sigmoid_forward(x, target, gamma, alpha, weight, ignore_index, *, cfg):
+    """``alpha_t * (1 - p_t) ** gamma * BCE(x, t) * weight``, reduced (``"mean"`` over the
+    elements not ignored; a normalizer is applied by the caller to the ``"sum"``)."""
+    loss, _, valid = _sigmoid_loss_and_grad(x, target, gamma, alpha, weight, ignore_index, cfg, with_grad=False)
+    return _sigmoid_reduce(loss, valid, cfg)[0].to(x.dtype)
+
+
+def sigmoid_forward_and_grad(x, target, gamma, alpha, weight, ignore_index, *, cfg):
+    """The reduced loss and its gradient for ``grad_output == 1``, in one elementwise pass.
+
+    The sigmoid loss is all transcendental functions and no reduction across classes, so
+    its gradient costs little more than the loss when both share their intermediates; the
+    backward only multiplies it by ``grad_output``.
+    """
+    loss, grad, valid = _sigmoid_loss_and_grad(x, target, gamma, alpha, weight, ignore_index, cfg, with_grad=True)
+    loss, scale = _sigmoid_reduce(loss, valid, cfg)
+    if scale is not None:
+        grad = grad * scale
+    return loss.to(x.dtype), grad.to(x.dtype)
 
 
 # --- FL* -------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """The ``torch.compile`` backend: the closed-form losses of ``_compiled_math``, fused by Inductor.
 
-Each loss is a ``torch.autograd.Function`` whose forward and backward are compiled
-separately, so each is one fused pass over the logits and the backward needs no autograd
-graph of the forward (``retain_graph=True``, ``gradcheck``, activation checkpointing and
-``torch.func.grad`` work as with any autograd function; a second derivative raises).
+Each loss is a ``torch.autograd.Function`` whose compiled parts are each one fused pass over
+the logits, with no autograd graph inside (``retain_graph=True``, ``gradcheck``, activation
+checkpointing and ``torch.func.grad`` work as with any autograd function; a second
+derivative raises). The softmax loss saves a few numbers per row and its backward writes the
+gradient from them; the sigmoid loss, elementwise and made of transcendental functions,
+computes its gradient in the forward from the same intermediates, and its backward only
+multiplies that by ``grad_output``.
 
 Compilation, and what it costs:
 
@@ -80,10 +83,10 @@ class _Compiled:
     cache, and counts recompilations against the limit, per code object.
     """
 
-    def __init__(self, key, description, forward, backward, cfg):
+    def __init__(self, key, description, cfg, functions):
         self.description = description
         self.cfg = cfg
-        self.eager = {"forward": forward, "backward": backward}
+        self.eager = functions
         self.compiled = {name: torch.compile(_fresh_copy(fn, key), dynamic=True) for name, fn in self.eager.items()}
         self.failed = False
         self.announced = False
@@ -166,12 +169,12 @@ def _sizes_not_specialized():
 _REGISTRY = {}
 
 
-def _compiled_for(key, describe, forward, backward, cfg):
+def _compiled_for(key, describe, cfg, **functions):
     """The registry's entry for ``key``, created (not yet compiled) on first use;
-    ``describe()`` names the configuration in the notices."""
+    ``describe()`` names the configuration in the notices, ``functions`` are its math."""
     entry = _REGISTRY.get(key)
     if entry is None:
-        entry = _REGISTRY[key] = _Compiled(key, describe(), forward, backward, cfg)
+        entry = _REGISTRY[key] = _Compiled(key, describe(), cfg, functions)
     return entry
 
 
@@ -249,7 +252,7 @@ def softmax_focal_loss(
     )
     key = ("softmax", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), extra, _layout(input), _rows(input))
     describe = lambda: _describe("softmax focal loss", cfg, input, extra)  # noqa: E731
-    fn = _compiled_for(key, describe, math_.softmax_forward, math_.softmax_backward, cfg)
+    fn = _compiled_for(key, describe, cfg, forward=math_.softmax_forward, backward=math_.softmax_backward)
     args = (
         gamma_t,
         alpha_t,
@@ -270,22 +273,24 @@ def softmax_focal_loss(
 
 
 class _SigmoidFocal(torch.autograd.Function):
+    """The forward computes the gradient too (for ``grad_output == 1``); the backward scales it."""
+
     @staticmethod
     def forward(x, target, gamma, alpha, weight, ignore_index, fn):
-        return fn("forward", x, target, gamma, alpha, weight, ignore_index)
+        return fn("forward_and_grad", x, target, gamma, alpha, weight, ignore_index)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, target, gamma, alpha, weight, ignore_index, fn = inputs
-        ctx.save_for_backward(x, target, gamma, alpha, weight, ignore_index)
-        ctx.fn = fn
+        _, grad = output
+        ctx.save_for_backward(inputs[0], grad)
+        ctx.mark_non_differentiable(grad)
 
     @staticmethod
-    def backward(ctx, grad_loss):
-        saved = ctx.saved_tensors  # once: checkpointing allows one unpack
+    def backward(ctx, grad_loss, _grad_grad):
+        x, grad = ctx.saved_tensors  # once: checkpointing allows one unpack
         with torch.no_grad():
-            grad = ctx.fn("backward", grad_loss, *saved)
-        return _first_order_only(grad, saved[0]), None, None, None, None, None, None
+            scaled = grad * grad_loss.to(grad.dtype)
+        return _first_order_only(scaled, x), None, None, None, None, None, None
 
 
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
@@ -301,11 +306,13 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     extra = ("per-class gamma" if gamma_t.dim() else "", "normalizer" if normalizer is not None else "")
     key = ("sigmoid", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), _layout(input), _layout(weight), _rows(input))
     describe = lambda: _describe("sigmoid focal loss", cfg, input, extra)  # noqa: E731
-    fn = _compiled_for(key, describe, math_.sigmoid_forward, math_.sigmoid_backward, cfg)
+    fn = _compiled_for(
+        key, describe, cfg, forward=math_.sigmoid_forward, forward_and_grad=math_.sigmoid_forward_and_grad
+    )
     ignore = torch.as_tensor(ignore_index, dtype=target.dtype, device=target.device) if cfg.index_targets else None
     args = (gamma_t, _scalar(alpha, input), weight, ignore)
     if input.requires_grad and torch.is_grad_enabled():
-        loss = _SigmoidFocal.apply(input, target, *args, fn)
+        loss = _SigmoidFocal.apply(input, target, *args, fn)[0]
     else:
         loss = fn("forward", input, target, *args)
     if normalizer is not None and reduction != "none":
@@ -341,7 +348,7 @@ def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     x, t = input.reshape(1, 1, -1), target.reshape(1, 1, -1)
     key = ("star", cfg, input.dtype, target.dtype, input.device.type, _layout(x), _layout(t), "positions")
     describe = lambda: _describe("sigmoid focal loss star", cfg, x, ())  # noqa: E731
-    fn = _compiled_for(key, describe, math_.star_forward, math_.star_backward, cfg)
+    fn = _compiled_for(key, describe, cfg, forward=math_.star_forward, backward=math_.star_backward)
     args = (_scalar(gamma, input), _scalar(alpha, input))
     if input.requires_grad and torch.is_grad_enabled():
         loss = _SigmoidFocalStar.apply(x, t, *args, fn)
