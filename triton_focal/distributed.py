@@ -32,7 +32,9 @@ and ``1 / rows`` for the mean). ``softcap`` multiplies the gradient by
 Steps 1, 3 and 4 are :func:`shard_softmax_stats`, :func:`shard_smoothing_sums` and
 :func:`shard_focal_grad`, small torch functions that every backend runs today (``compile``
 compiles them); a Triton kernel with the same three signatures would replace them one for
-one. The same code runs over NCCL on GPUs.
+one. The same code runs over NCCL on GPUs. Without sharding, :func:`rows_focal_loss` is also
+the closed-form loss and gradient of the fused linear head's chunks on the reference and
+compile backends (no autograd graph per chunk).
 """
 
 import warnings
