@@ -1143,6 +1143,18 @@ def plot(after, before, path):
     fig.savefig(path, dpi=110)
 
 
+def _commit_of(package_dir):
+    """The commit of the modeled ``triton_focal``, marked when its files differ from it."""
+    def git(*args):
+        done = subprocess.run(["git", "-C", package_dir, *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit and git("status", "--porcelain", "--", "."):
+        commit += " + uncommitted changes"
+    return commit or "unknown"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="", help="comma-separated parts of case names (seg, vocab, det, ...)")
@@ -1173,11 +1185,13 @@ def main(argv=None):
     elapsed = time.time() - start
     command = "python -m perf.model " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {"device_model": dataclasses.asdict(DEVICE), "triton": triton.__version__, "torch": torch.__version__,
-            "command": command.strip(), "seconds": round(elapsed, 1)}
+            "command": command.strip(), "seconds": round(elapsed, 1),
+            "triton_focal_commit": _commit_of(os.path.dirname(triton_focal.__file__))}
     for r in results:
         r.update(meta)
     before_path = os.path.join(DEFAULT_DIR, "before.json")
-    before = json.load(open(before_path)) if os.path.exists(before_path) and not args.tree else None
+    writing_before = args.out is not None and os.path.realpath(args.out) == os.path.realpath(before_path)
+    before = json.load(open(before_path)) if os.path.exists(before_path) and not writing_before else None
     print(markdown(results, before))
     print(f"perf.model: {elapsed:.0f} s")
     if args.out:
@@ -1189,8 +1203,9 @@ def main(argv=None):
             json.dump(results, f, indent=1)
         with open(os.path.join(DEFAULT_DIR, "model.md"), "w") as f:
             f.write("# perf.model: the kernels' modeled H100 cost (no GPU; a model, not a measurement)\n\n"
-                    f"`{meta['command']}`, triton {meta['triton']}, torch {meta['torch']}, {elapsed:.0f} s on this "
-                    "machine. \"before\": `before.json`, the kernels at 9ecf09f.\n\n" + markdown(results, before))
+                    f"`{meta['command']}` (triton_focal at {meta['triton_focal_commit']}), triton {meta['triton']}, "
+                    f"torch {meta['torch']}, {elapsed:.0f} s on this machine. \"before\": `before.json`, the kernels "
+                    "at 9ecf09f.\n\n" + markdown(results, before))
         plot(results, before, os.path.join(DEFAULT_DIR, "model.png"))
         _update_readme(results, before)
 
