@@ -149,15 +149,16 @@ def focal_term(log_p, p, q, gamma, GAMMA_INT: tl.constexpr = -1):
 
     and ``d f / d z_j = g * (p_j - [j == c])`` for softmax logits ``z`` (``f`` of class
     ``c``). ``g`` is 1 for ``gamma = 0`` (cross entropy) and stays finite as ``q -> 0``
-    for any ``gamma >= 0`` because ``log p ~ -q`` there.
+    for any ``gamma >= 0`` because ``log p ~ -q`` there. At ``p = 0`` (a logit at ``-inf``)
+    ``p log p`` is NaN here; its limit makes ``g = 1``, which callers that meet such a class
+    substitute.
 
     Returns:
         ``(f, g)``.
     """
     q_pow_gamma, q_pow_gamma_m1 = q_powers(q, gamma, GAMMA_INT)
     f = -q_pow_gamma * log_p
-    # p log p -> 0 as p -> 0: a class at -inf (p = 0, log p = -inf) gives 0, not NaN.
-    g = q_pow_gamma - gamma * p * tl.maximum(log_p, -FP32_MAX) * q_pow_gamma_m1
+    g = q_pow_gamma - gamma * p * log_p * q_pow_gamma_m1
     return f, g
 
 

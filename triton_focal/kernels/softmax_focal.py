@@ -58,6 +58,10 @@ def _combine_lanes(m, s, ROWS: tl.constexpr, SPLIT: tl.constexpr):
     broadcast back to every lane (once per pass, not per element)."""
     if SPLIT == 1:
         return m, s
+    if ROWS == 1:  # one row per tile (vocabularies): scalars, broadcast without a shuffle
+        row_max = tl.max(m, axis=0)
+        row_s = tl.sum(s * tl.exp2((m - row_max) * LOG2E), axis=0)
+        return tl.zeros_like(m) + row_max, tl.zeros_like(s) + row_s
     m2 = tl.reshape(m, (ROWS, SPLIT))
     row_max = tl.max(m2, axis=1)
     row_s = tl.sum(tl.reshape(s, (ROWS, SPLIT)) * tl.exp2((m2 - row_max[:, None]) * LOG2E), axis=1)
@@ -69,6 +73,8 @@ def _sum_lanes(v, ROWS: tl.constexpr, SPLIT: tl.constexpr):
     """Per-row sum of a per-lane partial, broadcast back to every lane of the row."""
     if SPLIT == 1:
         return v
+    if ROWS == 1:
+        return tl.zeros_like(v) + tl.sum(v, axis=0)
     return _lanes(tl.sum(tl.reshape(v, (ROWS, SPLIT)), axis=1), ROWS, SPLIT)
 
 
@@ -77,6 +83,8 @@ def _max_lanes(v, ROWS: tl.constexpr, SPLIT: tl.constexpr):
     """Per-row max of a per-lane value, broadcast back to every lane of the row."""
     if SPLIT == 1:
         return v
+    if ROWS == 1:
+        return tl.zeros_like(v) + tl.max(v, axis=0)
     return _lanes(tl.max(tl.reshape(v, (ROWS, SPLIT)), axis=1), ROWS, SPLIT)
 
 
@@ -347,7 +355,9 @@ def _softmax_focal_kernel(
         else:
             q_y = tl.fdiv(s_other, s)  # 1 - p_y without cancellation
         log_p_y = target_log_prob(x_y - m, log_s, q_y)
-        f_y, g_y = focal_term(log_p_y, tl.exp2(log_p_y * LOG2E), q_y, gamma_y, GAMMA_INT)
+        p_y = tl.exp2(log_p_y * LOG2E)
+        f_y, g_y = focal_term(log_p_y, p_y, q_y, gamma_y, GAMMA_INT)
+        g_y = tl.where(p_y > 0, g_y, 1.0)  # a target at -inf: p log p -> 0 (F.cross_entropy's gradient)
 
         # 4. The loss of each row: stored, or summed into this program's partial sum.
         lse = m + log_s
