@@ -27,6 +27,7 @@ Compilation, and what it costs:
 
 import contextlib
 import dataclasses
+import hashlib
 import types
 import warnings
 
@@ -77,20 +78,22 @@ class StarConfig:
 
 
 class _Compiled:
-    """The compiled forward and backward of one static configuration.
+    """The compiled math of one static configuration (a forward, and a backward or a forward
+    that also returns the gradient), and its eager fallback.
 
-    Each is a fresh copy of the math function (its own code object), because Dynamo keeps its
-    cache, and counts recompilations against the limit, per code object.
+    Each compiled function is a fresh copy of the math function (its own code object),
+    because Dynamo keeps its cache, and counts recompilations against the limit, per code
+    object.
     """
 
-    def __init__(self, key, description, cfg, functions):
+    def __init__(self, key, description, cfg, rows, functions):
         self.description = description
         self.cfg = cfg
+        self.rows = rows
         self.eager = functions
         self.compiled = {name: torch.compile(_fresh_copy(fn, key), dynamic=True) for name, fn in self.eager.items()}
         self.failed = False
         self.announced = False
-        self.rows = key[-1] == "rows"
 
     def __call__(self, which, *args):
         # Inside autograd.Function.forward the inputs still say requires_grad, which Dynamo
@@ -143,7 +146,10 @@ def _first_order_only(grad, input):
 
 
 def _fresh_copy(fn, key):
-    code = fn.__code__.replace(co_name=f"{fn.__name__}_{abs(hash(key)):x}")
+    """``fn`` with a code object of its own, named after the configuration (a digest that is
+    the same in every process, so that the names in Inductor's caches and logs are too)."""
+    digest = hashlib.sha1(repr(key).encode()).hexdigest()[:10]
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{digest}")
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
@@ -169,12 +175,12 @@ def _sizes_not_specialized():
 _REGISTRY = {}
 
 
-def _compiled_for(key, describe, cfg, **functions):
+def _compiled_for(key, describe, cfg, input, **functions):
     """The registry's entry for ``key``, created (not yet compiled) on first use;
     ``describe()`` names the configuration in the notices, ``functions`` are its math."""
     entry = _REGISTRY.get(key)
     if entry is None:
-        entry = _REGISTRY[key] = _Compiled(key, describe(), cfg, functions)
+        entry = _REGISTRY[key] = _Compiled(key, describe(), cfg, _rows(input) == "rows", functions)
     return entry
 
 
@@ -252,7 +258,7 @@ def softmax_focal_loss(
     )
     key = ("softmax", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), extra, _layout(input), _rows(input))
     describe = lambda: _describe("softmax focal loss", cfg, input, extra)  # noqa: E731
-    fn = _compiled_for(key, describe, cfg, forward=math_.softmax_forward, backward=math_.softmax_backward)
+    fn = _compiled_for(key, describe, cfg, input, forward=math_.softmax_forward, backward=math_.softmax_backward)
     args = (
         gamma_t,
         alpha_t,
@@ -307,7 +313,7 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     key = ("sigmoid", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), _layout(input), _layout(weight), _rows(input))
     describe = lambda: _describe("sigmoid focal loss", cfg, input, extra)  # noqa: E731
     fn = _compiled_for(
-        key, describe, cfg, forward=math_.sigmoid_forward, forward_and_grad=math_.sigmoid_forward_and_grad
+        key, describe, cfg, input, forward=math_.sigmoid_forward, forward_and_grad=math_.sigmoid_forward_and_grad
     )
     ignore = torch.as_tensor(ignore_index, dtype=target.dtype, device=target.device) if cfg.index_targets else None
     args = (gamma_t, _scalar(alpha, input), weight, ignore)
@@ -348,7 +354,7 @@ def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     x, t = input.reshape(1, 1, -1), target.reshape(1, 1, -1)
     key = ("star", cfg, input.dtype, target.dtype, input.device.type, _layout(x), _layout(t), "positions")
     describe = lambda: _describe("sigmoid focal loss star", cfg, x, ())  # noqa: E731
-    fn = _compiled_for(key, describe, cfg, forward=math_.star_forward, backward=math_.star_backward)
+    fn = _compiled_for(key, describe, cfg, x, forward=math_.star_forward, backward=math_.star_backward)
     args = (_scalar(gamma, input), _scalar(alpha, input))
     if input.requires_grad and torch.is_grad_enabled():
         loss = _SigmoidFocalStar.apply(x, t, *args, fn)
