@@ -603,7 +603,8 @@ def recording(mode="count"):
 def spec_key(launch):
     import triton
 
-    parts = [launch.module, launch.qualname, launch.source_hash, triton.__version__]
+    # the paths too: the line info names them, and the model matches it with the interpreter's
+    parts = [launch.module, launch.qualname, launch.source_hash, launch.source_files, triton.__version__]
     for name, value in launch.args:
         if isinstance(value, tuple) and value and value[0] == "tensor":
             value = ("tensor", value[1], value[2] % 16 == 0)
