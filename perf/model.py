@@ -642,8 +642,13 @@ def compile_launches(launches, pythonpath, cache_dir):
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
         tree = ["--tree", pythonpath] if pythonpath else []
-        done = subprocess.run([sys.executable, "-m", "perf.model", "--compile-worker", f.name, cache_dir] + tree,
-                              env=env, capture_output=True, text=True, cwd=_REPO)
+        # A fresh Triton cache: Triton keys its cache by the kernel's source text, so a cached
+        # cubin may carry the line info of another checkout (or of the file before an edit above
+        # the kernel), and the model reads loops through that line info.
+        with tempfile.TemporaryDirectory() as triton_cache:
+            env["TRITON_CACHE_DIR"] = triton_cache
+            done = subprocess.run([sys.executable, "-m", "perf.model", "--compile-worker", f.name, cache_dir] + tree,
+                                  env=env, capture_output=True, text=True, cwd=_REPO)
         os.unlink(f.name)
         if done.returncode != 0:
             raise RuntimeError("compiling for sm_90 failed:\n" + done.stderr[-4000:])
@@ -995,6 +1000,11 @@ def model_case(case, headline_launches, small_launches, torch_bytes, floor_bytes
             "issue_ms": issue_s * 1e3, "mufu_ms": mufu_s * 1e3, "bytes_ms": bytes_s * 1e3, "modeled_ms": t * 1e3,
             "bound": bound, "loops": loops,
         })
+        if any(loop["trips_per_entry"] is None for loop in loops) and small.trips:
+            # a SASS loop whose source loop ran no ``range`` call: its line info and the
+            # interpreter's source disagree (or it is a ``while`` loop); its count is a guess
+            print(f"perf.model: warning: {case.name}: {big.qualname} has SASS loops without measured trips: "
+                  f"{[loop['source'] for loop in loops if loop['trips_per_entry'] is None]}", file=sys.stderr)
     torch_total = sum(torch_bytes.values()) * scale
     total_time += torch_total / device.copy_bandwidth
     floor_s = floor_bytes / device.copy_bandwidth
