@@ -928,6 +928,7 @@ def dynamic_counts(code, launch):
             "unroll": unroll[k],
             "trips_per_entry": (sum(n for n, _ in calls) / len(calls)) if calls else None,
             "iterations_per_program": iterations[k] / programs,
+            "parent": parent,
         })
     return DynamicCounts(total[0] * warps, total[1] * warps, outside[0] * warps, outside[1] * warps, loops)
 
@@ -1000,11 +1001,13 @@ def model_case(case, headline_launches, small_launches, torch_bytes, floor_bytes
             "issue_ms": issue_s * 1e3, "mufu_ms": mufu_s * 1e3, "bytes_ms": bytes_s * 1e3, "modeled_ms": t * 1e3,
             "bound": bound, "loops": loops,
         })
-        if any(loop["trips_per_entry"] is None for loop in loops) and small.trips:
+        unmeasured = [loop["source"] for loop in loops if loop["trips_per_entry"] is None
+                      and (loop["parent"] < 0 or loops[loop["parent"]]["iterations_per_program"] > 0)]
+        if unmeasured:
             # a SASS loop whose source loop ran no ``range`` call: its line info and the
             # interpreter's source disagree (or it is a ``while`` loop); its count is a guess
             print(f"perf.model: warning: {case.name}: {big.qualname} has SASS loops without measured trips: "
-                  f"{[loop['source'] for loop in loops if loop['trips_per_entry'] is None]}", file=sys.stderr)
+                  f"{unmeasured}", file=sys.stderr)
     torch_total = sum(torch_bytes.values()) * scale
     total_time += torch_total / device.copy_bandwidth
     floor_s = floor_bytes / device.copy_bandwidth
