@@ -1006,8 +1006,8 @@ def model_case(case, headline_launches, small_launches, torch_bytes, floor_bytes
         if unmeasured:
             # a SASS loop whose source loop ran no ``range`` call: its line info and the
             # interpreter's source disagree (or it is a ``while`` loop); its count is a guess
-            print(f"perf.model: warning: {case.name}: {big.qualname} has SASS loops without measured trips: "
-                  f"{unmeasured}", file=sys.stderr)
+            print(f"perf.model: note: {case.name}: {big.qualname}: SASS loops of {unmeasured} ran no measured trip "
+                  "and count as not run (right for a loop behind an untaken runtime branch)", file=sys.stderr)
     torch_total = sum(torch_bytes.values()) * scale
     total_time += torch_total / device.copy_bandwidth
     floor_s = floor_bytes / device.copy_bandwidth
