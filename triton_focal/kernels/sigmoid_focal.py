@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .focal_math import binary_sigmoid_focal_term, join_float, sigmoid_focal_star_term, sigmoid_focal_term
-from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
+from .grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, gradient_plan
 
 
 @triton.jit
@@ -135,27 +135,10 @@ def _sigmoid_focal_kernel(
 
     # 0. What this launch writes, decided on the device (no host sync).
     compute_loss = GRAD_MODE != GRAD_BACKWARD
-    grad_scale = 1.0
-    if GRAD_MODE == GRAD_IF_POLICY:
-        store_grad = tl.load(policy_ptr) != 0
-        if pid == 0:
-            tl.store(stored_ptr, store_grad.to(tl.int32))
-    elif GRAD_MODE == GRAD_BACKWARD:
-        store_grad = True
-        if GRAD_OUT_IS_SCALAR:
-            grad_out = tl.load(grad_out_ptr).to(ACC)
-            grad_scale = grad_out
-            if pid == 0:
-                tl.store(policy_ptr, (grad_out == 1.0).to(tl.int32))
-            if SKIP_IF_STORED:
-                store_grad = (tl.load(stored_ptr) == 0) | (grad_out != 1.0)
-    else:
-        store_grad = GRAD_MODE == GRAD_ALWAYS
+    store_grad, grad_scale, tiles = gradient_plan(policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE,
+                                                  GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC)
     if HAS_DENOM:
         grad_scale = grad_scale / tl.load(denom_ptr).to(ACC)
-    tiles = num_tiles
-    if GRAD_MODE == GRAD_BACKWARD:
-        tiles = tl.where(store_grad, num_tiles, 0)
 
     rows = tl.arange(0, BLOCK_R)
     offs_c = tl.arange(0, BLOCK_C)

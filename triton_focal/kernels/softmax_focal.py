@@ -39,7 +39,7 @@ see ``focal_math.py``); the per-row terms that a cancellation would amplify (``l
 import triton
 import triton.language as tl
 
-from .grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, ROW_STATS_READ, ROW_STATS_WRITE
+from .grad_mode import GRAD_BACKWARD, ROW_STATS_READ, ROW_STATS_WRITE, gradient_plan
 from .focal_math import FP32_MAX, LN2, LOG2E, fast_log2, focal_term, join_float, log1p, softcap_logits, target_log_prob
 
 
@@ -202,22 +202,8 @@ def _softmax_focal_kernel(
 
     # 0. What this launch writes, decided on the device (no host sync).
     compute_loss = GRAD_MODE != GRAD_BACKWARD
-    grad_scale = tl.full([BLOCK_P], 1.0, ACC)
-    if GRAD_MODE == GRAD_IF_POLICY:
-        store_grad = tl.load(policy_ptr) != 0
-        if pid == 0:
-            tl.store(stored_ptr, store_grad.to(tl.int32))
-    elif GRAD_MODE == GRAD_BACKWARD:
-        store_grad = True
-        if GRAD_OUT_IS_SCALAR:
-            grad_out = tl.load(grad_out_ptr).to(ACC)
-            grad_scale = grad_scale * grad_out
-            if pid == 0:  # later forwards store their gradient only where it would be used as is
-                tl.store(policy_ptr, (grad_out == 1.0).to(tl.int32))
-            if SKIP_IF_STORED:
-                store_grad = (tl.load(stored_ptr) == 0) | (grad_out != 1.0)
-    else:
-        store_grad = GRAD_MODE == GRAD_ALWAYS
+    store_grad, grad_scale, tiles = gradient_plan(policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE,
+                                                  GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC)
     mean_scale = 1.0
     z_scale = 1.0
     if MEAN:
@@ -237,11 +223,6 @@ def _softmax_focal_kernel(
     first_lane = (lane % SPLIT) == 0  # the lane that stores a row's values
     loss_acc = tl.zeros([BLOCK_P], dtype=ACC)
 
-    # A backward with nothing to do (the forward stored the gradient, grad_output is 1) walks
-    # no tile.
-    tiles = num_tiles
-    if GRAD_MODE == GRAD_BACKWARD:
-        tiles = tl.where(store_grad, num_tiles, 0)
     for tile in range(pid, tiles, tl.num_programs(0)):
         # 64-bit offsets: the tile index is int64 before it meets a size or a stride.
         tile64 = tl.cast(tile, tl.int64)
