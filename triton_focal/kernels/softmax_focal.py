@@ -14,7 +14,10 @@ launcher) and holds ``[BLOCK_C, BLOCK_P]`` logits at a time, with ``BLOCK_P = RO
 
 Passes over a row's classes: (1) online-softmax statistics, (2) with label smoothing only, the
 per-row sums of the focal terms, (3) the gradient. The launcher keeps the rows in flight small
-enough that passes 2 and 3 re-read the logits from L2.
+enough that passes 2 and 3 re-read the logits from L2 where that still keeps the GPU busy
+(vocabularies, tens of classes). Where it cannot (hundreds of classes), the re-read comes from
+DRAM, and the forward saves pass 1's per-row results (``ROW_STATS``) so that a backward that
+recomputes the gradient reads the logits once.
 
 Derivation of the gradient (``l_c = log p_c``, ``q_c = 1 - p_c``, ``a``/``w`` the alpha and
 weight vectors, ``eps`` the label smoothing, ``k`` the z-loss coefficient)::
