@@ -35,6 +35,7 @@ import torch
 import torch.fx.experimental._config
 
 from . import _compiled_math as math_
+from . import reference
 from .reference import compute_dtype
 
 
@@ -99,10 +100,9 @@ class _Compiled:
         # Inside autograd.Function.forward the inputs still say requires_grad, which Dynamo
         # guards on; the math never differentiates, so it sees detached tensors.
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        if self.failed or torch.compiler.is_compiling() or _functorch_active():
-            # Inside the user's torch.compile the math is traced into their graph. Under
-            # torch.func transforms Dynamo cannot trace, and a failed attempt would mark the
-            # function "skip" for the rest of the process: run the same math eagerly.
+        if self.failed or _functorch_active():
+            # Under torch.func transforms Dynamo cannot trace, and a failed attempt would mark
+            # the function "skip" for the rest of the process: run the same math eagerly.
             return self.eager[which](*args, cfg=self.cfg)
         if not self.announced:
             self.announced = True
@@ -121,6 +121,12 @@ class _Compiled:
                 stacklevel=5,
             )
             return self.eager[which](*args, cfg=self.cfg)
+
+
+# _traced_by_user: when the user's own torch.compile traces a call (a compiled training step),
+# the public functions return the reference composition, which joins the user's graph and
+# whose backward AOTAutograd derives; nesting our compiled functions or tracing the custom
+# Functions (with their saved per-row numbers) through Dynamo is not supported there.
 
 
 def _functorch_active():
@@ -241,6 +247,11 @@ def softmax_focal_loss(
 ):
     """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices (the
     reference's arguments and result, closed-form gradient)."""
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: see _traced_by_user
+        return reference.softmax_focal_loss(
+            input, target, gamma=gamma, alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        )
     cfg = SoftmaxConfig(
         reduction=reduction,
         alpha=alpha is not None,
@@ -302,6 +313,11 @@ class _SigmoidFocal(torch.autograd.Function):
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
     """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits against dense ``(N, C, P)`` or
     class-index ``(N, P)`` targets (the reference's arguments and result)."""
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: see _traced_by_user
+        return reference.sigmoid_focal_loss(
+            input, target, alpha=alpha, gamma=gamma, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            normalizer=normalizer,
+        )
     cfg = SigmoidConfig(
         reduction="sum" if normalizer is not None and reduction != "none" else reduction,
         alpha=alpha >= 0,
@@ -350,6 +366,8 @@ class _SigmoidFocalStar(torch.autograd.Function):
 
 def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     """FL* of logits against dense targets of the same shape (the reference's arguments)."""
+    if torch.compiler.is_compiling():  # inside the user's torch.compile: see _traced_by_user
+        return reference.sigmoid_focal_loss_star(input, target, alpha=alpha, gamma=gamma, reduction=reduction)
     cfg = StarConfig(reduction=reduction, alpha=alpha >= 0)
     x, t = input.reshape(1, 1, -1), target.reshape(1, 1, -1)
     key = ("star", cfg, input.dtype, target.dtype, input.device.type, _layout(x), _layout(t), "positions")
