@@ -28,12 +28,6 @@ SIGMOID_CASE = dict(gamma=2.0, alpha=0.25, reduction="mean")
 DOUBLE_BACKWARD_REFUSAL = re.compile(r"double backward|second derivative|create_graph|differentiate twice", re.I)
 
 
-def mark_known_failure(request, owner, when=True):
-    """Mark this run a known failure of ``owner``'s code (not strict: the mark goes once fixed)."""
-    if when:
-        request.node.add_marker(pytest.mark.xfail(strict=False, reason=f"owner: {owner}"))
-
-
 def softmax_loss(x, backend, weight):
     target = torch.tensor([0, 2, 4, -100, 1, 3], device=x.device)[: x.shape[0]]
     return triton_focal.focal_loss(x, target, weight=weight, backend=backend, **SOFTMAX_CASE)
@@ -88,7 +82,7 @@ def inputs(seed=0, num_classes=5):
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_hessian_vector_product_is_right_or_refused(request, backend, kind):
+def test_hessian_vector_product_is_right_or_refused(backend, kind):
     loss_fn = LOSSES[kind]
     x, v, weight = inputs()
     x.requires_grad_(True)
@@ -101,7 +95,7 @@ def test_hessian_vector_product_is_right_or_refused(request, backend, kind):
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_torch_func_grad(request, backend, kind):
+def test_torch_func_grad(backend, kind):
     loss_fn = LOSSES[kind]
     x, _, weight = inputs()
     grad = torch.func.grad(lambda z: loss_fn(z, backend, weight))(x)
@@ -114,7 +108,7 @@ def test_torch_func_grad(request, backend, kind):
 @pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 5, 3), (2, 5, 3, 2)], ids=["C", "NC", "NCL", "NCHW"])
 @pytest.mark.parametrize("api", ["focal_loss", "FocalLoss"])
 @pytest.mark.parametrize("backend", EAGER_BACKENDS)
-def test_inplace_grad_through_the_public_api(request, backend, api, shape):
+def test_inplace_grad_through_the_public_api(backend, api, shape):
     """``inplace_grad=True`` on a network's output (a non-leaf) of every rank: the gradient
     that reaches the network is the reference's (other backends ignore the flag)."""
     gen = torch.Generator().manual_seed(5)

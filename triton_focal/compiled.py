@@ -247,7 +247,9 @@ def softmax_focal_loss(
 ):
     """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices (the
     reference's arguments and result, closed-form gradient)."""
-    if torch.compiler.is_compiling():  # inside the user's torch.compile: see _traced_by_user
+    # Inside the user's torch.compile (see _traced_by_user), or no class to score at all (C = 0:
+    # logsumexp over nothing, which Dynamo refuses): the reference composition.
+    if torch.compiler.is_compiling() or input.shape[1] == 0:
         return reference.softmax_focal_loss(
             input, target, gamma=gamma, alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
             label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
