@@ -20,7 +20,7 @@ from perf import sass
 sass.install_stand_in_driver()
 
 from triton_focal.kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
-from triton_focal.ops import grad_policy, sigmoid_focal, softmax_focal
+from triton_focal.ops import grad_policy, sigmoid_focal, softmax_focal, vocab_shard
 
 compiled = []
 
@@ -41,6 +41,8 @@ class CompileInsteadOfLaunch:
 softmax_focal._softmax_focal_kernel = CompileInsteadOfLaunch(softmax_focal._softmax_focal_kernel)
 sigmoid_focal._sigmoid_focal_kernel = CompileInsteadOfLaunch(sigmoid_focal._sigmoid_focal_kernel)
 grad_policy._scale_grad_by_scalar_kernel = CompileInsteadOfLaunch(grad_policy._scale_grad_by_scalar_kernel)
+for name in ("_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"):
+    setattr(vocab_shard, name, CompileInsteadOfLaunch(getattr(vocab_shard, name)))
 
 # Softmax: channels-first and rows (short and long), every option, every gradient mode, float64.
 for shape, dtype, options, modes in [
@@ -96,8 +98,21 @@ for shape, dtype, index, options, modes in [
 for dtype in (torch.bfloat16, torch.float64):
     grad_policy._scale_stored_grad_op._init_fn(torch.randn(4, 3, 5).to(dtype), torch.tensor(2.0))
 
+# The vocabulary-parallel steps: every option, float32 and float64.
+for dtype, gamma, weighted, softcap in [(torch.float32, 2.0, False, None), (torch.float64, "class", True, 30.0)]:
+    x = torch.randn(4, 1000, dtype=dtype)
+    rows = torch.zeros(4, dtype=dtype)
+    target = torch.tensor([0, -1, 5, 999])
+    gamma = torch.rand(1000, dtype=dtype) if gamma == "class" else gamma
+    weight = torch.rand(1000, dtype=dtype) if weighted else None
+    vocab_shard.shard_softmax_stats(x, target, softcap)
+    vocab_shard.shard_smoothing_sums(x, rows, softcap, gamma, weight)
+    for smooth in (None, rows):
+        vocab_shard.shard_focal_grad(x, rows, rows, rows, smooth, target, softcap, gamma, weight)
+
 names = {name for name, _, _ in compiled}
-assert names == {"_softmax_focal_kernel", "_sigmoid_focal_kernel", "_scale_grad_by_scalar_kernel"}, names
+assert names == {"_softmax_focal_kernel", "_sigmoid_focal_kernel", "_scale_grad_by_scalar_kernel",
+                 "_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"}, names
 print("compiled", len(compiled))
 '''
 

@@ -30,11 +30,11 @@ and ``1 / rows`` for the mean). ``softcap`` multiplies the gradient by
 ``1 - (z / softcap) ** 2``, the derivative of ``softcap * tanh(x / softcap)``.
 
 Steps 1, 3 and 4 are :func:`shard_softmax_stats`, :func:`shard_smoothing_sums` and
-:func:`shard_focal_grad`, small torch functions that every backend runs today (``compile``
-compiles them); a Triton kernel with the same three signatures would replace them one for
-one. The same code runs over NCCL on GPUs. Without sharding, :func:`rows_focal_loss` is also
-the closed-form loss and gradient of the fused linear head's chunks on the reference and
-compile backends (no autograd graph per chunk).
+:func:`shard_focal_grad`: small torch functions for the reference backend (``compile``
+compiles them), and Triton kernels with the same signatures for the Triton backend
+(``triton_focal/ops/vocab_shard.py``). The same code runs over NCCL on GPUs. Without
+sharding, :func:`rows_focal_loss` is also the closed-form loss and gradient of the fused linear
+head's chunks on the reference and compile backends (no autograd graph per chunk).
 """
 
 import warnings
@@ -170,11 +170,13 @@ _compiled_shard_functions = {}
 
 
 def _shard_function(name, backend):
-    """The implementation of one per-shard step for ``backend``.
-
-    The Triton backend runs the torch functions until a kernel provides them.
-    """
+    """The implementation of one per-shard step for ``backend``: the Triton kernels of
+    ``triton_focal/ops/vocab_shard.py``, these torch functions compiled, or as they are."""
     function = _SHARD_FUNCTIONS[name]
+    if backend == "triton":
+        from .ops import vocab_shard
+
+        return getattr(vocab_shard, name)
     if backend != "compile":
         return function
     if name not in _compiled_shard_functions:

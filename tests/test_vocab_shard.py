@@ -1,0 +1,59 @@
+"""The Triton kernels of the vocabulary-parallel steps against the torch statement of the same
+steps (``triton_focal/distributed.py``), which the gloo tests in test_distributed.py check
+against the unsharded float64 loss."""
+
+import pytest
+import torch
+from helpers import assert_close
+
+from triton_focal import distributed
+from triton_focal.ops import vocab_shard
+
+INF = float("inf")
+
+
+def shard(num_classes, dtype, seed=0):
+    """Logits of one shard with a masked class, and local targets: in the shard or -1."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(6, num_classes, generator=gen) * 3).to(dtype)
+    x[1, 2 % num_classes] = -INF
+    target = torch.tensor([0, 2, -1, num_classes - 1, 3, -1]) % num_classes
+    target[[2, 5]] = -1
+    return x, target
+
+
+# 7 classes: one block; 5000: several 4096-class steps with a masked tail.
+@pytest.mark.parametrize("num_classes", [7, 5000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_statistics(num_classes, dtype, softcap):
+    x, target = shard(num_classes, dtype)
+    for name, ours, theirs in zip(("m", "s", "s_other", "z_target"),
+                                  vocab_shard.shard_softmax_stats(x, target, softcap),
+                                  distributed.shard_softmax_stats(x, target, softcap)):
+        assert_close(ours, theirs, name, dtype=dtype)
+
+
+@pytest.mark.parametrize("num_classes", [7, 5000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma,weighted", [(2.0, False), (0.5, True), ("class", False)])
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_smoothing_sums_and_gradient(num_classes, dtype, gamma, weighted, softcap):
+    x, target = shard(num_classes, dtype)
+    gen = torch.Generator().manual_seed(1)
+    gamma = torch.rand(num_classes, generator=gen, dtype=dtype) * 3 if gamma == "class" else gamma
+    weight = torch.rand(num_classes, generator=gen, dtype=dtype) + 0.5 if weighted else None
+    m, s, _, _ = distributed.shard_softmax_stats(x, target, softcap)
+    lse = m + torch.log(s)
+    for ours, theirs in zip(vocab_shard.shard_smoothing_sums(x, lse, softcap, gamma, weight),
+                            distributed.shard_smoothing_sums(x, lse, softcap, gamma, weight)):
+        assert_close(ours, theirs, "smoothing sums", dtype=dtype)
+    p_coef, target_coef, smooth_coef = (torch.rand(6, generator=gen, dtype=dtype) for _ in range(3))
+    for smooth in (None, smooth_coef):
+        ours = vocab_shard.shard_focal_grad(x, lse, p_coef, target_coef, smooth, target, softcap, gamma, weight)
+        theirs = distributed.shard_focal_grad(x, lse, p_coef, target_coef, smooth, target, softcap, gamma, weight)
+        assert_close(ours, theirs, "gradient", dtype=dtype)
+
+
+def test_the_triton_backend_runs_the_kernels():
+    assert distributed._shard_function("shard_focal_grad", "triton") is vocab_shard.shard_focal_grad
