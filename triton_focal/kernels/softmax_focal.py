@@ -72,23 +72,17 @@ def _combine_lanes(m, s, ROWS: tl.constexpr, SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _sum_lanes(v, ROWS: tl.constexpr, SPLIT: tl.constexpr):
-    """Per-row sum of a per-lane partial, broadcast back to every lane of the row."""
+def _row_total(v, ROWS: tl.constexpr, SPLIT: tl.constexpr, MAX: tl.constexpr):
+    """Per-row sum (``MAX``: max) of a per-lane value, broadcast back to every lane of the row."""
     if SPLIT == 1:
         return v
-    if ROWS == 1:
+    if ROWS == 1:  # scalars, broadcast without a shuffle
+        if MAX:
+            return tl.zeros_like(v) + tl.max(v, axis=0)
         return tl.zeros_like(v) + tl.sum(v, axis=0)
+    if MAX:
+        return _lanes(tl.max(tl.reshape(v, (ROWS, SPLIT)), axis=1), ROWS, SPLIT)
     return _lanes(tl.sum(tl.reshape(v, (ROWS, SPLIT)), axis=1), ROWS, SPLIT)
-
-
-@triton.jit
-def _max_lanes(v, ROWS: tl.constexpr, SPLIT: tl.constexpr):
-    """Per-row max of a per-lane value, broadcast back to every lane of the row."""
-    if SPLIT == 1:
-        return v
-    if ROWS == 1:
-        return tl.zeros_like(v) + tl.max(v, axis=0)
-    return _lanes(tl.max(tl.reshape(v, (ROWS, SPLIT)), axis=1), ROWS, SPLIT)
 
 
 @triton.jit
@@ -326,10 +320,10 @@ def _softmax_focal_kernel(
                 p_small += tl.sum(tl.where(big, 0.0, p_j), axis=0)
                 if HAS_WEIGHT or HAS_CLASS_GAMMA:
                     big_cls = tl.maximum(big_cls, tl.max(tl.where(big, cls.to(tl.int32), -1), axis=0))
-            sum_w_f = _sum_lanes(sum_w_f, ROWS, SPLIT)
-            sum_w_g = _sum_lanes(sum_w_g, ROWS, SPLIT)
-            p_small = _sum_lanes(p_small, ROWS, SPLIT)
-            big_cls = _max_lanes(big_cls, ROWS, SPLIT)
+            sum_w_f = _row_total(sum_w_f, ROWS, SPLIT, False)
+            sum_w_g = _row_total(sum_w_g, ROWS, SPLIT, False)
+            p_small = _row_total(p_small, ROWS, SPLIT, False)
+            big_cls = _row_total(big_cls, ROWS, SPLIT, True)
             w_f_big, w_g_big, g_big = _dominant_class(has_big & row_ok, big_cls, p_small, gamma_ptr, weight_ptr,
                                                       gamma, HAS_CLASS_GAMMA, HAS_WEIGHT, GAMMA_INT)
             sum_w_f += w_f_big
