@@ -1,6 +1,7 @@
 """Shared test helpers: the per-dtype tolerance table and a verbose comparison."""
 
 import torch
+import torch.nn.functional as F
 
 # Tolerances for a backend's result against the float64 reference, by input dtype.
 # Low-precision inputs are also held to the "no worse than PyTorch" rule in
@@ -40,3 +41,15 @@ def assert_no_worse_than_torch(actual, torch_result, gold, what="value", slack=1
     theirs = (torch_result.detach().double().cpu() - gold).abs().max().item()
     scale = gold.abs().max().item() + 1e-12
     assert ours <= theirs + slack * scale, f"{what}: error {ours:.3e} exceeds PyTorch's {theirs:.3e} (+slack)"
+
+
+def torchvision_sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss, transcribed from its math (torchvision does not
+    always import beside this torch)."""
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import assert_close, torchvision_sigmoid_focal_loss
 
 import triton_focal
 
@@ -143,18 +143,6 @@ def test_smp_multiclass_focal_loss_is_one_vs_all_sigmoid():
 
 
 # --- torchvision and F.cross_entropy -----------------------------------------------------
-
-
-def torchvision_sigmoid_focal_loss(x, t, alpha, gamma, reduction):
-    """torchvision.ops.sigmoid_focal_loss, transcribed (torchvision/ops/focal_loss.py) for
-    machines where torchvision does not import beside this torch."""
-    p = torch.sigmoid(x)
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    loss = ce * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
-    return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -3,20 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import assert_close, torchvision_sigmoid_focal_loss
 
 import triton_focal
-
-
-def torchvision_formula(x, t, alpha=0.25, gamma=2.0, reduction="none"):
-    """torchvision.ops.sigmoid_focal_loss, written out from its math."""
-    p = torch.sigmoid(x)
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
-    return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
 
 
 def grad_of(fn, x, grad_output=None):
@@ -42,7 +31,7 @@ def test_dense_matches_torchvision(backend, device, alpha, gamma, reduction, sof
     x, t = (v.to(device) for v in detection_inputs(soft=soft))
     g = torch.randn_like(x) if reduction == "none" else None
     ours = grad_of(lambda z: triton_focal.sigmoid_focal_loss(z, t, alpha=alpha, gamma=gamma, reduction=reduction, backend=backend), x, g)
-    theirs = grad_of(lambda z: torchvision_formula(z, t, alpha, gamma, reduction), x, g)
+    theirs = grad_of(lambda z: torchvision_sigmoid_focal_loss(z, t, alpha, gamma, reduction), x, g)
     assert_close(ours[0], theirs[0], "loss", rtol=1e-9, atol=1e-12)
     assert_close(ours[1], theirs[1], "grad", rtol=1e-9, atol=1e-12)
 
@@ -60,7 +49,7 @@ def test_class_index_equals_one_hot(backend, device, shape, reduction):
     row_mask = valid.unsqueeze(1).expand_as(x)
 
     def dense(z):
-        loss = torch.where(row_mask, torchvision_formula(z, one_hot), 0.0)
+        loss = torch.where(row_mask, torchvision_sigmoid_focal_loss(z, one_hot), 0.0)
         return {"none": loss, "sum": loss.sum(), "mean": loss.sum() / row_mask.sum()}[reduction]
 
     g = torch.randn_like(x) if reduction == "none" else None
@@ -75,7 +64,7 @@ def test_weight_broadcasts(backend, device, weight_shape):
     x, t = (v.to(device) for v in detection_inputs())
     weight = torch.rand(weight_shape, dtype=torch.float64, device=device)
     ours = triton_focal.sigmoid_focal_loss(x, t, weight=weight, reduction="sum", backend=backend)
-    assert_close(ours, (torchvision_formula(x, t) * weight).sum(), rtol=1e-9, atol=1e-12)
+    assert_close(ours, (torchvision_sigmoid_focal_loss(x, t) * weight).sum(), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
@@ -84,7 +73,7 @@ def test_normalizer_divides_the_sum(backend, device, as_tensor):
     num_pos = t.sum()
     normalizer = num_pos if as_tensor else float(num_pos)
     ours = grad_of(lambda z: triton_focal.sigmoid_focal_loss(z, t, reduction="sum", normalizer=normalizer, backend=backend), x)
-    theirs = grad_of(lambda z: torchvision_formula(z, t, reduction="sum") / num_pos, x)
+    theirs = grad_of(lambda z: torchvision_sigmoid_focal_loss(z, t, reduction="sum") / num_pos, x)
     assert_close(ours[0], theirs[0], "loss", rtol=1e-9, atol=1e-12)
     assert_close(ours[1], theirs[1], "grad", rtol=1e-9, atol=1e-12)
 
@@ -92,7 +81,7 @@ def test_normalizer_divides_the_sum(backend, device, as_tensor):
 def test_per_class_gamma(backend, device):
     x, t = (v.to(device) for v in detection_inputs())
     gamma = torch.tensor([0.0, 0.5, 1.0, 2.0, 5.0], device=device)
-    expected = torch.cat([torchvision_formula(x[:, c], t[:, c], gamma=float(gamma[c])).unsqueeze(1) for c in range(5)], 1)
+    expected = torch.cat([torchvision_sigmoid_focal_loss(x[:, c], t[:, c], gamma=float(gamma[c])).unsqueeze(1) for c in range(5)], 1)
     assert_close(triton_focal.sigmoid_focal_loss(x, t, gamma=gamma, backend=backend), expected, rtol=1e-7, atol=1e-12)
 
 

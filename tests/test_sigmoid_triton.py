@@ -8,7 +8,7 @@ small; the realistic detection shape runs only on a GPU.
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TOLERANCES, assert_close, assert_no_worse_than_torch
+from helpers import TOLERANCES, assert_close, assert_no_worse_than_torch, torchvision_sigmoid_focal_loss
 
 import triton_focal
 from triton_focal import reference
@@ -25,17 +25,6 @@ SHAPES = [
     (2, 19, 64),  # channels-first, C above the strided class block: three class programs
     (1, 1, 1),  # one element
 ]
-
-
-def torchvision_formula(x, t, alpha, gamma):
-    """torchvision.ops.sigmoid_focal_loss ("none"), written out from its math."""
-    p = torch.sigmoid(x)
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    loss = ce * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
-    return loss
 
 
 def make_logits(shape, device, dtype=torch.float32, seed=0, scale=3.0):
@@ -98,12 +87,12 @@ def test_dense_matches_reference(device, shape, reduction):
 
 @pytest.mark.parametrize("alpha", [0.25, -1.0])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
-def test_soft_targets_match_torchvision_formula(device, alpha, gamma):
+def test_soft_targets_match_torchvision_sigmoid_focal_loss(device, alpha, gamma):
     x = make_logits((16, 7, 3), device, dtype=torch.float64)
     t = make_dense_target((16, 7, 3), device, soft=True).double()
     g = torch.randn_like(x)
     out, grad = loss_and_grad(ops.sigmoid_focal_loss, x, t, g, **{**DEFAULTS, "alpha": alpha, "gamma": gamma})
-    tv_out, tv_grad = loss_and_grad(torchvision_formula, x, t, g, alpha=alpha, gamma=gamma)
+    tv_out, tv_grad = loss_and_grad(torchvision_sigmoid_focal_loss, x, t, g, alpha=alpha, gamma=gamma)
     assert_close(out, tv_out, "loss")
     assert_close(grad, tv_grad, "grad")
 
@@ -256,7 +245,7 @@ def test_half_precision(device, dtype, reduction):
     out, grad = check_against_reference(x, t, g, **{**DEFAULTS, "reduction": reduction})
     # No worse than PyTorch's own computation of the formula in the same dtype.
     gold, _ = loss_and_grad(reference.sigmoid_focal_loss, x.double(), t, None if g is None else g.double(), **{**DEFAULTS, "reduction": reduction})
-    tv = torchvision_formula(x, t.to(dtype), 0.25, 2.0)
+    tv = torchvision_sigmoid_focal_loss(x, t.to(dtype), 0.25, 2.0)
     tv = tv if reduction == "none" else tv.mean()
     assert_no_worse_than_torch(out, tv, gold, "loss")
 
@@ -460,7 +449,7 @@ def test_public_api_detection_and_heatmap(device):
     t = make_dense_target((2, 3, 9, 11), device, soft=True)
     g = torch.randn(heat.shape, device=device)
     out, grad = loss_and_grad(lambda z, tgt: triton_focal.sigmoid_focal_loss(z, tgt, backend="triton"), heat, t, g)
-    ref_out, ref_grad = loss_and_grad(torchvision_formula, heat.double(), t.double(), g.double(), alpha=0.25, gamma=2.0)
+    ref_out, ref_grad = loss_and_grad(torchvision_sigmoid_focal_loss, heat.double(), t.double(), g.double(), alpha=0.25, gamma=2.0)
     assert_close(out, ref_out, "heatmap loss")
     assert_close(grad, ref_grad, "heatmap grad", dtype=torch.float32)
 
