@@ -57,3 +57,19 @@ def test_smoothing_sums_and_gradient(num_classes, dtype, gamma, weighted, softca
 
 def test_the_triton_backend_runs_the_kernels():
     assert distributed._shard_function("shard_focal_grad", "triton") is vocab_shard.shard_focal_grad
+
+
+def test_strided_shard():
+    # A shard that is a view with classes two apart (a sliced, transposed buffer).
+    x, target = shard(300, torch.float64)
+    strided = torch.empty(300, 2, 6, dtype=torch.float64)[:, 0].t()
+    strided.copy_(x)
+    assert strided.stride(1) != 1
+    for ours, theirs in zip(vocab_shard.shard_softmax_stats(strided, target, None),
+                            distributed.shard_softmax_stats(x, target, None)):
+        assert_close(ours, theirs, "statistics of a strided shard")
+    m, s, _, _ = distributed.shard_softmax_stats(x, target, None)
+    rows = torch.rand(6, dtype=torch.float64)
+    ours = vocab_shard.shard_focal_grad(strided, m + torch.log(s), rows, rows, rows, target, None, 2.0, None)
+    theirs = distributed.shard_focal_grad(x, m + torch.log(s), rows, rows, rows, target, None, 2.0, None)
+    assert_close(ours, theirs, "gradient of a strided shard")

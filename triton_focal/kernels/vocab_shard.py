@@ -23,10 +23,11 @@ from .focal_math import FP32_MAX, LOG2E, focal_term, join_float, one_minus_exp, 
 
 
 @triton.jit
-def _load_row_block(x_row, cols, V, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
-    """Logits ``z`` of one block of a row, in ``ACC``; masked lanes at ``-inf``."""
+def _load_row_block(x_row, cols, stride_v, V, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
+    """Logits ``z`` of one block of a row (classes ``stride_v`` apart), in ``ACC``; masked
+    lanes at ``-inf``."""
     mask = cols < V
-    z = tl.load(x_row + cols, mask=mask, other=-float("inf")).to(ACC)
+    z = tl.load(x_row + cols * stride_v, mask=mask, other=-float("inf")).to(ACC)
     if HAS_SOFTCAP:
         z = tl.where(mask, softcap_logits(z, softcap), -float("inf"))
     return z
@@ -54,7 +55,7 @@ def _class_focal(z, lse, gamma_ptr, weight_ptr, cols, V, gamma,
 @triton.jit
 def _shard_stats_kernel(
     x_ptr, target_ptr, m_ptr, s_ptr, s_other_ptr, z_target_ptr,  # (T, V_r), (T,) local target or -1, 4 x (T,)
-    stride_x_t, V, softcap_hi, softcap_lo,  # floats as float32 (hi, lo) halves (ops/scalars.py)
+    stride_x_t, stride_x_v, V, softcap_hi, softcap_lo,  # floats as float32 (hi, lo) halves (ops/scalars.py)
     BLOCK_V: tl.constexpr, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr,
 ):
     softcap = join_float(softcap_hi, softcap_lo, ACC)
@@ -69,7 +70,7 @@ def _shard_stats_kernel(
     s_other = tl.zeros([], ACC)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + offs
-        z = _load_row_block(x_row, cols, V, softcap, HAS_SOFTCAP, ACC)
+        z = _load_row_block(x_row, cols, stride_x_v, V, softcap, HAS_SOFTCAP, ACC)
         m_new = tl.maximum(m, tl.max(z, axis=0))
         rescale = tl.exp2((m - m_new) * LOG2E)
         e = tl.exp2((z - m_new) * LOG2E)
@@ -77,7 +78,7 @@ def _shard_stats_kernel(
         s_other = s_other * rescale + tl.sum(tl.where(cols == target, 0.0, e), axis=0)
         m = m_new
     here = target >= 0
-    z_target = _load_row_block(x_row, tl.where(here, target, 0), V, softcap, HAS_SOFTCAP, ACC)
+    z_target = _load_row_block(x_row, tl.where(here, target, 0), stride_x_v, V, softcap, HAS_SOFTCAP, ACC)
     tl.store(m_ptr + row, m)
     tl.store(s_ptr + row, s)
     tl.store(s_other_ptr + row, s_other)
@@ -87,7 +88,7 @@ def _shard_stats_kernel(
 @triton.jit
 def _shard_smoothing_kernel(
     x_ptr, lse_ptr, gamma_ptr, weight_ptr, sum_wf_ptr, sum_wg_ptr,
-    stride_x_t, V, softcap_hi, softcap_lo, gamma_hi, gamma_lo,
+    stride_x_t, stride_x_v, V, softcap_hi, softcap_lo, gamma_hi, gamma_lo,
     BLOCK_V: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     ACC: tl.constexpr,
 ):
@@ -101,7 +102,7 @@ def _shard_smoothing_kernel(
     sum_wg = tl.zeros([], ACC)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + offs
-        z = _load_row_block(x_row, cols, V, softcap, HAS_SOFTCAP, ACC)
+        z = _load_row_block(x_row, cols, stride_x_v, V, softcap, HAS_SOFTCAP, ACC)
         _, wf, wg = _class_focal(z, lse, gamma_ptr, weight_ptr, cols, V, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
         sum_wf += tl.sum(wf, axis=0)
         sum_wg += tl.sum(wg, axis=0)
@@ -112,7 +113,7 @@ def _shard_smoothing_kernel(
 @triton.jit
 def _shard_grad_kernel(
     x_ptr, target_ptr, lse_ptr, p_coef_ptr, target_coef_ptr, smooth_coef_ptr, gamma_ptr, weight_ptr, grad_ptr,
-    stride_x_t, stride_g_t, V, softcap_hi, softcap_lo, gamma_hi, gamma_lo,
+    stride_x_t, stride_x_v, stride_g_t, stride_g_v, V, softcap_hi, softcap_lo, gamma_hi, gamma_lo,
     BLOCK_V: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
     HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
 ):
@@ -130,7 +131,7 @@ def _shard_grad_kernel(
     offs = tl.arange(0, BLOCK_V)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + offs
-        z = _load_row_block(x_row, cols, V, softcap, HAS_SOFTCAP, ACC)
+        z = _load_row_block(x_row, cols, stride_x_v, V, softcap, HAS_SOFTCAP, ACC)
         p, _, wg = _class_focal(z, lse, gamma_ptr, weight_ptr, cols, V, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
         grad = p * p_coef - tl.where(cols == target, target_coef, 0.0)
         if HAS_SMOOTHING:
@@ -138,4 +139,4 @@ def _shard_grad_kernel(
         if HAS_SOFTCAP:
             tanh = z / softcap
             grad = grad * (1.0 - tanh * tanh)
-        tl.store(g_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=cols < V)
+        tl.store(g_row + cols * stride_g_v, grad.to(grad_ptr.dtype.element_ty), mask=cols < V)
