@@ -5,8 +5,8 @@ autocast, behind DistributedDataParallel) and checks the values and gradients th
 out against an eager float64 computation or a single-process run.
 """
 
+import datetime
 import os
-import socket
 
 import pytest
 import torch
@@ -130,16 +130,11 @@ def test_autocast_bf16_matches_cross_entropy_dtype(backend, reduction):
 WORLD_SIZE = 2
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, port, backends, out_path):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+def _ddp_worker(rank, init_file, backends, out_path):
+    # A file rendezvous (no port to race for), and a timeout: a rank that never arrives
+    # fails the test instead of hanging it.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         images, target = make_batch()
         shard = slice(rank * len(images) // WORLD_SIZE, (rank + 1) * len(images) // WORLD_SIZE)
@@ -161,7 +156,7 @@ def test_ddp_gloo_matches_single_process(tmp_path):
     backends = [name for name in ("reference", "triton") if name in triton_focal.available_backends("cpu")]
     out_path = tmp_path / "ddp_grads.pt"
     # Spawned children inherit the environment (TRITON_INTERPRET) and sys.path of this process.
-    mp.spawn(_ddp_worker, args=(_free_port(), backends, str(out_path)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "rendezvous"), backends, str(out_path)), nprocs=WORLD_SIZE, join=True)
     ddp_grads = torch.load(out_path)
 
     images, target = make_batch()
