@@ -292,13 +292,13 @@ def test_activation_checkpointing_and_torch_func():
 
 
 def test_user_errors_propagate_and_change_nothing():
-    """An error of the call itself (here a class index out of range, which the public API
-    would have refused) is raised as is; the configuration stays compiled."""
+    """An error of the call itself (here a class index out of range, which this backend
+    counts in its forward) is raised as is; the configuration stays compiled."""
     x, t = logits((2, 5, 6)), targets((2, 6), 5)
     args = canonical(FAST, 5)
     bad = t.clone()
     bad[0, 1] = 7
-    with pytest.raises(RuntimeError, match="out of bounds"):
+    with pytest.raises(ValueError, match="class index 7, outside"):
         compiled.softmax_focal_loss(x, bad, **args)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)

@@ -100,6 +100,26 @@ def mean_scale(denominator):
 # --- softmax focal loss ----------------------------------------------------------------------
 
 
+def target_logit(z, target, rows):
+    """``z[n, target[n, p], p]`` per row for targets in ``[0, C)``.
+
+    Rows (``(N, C, 1)``) gather it: one load per row (at a clamped index: an index out of
+    range is counted by :func:`softmax_forward` and refused by the caller). Channels-first positions sum it out of
+    the class loop that the log-sum-exp already runs (``where(c == y, z, 0)``): a gather
+    there would read a cache line of another class plane for every pixel, and Inductor
+    compiles it as scalar loads.
+    """
+    if rows:
+        return z.gather(1, target.clamp(0, z.shape[1] - 1).unsqueeze(1)).squeeze(1)
+    classes = torch.arange(z.shape[1], device=z.device).view(1, -1, 1)
+    return torch.where(classes == target.unsqueeze(1), z, torch.zeros_like(z)).sum(dim=1)
+
+
+def class_index_dtype(num_classes):
+    """The float dtype that holds every class index and -1 exactly (float32 up to 2**24 classes)."""
+    return torch.float32 if num_classes <= 2**24 else torch.float64
+
+
 def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *, cfg):
     """The loss of the module docstring, reduced, and the per-row coefficients of its gradient.
 
@@ -108,22 +128,27 @@ def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, 
     recompute a per-row gather and power for every class of the row).
 
     Returns:
-        ``(loss, lse, target_coef, p_coef, smooth_coef)``: the reduced loss in ``x``'s dtype,
-        and per row (``(N, P)``, 0 on ignored rows, the mean's division included):
-        ``lse(z)``; ``target_coef``, which multiplies ``-[j == y]``; ``p_coef``, which
-        multiplies ``p_j``; ``smooth_coef``, which multiplies ``-w_j * coef(l_j)`` (label
-        smoothing only; otherwise ``lse`` again, unused).
+        ``(loss, out_of_range, target_class, lse, target_coef, p_coef, smooth_coef)``: the
+        reduced loss in ``x``'s dtype; the number of targets that are neither ``ignore_index``
+        nor in ``[0, C)`` (the loss is meaningless unless it is 0); and per row (``(N, P)``, 0 on ignored rows, the mean's division
+        included): the target class as a float, -1 on ignored rows (the backward's only view
+        of the targets: a float compare and no 8-byte index per element); ``lse(z)``;
+        ``target_coef``, which multiplies ``-[j == y]``; ``p_coef``, which multiplies ``p_j``;
+        ``smooth_coef``, which multiplies ``-w_j * coef(l_j)`` (label smoothing only;
+        otherwise ``lse`` again, unused).
     """
     z = x.to(compute_dtype(x.dtype))
     if cfg.softcap:
         z = softcap_forward(z, softcap)
     num_classes = z.shape[1]
     valid = target != ignore_index
-    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    out_of_range = (valid & ((target < 0) | (target >= num_classes))).sum()
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long().clamp(0, max(num_classes - 1, 0))
     zero_row = torch.zeros(safe_target.shape, dtype=z.dtype, device=z.device)
+    target_class = torch.where(valid, target, -torch.ones_like(target)).to(class_index_dtype(num_classes))
 
     lse = torch.logsumexp(z, dim=1)
-    log_p_target = z.gather(1, safe_target.unsqueeze(1)).squeeze(1) - lse
+    log_p_target = target_logit(z, safe_target, cfg.rows) - lse
     focal_target, coef_target = focal_and_coef(log_p_target, at_target(gamma, safe_target))
     w_target = at_target(weight, safe_target) if cfg.weight else torch.ones_like(lse)
     a_target = at_target(alpha, safe_target) if cfg.alpha else 1.0
@@ -164,26 +189,26 @@ def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, 
         total = loss.sum() * focal_scale
         if cfg.z_loss:
             total = total + z_part.sum() * z_scale
-    return total.to(x.dtype), lse, target_coef, p_coef, smooth_coef
+    return total.to(x.dtype), out_of_range, target_class, lse, target_coef, p_coef, smooth_coef
 
 
-def softmax_backward(grad_loss, x, target, lse, target_coef, p_coef, smooth_coef, gamma, weight, ignore_index, softcap, *, cfg):
+def softmax_backward(grad_loss, x, target_class, lse, target_coef, p_coef, smooth_coef, gamma, weight, softcap, *, cfg):
     """``dloss/dx`` of :func:`softmax_forward` in one elementwise pass over the logits, from
-    its per-row coefficients; returned in ``x``'s dtype."""
+    its per-row outputs; returned in ``x``'s dtype."""
     z = x.to(compute_dtype(x.dtype))
     if cfg.softcap:
         z = softcap_forward(z, softcap)
     num_classes = z.shape[1]
-    valid = (target != ignore_index).unsqueeze(1)
+    valid = (target_class >= 0).unsqueeze(1)
     grad_loss = grad_loss.to(z.dtype)
     if cfg.reduction == "none":  # one grad_output per row
         grad_loss = grad_loss.unsqueeze(1)
 
     log_p = z - lse.unsqueeze(1)
-    classes = torch.arange(num_classes, device=z.device).view(1, -1, 1)
-    is_target = classes == target.unsqueeze(1)
+    classes = torch.arange(num_classes, device=z.device, dtype=target_class.dtype).view(1, -1, 1)
     zero = torch.zeros_like(log_p)
-    grad = p_coef.unsqueeze(1) * torch.exp(log_p) - torch.where(is_target, target_coef.unsqueeze(1), zero)
+    p_part = p_coef.unsqueeze(1) * torch.exp(log_p)
+    grad = torch.where(classes == target_class.unsqueeze(1), p_part - target_coef.unsqueeze(1), p_part)
     if cfg.smoothing:
         _, coef = focal_and_coef(log_p, per_class(gamma))
         w = per_class(weight) if cfg.weight else 1.0

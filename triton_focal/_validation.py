@@ -175,9 +175,11 @@ def check_softcap(softcap):
 
 
 def softmax_args(
-    input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate=False, z_loss=0.0, softcap=None
+    input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate=False, z_loss=0.0, softcap=None,
+    check_indices=True,
 ):
-    """Check ``focal_loss`` arguments and return them in canonical form."""
+    """Check ``focal_loss`` arguments and return them in canonical form. ``check_indices=False``
+    leaves the class indices to a backend that checks them in its own pass over the targets."""
     check_logits(input)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
@@ -204,7 +206,8 @@ def softmax_args(
             raise TypeError(f"weight must be a 1-D tensor of {num_classes} values, got {type(weight).__name__}")
         weight = check_per_class("weight", weight, num_classes, input, validate=validate)
     label_smoothing = check_label_smoothing(label_smoothing)
-    check_class_indices(target, num_classes, ignore_index, validate=validate)
+    if check_indices:
+        check_class_indices(target, num_classes, ignore_index, validate=validate)
     n = 1 if input.dim() == 1 else input.shape[0]
     return SoftmaxArgs(
         input=as_ncp(input),

@@ -35,7 +35,7 @@ import torch
 import torch.fx.experimental._config
 
 from . import _compiled_math as math_
-from . import reference
+from . import _validation, reference
 from .reference import compute_dtype
 
 
@@ -57,6 +57,7 @@ _COMPILE_FAILURES = (
 @dataclasses.dataclass(frozen=True)
 class SoftmaxConfig:
     reduction: str
+    rows: bool
     alpha: bool
     weight: bool
     smoothing: bool
@@ -92,7 +93,9 @@ class _Compiled:
         self.cfg = cfg
         self.rows = rows
         self.eager = functions
-        self.compiled = {name: torch.compile(_fresh_copy(fn, key), dynamic=True) for name, fn in self.eager.items()}
+        self.compiled = {
+            name: torch.compile(_fresh_copy(fn, key), dynamic=True, options=_INDUCTOR_OPTIONS) for name, fn in self.eager.items()
+        }
         self.failed = False
         self.announced = False
 
@@ -109,6 +112,7 @@ class _Compiled:
             warnings.warn(f"triton_focal: compiling {self.description} once for this process; {SKIP_HINT}", CompileNotice, stacklevel=5)
         if self.rows:
             _mark_rows_static(args)
+        _hint_sizes(args, self.rows)
         try:
             with _sizes_not_specialized():
                 return self.compiled[which](*args, cfg=self.cfg)
@@ -168,6 +172,43 @@ def _mark_rows_static(args):
             torch._dynamo.mark_static(arg, arg.dim() - 1)
 
 
+# How Inductor splits the loops across CPU threads. Its code for dynamic sizes is right for
+# every size, but it plans the threading from the sizes of the call that compiles (its
+# "hints"), and its on-disk cache reuses that plan in later processes: a function first
+# compiled on a small input ran single-threaded on every large one (2x slower on 2 cores),
+# and one first compiled with a batch of 4 split only the batch loop, leaving a batch of one
+# on one thread. So: no minimum amount of work per thread (``_INDUCTOR_OPTIONS``), and the
+# batch is planned as a size that makes Inductor split the batch and pixel loops together
+# (``collapse(2)``), which suits every batch.
+_INDUCTOR_OPTIONS = {"cpp.min_chunk_size": 1}
+_PLANNED_ROWS = 4096  # rows: many, split across threads
+
+
+def _planned_batch(rows):
+    """The batch size to plan for. Rows: many. Positions: fewer images than twice the
+    threads and not as many as the threads, so that Inductor splits the batch and pixel
+    loops together."""
+    if rows:
+        return _PLANNED_ROWS
+    threads = torch._inductor.config.cpp.threads
+    threads = threads if threads >= 1 else torch.get_num_threads()
+    return max(2 * threads - 1, 3)
+
+
+def _hint_sizes(args, rows):
+    """Plan the batch dimension of the batch-shaped arguments as :func:`_planned_batch`
+    (``mark_dynamic(hint_override=...)``). The hints change no result; Dynamo evaluates its
+    guards on them, so they are given only to a batch of 2 or more, which satisfies the same
+    guards as the planned batch (a batch of one, planned as itself, already gets the split)."""
+    x = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 3), None)
+    if x is None or x.shape[0] < 2:
+        return
+    batch, hint = x.shape[0], _planned_batch(rows)
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.dim() >= 2 and arg.shape[0] == batch:
+            torch._dynamo.mark_dynamic(arg, 0, hint_override=hint)
+
+
 def _sizes_not_specialized():
     """Dynamo specializes a dynamic size on being 0 or 1 (a new version for a batch of one);
     the size-oblivious mode compiles one version for every size. Marking sizes unbacked would
@@ -211,7 +252,7 @@ def _scalar(value, x):
 
 def _describe(kind, cfg, x, extra):
     parts = [kind, f"reduction={cfg.reduction!r}", str(x.dtype).replace("torch.", "")]
-    parts += [name for name, on in dataclasses.asdict(cfg).items() if on is True]
+    parts += [name for name, on in dataclasses.asdict(cfg).items() if on is True and name != "rows"]
     parts += [p for p in extra if p]
     parts += ["rows" if x.shape[-1] == 1 else "channels-first" if x.stride(1) != 1 else "channels-last"]
     parts += [x.device.type]
@@ -229,14 +270,17 @@ class _SoftmaxFocal(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, fn = inputs
-        _, *rows = output  # lse, target_coef, p_coef, smooth_coef
-        ctx.save_for_backward(x, target, *rows, gamma, weight, ignore_index, softcap)
-        ctx.mark_non_differentiable(*rows)
+        _, out_of_range, *rows = output  # rows: target_class, lse, target_coef, p_coef, smooth_coef
+        ctx.save_for_backward(x, *rows, gamma, weight, softcap)
+        ctx.mark_non_differentiable(out_of_range, *rows)
+        ctx.set_materialize_grads(False)  # no (N, P) zeros for the per-row outputs' gradients
         ctx.fn = fn
 
     @staticmethod
     def backward(ctx, grad_loss, *_grad_rows):
         saved = ctx.saved_tensors  # once: checkpointing allows one unpack
+        if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
+            return (None,) * 10
         with torch.no_grad():
             grad = ctx.fn("backward", grad_loss, *saved)
         return _first_order_only(grad, saved[0]), None, None, None, None, None, None, None, None, None
@@ -250,12 +294,14 @@ def softmax_focal_loss(
     # Inside the user's torch.compile (see _traced_by_user), or no class to score at all (C = 0:
     # logsumexp over nothing, which Dynamo refuses): the reference composition.
     if torch.compiler.is_compiling() or input.shape[1] == 0:
+        _check_class_indices(target, input.shape[1], ignore_index)
         return reference.softmax_focal_loss(
             input, target, gamma=gamma, alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
             label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
         )
     cfg = SoftmaxConfig(
         reduction=reduction,
+        rows=_rows(input) == "rows",
         alpha=alpha is not None,
         weight=weight is not None,
         smoothing=label_smoothing > 0,
@@ -282,10 +328,18 @@ def softmax_focal_loss(
         _scalar(softcap if softcap is not None else 1.0, input),
     )
     if input.requires_grad and torch.is_grad_enabled():
-        loss = _SoftmaxFocal.apply(input, target, *args, fn)[0]
+        loss, out_of_range, *_ = _SoftmaxFocal.apply(input, target, *args, fn)
     else:
-        loss = fn("forward", input, target, *args)[0]
+        loss, out_of_range, *_ = fn("forward", input, target, *args)
+    if out_of_range.device.type == "cpu" and out_of_range.item():
+        _check_class_indices(target, input.shape[1], ignore_index)
     return loss
+
+
+def _check_class_indices(target, num_classes, ignore_index):
+    """The public API's error for an out-of-range class index (CPU targets: this backend's
+    forward counts them on its pass over the targets, and the public API leaves them to it)."""
+    _validation.check_class_indices(target, num_classes, ignore_index, validate=False)
 
 
 # --- sigmoid ---------------------------------------------------------------------------------
@@ -303,10 +357,13 @@ class _SigmoidFocal(torch.autograd.Function):
         _, grad = output
         ctx.save_for_backward(inputs[0], grad)
         ctx.mark_non_differentiable(grad)
+        ctx.set_materialize_grads(False)  # no logits-sized zeros for the gradient output's gradient
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_grad):
         x, grad = ctx.saved_tensors  # once: checkpointing allows one unpack
+        if grad_loss is None:  # the loss was not used
+            return (None,) * 7
         with torch.no_grad():
             scaled = grad * grad_loss.to(grad.dtype)
         return _first_order_only(scaled, x), None, None, None, None, None, None
