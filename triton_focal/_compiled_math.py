@@ -100,42 +100,42 @@ def mean_scale(denominator):
 # --- softmax focal loss ----------------------------------------------------------------------
 
 
-def target_logit(z, target, rows):
-    """``z[n, target[n, p], p]`` per row for targets in ``[0, C)``.
+def target_logit(z, target, target_class, rows):
+    """``z[n, target[n, p], p]`` per row, for targets in ``[0, C)``.
 
     Rows (``(N, C, 1)``) gather it: one load per row (at a clamped index: an index out of
-    range is counted by :func:`softmax_forward` and refused by the caller). Channels-first positions sum it out of
-    the class loop that the log-sum-exp already runs (``where(c == y, z, 0)``): a gather
-    there would read a cache line of another class plane for every pixel, and Inductor
-    compiles it as scalar loads.
+    range is counted by :func:`softmax_forward` and refused by the caller). Channels-first
+    positions sum it out of the class loop that the log-sum-exp already runs
+    (``where(c == y, z, 0)``, comparing floats: see :func:`softmax_forward_and_grad`): a
+    gather there would read a cache line of another class plane for every pixel, and
+    Inductor compiles it as scalar loads.
     """
     if rows:
         return z.gather(1, target.clamp(0, z.shape[1] - 1).unsqueeze(1)).squeeze(1)
-    classes = torch.arange(z.shape[1], device=z.device).view(1, -1, 1)
-    return torch.where(classes == target.unsqueeze(1), z, torch.zeros_like(z)).sum(dim=1)
+    classes = class_indices(z.shape[1], target_class)
+    return torch.where(classes == target_class.unsqueeze(1), z, torch.zeros_like(z)).sum(dim=1)
 
 
-def class_index_dtype(num_classes):
-    """The float dtype that holds every class index and -1 exactly (float32 up to 2**24 classes)."""
-    return torch.float32 if num_classes <= 2**24 else torch.float64
+def class_indices(num_classes, like):
+    """``0, 1, ..., C - 1`` as ``like``'s float dtype, viewed along dimension 1 of ``(N, C, P)``."""
+    return torch.arange(num_classes, device=like.device, dtype=like.dtype).view(1, -1, 1)
 
 
-def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *, cfg):
-    """The loss of the module docstring, reduced, and the per-row coefficients of its gradient.
+def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg):
+    """The loss of the module docstring, reduced, and what its gradient needs per row.
 
-    Everything the gradient needs per row is computed here, once per row, so that the
-    backward's pass over the logits does only per-element work (Inductor would otherwise
-    recompute a per-row gather and power for every class of the row).
+    Everything the gradient needs per row is computed once per row, so that the gradient's
+    pass over the logits does only per-element work (Inductor would otherwise recompute a
+    per-row gather and power for every class of the row).
 
-    Returns:
-        ``(loss, out_of_range, target_class, lse, target_coef, p_coef, smooth_coef)``: the
-        reduced loss in ``x``'s dtype; the number of targets that are neither ``ignore_index``
-        nor in ``[0, C)`` (the loss is meaningless unless it is 0); and per row (``(N, P)``, 0 on ignored rows, the mean's division
-        included): the target class as a float, -1 on ignored rows (the backward's only view
-        of the targets: a float compare and no 8-byte index per element); ``lse(z)``;
-        ``target_coef``, which multiplies ``-[j == y]``; ``p_coef``, which multiplies ``p_j``;
-        ``smooth_coef``, which multiplies ``-w_j * coef(l_j)`` (label smoothing only;
-        otherwise ``lse`` again, unused).
+    Returns ``(loss, out_of_range, z, target_class, lse, target_coef, p_coef, smooth_coef)``:
+    the reduced loss in ``x``'s dtype; the number of targets that are neither
+    ``ignore_index`` nor in ``[0, C)`` (the loss is meaningless unless it is 0); the
+    computation dtype's (softcapped) logits; and per row (``(N, P)``; the coefficients are 0
+    on ignored rows and include the mean's division): the target class as a float, -1 on
+    ignored rows, ``lse(z)``, ``target_coef``, which multiplies ``-[j == y]``,
+    ``p_coef``, which multiplies ``p_j``, and ``smooth_coef``, which multiplies
+    ``-w_j * coef(l_j)`` (label smoothing only, else None).
     """
     z = x.to(compute_dtype(x.dtype))
     if cfg.softcap:
@@ -145,10 +145,12 @@ def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, 
     out_of_range = (valid & ((target < 0) | (target >= num_classes))).sum()
     safe_target = torch.where(valid, target, torch.zeros_like(target)).long().clamp(0, max(num_classes - 1, 0))
     zero_row = torch.zeros(safe_target.shape, dtype=z.dtype, device=z.device)
-    target_class = torch.where(valid, target, -torch.ones_like(target)).to(class_index_dtype(num_classes))
+    # The target as a float, -1 on ignored rows: what the per-element passes compare with.
+    index_dtype = torch.float32 if num_classes <= 2**24 else torch.float64  # exact class indices
+    target_class = torch.where(valid, safe_target, -1).to(index_dtype)
 
     lse = torch.logsumexp(z, dim=1)
-    log_p_target = target_logit(z, safe_target, cfg.rows) - lse
+    log_p_target = target_logit(z, safe_target, target_class, cfg.rows) - lse
     focal_target, coef_target = focal_and_coef(log_p_target, at_target(gamma, safe_target))
     w_target = at_target(weight, safe_target) if cfg.weight else torch.ones_like(lse)
     a_target = at_target(alpha, safe_target) if cfg.alpha else 1.0
@@ -163,7 +165,7 @@ def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, 
 
     loss = w_target * focal_target
     target_coef = row_scale * w_target * coef_target
-    smooth_coef = lse
+    smooth_coef = None
     if cfg.smoothing:
         w = per_class(weight) if cfg.weight else 1.0
         log_p = z - lse.unsqueeze(1)
@@ -189,34 +191,47 @@ def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, 
         total = loss.sum() * focal_scale
         if cfg.z_loss:
             total = total + z_part.sum() * z_scale
-    return total.to(x.dtype), out_of_range, target_class, lse, target_coef, p_coef, smooth_coef
+    return total.to(x.dtype), out_of_range, z, target_class, lse, target_coef, p_coef, smooth_coef
 
 
-def softmax_backward(grad_loss, x, target_class, lse, target_coef, p_coef, smooth_coef, gamma, weight, softcap, *, cfg):
-    """``dloss/dx`` of :func:`softmax_forward` in one elementwise pass over the logits, from
-    its per-row outputs; returned in ``x``'s dtype."""
-    z = x.to(compute_dtype(x.dtype))
-    if cfg.softcap:
-        z = softcap_forward(z, softcap)
-    num_classes = z.shape[1]
-    valid = (target_class >= 0).unsqueeze(1)
-    grad_loss = grad_loss.to(z.dtype)
-    if cfg.reduction == "none":  # one grad_output per row
-        grad_loss = grad_loss.unsqueeze(1)
+def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *, cfg):
+    """The reduced loss and the number of out-of-range targets (see :func:`_softmax_rows`),
+    and the per-row float target, returned for the reason :func:`softmax_forward_and_grad`
+    gives."""
+    loss, out_of_range, _, target_class, *_ = _softmax_rows(
+        x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg
+    )
+    return loss, out_of_range, target_class
 
+
+def softmax_forward_and_grad(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, grad_out, *, cfg):
+    """The reduced loss and the number of out-of-range targets, and the gradient for
+    ``grad_output == 1`` written into ``grad_out`` (``x``'s shape and dtype), from one
+    compiled function: Inductor writes the gradient in a pass right after the per-row one,
+    so the backward only scales it.
+
+    The target term ``-[j == y] * target_coef`` is selected by comparing the class index
+    with each row's target as a float, -1 on ignored rows (a compare of four bytes:
+    Inductor's vectorized int64 compare cost a third of the pass on a CPU). That per-row
+    float is returned too, unused, because Inductor computes a graph output once per row;
+    an intermediate it would recompute from the int64 target for every class."""
+    loss, out_of_range, z, target_class, lse, target_coef, p_coef, smooth_coef = _softmax_rows(
+        x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg
+    )
     log_p = z - lse.unsqueeze(1)
-    classes = torch.arange(num_classes, device=z.device, dtype=target_class.dtype).view(1, -1, 1)
     zero = torch.zeros_like(log_p)
     p_part = p_coef.unsqueeze(1) * torch.exp(log_p)
-    grad = torch.where(classes == target_class.unsqueeze(1), p_part - target_coef.unsqueeze(1), p_part)
+    row_class = target_class.unsqueeze(1)
+    grad = torch.where(class_indices(z.shape[1], target_class) == row_class, p_part - target_coef.unsqueeze(1), p_part)
     if cfg.smoothing:
         _, coef = focal_and_coef(log_p, per_class(gamma))
         w = per_class(weight) if cfg.weight else 1.0
         grad = grad - torch.where(torch.isneginf(z), zero, smooth_coef.unsqueeze(1) * w * coef)
-    grad = torch.where(valid, grad * grad_loss, zero)
+    grad = torch.where(row_class >= 0, grad, zero)  # NaN or inf on ignored rows never leaks
     if cfg.softcap:
         grad = softcap_backward(grad, x.to(z.dtype), softcap)
-    return grad.to(x.dtype)
+    grad_out.copy_(grad)
+    return loss, out_of_range, target_class
 
 
 # --- sigmoid focal loss ----------------------------------------------------------------------
@@ -290,8 +305,9 @@ def sigmoid_forward(x, target, gamma, alpha, weight, ignore_index, *, cfg):
     return _sigmoid_reduce(loss, valid, cfg)[0].to(x.dtype)
 
 
-def sigmoid_forward_and_grad(x, target, gamma, alpha, weight, ignore_index, *, cfg):
-    """The reduced loss and its gradient for ``grad_output == 1``, in one elementwise pass.
+def sigmoid_forward_and_grad(x, target, gamma, alpha, weight, ignore_index, grad_out, *, cfg):
+    """The reduced loss, and its gradient for ``grad_output == 1`` written into ``grad_out``
+    (``x``'s shape and dtype), in one elementwise pass.
 
     The sigmoid loss is all transcendental functions and no reduction across classes, so
     its gradient costs little more than the loss when both share their intermediates; the
@@ -301,7 +317,8 @@ def sigmoid_forward_and_grad(x, target, gamma, alpha, weight, ignore_index, *, c
     loss, scale = _sigmoid_reduce(loss, valid, cfg)
     if scale is not None:
         grad = grad * scale
-    return loss.to(x.dtype), grad.to(x.dtype)
+    grad_out.copy_(grad)
+    return loss.to(x.dtype)
 
 
 # --- FL* -------------------------------------------------------------------------------------

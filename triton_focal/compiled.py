@@ -1,12 +1,13 @@
 """The ``torch.compile`` backend: the closed-form losses of ``_compiled_math``, fused by Inductor.
 
-Each loss is a ``torch.autograd.Function`` whose compiled parts are each one fused pass over
-the logits, with no autograd graph inside (``retain_graph=True``, ``gradcheck``, activation
-checkpointing and ``torch.func.grad`` work as with any autograd function; a second
-derivative raises). The softmax loss saves a few numbers per row and its backward writes the
-gradient from them; the sigmoid loss, elementwise and made of transcendental functions,
-computes its gradient in the forward from the same intermediates, and its backward only
-multiplies that by ``grad_output``.
+Each loss is a ``torch.autograd.Function`` whose forward is one compiled function with no
+autograd graph inside (``retain_graph=True``, ``gradcheck``, activation checkpointing and
+``torch.func.grad`` work as with any autograd function; a second derivative raises). Where
+the logits require grad, that function also writes the gradient for ``grad_output == 1``,
+in a pass right after the loss's (the softmax loss from a few numbers per row, the sigmoid
+loss from the same intermediates as the loss): the backward of plain ``loss.backward()``
+then hands that buffer over and does nothing, and any other ``grad_output`` costs one
+multiply. Storing the gradient instead of the logits costs no memory.
 
 Compilation, and what it costs:
 
@@ -36,6 +37,7 @@ import torch.fx.experimental._config
 
 from . import _compiled_math as math_
 from . import _validation, reference
+from ._autograd_state import functorch_active as _functorch_active, graph_is_kept
 from .reference import compute_dtype
 
 
@@ -133,8 +135,43 @@ class _Compiled:
 # Functions (with their saved per-row numbers) through Dynamo is not supported there.
 
 
-def _functorch_active():
-    return torch._C._are_functorch_transforms_active()
+def _gradient_buffer(x):
+    """The buffer the compiled forward writes the gradient into (``copy_`` into an input,
+    which Inductor stores straight into it).
+
+    Allocated here, before the compiled function allocates its per-row intermediates, the
+    logits-sized block comes from the memory the previous step's gradient just freed; left
+    to Inductor, it came after them, the allocator returned and re-mapped that memory every
+    call, and its page faults cost a third of the loss on a CPU.
+    """
+    return torch.empty_like(x)  # x's layout: the compiled function is keyed on it
+
+
+def _scaled_grad(ctx, grad_loss):
+    """``grad_output`` times the gradient the forward computed for ``grad_output == 1``.
+
+    Plain ``loss.backward()`` gets the forward's buffer itself: no pass over it at all. It is
+    handed out only where nothing reads it again: a kept graph (``retain_graph=True``,
+    gradcheck) would find it accumulated into by then, so it gets a product instead.
+    """
+    if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
+        return None
+    input, grad = ctx.saved_tensors  # once: checkpointing allows one unpack
+    plain = (
+        grad_loss.dim() == 0
+        and grad_loss.device.type == "cpu"  # reading the value costs no device sync
+        and not torch.is_grad_enabled()
+        and not graph_is_kept()
+        and not _functorch_active()
+        and grad_loss.item() == 1
+    )
+    if not plain:
+        with torch.no_grad():
+            # reduction="none": one grad_output per loss element, broadcast over the classes
+            # of softmax rows ((N, P) against (N, C, P)).
+            scale = grad_loss.unsqueeze(1) if grad_loss.dim() == grad.dim() - 1 else grad_loss
+            grad = grad * scale.to(grad.dtype)
+    return _first_order_only(grad, input)
 
 
 def _first_order_only(grad, input):
@@ -263,27 +300,26 @@ def _describe(kind, cfg, x, extra):
 
 
 class _SoftmaxFocal(torch.autograd.Function):
+    """The forward computes the gradient too (for ``grad_output == 1``); the backward scales it."""
+
     @staticmethod
     def forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, fn):
-        return fn("forward", x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap)
+        grad = _gradient_buffer(x)
+        loss, out_of_range, target_class = fn(
+            "forward_and_grad", x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, grad
+        )
+        return loss, out_of_range, grad, target_class
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, fn = inputs
-        _, out_of_range, *rows = output  # rows: target_class, lse, target_coef, p_coef, smooth_coef
-        ctx.save_for_backward(x, *rows, gamma, weight, softcap)
-        ctx.mark_non_differentiable(out_of_range, *rows)
-        ctx.set_materialize_grads(False)  # no (N, P) zeros for the per-row outputs' gradients
-        ctx.fn = fn
+        _, out_of_range, grad, target_class = output
+        ctx.save_for_backward(inputs[0], grad)
+        ctx.mark_non_differentiable(out_of_range, grad, target_class)
+        ctx.set_materialize_grads(False)  # no logits-sized zeros for the gradient output's gradient
 
     @staticmethod
-    def backward(ctx, grad_loss, *_grad_rows):
-        saved = ctx.saved_tensors  # once: checkpointing allows one unpack
-        if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
-            return (None,) * 10
-        with torch.no_grad():
-            grad = ctx.fn("backward", grad_loss, *saved)
-        return _first_order_only(grad, saved[0]), None, None, None, None, None, None, None, None, None
+    def backward(ctx, grad_loss, *_):
+        return (_scaled_grad(ctx, grad_loss),) + (None,) * 9
 
 
 def softmax_focal_loss(
@@ -317,7 +353,9 @@ def softmax_focal_loss(
     )
     key = ("softmax", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), extra, _layout(input), _rows(input))
     describe = lambda: _describe("softmax focal loss", cfg, input, extra)  # noqa: E731
-    fn = _compiled_for(key, describe, cfg, input, forward=math_.softmax_forward, backward=math_.softmax_backward)
+    fn = _compiled_for(
+        key, describe, cfg, input, forward=math_.softmax_forward, forward_and_grad=math_.softmax_forward_and_grad
+    )
     args = (
         gamma_t,
         alpha_t,
@@ -330,7 +368,7 @@ def softmax_focal_loss(
     if input.requires_grad and torch.is_grad_enabled():
         loss, out_of_range, *_ = _SoftmaxFocal.apply(input, target, *args, fn)
     else:
-        loss, out_of_range, *_ = fn("forward", input, target, *args)
+        loss, out_of_range, _ = fn("forward", input, target, *args)
     if out_of_range.device.type == "cpu" and out_of_range.item():
         _check_class_indices(target, input.shape[1], ignore_index)
     return loss
@@ -350,7 +388,8 @@ class _SigmoidFocal(torch.autograd.Function):
 
     @staticmethod
     def forward(x, target, gamma, alpha, weight, ignore_index, fn):
-        return fn("forward_and_grad", x, target, gamma, alpha, weight, ignore_index)
+        grad = _gradient_buffer(x)
+        return fn("forward_and_grad", x, target, gamma, alpha, weight, ignore_index, grad), grad
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -361,12 +400,7 @@ class _SigmoidFocal(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_grad):
-        x, grad = ctx.saved_tensors  # once: checkpointing allows one unpack
-        if grad_loss is None:  # the loss was not used
-            return (None,) * 7
-        with torch.no_grad():
-            scaled = grad * grad_loss.to(grad.dtype)
-        return _first_order_only(scaled, x), None, None, None, None, None, None
+        return (_scaled_grad(ctx, grad_loss),) + (None,) * 6
 
 
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):

@@ -23,6 +23,8 @@ import functools
 import torch
 import triton
 
+from .._autograd_state import graph_is_kept
+
 from ..kernels.scale_grad import _scale_grad_by_scalar_kernel
 
 # --- the persistent grid -------------------------------------------------------------------
@@ -87,16 +89,6 @@ def policy_flag(device):
     return _policy_flags[key]
 
 
-def _graph_is_kept():
-    """Whether the running backward keeps the graph (``retain_graph=True``, gradcheck).
-
-    A private autograd query (the one AOTAutograd uses); where it is missing, assume the
-    graph is kept, which is always correct, only slower.
-    """
-    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if query is None else bool(query())
-
-
 def _traced(tensor):
     # A tracer hands in tensor subclasses (fake or functional tensors), and
     # torch.compiler.is_compiling() is False while AOTAutograd traces a backward.
@@ -105,18 +97,13 @@ def _traced(tensor):
 
 def backward_in_place(grad):
     """Whether this backward may finish in the forward's gradient buffer ``grad``."""
-    return grad.numel() > 0 and not _traced(grad) and not _graph_is_kept()
+    return grad.numel() > 0 and not _traced(grad) and not graph_is_kept()
 
 
 # --- what the kernels do not do: second derivatives and torch.func --------------------------
 # The kernels compute first derivatives. A second derivative (``create_graph=True``) and the
 # ``torch.func`` transforms go through the eager reference instead: correct, and as fast as
 # eager PyTorch.
-
-
-def functorch_active():
-    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running."""
-    return torch._C._functorch.maybe_current_level() is not None
 
 
 def differentiable_grad(reference_loss, input, grad_loss):
@@ -206,7 +193,7 @@ def scale_stored_grad(grad, grad_output):
     Returns:
         ``grad`` itself, scaled in place; a new product where the graph is kept or traced.
     """
-    if _traced(grad) or _graph_is_kept():
+    if _traced(grad) or graph_is_kept():
         return grad * grad_output
     if grad_output.dim() == 0 and is_dense(grad):
         _scale_stored_grad_op(grad, grad_output)

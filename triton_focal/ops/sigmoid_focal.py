@@ -20,13 +20,13 @@ import triton
 from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from .. import reference
+from .._autograd_state import functorch_active
 from ..reference import compute_dtype
 from .grad_policy import (
     PersistentGrid,
     acc_dtype,
     backward_in_place,
     differentiable_grad,
-    functorch_active,
     integer_gamma,
     policy_flag,
     save_options,

@@ -25,13 +25,13 @@ import triton
 from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, ROW_STATS_READ, ROW_STATS_WRITE
 from ..kernels.softmax_focal import _softmax_focal_kernel
 from .. import reference
+from .._autograd_state import functorch_active
 from ..reference import compute_dtype, softmax_mean_denominator
 from .grad_policy import (
     PersistentGrid,
     acc_dtype,
     backward_in_place,
     differentiable_grad,
-    functorch_active,
     integer_gamma,
     is_dense,
     policy_flag,
