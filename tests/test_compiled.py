@@ -221,6 +221,41 @@ def test_sigmoid_matches_the_reference(index_targets):
     assert torch.isfinite(results["compile"][1]).all()
 
 
+@pytest.mark.parametrize("loss_name", ["softmax", "sigmoid"])
+def test_grad_output_other_than_one_scales_the_forward_gradient(loss_name):
+    """Plain ``loss.backward()`` hands over the gradient the forward wrote; a scaled loss and a
+    second backward through a kept graph get it times their grad_output."""
+    x = logits((3, 4, 7))
+    if loss_name == "softmax":
+        t, fn, ref = targets((3, 7), 4), compiled.softmax_focal_loss, reference.softmax_focal_loss
+        kwargs = canonical(dict(reduction="mean", alpha=0.25), 4)
+    else:
+        t = (torch.rand(3, 4, 7, generator=torch.Generator().manual_seed(1)) < 0.3).to(F64)
+        fn, ref = compiled.sigmoid_focal_loss, reference.sigmoid_focal_loss
+        kwargs = dict(alpha=0.25, gamma=2.0, weight=None, ignore_index=-100, reduction="mean", normalizer=None)
+    expected = loss_and_grad(ref, x, t, **kwargs)[1]
+    for scale in (1.0, 2.5, -0.5):
+        xs = x.clone().requires_grad_()
+        (fn(xs, t, **kwargs) * scale).backward()
+        assert_close(xs.grad, scale * expected, f"grad_output {scale}")
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one CPU thread: nothing to split")
+def test_threading_is_planned_for_large_inputs_whatever_the_first_call(monkeypatch):
+    """A configuration first compiled on a tiny batch of two still splits its loops across
+    threads, and splits the batch and pixel loops together (so a batch of one is split too):
+    Inductor would otherwise plan from the first call's sizes and, through its on-disk
+    cache, keep that plan in every later process."""
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.setattr(compiled, "_REGISTRY", {})
+    x, t = logits((2, 5, 8), dtype=torch.float32).requires_grad_(), targets((2, 8), 5)
+    _, codes = run_and_get_code(lambda: compiled.softmax_focal_loss(x, t, **canonical(FAST, 5)).sum().backward())
+    code = "\n".join(codes)
+    assert "#pragma omp parallel" in code
+    assert "#pragma omp for collapse(2)" in code
+
+
 def test_sigmoid_focal_loss_star_matches_the_reference():
     x, t = logits((5, 7)), torch.rand(5, 7, dtype=F64)
     for alpha, gamma in ((0.25, 1.0), (0.5, 3.0)):
@@ -246,14 +281,19 @@ def test_low_precision_matches_the_reference():
 
 
 def test_retain_graph_and_gradcheck():
+    """The forward's gradient buffer is handed to autograd only by a backward that frees the
+    graph: the kept graph's later backwards still read it unchanged."""
     x, t = logits((2, 5, 6)), targets((2, 6), 5)
     args = canonical(FAST, 5)
     xs = x.clone().requires_grad_()
-    loss = compiled.softmax_focal_loss(xs, t, **args).sum()
+    loss = compiled.softmax_focal_loss(xs, t, **{**args, "reduction": "mean"})
     loss.backward(retain_graph=True)
     first = xs.grad.clone()
+    expected = loss_and_grad(reference.softmax_focal_loss, x, t, **{**args, "reduction": "mean"})[1]
+    assert_close(first, expected, "first backward")
+    loss.backward(retain_graph=True)
     loss.backward()
-    assert_close(xs.grad, 2 * first, "second backward")
+    assert_close(xs.grad, 3 * first, "third backward")
     assert torch.autograd.gradcheck(lambda x: compiled.softmax_focal_loss(x, t, **args), (x.clone().requires_grad_(),))
 
 

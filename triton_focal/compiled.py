@@ -7,7 +7,8 @@ the logits require grad, that function also writes the gradient for ``grad_outpu
 in a pass right after the loss's (the softmax loss from a few numbers per row, the sigmoid
 loss from the same intermediates as the loss): the backward of plain ``loss.backward()``
 then hands that buffer over and does nothing, and any other ``grad_output`` costs one
-multiply. Storing the gradient instead of the logits costs no memory.
+multiply. The gradient is allocated in the forward instead of the backward: memory at
+the start of the backward, where a training step peaks, is the same.
 
 Compilation, and what it costs:
 
