@@ -256,6 +256,23 @@ def test_threading_is_planned_for_large_inputs_whatever_the_first_call(monkeypat
     assert "#pragma omp for collapse(2)" in code
 
 
+@pytest.mark.parametrize("rows", [False, True])
+def test_a_planned_batch_far_from_the_real_one_changes_no_result(monkeypatch, rows):
+    """The threading plan's batch hint (31 on a 16-thread machine, 4096 for rows) is only a
+    hint: batches on both sides of it give the reference's numbers and compile no more."""
+    monkeypatch.setattr(compiled, "_REGISTRY", {})
+    monkeypatch.setattr(compiled, "_planned_batch", lambda rows: 4096 if rows else 31)
+    args = canonical(dict(reduction="mean", alpha=0.25), 5)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for batch in (2, 40, 3, 1):
+            shape = (batch, 5, 1) if rows else (batch, 5, 9)
+            compare(logits(shape), targets(shape[:1] + shape[2:], 5), **args)
+    for entry in compiled._REGISTRY.values():
+        for function in entry.compiled.values():
+            versions = _debug_get_cache_entry_list(function._torchdynamo_orig_callable.__code__)
+            assert len(versions) <= 2, f"{entry.description} compiled {len(versions)} versions"
+
+
 def test_sigmoid_focal_loss_star_matches_the_reference():
     x, t = logits((5, 7)), torch.rand(5, 7, dtype=F64)
     for alpha, gamma in ((0.25, 1.0), (0.5, 3.0)):

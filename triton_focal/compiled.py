@@ -235,9 +235,11 @@ def _planned_batch(rows):
 
 def _hint_sizes(args, rows):
     """Plan the batch dimension of the batch-shaped arguments as :func:`_planned_batch`
-    (``mark_dynamic(hint_override=...)``). The hints change no result; Dynamo evaluates its
-    guards on them, so they are given only to a batch of 2 or more, which satisfies the same
-    guards as the planned batch (a batch of one, planned as itself, already gets the split)."""
+    (``mark_dynamic(hint_override=...)``). The hints change no result, but Dynamo evaluates
+    the guards it installs on them, and the guards on the batch that these functions produce
+    compare it with 1: so only a batch of 2 or more gets a hint (a batch of one, planned as
+    itself, already gets the split). Checked with 2 and 16 threads over batches 1 to 40,
+    rows and positions, both losses."""
     x = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 3), None)
     if x is None or x.shape[0] < 2:
         return
