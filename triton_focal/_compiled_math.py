@@ -1,10 +1,12 @@
-"""The compile backend's math: each loss as a forward and a closed-form backward.
+"""The compile backend's math: each loss, and its closed-form gradient.
 
 ``reference.py`` states the losses for reading and lets autograd differentiate them; this
-module states the same losses for speed. Each forward reduces the logits to a few numbers
-per row (log-sum-exp, the target's log-probability) and each backward writes the gradient
-from those numbers in one elementwise pass, so Inductor fuses every function into one loop
-over the logits. Only label smoothing needs a focal term for every class.
+module states the same losses for speed. The softmax loss reduces the logits to a few
+numbers per row (log-sum-exp, the target's log-probability, the gradient's coefficients) in
+one loop over the classes, and writes the gradient from them in one elementwise pass; the
+sigmoid loss computes its loss and gradient from the same per-element intermediates. Only
+label smoothing needs a focal term for every class. Each ``*_forward_and_grad`` function is
+one compiled function; the gradient it writes is the one for ``grad_output == 1``.
 
 Every function takes ``(N, C, P)`` logits and returns float32 (float64 for float64 input)
 results; the caller casts. The numbers a user varies between calls (gamma, alpha, eps, the
