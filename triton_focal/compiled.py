@@ -30,6 +30,7 @@ Compilation, and what it costs:
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import types
 import warnings
 
@@ -220,6 +221,9 @@ def _mark_rows_static(args):
 # (``collapse(2)``), which suits every batch.
 _INDUCTOR_OPTIONS = {"cpp.min_chunk_size": 1}
 _PLANNED_ROWS = 4096  # rows: many, split across threads
+# Older torch versions have no size hints (mark_dynamic's hint_override): there the plan
+# comes from the first call, still threaded (min_chunk_size).
+_SIZE_HINTS = "hint_override" in inspect.signature(torch._dynamo.mark_dynamic).parameters
 
 
 def _planned_batch(rows):
@@ -241,7 +245,7 @@ def _hint_sizes(args, rows):
     itself, already gets the split). Checked with 2 and 16 threads over batches 1 to 40,
     rows and positions, both losses."""
     x = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 3), None)
-    if x is None or x.shape[0] < 2:
+    if not _SIZE_HINTS or x is None or x.shape[0] < 2:
         return
     batch, hint = x.shape[0], _planned_batch(rows)
     for arg in args:
