@@ -245,8 +245,8 @@ def _hint_sizes(args, rows):
     itself, already gets the split). Checked with 2 and 16 threads over batches 1 to 40,
     rows and positions, both losses."""
     x = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 3), None)
-    if not _SIZE_HINTS or x is None or x.shape[0] < 2:
-        return
+    if not _SIZE_HINTS or x is None or x.device.type != "cpu" or x.shape[0] < 2:
+        return  # (the plan is of CPU threads)
     batch, hint = x.shape[0], _planned_batch(rows)
     for arg in args:
         if isinstance(arg, torch.Tensor) and arg.dim() >= 2 and arg.shape[0] == batch:
