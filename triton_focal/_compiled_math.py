@@ -103,17 +103,16 @@ def mean_scale(denominator):
 
 
 def target_logit(z, target, target_class, rows):
-    """``z[n, target[n, p], p]`` per row, for targets in ``[0, C)``.
+    """``z[n, target[n, p], p]`` per row, for targets already clamped into ``[0, C)`` (an index
+    out of range is counted by :func:`_softmax_rows` and refused by the caller).
 
-    Rows (``(N, C, 1)``) gather it: one load per row (at a clamped index: an index out of
-    range is counted by :func:`softmax_forward` and refused by the caller). Channels-first
-    positions sum it out of the class loop that the log-sum-exp already runs
-    (``where(c == y, z, 0)``, comparing floats: see :func:`softmax_forward_and_grad`): a
-    gather there would read a cache line of another class plane for every pixel, and
-    Inductor compiles it as scalar loads.
+    Rows (``(N, C, 1)``) gather it: one load per row. Channels-first positions sum it out of
+    the class loop that the log-sum-exp already runs (``where(c == y, z, 0)``, comparing
+    floats: see :func:`softmax_forward_and_grad`): a gather there would read a cache line of
+    another class plane for every pixel, and Inductor compiles it as scalar loads.
     """
     if rows:
-        return z.gather(1, target.clamp(0, z.shape[1] - 1).unsqueeze(1)).squeeze(1)
+        return z.gather(1, target.unsqueeze(1)).squeeze(1)
     classes = class_indices(z.shape[1], target_class)
     return torch.where(classes == target_class.unsqueeze(1), z, torch.zeros_like(z)).sum(dim=1)
 
