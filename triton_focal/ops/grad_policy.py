@@ -24,7 +24,6 @@ import torch
 import triton
 
 from .._autograd_state import graph_is_kept
-
 from ..kernels.scale_grad import _scale_grad_by_scalar_kernel
 
 # --- the persistent grid -------------------------------------------------------------------
