@@ -118,7 +118,7 @@ def target_logit(z, target, target_class, rows):
 
 
 def class_indices(num_classes, like):
-    """``0, 1, ..., C - 1`` as ``like``'s float dtype, viewed along dimension 1 of ``(N, C, P)``."""
+    """``0, 1, ..., C - 1`` in ``like``'s dtype and device, viewed along dimension 1 of ``(N, C, P)``."""
     return torch.arange(num_classes, device=like.device, dtype=like.dtype).view(1, -1, 1)
 
 
@@ -242,8 +242,7 @@ def _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg):
     """Per element: the computation dtype's logits, the target ``t`` and the row mask (or None)."""
     x = x.to(compute_dtype(x.dtype))
     if cfg.index_targets:
-        classes = torch.arange(x.shape[1], device=x.device).view(1, -1, 1)
-        t = (target.unsqueeze(1) == classes).to(x.dtype)
+        t = (target.unsqueeze(1) == class_indices(x.shape[1], target)).to(x.dtype)
         valid = (target != ignore_index).unsqueeze(1)
     else:
         t = target.to(x.dtype)

@@ -24,6 +24,7 @@ import torch
 import triton
 
 from .._autograd_state import graph_is_kept
+from ..kernels.grad_mode import GRAD_IF_POLICY
 from ..kernels.scale_grad import _scale_grad_by_scalar_kernel
 
 # --- the persistent grid -------------------------------------------------------------------
@@ -86,6 +87,15 @@ def policy_flag(device):
     if key not in _policy_flags:
         _policy_flags[key] = torch.ones(1, dtype=torch.int32, device=device)
     return _policy_flags[key]
+
+
+def finish_empty_launch(grad, stored, grad_mode):
+    """What a launch with nothing to compute still owes: a zero gradient, and a forward that
+    may store marks it stored (its backward then has nothing to add)."""
+    if grad is not None:
+        grad.zero_()
+    if stored is not None and grad_mode == GRAD_IF_POLICY:
+        stored.fill_(1)
 
 
 def _traced(tensor):

@@ -27,6 +27,7 @@ from .grad_policy import (
     acc_dtype,
     backward_in_place,
     differentiable_grad,
+    finish_empty_launch,
     integer_gamma,
     policy_flag,
     save_options,
@@ -94,10 +95,7 @@ def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ig
     acc = compute_dtype(input.dtype)
     compute_loss = grad_mode != GRAD_BACKWARD
     if input.numel() == 0:
-        if grad is not None:
-            grad.zero_()
-        if stored is not None and grad_mode == GRAD_IF_POLICY:
-            stored.fill_(1)
+        finish_empty_launch(grad, stored, grad_mode)
         if not compute_loss:
             return None
         return input.new_zeros(()) if reduce else torch.empty_like(input)

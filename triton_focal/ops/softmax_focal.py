@@ -32,6 +32,7 @@ from .grad_policy import (
     acc_dtype,
     backward_in_place,
     differentiable_grad,
+    finish_empty_launch,
     integer_gamma,
     is_dense,
     policy_flag,
@@ -143,10 +144,7 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
     acc = compute_dtype(input.dtype)
     compute_loss = grad_mode != GRAD_BACKWARD
     if input.numel() == 0 or target.numel() == 0:
-        if grad is not None:
-            grad.zero_()
-        if stored is not None and grad_mode == GRAD_IF_POLICY:
-            stored.fill_(1)
+        finish_empty_launch(grad, stored, grad_mode)
         if not compute_loss:
             return None
         return input.new_zeros(target.shape) if reduction == "none" else input.new_zeros(())
