@@ -238,3 +238,51 @@ def read_sass(cubin):
     spills = sum(1 for i, ins in enumerate(instructions) if reachable[i] and ins.base_opcode in ("STL", "LDL"))
     return Sass(instructions, reachable, _loops(instructions, reachable), usage.get("REG", 0),
                 usage.get("LOCAL", 0) + usage.get("STACK", 0), usage.get("SHARED", 0), spills)
+
+
+# Global loads whose destination registers a later instruction waits for (an atomic that
+# returns a value waits the same way); stores do not wait.
+_GLOBAL_LOADS = {"LDG", "LD", "ATOMG", "ATOM"}
+_REGISTER = re.compile(r"(?<![A-Z])R(\d+)(\.64|\.128)?")
+
+
+def _registers(operands):
+    """Register numbers named in an operand list (``R2.64`` names R2 and R3)."""
+    out = set()
+    for number, wide in _REGISTER.findall(operands):
+        n = int(number)
+        out.update(range(n, n + {"": 1, ".64": 2, ".128": 4}[wide]))
+    return out
+
+
+def memory_rounds(code):
+    """For each instruction: does it open a dependent round of global memory accesses?
+
+    Loads issued back to back form one round; the first instruction that uses a register a
+    pending load writes waits for the round to arrive and closes it, and the next load opens a
+    new one. A loop's header and its backward branch close any round (a loop-carried wait), so
+    a loop body that loads and then uses what it loaded costs a round per iteration; one that
+    ptxas unrolled with its loads hoisted costs a round per unrolled iteration.
+    """
+    headers = {loop.first for loop in code.loops}
+    latches = {loop.last for loop in code.loops}
+    opens, pending = [], set()
+    for i, ins in enumerate(code.instructions):
+        if i in headers:
+            pending = set()
+        body = ins.text.split(None, 1)[1] if ins.predicated else ins.text
+        operands = body.split(None, 1)[1] if " " in body else ""
+        named = _registers(operands)
+        if pending and named & pending:
+            pending = set()
+        opened = False
+        if ins.base_opcode in _GLOBAL_LOADS and code.reachable[i]:
+            first = operands.split(",", 1)[0]
+            width = 4 if ".128" in ins.opcode else 2 if ".64" in ins.opcode else 1
+            dest = {int(n) + k for n, _ in _REGISTER.findall(first)[:1] for k in range(width)}
+            opened = not pending
+            pending |= dest or {-1}
+        opens.append(opened)
+        if i in latches:
+            pending = set()
+    return opens

@@ -1,0 +1,301 @@
+"""``python -m perf.model --calibrate``: the model against measured times, and its fitted constants.
+
+Each row of the points CSV (``perf/calibration/points.csv``; the schema is in
+``perf/calibration/README.md``) names a runner that re-creates a measured call (its kernels,
+shape, dtype and timed phase). The model counts and compiles that call as it does the headline
+cases, one subprocess per Liger-Kernel version (versions cannot share a process), and keeps per
+launch what the fit needs. The fit is a grid search of ``(launch_s, round_latency_s,
+issue_factor)`` minimising the squared log error over all points; leave-one-family-out fits
+give each family's held-out error and the constants' range.
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from .device import DEVICE
+
+DEFAULT_POINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "calibration", "points.csv")
+GRID = {
+    "launch_s": [i * 0.25e-6 for i in range(0, 61)],  # 0-15 us
+    "round_latency_s": [i * 20e-9 for i in range(0, 76)],  # 0-1.5 us
+    "issue_factor": [0.5 + i * 0.05 for i in range(0, 71)],  # 0.5-4
+}
+
+
+def read_points(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["shape"] = json.loads(row["shape"])
+        for key in ("measured_ms", "measured_p20_ms", "measured_p80_ms"):
+            row[key] = float(row[key]) if row.get(key) not in (None, "") else None
+    return rows
+
+
+# --- in the counting subprocess ---------------------------------------------------------
+
+
+def _launch_features(launch, device):
+    """What the fit needs of one launch: the terms of the model that do not depend on the fit."""
+    clock, schedulers = device.clock_hz, device.warp_instructions_per_sm_per_clock
+    issue, mufu, transfer, _ = launch.times(device)
+    per_program_instructions = launch.warp_instructions / launch.programs
+    per_program_bytes = launch.bytes(device) / launch.programs
+    return {
+        "kernel": launch.big.qualname, "grid": list(launch.big.grid), "num_warps": launch.warps,
+        "issue_s": issue, "mufu_s": mufu, "bytes_s": transfer, "waves": launch.waves,
+        "rounds": launch.rounds_per_program,
+        "instructions_s": launch.resident_per_sm * per_program_instructions / (schedulers * clock),
+        "transfer_s": launch.resident_per_sm * per_program_bytes * launch.active_sms / device.copy_bandwidth,
+        "registers": launch.code["registers"], "spills": launch.code["local_bytes"],
+    }
+
+
+def count_points(rows, cache_dir, log):
+    """Count and compile each row's workload (this process has the row's Liger version)."""
+    from perf.calibration import runners
+
+    from .capture import Workload, count_workload  # noqa: F401  (the runners return Workloads)
+    from .cost import LaunchCounts, check_same_path
+    from .machine_code import compile_launches, spec_key
+
+    counted_rows = []
+    for row in rows:
+        t0 = time.time()
+        version = row["liger_version"]
+
+        def make(headline, row=row, version=version):
+            shape = row["shape"] if headline else runners.scaled_down(row["runner"], row["shape"], version)
+            return runners.workload(row["runner"], shape, row["dtype"], row["phase"], headline, version)
+
+        counted = count_workload(make)
+        check_same_path(f"{row['runner']} {row['shape']}", counted)
+        counted_rows.append((row, counted))
+        log(f"  counted {row['runner']} {row['phase']} {row['shape']} ({time.time() - t0:.1f} s)")
+    from perf.calibration.liger import liger_path
+
+    paths = sorted({liger_path(row["liger_version"]) for row in rows})
+    codes = compile_launches([launch for _, c in counted_rows for launch in c.headline], cache_dir, extra_paths=paths)
+    out = []
+    for row, counted in counted_rows:
+        scale = counted.elements / counted.small_elements
+        launches = [LaunchCounts(big, small, codes[spec_key(big)], scale)
+                    for big, small in zip(counted.headline, counted.small)]
+        out.append({
+            "row": row, "launches": [_launch_features(launch, DEVICE) for launch in launches],
+            "torch_ops": [[name, nbytes * scale / DEVICE.copy_bandwidth, calls]
+                          for name, (nbytes, calls) in counted.torch_ops.items()],
+        })
+    return out
+
+
+def _count_worker(spec_path, out_path, cache_dir):
+    """Entry of the counting subprocess: ``perf.model --count-points SPEC OUT CACHE``."""
+    with open(spec_path) as f:
+        rows = json.load(f)
+    features = count_points(rows, cache_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    with open(out_path, "w") as f:
+        json.dump(features, f)
+
+
+def count_all(rows, cache_dir, log=print):
+    """Counted features of every row, one subprocess per Liger version."""
+    from perf.calibration.liger import liger_path
+
+    by_version = {}
+    for row in rows:
+        by_version.setdefault(row["liger_version"], []).append(row)
+    features = []
+    for version, group in sorted(by_version.items()):
+        path = liger_path(version)
+        with tempfile.TemporaryDirectory() as tmp:
+            spec, out = os.path.join(tmp, "rows.json"), os.path.join(tmp, "features.json")
+            with open(spec, "w") as f:
+                json.dump(group, f)
+            env = dict(os.environ, TRITON_INTERPRET="1")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [path, env.get("PYTHONPATH")]))
+            log(f"perf.model: counting {len(group)} points with liger-kernel {version}")
+            done = subprocess.run([sys.executable, "-m", "perf.model", "--count-points", spec, out, cache_dir],
+                                  env=env, cwd=_repo(), stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"counting the liger-kernel {version} points failed:\n{done.stderr[-4000:]}")
+            for line in done.stderr.splitlines():
+                if line.startswith("  counted"):
+                    log(line)
+            with open(out) as f:
+                features.extend(json.load(f))
+    return features
+
+
+def _repo():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# --- the fit -----------------------------------------------------------------------------
+
+
+def predict(feature, launch_s, round_latency_s, issue_factor):
+    """Modeled seconds of one point at these constants (the formula of ``perf/model/cost.py``)."""
+    total = 0.0
+    for launch in feature["launches"]:
+        serial = launch["waves"] * (launch["rounds"] * round_latency_s + issue_factor * launch["instructions_s"]
+                                    + launch["transfer_s"])
+        total += launch_s + max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"], serial)
+    total += sum(calls * launch_s + seconds for _, seconds, calls in feature["torch_ops"])
+    return total
+
+
+def uncalibrated(feature):
+    """The model before calibration: max(issue, MUFU, bytes) per launch, torch ops' bytes only."""
+    return (sum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]) for launch in feature["launches"])
+            + sum(seconds * calls for _, seconds, calls in feature["torch_ops"]))
+
+
+def fit(features):
+    """The grid point minimising the summed squared log error (measured / modeled)."""
+    import numpy as np
+
+    t0 = np.array(GRID["launch_s"])[:, None, None]
+    lat = np.array(GRID["round_latency_s"])[None, :, None]
+    k = np.array(GRID["issue_factor"])[None, None, :]
+    error = np.zeros((t0.shape[0], lat.shape[1], k.shape[2]))
+    for feature in features:
+        total = np.zeros_like(error)
+        for launch in feature["launches"]:
+            serial = launch["waves"] * (launch["rounds"] * lat + k * launch["instructions_s"] + launch["transfer_s"])
+            total = total + t0 + np.maximum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]), serial)
+        for _, seconds, calls in feature["torch_ops"]:
+            total = total + calls * t0 + seconds
+        error += np.log(feature["row"]["measured_ms"] / 1e3 / total) ** 2
+    i, j, m = np.unravel_index(np.argmin(error), error.shape)
+    return float(t0[i, 0, 0]), float(lat[0, j, 0]), float(k[0, 0, m])
+
+
+def _ratios(features, params):
+    return [f["row"]["measured_ms"] / 1e3 / predict(f, *params) for f in features]
+
+
+def _stats(ratios):
+    import statistics
+
+    s = sorted(ratios)
+    q = lambda p: s[min(len(s) - 1, int(p * len(s)))]  # noqa: E731
+    return {"median": statistics.median(s), "p10": q(0.1), "p90": q(0.9),
+            "within_15pct": sum(1 for r in s if abs(math.log(r)) <= math.log(1.15)), "points": len(s),
+            "rms_log_error": math.sqrt(sum(math.log(r) ** 2 for r in s) / len(s))}
+
+
+def calibrate(features):
+    """The fit on all points, each family held out in turn, and the errors of each."""
+    params = fit(features)
+    families = sorted({f["row"]["family"] for f in features})
+    held_out, loo = [], []
+    for family in families:
+        rest = [f for f in features if f["row"]["family"] != family]
+        mine = [f for f in features if f["row"]["family"] == family]
+        if not rest:
+            continue
+        p = fit(rest)
+        loo.append((family, *p))
+        held_out += [(family, r) for r in _ratios(mine, p)]
+    points = []
+    for f in features:
+        row = f["row"]
+        points.append({
+            "family": row["family"], "runner": row["runner"], "shape": row["shape"], "dtype": row["dtype"],
+            "phase": row["phase"], "liger_version": row["liger_version"], "measured_ms": row["measured_ms"],
+            "uncalibrated_ms": uncalibrated(f) * 1e3, "calibrated_ms": predict(f, *params) * 1e3,
+            "launches": len(f["launches"]) + sum(int(c) for _, _, c in f["torch_ops"]),
+            "main_kernel": max(f["launches"], key=lambda l: l["bytes_s"])["kernel"] if f["launches"] else "",
+        })
+    return {
+        "fit": {"launch_s": params[0], "round_latency_s": params[1], "issue_factor": params[2]},
+        "leave_one_family_out": [{"family": fam, "launch_s": a, "round_latency_s": b, "issue_factor": c}
+                                 for fam, a, b, c in loo],
+        "errors": {
+            "uncalibrated": _stats([p["measured_ms"] / p["uncalibrated_ms"] for p in points]),
+            "calibrated": _stats([p["measured_ms"] / p["calibrated_ms"] for p in points]),
+            "held_out_by_family": _stats([r for _, r in held_out]),
+            "held_out_per_family": {fam: _stats([r for g, r in held_out if g == fam]) for fam in families
+                                    if any(g == fam for g, _ in held_out)},
+        },
+        "points": points,
+    }
+
+
+def markdown(result, meta):
+    fit_, errors = result["fit"], result["errors"]
+    lines = [
+        "# The cost model against measured H100 times (calibration)",
+        "",
+        f"`{meta['command']}`, triton {meta['triton']}, torch {meta['torch']}, {meta['seconds']:.0f} s on this "
+        f"machine (no GPU). Points: `{meta['points_file']}` ({len(result['points'])} measured times of Liger-Kernel's "
+        "Triton kernels, from its published benchmark data; each row names its source and commit). The kernels are "
+        "compiled for sm_90 here and counted under the interpreter, exactly as the headline cases are.",
+        "",
+        f"Fitted: **{fit_['launch_s'] * 1e6:.2f} us per launch, {fit_['round_latency_s'] * 1e9:.0f} ns per dependent "
+        f"memory round, issue factor {fit_['issue_factor']:.2f}**.",
+        "",
+        "| measured / modeled | median | p10 | p90 | within 15% | rms log error |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, label in (("uncalibrated", "uncalibrated model (max of issue, MUFU, bytes)"),
+                        ("calibrated", "calibrated, fitted on all points"),
+                        ("held_out_by_family", "calibrated, each family held out of its fit")):
+        s = errors[name]
+        lines.append(f"| {label} | {s['median']:.2f} | {s['p10']:.2f} | {s['p90']:.2f} | "
+                     f"{s['within_15pct']} of {s['points']} | {s['rms_log_error']:.2f} |")
+    lines += ["", "Leave-one-family-out fits (the constants' range; the model's pessimistic end uses each):", "",
+              "| left out | launch us | round ns | issue factor | its held-out median | p10-p90 |",
+              "|---|---:|---:|---:|---:|---|"]
+    for fit_row in result["leave_one_family_out"]:
+        s = errors["held_out_per_family"][fit_row["family"]]
+        lines.append(f"| {fit_row['family']} | {fit_row['launch_s'] * 1e6:.2f} | {fit_row['round_latency_s'] * 1e9:.0f} | "
+                     f"{fit_row['issue_factor']:.2f} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} |")
+    lines += ["", "![measured vs modeled](calibration.png)", "", "Every point:", "",
+              "| family | phase | dtype | shape | version | launches | measured ms | uncalibrated ms | calibrated ms | "
+              "measured / calibrated |", "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for p in result["points"]:
+        shape = ", ".join(f"{k}={v}" for k, v in p["shape"].items())
+        lines.append(f"| {p['family']} | {p['phase']} | {p['dtype']} | {shape} | {p['liger_version']} | {p['launches']} | "
+                     f"{p['measured_ms']:.4f} | {p['uncalibrated_ms']:.4f} | {p['calibrated_ms']:.4f} | "
+                     f"{p['measured_ms'] / p['calibrated_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharex=True, sharey=True)
+    markers = "osD^v<>px*"
+    families = sorted({p["family"] for p in result["points"]})
+    for ax, key, title in ((axes[0], "uncalibrated_ms", "uncalibrated"), (axes[1], "calibrated_ms", "calibrated")):
+        for n, family in enumerate(families):
+            pts = [p for p in result["points"] if p["family"] == family]
+            ax.scatter([p[key] for p in pts], [p["measured_ms"] for p in pts], marker=markers[n % len(markers)],
+                       label=family, s=22)
+        lo = min(min(p["measured_ms"], p["uncalibrated_ms"], p["calibrated_ms"]) for p in result["points"]) / 1.5
+        hi = max(max(p["measured_ms"], p["uncalibrated_ms"], p["calibrated_ms"]) for p in result["points"]) * 1.5
+        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+        ax.plot([lo, hi], [lo * 1.15, hi * 1.15], color="grey", lw=0.5, ls="--")
+        ax.plot([lo, hi], [lo / 1.15, hi / 1.15], color="grey", lw=0.5, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel(f"modeled ms ({title})")
+        ax.set_title(f"{title} model vs measured H100 (dashed: 15%)", fontsize=9)
+    axes[0].set_ylabel("measured ms (H100 80GB HBM3)")
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

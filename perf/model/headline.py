@@ -1,0 +1,175 @@
+"""The headline cases: what the kernels are judged on, as workloads the model can count."""
+
+import dataclasses
+
+from .capture import Counted, _counting_aot_backend, _Recorder, _torch_op_counter, recording
+
+# (name, kind, headline shape, scaled-down shape, bf16 target). Targets: the calibrated model's
+# pessimistic % of the floor for forward + backward (``loss.backward()``), the same in float32;
+# for a ``grad_output`` other than 1 (eager or compiled) at most 1.5x the floor's bytes (1.7 with
+# dense sigmoid targets). The scaled-down shapes keep what a program sees (classes, a row's
+# length, enough positions for a full tile) and cut the count of programs; the model checks
+# that they launch the same kernels with the same constexprs.
+SEG_A = ("seg (16,150,512,512)", "softmax", (16, 150, 512, 512), (1, 150, 64, 64), 65)
+SEG_B = ("seg (8,19,512,1024)", "softmax", (8, 19, 512, 1024), (1, 19, 64, 128), 80)
+VOCAB = ("vocab (8192,128256)", "softmax", (8192, 128256), (4, 128256), 80)
+DET_INDEX = ("det (1.6M,80) index", "sigmoid_index", (1_600_000, 80), (4096, 80), 85)
+DET_DENSE = ("det (1.6M,80) dense", "sigmoid_dense", (1_600_000, 80), (4096, 80), 85)
+SMOOTHING_TARGET = 55
+TRAFFIC_LIMIT, TRAFFIC_LIMIT_DENSE = 1.5, 1.7
+
+
+@dataclasses.dataclass
+class Case:
+    family: str  # the headline case's name
+    kind: str  # softmax, sigmoid_index, sigmoid_dense
+    shape: tuple
+    small_shape: tuple
+    dtype: str  # bf16, fp32
+    options: str = ""  # "", "label_smoothing 0.1", "per-class gamma/alpha/weight"
+    grad_output: float = 1.0
+    compiled: bool = False
+    target_pct_of_floor: object = None
+    target_bytes_over_floor: object = None
+    headline: bool = False  # one of the issue's bf16 loss.backward() targets
+
+    @property
+    def name(self):
+        words = [self.family, self.dtype]
+        if self.options:
+            words.append(self.options)
+        words.append("loss.backward()" if self.grad_output == 1 else f"grad_output {self.grad_output:g}")
+        if self.compiled:
+            words.append("torch.compile")
+        return ", ".join(words)
+
+
+def all_cases():
+    cases = []
+    for family, kind, shape, small, target in (SEG_A, SEG_B, VOCAB, DET_INDEX, DET_DENSE):
+        variants = [("", target)] + ([("label_smoothing 0.1", SMOOTHING_TARGET)] if family == VOCAB[0] else [])
+        for options, target in variants:
+            for dtype in ("bf16", "fp32"):
+                cases.append(Case(family, kind, shape, small, dtype, options, target_pct_of_floor=target,
+                                  headline=dtype == "bf16"))
+    for family, kind, shape, small, _ in (SEG_A, DET_INDEX):
+        cases.append(Case(family, kind, shape, small, "bf16", "per-class gamma/alpha/weight"))
+    for family, kind, shape, small, _ in (SEG_A, SEG_B, VOCAB, DET_INDEX, DET_DENSE):
+        limit = TRAFFIC_LIMIT_DENSE if kind == "sigmoid_dense" else TRAFFIC_LIMIT
+        for compiled in (False, True):
+            cases.append(Case(family, kind, shape, small, "bf16", grad_output=2.0, compiled=compiled,
+                              target_bytes_over_floor=limit))
+    return cases
+
+
+
+def _dtype(name):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
+
+
+def _inputs(case, shape, headline):
+    """Logits, targets and keyword arguments. At the headline shape the kernels are not executed,
+    so the logits are left uninitialized (the pages are never touched)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    dtype = _dtype(case.dtype)
+    x = torch.empty(shape, dtype=dtype) if headline else torch.randn(shape, generator=g).to(dtype)
+    x.requires_grad_(True)
+    classes = shape[1]
+    per_class = case.options == "per-class gamma/alpha/weight"
+    if case.kind == "softmax":
+        target = torch.randint(0, classes, (shape[0],) + tuple(shape[2:]), generator=g)
+        kwargs = {"gamma": 2.0, "reduction": "mean"}
+        if case.options == "label_smoothing 0.1":
+            kwargs["label_smoothing"] = 0.1
+        if per_class:
+            kwargs.update(gamma=torch.rand(classes, generator=g) + 1.5, alpha=torch.rand(classes, generator=g) + 0.5,
+                          weight=torch.rand(classes, generator=g) + 0.5)
+    else:
+        if case.kind == "sigmoid_index":
+            target = torch.randint(0, classes + 1, (shape[0],), generator=g)  # classes: background
+        else:
+            target = torch.zeros(shape, dtype=dtype) if headline else (torch.rand(shape, generator=g) < 0.01).to(dtype)
+        kwargs = {"alpha": 0.25, "gamma": 2.0, "reduction": "sum", "normalizer": 100.0}
+        if per_class:
+            kwargs.update(gamma=torch.rand(classes, generator=g) + 1.5, weight=torch.rand(classes, generator=g) + 0.5)
+    return x, target, kwargs
+
+
+def _loss_fn(case):
+    import triton_focal
+
+    if case.kind == "softmax":
+        return lambda x, t, kw: triton_focal.focal_loss(x, t, backend="triton", **kw)
+    return lambda x, t, kw: triton_focal.sigmoid_focal_loss(x, t, backend="triton", **kw)
+
+
+def run_case(case, headline):
+    """Forward + backward through the public API; returns (launches, torch-op bytes by op)."""
+    import torch
+
+    shape = case.shape if headline else case.small_shape
+    x, target, kwargs = _inputs(case, shape, headline)
+    loss_fn = _loss_fn(case)
+    torch_bytes = {}
+    if case.compiled:
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda x, t: loss_fn(x, t, kwargs), fullgraph=True, dynamic=False,
+                                 backend=_counting_aot_backend(torch_bytes))
+        forward = lambda: compiled(x, target)
+    else:
+        forward = lambda: loss_fn(x, target, kwargs)
+
+    def step():
+        loss = forward()
+        out = loss * case.grad_output if case.grad_output != 1 else loss
+        torch.autograd.grad(out, x)  # not .backward(): accumulating into x.grad is autograd's, not the loss's
+
+    if case.compiled:  # Dynamo and AOTAutograd trace outside the count (kernels captured, not run)
+        with recording("capture"):
+            step()
+    if not headline:
+        # One uncounted step first, as in training: the device's gradient policy
+        # (triton_focal/ops/grad_policy.py) settles for this grad_output, so the counted step
+        # is the steady state (forwards store the gradient only where grad_output is 1).
+        step()
+    _Recorder.launches = []
+    torch_bytes.clear()
+    _Recorder.mode = "capture" if headline else "count"
+    try:
+        if case.compiled:  # the graphs count their own ops (Dynamo refuses a dispatch mode around it)
+            _Recorder.counting_graphs = True
+            step()
+        else:
+            with _torch_op_counter(torch_bytes):
+                step()
+    finally:
+        _Recorder.mode = "off"
+        _Recorder.counting_graphs = False
+    floor = x.numel() * x.element_size() * 2 + target.numel() * target.element_size()
+    return _Recorder.launches, torch_bytes, floor, x.numel()
+
+
+
+
+def count_case(case):
+    """The case at its headline shape (captured) and scaled-down shape (counted)."""
+    big, _, floor, numel = run_case(case, headline=True)
+    small, torch_ops, _, small_numel = run_case(case, headline=False)
+    return Counted(big, small, torch_ops, numel, small_numel, floor)
+
+
+def select(cases, names="", dtypes="", headline_only=False):
+    out = []
+    for case in cases:
+        if names and not any(n in case.family or n in case.kind for n in names.split(",")):
+            continue
+        if dtypes and case.dtype not in dtypes.split(","):
+            continue
+        if headline_only and not case.headline:
+            continue
+        out.append(case)
+    return out
