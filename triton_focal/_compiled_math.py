@@ -250,6 +250,17 @@ def _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg):
     return x, t, valid
 
 
+def bce_with_logits(x, t, softplus_rest):
+    """``BCE(x, t) = t * relu(-x) + (1 - t) * relu(x) + log1p(exp(-|x|))`` (``max(x, 0) - x t +
+    ...`` rearranged for ``t`` in ``[0, 1]``), where a factor ``t`` or ``1 - t`` that is 0
+    gives 0 even at an infinite logit: a ``+inf`` logit with target 1 (``-inf`` with 0) has
+    BCE 0, not ``inf - inf``."""
+    zero = torch.zeros_like(x)
+    positive_part = torch.where(t < 1, (1 - t) * torch.clamp_min(x, 0), zero)
+    negative_part = torch.where(t > 0, t * torch.clamp_min(-x, 0), zero)
+    return positive_part + negative_part + softplus_rest
+
+
 def _element_scale(t, alpha, weight, cfg):
     """``alpha_t * weight`` per element (1 where neither is given)."""
     scale = alpha * t + (1 - alpha) * (1 - t) if cfg.alpha else torch.ones_like(t)
@@ -270,7 +281,7 @@ def _sigmoid_loss_and_grad(x, target, gamma, alpha, weight, ignore_index, cfg, w
     """
     x, t, valid = _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg)
     p, one_minus_p, softplus_rest = sigmoid_parts(x)
-    bce = torch.clamp_min(x, 0) - x * t + softplus_rest
+    bce = bce_with_logits(x, t, softplus_rest)
     one_minus_p_t = one_minus_p * t + p * (1 - t)  # no cancellation
     g = per_class(gamma)
     focal = power(one_minus_p_t, g)

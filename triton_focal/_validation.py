@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
+from ._autograd_state import functorch_active
 from .reference import compute_dtype  # per-class tensors take the arithmetic's dtype
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -51,6 +52,8 @@ class SigmoidArgs(NamedTuple):
 def check_logits(input):
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if input.layout != torch.strided:
+        raise TypeError(f"input must be a dense (strided) tensor of logits, got layout {input.layout}; pass input.to_dense()")
     if input.dtype not in FLOAT_DTYPES:
         raise TypeError(f"input must be float16, bfloat16, float32 or float64 logits, got {input.dtype}")
     if input.dim() == 0:
@@ -74,7 +77,8 @@ def is_real_number(value):
 def values_known(tensor, validate):
     """Tensor values are checked where that costs no device-to-host sync (or on request),
     and never while torch.compile traces (a value-dependent branch would break the graph)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or functorch_active():
+        # Under torch.func transforms (vmap, grad, jacrev) a value-dependent branch cannot run.
         return False
     return validate or tensor.device.type == "cpu"
 
@@ -106,7 +110,9 @@ def check_per_class(name, value, num_classes, input, *, validate, allow_scalar=T
                 raise ValueError(f"{name} must be finite and non-negative, got {first_bad_value(value, bad)}")
         if input is None:
             return value
-        return value.detach().to(device=input.device, dtype=compute_dtype(input.dtype))
+        # The graph is kept: the reference differentiates a tensor that requires grad, the other
+        # backends refuse it (refuse_learnable), none drops its gradient silently.
+        return value.to(device=input.device, dtype=compute_dtype(input.dtype))
     if not allow_scalar or not is_real_number(value):
         kinds = "a number or a 1-D tensor" if allow_scalar else "a 1-D tensor"
         count = "per-class values" if num_classes is None else f"{num_classes} values"
@@ -134,6 +140,21 @@ def check_ignore_index(ignore_index):
     if not INT64_RANGE[0] <= ignore_index <= INT64_RANGE[1]:
         raise ValueError(f"ignore_index must fit in int64, as class indices do, got {ignore_index}")
     return ignore_index
+
+
+def target_for_ignore_index(target, ignore_index):
+    """``target``, or its int64 copy where its dtype cannot hold ``ignore_index``.
+
+    ``F.cross_entropy``'s rule: an ``ignore_index`` that the target's dtype cannot represent
+    (the default -100 with uint8 targets, 2**40 with int32) matches no element. Compared in
+    the target's own dtype it would wrap around (-100 becomes class 156 of a uint8 target) or
+    overflow, so such targets are compared as int64 (a copy of the targets, not of the logits;
+    targets whose dtype holds ``ignore_index`` are used as they are).
+    """
+    info = torch.iinfo(target.dtype)
+    if info.min <= ignore_index <= info.max:
+        return target
+    return target.long()
 
 
 def check_class_indices(target, num_classes, ignore_index, *, validate, background_ok=False):
@@ -206,6 +227,7 @@ def softmax_args(
             raise TypeError(f"weight must be a 1-D tensor of {num_classes} values, got {type(weight).__name__}")
         weight = check_per_class("weight", weight, num_classes, input, validate=validate)
     label_smoothing = check_label_smoothing(label_smoothing)
+    target = target_for_ignore_index(target, ignore_index)
     if check_indices:
         check_class_indices(target, num_classes, ignore_index, validate=validate)
     n = 1 if input.dim() == 1 else input.shape[0]
@@ -310,6 +332,7 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
                 f"class-index target shape {tuple(target.shape)} does not match input shape "
                 f"{tuple(input.shape)}: expected {tuple(expected)} (input's shape without dimension 1).{hint}"
             )
+        target = target_for_ignore_index(target, ignore_index)
         check_class_indices(target, num_classes, ignore_index, validate=validate, background_ok=True)
         canonical_target = target.reshape(input.shape[0], -1) if target.numel() else target.reshape(
             input.shape[0], math.prod(input.shape[2:])
@@ -325,7 +348,7 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
         if broadcast != input.shape:
             raise ValueError(f"weight shape {tuple(weight.shape)} is not broadcastable to input shape {tuple(input.shape)}")
         check_weight_values(weight, validate)
-        weight = as_ncp(weight.detach().expand(input.shape))
+        weight = as_ncp(weight.expand(input.shape))
     return SigmoidArgs(
         input=as_ncp(input),
         target=canonical_target,
@@ -354,3 +377,18 @@ def sigmoid_star_args(input, target, alpha, gamma, reduction):
     if not is_real_number(gamma) or not 0.0 < float(gamma) < math.inf:
         raise ValueError(f"gamma of FL* must be a finite positive number (the loss divides by it), got {gamma!r}")
     return as_ncp(input), as_ncp(target), alpha, float(gamma), reduction
+
+
+LEARNABLE_HINT = "pass it detached (.detach()), or compute the loss with backend='reference', which differentiates it"
+
+
+def refuse_learnable(where, hint=LEARNABLE_HINT, **tensors):
+    """A per-class ``alpha``, ``weight`` or ``gamma`` (or a sigmoid ``weight``) that requires
+    grad, where the loss cannot differentiate it: a clear error instead of a gradient dropped
+    silently (``F.cross_entropy`` refuses such a weight too). Nothing is refused where grad
+    is disabled: no gradient is asked for there."""
+    if not torch.is_grad_enabled():
+        return
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            raise ValueError(f"{name} requires grad, but {where} does not differentiate {name}; {hint}")

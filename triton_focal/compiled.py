@@ -334,9 +334,10 @@ def softmax_focal_loss(
 ):
     """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices (the
     reference's arguments and result, closed-form gradient)."""
-    # Inside the user's torch.compile (see _traced_by_user), or no class to score at all (C = 0:
-    # logsumexp over nothing, which Dynamo refuses): the reference composition.
-    if torch.compiler.is_compiling() or input.shape[1] == 0:
+    # Inside the user's torch.compile (see _traced_by_user), or nothing to score (C = 0: logsumexp
+    # over nothing, which Dynamo refuses; a zero-size batch or spatial dimension, which the
+    # size-oblivious compilation cannot trace): the reference composition.
+    if torch.compiler.is_compiling() or input.numel() == 0 or target.numel() == 0:
         _check_class_indices(target, input.shape[1], ignore_index)
         return reference.softmax_focal_loss(
             input, target, gamma=gamma, alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
@@ -413,7 +414,9 @@ class _SigmoidFocal(torch.autograd.Function):
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
     """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits against dense ``(N, C, P)`` or
     class-index ``(N, P)`` targets (the reference's arguments and result)."""
-    if torch.compiler.is_compiling():  # inside the user's torch.compile: see _traced_by_user
+    # Inside the user's torch.compile (see _traced_by_user), or an empty input (nothing to
+    # compile for): the reference composition.
+    if torch.compiler.is_compiling() or input.numel() == 0:
         return reference.sigmoid_focal_loss(
             input, target, alpha=alpha, gamma=gamma, weight=weight, ignore_index=ignore_index, reduction=reduction,
             normalizer=normalizer,
@@ -466,7 +469,7 @@ class _SigmoidFocalStar(torch.autograd.Function):
 
 def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     """FL* of logits against dense targets of the same shape (the reference's arguments)."""
-    if torch.compiler.is_compiling():  # inside the user's torch.compile: see _traced_by_user
+    if torch.compiler.is_compiling() or input.numel() == 0:  # see sigmoid_focal_loss
         return reference.sigmoid_focal_loss_star(input, target, alpha=alpha, gamma=gamma, reduction=reduction)
     cfg = StarConfig(reduction=reduction, alpha=alpha >= 0)
     x, t = input.reshape(1, 1, -1), target.reshape(1, 1, -1)

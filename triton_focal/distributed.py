@@ -391,6 +391,12 @@ def vocab_parallel_focal_loss(
         probe, flat_target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, False, z_loss, softcap
     )
     name = backends.resolve(backend, rows.device)
+    # The shard steps compute alpha, weight and gamma without an autograd graph.
+    _validation.refuse_learnable(
+        "vocab_parallel_focal_loss", hint="pass it detached (.detach())", alpha=args.alpha, weight=args.weight,
+        gamma=args.gamma,
+    )
+    flat_target = args.target.reshape(flat_target.shape)  # int64 where its dtype cannot hold ignore_index
     dtype = reference.compute_dtype(rows.dtype)
     denominator = reference.softmax_mean_denominator(flat_target, args.weight, args.ignore_index, dtype)
     count = (flat_target != args.ignore_index).sum(dtype=dtype)

@@ -12,6 +12,7 @@ from typing import Optional, Union
 import torch
 
 from . import _validation, backends
+from ._autograd_state import functorch_active
 
 
 def _autocast_to_float32(input):
@@ -22,6 +23,14 @@ def _autocast_to_float32(input):
     if input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(input.device.type):
         return input.float()
     return input
+
+
+def _backend_for(backend, device):
+    """The backend that runs: the named one, except under a ``torch.func`` transform (``vmap``,
+    ``grad``, ``jacrev``, ...), where every backend runs the eager reference: plain torch ops,
+    which every transform supports (the kernels and the compiled functions are opaque to them)."""
+    name = backends.resolve(backend, device)
+    return "reference" if functorch_active() else name
 
 
 def focal_loss(
@@ -86,22 +95,29 @@ def focal_loss(
         ``reduction="none"``.
 
     Raises:
-        TypeError: ``input`` is not a floating-point tensor, ``target`` is not an integer
+        TypeError: ``input`` is not a dense floating-point tensor, ``target`` is not an integer
             tensor, or an argument has the wrong kind (``weight`` not a tensor, ``gamma`` or
-            ``alpha`` neither a number nor a float tensor, ``ignore_index`` not an int).
+            ``alpha`` neither a number nor a float tensor, ``ignore_index`` not an int,
+            ``inplace_grad`` not a bool).
         ValueError: ``target``'s shape does not match ``input``'s; ``gamma``, ``alpha`` or
             ``weight`` is negative, inf or NaN, or not one value per class;
             ``label_smoothing`` is outside ``[0, 1]``; ``reduction`` or ``backend`` is
             unknown, or the backend cannot run here; a class index is outside ``[0, C)``
             (checked for CPU tensors, or with ``validate=True``); ``ignore_index`` does not
-            fit in int64; tensors are on different devices.
+            fit in int64; tensors are on different devices; a ``gamma``, ``alpha`` or
+            ``weight`` tensor requires grad on a backend other than ``"reference"`` (which
+            differentiates them; pass them detached elsewhere).
     """
+    if not isinstance(inplace_grad, bool):
+        raise TypeError(f"inplace_grad must be a bool (True or False), got {inplace_grad!r}")
     input = _autocast_to_float32(input)
     args = _validation.softmax_args(
         input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate, z_loss, softcap,
         check_indices=False,
     )
-    name = backends.resolve(backend, input.device)
+    name = _backend_for(backend, input.device)
+    if name != "reference":
+        _validation.refuse_learnable(f"backend={name!r}", alpha=args.alpha, weight=args.weight, gamma=args.gamma)
     # The compile backend counts out-of-range indices of CPU targets in its own forward pass
     # (a separate check costs more than a tenth of a small CPU loss).
     if name != "compile" or args.target.device.type != "cpu":
@@ -181,13 +197,17 @@ def sigmoid_focal_loss(
             ``validate=True``); ``alpha`` is inf or NaN; ``gamma`` or ``weight`` is
             negative, inf or NaN; ``normalizer`` is not a finite positive number, or is
             given with ``reduction="none"``; ``reduction`` or ``backend`` is unknown;
-            tensors are on different devices.
+            tensors are on different devices; a ``gamma`` or ``weight`` tensor requires grad
+            on a backend other than ``"reference"`` (which differentiates them).
     """
     input = _autocast_to_float32(input)
     args = _validation.sigmoid_args(
         input, target, alpha, gamma, weight, ignore_index, reduction, normalizer, validate
     )
-    loss = backends.load(backends.resolve(backend, input.device)).sigmoid_focal_loss(
+    name = _backend_for(backend, input.device)
+    if name != "reference":
+        _validation.refuse_learnable(f"backend={name!r}", weight=args.weight, gamma=args.gamma)
+    loss = backends.load(name).sigmoid_focal_loss(
         args.input,
         args.target,
         alpha=args.alpha,
@@ -231,7 +251,7 @@ def sigmoid_focal_loss_star(
     """
     input = _autocast_to_float32(input)
     x, t, alpha, gamma, reduction = _validation.sigmoid_star_args(input, target, alpha, gamma, reduction)
-    loss = backends.load(backends.resolve(backend, input.device)).sigmoid_focal_loss_star(
+    loss = backends.load(_backend_for(backend, input.device)).sigmoid_focal_loss_star(
         x, t, alpha=alpha, gamma=gamma, reduction=reduction
     )
     return loss.reshape(input.shape) if reduction == "none" else loss

@@ -25,6 +25,7 @@ from typing import Optional, Union
 import torch
 
 from . import _validation, backends, reference
+from ._autograd_state import functorch_active
 from .distributed import mean_scales, rows_focal_loss
 from .functional import focal_loss
 
@@ -125,6 +126,22 @@ def _differentiable_loss(hidden, lm_weight, bias, target, focal_kwargs):
     return focal_loss(logits, target, **{**focal_kwargs, "backend": "reference"})
 
 
+def _check_operand(name, tensor, hidden):
+    """``hidden``, ``lm_weight`` and ``bias``: dense floating-point tensors of one dtype (under
+    autocast, which casts the matrix product's operands, only their kind is checked)."""
+    if tensor is None:
+        return
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {tensor.layout}; pass {name}.to_dense()")
+    if tensor.dtype not in _validation.FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+    if tensor.dtype != hidden.dtype and not torch.is_autocast_enabled(hidden.device.type):
+        raise TypeError(
+            f"{name} is {tensor.dtype} but hidden is {hidden.dtype}; cast one to the other's dtype "
+            f"(e.g. {name}.to(hidden.dtype))"
+        )
+
+
 class _FusedLinearFocalFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, lm_weight, bias, target, focal_kwargs, chunk_size, denominator, count):
@@ -206,6 +223,7 @@ def fused_linear_focal_loss(
     """
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a (T, H) tensor, got {getattr(hidden, 'shape', type(hidden).__name__)}")
+    _check_operand("hidden", hidden, hidden)
     if not isinstance(lm_weight, torch.Tensor) or lm_weight.dim() != 2 or lm_weight.shape[1] != hidden.shape[1]:
         raise ValueError(
             f"lm_weight must be (V, H) with H = {hidden.shape[1]} (hidden's last size), got "
@@ -217,6 +235,7 @@ def fused_linear_focal_loss(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     for name, tensor in (("lm_weight", lm_weight), ("bias", bias)):
         _validation.check_same_device(hidden, name, tensor)
+        _check_operand(name, tensor, hidden)
     kwargs = {"gamma": gamma, "alpha": alpha, "weight": weight, "ignore_index": ignore_index,
               "reduction": reduction, "label_smoothing": label_smoothing, "z_loss": z_loss, "softcap": softcap,
               "backend": backend}
@@ -226,6 +245,15 @@ def fused_linear_focal_loss(
         probe, target, kwargs["gamma"], kwargs["alpha"], kwargs["weight"], kwargs["ignore_index"],
         kwargs["reduction"], kwargs["label_smoothing"], False, kwargs["z_loss"], kwargs["softcap"],
     )
+    # The chunks compute alpha, weight and gamma without an autograd graph.
+    _validation.refuse_learnable(
+        "fused_linear_focal_loss", hint="pass it detached (.detach()), or compute focal_loss(hidden @ lm_weight.T, "
+        "target, ..., backend='reference'), which differentiates it", alpha=args.alpha, weight=args.weight,
+        gamma=args.gamma,
+    )
+    target = args.target.reshape(target.shape)  # int64 where its dtype cannot hold ignore_index
+    if functorch_active():  # torch.func transforms: plain torch ops, which they all support
+        return _differentiable_loss(hidden, lm_weight, bias, target, kwargs)
     dtype = reference.compute_dtype(hidden.dtype)
     denominator = reference.softmax_mean_denominator(target, args.weight, args.ignore_index, dtype)
     count = (target != args.ignore_index).sum(dtype=dtype)

@@ -3,7 +3,9 @@ for ``nn.CrossEntropyLoss``) and :class:`SigmoidFocalLoss` (one-vs-all, RetinaNe
 
 Arguments are checked when the module is built, so a bad ``alpha`` fails at construction
 rather than at the first forward. Tensor arguments (alpha, weight, per-class gamma) are
-registered as buffers, so ``module.to(device)`` moves them and ``state_dict`` saves them.
+registered as buffers (a sigmoid ``normalizer`` tensor too), so ``module.to(device)`` moves them
+and ``state_dict`` saves them. A buffer is not learned: a tensor that requires grad is refused
+(``ValueError``), except a ``normalizer``, which keeps its graph.
 """
 
 from typing import Optional, Union
@@ -29,8 +31,19 @@ def _describe(value):
 class _TensorArgs(nn.Module):
     """Stores tensor-or-scalar arguments, tensors as buffers."""
 
-    def _store(self, name, value):
+    def _store(self, name, value, *, keep_graph=False):
+        """A tensor becomes a buffer (a copy). One that requires grad is refused, since a buffer
+        is not learned, unless ``keep_graph``: then the tensor itself is kept, graph and all."""
         if isinstance(value, torch.Tensor):
+            if value.requires_grad and keep_graph:
+                self.register_buffer(name, value)
+                return
+            if value.requires_grad:
+                raise ValueError(
+                    f"{name} requires grad, but {type(self).__name__} keeps {name} as a buffer, which is not "
+                    f"learned; pass {name}.detach(), or call the functional loss with {name}=... and "
+                    "backend='reference', which differentiates it"
+                )
             self.register_buffer(name, value.detach().clone())
         else:
             setattr(self, name, value)
@@ -66,11 +79,12 @@ class FocalLoss(_TensorArgs):
         - output: a scalar, or ``target``'s shape with ``reduction="none"``.
 
     Raises:
-        TypeError: an argument has the wrong kind (``alpha`` a list, ``weight`` not a tensor).
+        TypeError: an argument has the wrong kind (``alpha`` a list, ``weight`` not a tensor,
+            ``inplace_grad`` not a bool).
         ValueError: an argument is out of range (``gamma``, ``alpha`` or ``weight`` negative,
             inf or NaN; ``label_smoothing`` outside ``[0, 1]``; an unknown ``reduction`` or
-            ``backend``), at construction. ``forward`` raises what
-            :func:`triton_focal.focal_loss` raises.
+            ``backend``; a tensor that requires grad: buffers are not learned), at
+            construction. ``forward`` raises what :func:`triton_focal.focal_loss` raises.
 
     Example::
 
@@ -105,6 +119,8 @@ class FocalLoss(_TensorArgs):
         backends.check_name(backend)
         _validation.check_z_loss(z_loss)
         _validation.check_softcap(softcap)
+        if not isinstance(inplace_grad, bool):
+            raise TypeError(f"inplace_grad must be a bool (True or False), got {inplace_grad!r}")
         self._store("gamma", gamma)
         self._store("alpha", alpha)
         self._store("weight", weight)
@@ -183,8 +199,8 @@ class SigmoidFocalLoss(_TensorArgs):
             tensor).
         ValueError: an argument is out of range (``alpha`` inf or NaN; ``gamma`` or
             ``weight`` negative, inf or NaN; ``normalizer`` not finite and positive, or set
-            with ``reduction="none"``; an unknown ``reduction`` or ``backend``), at
-            construction. ``forward`` raises what :func:`triton_focal.sigmoid_focal_loss`
+            with ``reduction="none"``; an unknown ``reduction`` or ``backend``; a ``gamma`` or
+            ``weight`` tensor that requires grad), at construction. ``forward`` raises what :func:`triton_focal.sigmoid_focal_loss`
             raises.
 
     Example::
@@ -220,7 +236,9 @@ class SigmoidFocalLoss(_TensorArgs):
         self._store("weight", weight)
         self.reduction = reduction
         self.ignore_index = ignore_index
-        self.normalizer = normalizer
+        # A tensor normalizer is a buffer: .to() moves it and state_dict saves it; one that
+        # requires grad is kept as given and gets its gradient.
+        self._store("normalizer", normalizer, keep_graph=True)
         self.backend = backend
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:

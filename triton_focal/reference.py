@@ -147,6 +147,15 @@ def dense_targets(input, target, ignore_index):
     return one_hot, valid.unsqueeze(1).expand_as(one_hot)
 
 
+def binary_cross_entropy_with_logits(x, t):
+    """``F.binary_cross_entropy_with_logits`` per element, as ``t * softplus(-x) + (1 - t) *
+    softplus(x)``, where a factor ``t`` or ``1 - t`` that is 0 contributes 0 even at an
+    infinite logit: a ``+inf`` logit with target 1 (``-inf`` with target 0) has loss 0 and
+    gradient 0, where ``F.binary_cross_entropy_with_logits`` gives NaN."""
+    zero = torch.zeros_like(x)
+    return torch.where(t > 0, t * F.softplus(-x), zero) + torch.where(t < 1, (1 - t) * F.softplus(x), zero)
+
+
 def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
     """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits.
 
@@ -160,7 +169,7 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
         t, valid = dense_targets(input, target, ignore_index)
         x = ignored_to_zero(x, valid)
 
-    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    bce = binary_cross_entropy_with_logits(x, t)
     # 1 - p_t = (1 - p) t + p (1 - t), with 1 - p = sigmoid(-x): no cancellation.
     one_minus_p_t = torch.sigmoid(-x) * t + torch.sigmoid(x) * (1 - t)
     loss = focal_weight(one_minus_p_t, per_class(gamma, x)) * bce

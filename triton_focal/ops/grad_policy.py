@@ -18,6 +18,7 @@ instead (times ``grad_output``), and the forward stops storing it:
 Nothing is decided on the host, so nothing waits for the GPU.
 """
 
+import contextlib
 import functools
 
 import torch
@@ -26,6 +27,29 @@ import triton
 from .._autograd_state import graph_is_kept
 from ..kernels.grad_mode import GRAD_IF_POLICY
 from ..kernels.scale_grad import _scale_grad_by_scalar_kernel
+
+# --- the launch device -----------------------------------------------------------------------
+
+
+def launch_device(tensor):
+    """The context a kernel launch on ``tensor`` runs in: its CUDA device made current (Triton
+    launches on the current device and stream, so a tensor on ``cuda:1`` while ``cuda:0`` is
+    current would otherwise be launched on the wrong GPU). A device switch, no sync."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def on_input_device(launch):
+    """``launch(input, ...)`` run on ``input``'s device (see :func:`launch_device`)."""
+
+    @functools.wraps(launch)
+    def guarded(input, *args, **kwargs):
+        if not input.is_cuda:
+            return launch(input, *args, **kwargs)
+        with torch.cuda.device(input.device):
+            return launch(input, *args, **kwargs)
+
+    return guarded
+
 
 # --- the persistent grid -------------------------------------------------------------------
 
@@ -182,9 +206,10 @@ def is_dense(tensor):
 def _scale_stored_grad_op(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
     if grad.numel() == 0:
         return
-    _scale_grad_by_scalar_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
-        grad, grad_output, grad.numel(), BLOCK=SCALE_BLOCK, ACC=acc_dtype(grad.dtype), num_warps=SCALE_NUM_WARPS,
-    )
+    with launch_device(grad):
+        _scale_grad_by_scalar_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
+            grad, grad_output, grad.numel(), BLOCK=SCALE_BLOCK, ACC=acc_dtype(grad.dtype), num_warps=SCALE_NUM_WARPS,
+        )
 
 
 @_scale_stored_grad_op.register_fake

@@ -29,6 +29,7 @@ from .grad_policy import (
     differentiable_grad,
     finish_empty_launch,
     integer_gamma,
+    on_input_device,
     policy_flag,
     save_options,
     saved_options,
@@ -68,6 +69,7 @@ def _fold_rows(shape, *strides):
     return n, p, list(strides)
 
 
+@on_input_device
 def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ignore_index, denominator, reduce,
                          star, grad_mode, grad=None, grad_output=None, stored=None, skip_if_stored=False):
     """Launch the kernel once.

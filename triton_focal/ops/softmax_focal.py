@@ -35,6 +35,7 @@ from .grad_policy import (
     finish_empty_launch,
     integer_gamma,
     is_dense,
+    on_input_device,
     policy_flag,
     save_options,
     saved_options,
@@ -113,6 +114,7 @@ def _dummy_strides(n):
     return (0,) * n
 
 
+@on_input_device
 def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
                          z_loss, softcap, denominators, grad_mode, *, grad=None, grad_output=None,
                          stored=None, skip_if_stored=False, row_stats=None):

@@ -6,7 +6,7 @@ import torch
 import triton
 
 from ..kernels.vocab_shard import _shard_grad_kernel, _shard_smoothing_kernel, _shard_stats_kernel
-from .grad_policy import acc_dtype
+from .grad_policy import acc_dtype, on_input_device
 from .scalars import split_float
 
 # One program per row, stepping over its classes: 4096 classes (16 per thread at 8 warps) a step.
@@ -25,6 +25,7 @@ def _per_class(value, x):
     return x, float(value), False
 
 
+@on_input_device
 def shard_softmax_stats(x, local_target, softcap):
     """``(m, s, s_other, z_target)`` of each row of one shard; see ``distributed.shard_softmax_stats``."""
     rows, num_classes = x.shape
@@ -42,6 +43,7 @@ def shard_softmax_stats(x, local_target, softcap):
     return out[0], out[1], out[2], out[3]
 
 
+@on_input_device
 def shard_smoothing_sums(x, lse, softcap, gamma, weight):
     """``(sum_c w_c f_c, sum_c w_c g_c)`` of each row of one shard."""
     rows, num_classes = x.shape
@@ -57,6 +59,7 @@ def shard_smoothing_sums(x, lse, softcap, gamma, weight):
     return out[0], out[1]
 
 
+@on_input_device
 def shard_focal_grad(x, lse, p_coef, target_coef, smooth_coef, local_target, softcap, gamma, weight):
     """The gradient of one shard's logits from per-row coefficients."""
     rows, num_classes = x.shape
