@@ -1,8 +1,9 @@
 """The ``torch.compile`` backend: the closed-form losses of ``_compiled_math``, fused by Inductor.
 
 Each loss is a ``torch.autograd.Function`` whose forward is one compiled function with no
-autograd graph inside (``retain_graph=True``, ``gradcheck``, activation checkpointing and
-``torch.func.grad`` work as with any autograd function; a second derivative raises). Where
+autograd graph inside (``retain_graph=True``, ``gradcheck`` and activation checkpointing work
+as with any autograd function; a second derivative raises; under ``torch.func`` transforms
+the public functions run the reference instead). Where
 the logits require grad, that function also writes the gradient for ``grad_output == 1``,
 in a pass right after the loss's (the softmax loss from a few numbers per row, the sigmoid
 loss from the same intermediates as the loss): the backward of plain ``loss.backward()``
