@@ -140,6 +140,15 @@ def _sigmoid_focal_kernel(
     if HAS_DENOM:
         grad_scale = grad_scale / tl.load(denom_ptr).to(ACC)
 
+    # 64-bit offsets: the class index (int32) meets these strides in every class step, and
+    # C * stride_c passes 2**31 in a channels-first volume or a transposed view. Widened once
+    # per program, not per element; a stride the JIT specialized to 1 stays a constant.
+    stride_x_c = tl.cast(stride_x_c, tl.int64)
+    stride_t_c = tl.cast(stride_t_c, tl.int64)
+    stride_w_c = tl.cast(stride_w_c, tl.int64)
+    stride_l_c = tl.cast(stride_l_c, tl.int64)
+    stride_g_c = tl.cast(stride_g_c, tl.int64)
+    stride_go_c = tl.cast(stride_go_c, tl.int64)
     rows = tl.arange(0, BLOCK_R)
     offs_c = tl.arange(0, BLOCK_C)
     loss_acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)

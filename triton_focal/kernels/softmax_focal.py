@@ -191,6 +191,13 @@ def _softmax_focal_kernel(
     ROWS: tl.constexpr = BLOCK_P // SPLIT
     CLASS_STEP: tl.constexpr = BLOCK_C * SPLIT
     pid = tl.program_id(0)
+    # 64-bit offsets: a class index (int32) meets these strides in the class loops, and
+    # C * stride_c passes 2**31 in a channels-first volume or a transposed (T, V) view. Widening
+    # the stride once per program makes each product 64-bit; a stride the JIT specialized to 1
+    # stays a constant, and its product folds away.
+    stride_x_c = tl.cast(stride_x_c, tl.int64)
+    stride_g_c = tl.cast(stride_g_c, tl.int64)
+    num_rows = tl.cast(num_rows, tl.int64)  # 2 * num_rows indexes the statistics
     gamma = join_float(gamma_hi, gamma_lo, ACC)
     alpha = join_float(alpha_hi, alpha_lo, ACC)
     label_smoothing = join_float(smoothing_hi, smoothing_lo, ACC)

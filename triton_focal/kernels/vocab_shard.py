@@ -25,7 +25,8 @@ from .focal_math import FP32_MAX, LOG2E, focal_term, join_float, one_minus_exp, 
 @triton.jit
 def _load_row_block(x_row, cols, stride_v, V, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
     """Logits ``z`` of one block of a row (classes ``stride_v`` apart), in ``ACC``; masked
-    lanes at ``-inf``."""
+    lanes at ``-inf``. The kernels pass ``stride_v`` as int64, widened once per program:
+    ``V * stride_v`` passes 2**31 in a transposed ``(T, V)`` view."""
     mask = cols < V
     z = tl.load(x_row + cols * stride_v, mask=mask, other=-float("inf")).to(ACC)
     if HAS_SOFTCAP:
@@ -61,6 +62,7 @@ def _shard_stats_kernel(
     softcap = join_float(softcap_hi, softcap_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x_t
+    stride_x_v = tl.cast(stride_x_v, tl.int64)  # see _load_row_block
     target = tl.load(target_ptr + row)
     offs = tl.arange(0, BLOCK_V)
     # Online softmax; the max starts at the lowest finite float32, so an all-masked row
@@ -96,6 +98,7 @@ def _shard_smoothing_kernel(
     gamma = join_float(gamma_hi, gamma_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x_t
+    stride_x_v = tl.cast(stride_x_v, tl.int64)  # see _load_row_block
     lse = tl.load(lse_ptr + row).to(ACC)
     offs = tl.arange(0, BLOCK_V)
     sum_wf = tl.zeros([], ACC)
@@ -122,6 +125,9 @@ def _shard_grad_kernel(
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x_t
     g_row = grad_ptr + row * stride_g_t
+    # See _load_row_block: 64-bit class offsets.
+    stride_x_v = tl.cast(stride_x_v, tl.int64)
+    stride_g_v = tl.cast(stride_g_v, tl.int64)
     target = tl.load(target_ptr + row)
     lse = tl.load(lse_ptr + row).to(ACC)
     p_coef = tl.load(p_coef_ptr + row).to(ACC)
