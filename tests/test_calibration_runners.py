@@ -166,7 +166,9 @@ def test_extract_on_a_tiny_csv():
     assert json.loads(got[0]["shape"]) == {"S": 2048, "B": 4, "V": 4096} and got[0]["dtype"] == "bf16"
     assert json.loads(got[1]["shape"]) == {"M": 4096, "N": 1024} and got[1]["dtype"] == "fp32"
     assert {r["source_commit"] for r in got} == {"abc123"}
-    assert got[1]["runner"] == "liger_layer_norm" and got[1]["liger_version"] == "0.6.0"
+    # The rows' label 0.6.0 is the tree of the new kernel, first released as 0.6.1.
+    assert got[1]["runner"] == "liger_layer_norm" and got[1]["liger_version"] == "0.6.1"
+    assert got[0]["liger_version"] == "0.8.1"
 
 
 def test_runners_refuse_unknown_phase():

@@ -6,7 +6,8 @@ Keeps the rows measured on an "NVIDIA H100 80GB HBM3" by the Liger provider, met
 ``speed`` (p50/p20/p80), for the families below, and turns each into one point: the runner
 that re-creates the benchmark's call, the sizes it needs, the dtype the benchmark script really
 used, and the phase (Liger's ``full`` is ``fwd+bwd``).  Where the same point was measured more
-than once, the latest timestamp wins.
+than once, the latest timestamp wins.  ``liger_version`` is the release holding the kernel code
+that was measured (see MEASURED_RELEASE), which is not always the row's own label.
 """
 
 from __future__ import annotations
@@ -22,6 +23,24 @@ COLUMNS = [
     "family", "runner", "shape", "dtype", "phase", "measured_ms", "measured_p20_ms",
     "measured_p80_ms", "device", "source", "source_commit", "liger_version",
 ]
+# Liger's benchmark rows are labelled with the version string of the source tree they were
+# measured from, the pull request that added the kernel or the data (the previous release's
+# number).  points.csv's liger_version is the release that ships that same kernel code, the
+# one to install and compile (checked file by file against the tree at that commit):
+#   layer_norm rows "0.6.0" were measured at 6a2c491 (#815, a rewritten kernel); PyPI 0.6.0
+#     has the old one, 0.6.1 has #815 (plus an XPU-only kernel_args change).
+#   relu_squared rows "0.7.0" were measured at 39a1f45 (#1171, the kernel's first commit);
+#     0.7.0 has no relu_squared, 0.8.0's ops/ and transformers/relu_squared.py are identical.
+#   megatron_* rows "0.8.0" were measured at 27fe47e (#1257) and 80f19ad (#1260); 0.8.0 has no
+#     liger_kernel.megatron, 0.8.1's megatron/cross_entropy.py, ops/vocab_parallel_cross_entropy.py
+#     and megatron/rms_norm.py are identical (ops/rms_norm.py differs only in how DTensor is imported).
+MEASURED_RELEASE = {
+    "liger_layer_norm": {"0.6.0": "0.6.1"},
+    "liger_relu_squared": {"0.7.0": "0.8.0"},
+    "liger_megatron_rms_norm": {"0.8.0": "0.8.1"},
+    "liger_megatron_cross_entropy": {"0.8.0": "0.8.1"},
+}
+
 PHASES = {"forward": "forward", "backward": "backward", "full": "fwd+bwd"}
 DTYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
 
@@ -92,7 +111,7 @@ def extract(rows, commit: str):
             "device": DEVICE,
             "source": SOURCE,
             "source_commit": commit,
-            "liger_version": r["liger_version"],
+            "liger_version": MEASURED_RELEASE.get(runner, {}).get(r["liger_version"], r["liger_version"]),
         }
         key = (point["family"], point["shape"], point["dtype"], point["phase"])
         if key not in best or r["timestamp"] >= best[key][0]:

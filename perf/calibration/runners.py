@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from perf.calibration.extract import MEASURED_RELEASE
 from perf.calibration.liger import import_liger
 
 H100_SMS = 132  # H100 SXM5 (80GB HBM3): the SM count persistent grids are sized from
@@ -60,23 +61,6 @@ PHASES = {
     "liger_cross_entropy": ("forward", "fwd+bwd"),
 }
 
-# Liger's benchmark rows are labelled with the version string of the source tree they were
-# measured from, which is the PR that added the kernel or data (the row's version is the
-# previous release's number).  The release that ships that same kernel code:
-#   layer_norm rows "0.6.0" were measured at 6a2c491 (#815, a rewritten kernel); PyPI 0.6.0
-#     has the old one, 0.6.1 has #815 (plus an XPU-only kernel_args change).
-#   relu_squared rows "0.7.0" were measured at 39a1f45 (#1171, the kernel's first commit);
-#     0.7.0 has no relu_squared, 0.8.0's ops/ and transformers/relu_squared.py are identical.
-#   megatron_* rows "0.8.0" were measured at 27fe47e (#1257) and 80f19ad (#1260); 0.8.0 has no
-#     liger_kernel.megatron, 0.8.1's megatron/cross_entropy.py, ops/vocab_parallel_cross_entropy.py
-#     and megatron/rms_norm.py are identical (ops/rms_norm.py differs only in how DTensor is imported).
-MEASURED_RELEASE = {
-    "liger_layer_norm": {"0.6.0": "0.6.1"},
-    "liger_relu_squared": {"0.7.0": "0.8.0"},
-    "liger_megatron_rms_norm": {"0.8.0": "0.8.1"},
-    "liger_megatron_cross_entropy": {"0.8.0": "0.8.1"},
-}
-
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -88,7 +72,8 @@ class Workload:
 
 
 def release_for(runner: str, liger_version: str) -> str:
-    """The PyPI release whose kernel code is what a row labelled ``liger_version`` measured."""
+    """The release to import for ``liger_version``: itself, or for one of Liger's own row
+    labels (a source tree between releases), the release with that tree's kernel code."""
     return MEASURED_RELEASE.get(runner, {}).get(liger_version, liger_version)
 
 
