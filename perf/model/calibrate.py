@@ -191,8 +191,14 @@ def _stats(ratios):
             "rms_log_error": math.sqrt(sum(math.log(r) ** 2 for r in s) / len(s))}
 
 
-def calibrate(features):
-    """The fit on all points, each family held out in turn, and the errors of each."""
+def fitted(row):
+    """Rows the fit uses: ``fit`` is ``yes`` (or absent); the others are reported only."""
+    return row.get("fit", "yes").strip().lower() in ("", "yes")
+
+
+def calibrate(all_features):
+    """The fit on the fitted points, each family held out in turn, and the errors of each."""
+    features = [f for f in all_features if fitted(f["row"])]
     params = fit(features)
     families = sorted({f["row"]["family"] for f in features})
     held_out, loo = [], []
@@ -205,7 +211,7 @@ def calibrate(features):
         loo.append((family, *p))
         held_out += [(family, r) for r in _ratios(mine, p)]
     points = []
-    for f in features:
+    for f in all_features:
         row = f["row"]
         points.append({
             "family": row["family"], "runner": row["runner"], "shape": row["shape"], "dtype": row["dtype"],
@@ -213,14 +219,17 @@ def calibrate(features):
             "uncalibrated_ms": uncalibrated(f) * 1e3, "calibrated_ms": predict(f, *params) * 1e3,
             "launches": len(f["launches"]) + sum(int(c) for _, _, c in f["torch_ops"]),
             "main_kernel": max(f["launches"], key=lambda l: l["bytes_s"])["kernel"] if f["launches"] else "",
+            "fitted": fitted(row), "fit": row.get("fit", "yes"),
         })
     return {
         "fit": {"launch_s": params[0], "round_latency_s": params[1], "issue_factor": params[2]},
         "leave_one_family_out": [{"family": fam, "launch_s": a, "round_latency_s": b, "issue_factor": c}
                                  for fam, a, b, c in loo],
         "errors": {
-            "uncalibrated": _stats([p["measured_ms"] / p["uncalibrated_ms"] for p in points]),
-            "calibrated": _stats([p["measured_ms"] / p["calibrated_ms"] for p in points]),
+            "uncalibrated": _stats([p["measured_ms"] / p["uncalibrated_ms"] for p in points if p["fitted"]]),
+            "calibrated": _stats([p["measured_ms"] / p["calibrated_ms"] for p in points if p["fitted"]]),
+            "not_fitted": _stats([p["measured_ms"] / p["calibrated_ms"] for p in points if not p["fitted"]])
+            if any(not p["fitted"] for p in points) else None,
             "held_out_by_family": _stats([r for _, r in held_out]),
             "held_out_per_family": {fam: _stats([r for g, r in held_out if g == fam]) for fam in families
                                     if any(g == fam for g, _ in held_out)},
@@ -247,8 +256,11 @@ def markdown(result, meta):
     ]
     for name, label in (("uncalibrated", "uncalibrated model (max of issue, MUFU, bytes)"),
                         ("calibrated", "calibrated, fitted on all points"),
-                        ("held_out_by_family", "calibrated, each family held out of its fit")):
+                        ("held_out_by_family", "calibrated, each family held out of its fit"),
+                        ("not_fitted", "calibrated, the points not fitted (host-bound phases)")):
         s = errors[name]
+        if s is None:
+            continue
         lines.append(f"| {label} | {s['median']:.2f} | {s['p10']:.2f} | {s['p90']:.2f} | "
                      f"{s['within_15pct']} of {s['points']} | {s['rms_log_error']:.2f} |")
     lines += ["", "Leave-one-family-out fits (the constants' range; the model's pessimistic end uses each):", "",
@@ -260,12 +272,12 @@ def markdown(result, meta):
                      f"{fit_row['issue_factor']:.2f} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} |")
     lines += ["", "![measured vs modeled](calibration.png)", "", "Every point:", "",
               "| family | phase | dtype | shape | version | launches | measured ms | uncalibrated ms | calibrated ms | "
-              "measured / calibrated |", "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+              "measured / calibrated | fitted |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for p in result["points"]:
         shape = ", ".join(f"{k}={v}" for k, v in p["shape"].items())
         lines.append(f"| {p['family']} | {p['phase']} | {p['dtype']} | {shape} | {p['liger_version']} | {p['launches']} | "
                      f"{p['measured_ms']:.4f} | {p['uncalibrated_ms']:.4f} | {p['calibrated_ms']:.4f} | "
-                     f"{p['measured_ms'] / p['calibrated_ms']:.2f} |")
+                     f"{p['measured_ms'] / p['calibrated_ms']:.2f} | {p['fit']} |")
     return "\n".join(lines) + "\n"
 
 
