@@ -133,3 +133,58 @@ def test_enable_fused_focal_head_trains_without_logits():
     assert losses[-1] < 0.7 * losses[0], losses
     with torch.no_grad():  # without labels the model's own forward runs
         assert model(input_ids=input_ids).logits.shape == (2, 16, VOCAB)
+
+
+def test_deepcopy_of_a_fused_model_uses_its_own_weights():
+    import copy
+
+    model = enable_fused_focal_head(tiny_llama(), gamma=1.0, backend="reference")
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.get_output_embeddings().weight.mul_(3.0)
+    input_ids, labels = batch()
+    expected = fused_causal_lm_focal_loss(clone, input_ids, labels, gamma=1.0, backend="reference")
+    assert_close(clone(input_ids=input_ids, labels=labels).loss, expected, "the copy's loss")
+    original = fused_causal_lm_focal_loss(model, input_ids, labels, gamma=1.0, backend="reference")
+    assert_close(model(input_ids=input_ids, labels=labels).loss, original, "the original's loss")
+    assert (original - expected).abs().item() > 1e-3, "the copy must not run the original's weights"
+
+
+def test_fused_model_positional_arguments_keep_their_meaning():
+    """``model(ids, mask)``: the mask is the attention mask, not labels."""
+    model = enable_fused_focal_head(tiny_llama(), gamma=1.0, backend="reference")
+    input_ids, labels = batch()
+    mask = torch.ones_like(input_ids)
+    mask[1, -3:] = 0
+    with torch.no_grad():
+        out = model(input_ids, mask)
+        plain = type(model).forward(model, input_ids=input_ids, attention_mask=mask)
+    assert out.loss is None and out.logits is not None
+    assert_close(out.logits, plain.logits, "logits of a positional call")
+    loss = model(input_ids, mask, labels=labels).loss
+    expected = fused_causal_lm_focal_loss(model, input_ids, labels, attention_mask=mask, gamma=1.0, backend="reference")
+    assert_close(loss, expected, "loss of a positional call with labels")
+
+
+def tiny_gemma2(cap=5.0, seed=0):
+    torch.manual_seed(seed)
+    config = transformers.Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, final_logit_softcapping=cap,
+    )
+    return transformers.Gemma2ForCausalLM(config).eval()
+
+
+def test_a_model_that_caps_its_logits_is_capped_once():
+    model = tiny_gemma2()
+    input_ids, labels = batch()
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits  # capped by the model
+    assert logits.abs().max().item() <= 5.0
+    gold = causal_lm_focal_loss(logits, labels, gamma=1.0, backend="reference")
+    fused = fused_causal_lm_focal_loss(model, input_ids, labels, gamma=1.0, backend="reference")
+    assert_close(fused, gold, "the fused head applies the model's cap once")
+    same = fused_causal_lm_focal_loss(model, input_ids, labels, gamma=1.0, softcap=5.0, backend="reference")
+    assert_close(same, gold, "the model's own cap, given again, is still one cap")
+    with pytest.raises(ValueError, match=r"softcap=2.0.*final_logit_softcapping=5.0.*softcap=None"):
+        fused_causal_lm_focal_loss(model, input_ids, labels, gamma=1.0, softcap=2.0, backend="reference")

@@ -21,7 +21,8 @@ Two ways in, both with the focal settings as keyword arguments bound by ``functo
   ``lm_head`` weight; the output's ``logits`` is None. ``Trainer`` needs no change.
 """
 
-import functools
+import inspect
+import types
 from typing import Optional, Union
 
 import torch
@@ -74,7 +75,10 @@ def causal_lm_focal_loss(
         ignore_index: label value that is not scored.
         shift_labels: already shifted ``(B, S)`` targets (then ``labels`` is not shifted).
         gamma, alpha, label_smoothing, z_loss, softcap, backend: as in
-            :func:`triton_focal.focal_loss`.
+            :func:`triton_focal.focal_loss`. ``softcap`` caps the logits it is given: a model
+            whose config caps its logits (Gemma 2's ``final_logit_softcapping``) hands over
+            logits already capped, so leave ``softcap=None`` there (a second cap would give
+            ``c * tanh(tanh(x / c))``, not the model's logits).
         **kwargs: whatever else the model passes along; ignored.
 
     Returns:
@@ -114,8 +118,8 @@ def fused_causal_lm_focal_loss(
     Runs ``model``'s base model (``model.base_model``) and applies
     :func:`triton_focal.fused_linear_focal_loss` to its last hidden states and
     ``model.get_output_embeddings()`` (weight and bias). A model that softcaps its final
-    logits (``config.final_logit_softcapping``, Gemma 2) gets that cap unless ``softcap``
-    is given.
+    logits (``config.final_logit_softcapping``, Gemma 2) gets that cap, once; a different
+    ``softcap`` for such a model is refused (``ValueError``).
 
     Args:
         model: a ``transformers`` causal LM (``...ForCausalLM``).
@@ -131,8 +135,14 @@ def fused_causal_lm_focal_loss(
     if labels is None and shift_labels is None:
         raise ValueError("labels (or shift_labels) are needed to compute the loss")
     head = model.get_output_embeddings()
+    model_cap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap is not None and model_cap is not None and float(softcap) != float(model_cap):
+        raise ValueError(
+            f"softcap={softcap} but the model caps its logits itself (config.final_logit_softcapping="
+            f"{model_cap}), and applies only one cap; leave softcap=None to train with the model's cap"
+        )
     if softcap is None:
-        softcap = getattr(model.config, "final_logit_softcapping", None)
+        softcap = model_cap
     outputs = model.base_model(input_ids=input_ids, **model_kwargs)
     hidden = outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
     target = _shifted_labels(labels, ignore_index, shift_labels).reshape(-1).to(hidden.device)
@@ -158,20 +168,39 @@ def enable_fused_focal_head(model, **settings):
     Returns:
         ``model``.
     """
+    model._triton_focal_settings = dict(settings)
+    # A method bound to this instance, not a closure over it: copy.deepcopy of the model binds
+    # the copy's forward to the copy (its own weights and settings).
+    model.forward = types.MethodType(_fused_head_forward, model)
+    return model
+
+
+_LOSS_ARGUMENTS = ("labels", "num_items_in_batch", "shift_labels")
+
+
+def _fused_head_forward(self, *args, **kwargs):
+    """The forward :func:`enable_fused_focal_head` installs. Positional arguments keep the
+    meaning they have in the model's own forward (``model(input_ids, attention_mask)``)."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    original_forward = model.forward
-
-    @functools.wraps(original_forward)
-    def forward(input_ids=None, labels=None, num_items_in_batch=None, shift_labels=None, **kwargs):
-        if labels is None and shift_labels is None:
-            return original_forward(input_ids=input_ids, **kwargs)
-        kwargs.pop("logits_to_keep", None)
-        loss = fused_causal_lm_focal_loss(
-            model, input_ids, labels, num_items_in_batch=num_items_in_batch, shift_labels=shift_labels,
-            **settings, **kwargs,
-        )
-        return CausalLMOutputWithPast(loss=loss, logits=None)
-
-    model.forward = forward
-    return model
+    original_forward = type(self).forward
+    if args:
+        names = [
+            name for name, parameter in inspect.signature(original_forward).parameters.items()
+            if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+        ][1:]  # without self
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}.forward takes at most {len(names)} positional arguments, got {len(args)}")
+        for name, value in zip(names, args):
+            if name in kwargs:
+                raise TypeError(f"{type(self).__name__}.forward got multiple values for argument {name!r}")
+            kwargs[name] = value
+    if kwargs.get("labels") is None and kwargs.get("shift_labels") is None:
+        kwargs.pop("labels", None)
+        kwargs.pop("shift_labels", None)
+        return original_forward(self, **kwargs)
+    loss_arguments = {name: kwargs.pop(name, None) for name in _LOSS_ARGUMENTS}
+    input_ids = kwargs.pop("input_ids", None)
+    kwargs.pop("logits_to_keep", None)
+    loss = fused_causal_lm_focal_loss(self, input_ids, **loss_arguments, **self._triton_focal_settings, **kwargs)
+    return CausalLMOutputWithPast(loss=loss, logits=None)
