@@ -29,6 +29,15 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 # The interpreter runs numpy, which has neither libdevice nor MUFU: there log2 is exact.
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+# The fast functions are CUDA's libdevice (MUFU lg2.approx, div.approx): ROCm's libdevice has
+# no fast_log2f, and the error bounds below are NVIDIA's, so every other target gets the exact
+# functions. ``is_cuda()`` is decided when a kernel is compiled, for the target it is compiled
+# for; a Triton too old to say built these kernels for CUDA only.
+try:
+    from triton.language.target_info import is_cuda
+except ImportError:
+    is_cuda = None
+TARGET_KNOWN = tl.constexpr(is_cuda is not None)
 
 
 @triton.jit
@@ -99,20 +108,26 @@ def softcap_logits(x, cap):
 
 @triton.jit
 def fast_log2(x):
-    """``log2(x)``: one MUFU ``lg2.approx`` for float32 on a GPU (2 ulp; 2**-22 absolute for
+    """``log2(x)``: one MUFU ``lg2.approx`` for float32 on a CUDA GPU (2 ulp; 2**-22 absolute for
     ``x`` in ``[1/2, 2]``, so callers never take it of ``1 - tiny``); exact elsewhere.
     ``tl.log2`` would be a libdevice polynomial of about twelve instructions."""
     if x.dtype == tl.float32 and not INTERPRETED:
-        return libdevice.fast_log2f(x)
+        if not TARGET_KNOWN:
+            return libdevice.fast_log2f(x)
+        elif is_cuda():
+            return libdevice.fast_log2f(x)
     return tl.log2(x)
 
 
 @triton.jit
 def fast_reciprocal(x):
     """``1 / x`` for ``x`` in ``[1, 2]``: one MUFU ``rcp.approx`` and a multiply for float32 on a
-    GPU (``div.approx``, 2 ulp), without the range reduction of ``div.full``; exact elsewhere."""
+    CUDA GPU (``div.approx``, 2 ulp), without the range reduction of ``div.full``; exact elsewhere."""
     if x.dtype == tl.float32 and not INTERPRETED:
-        return libdevice.fast_dividef(1.0, x)
+        if not TARGET_KNOWN:
+            return libdevice.fast_dividef(1.0, x)
+        elif is_cuda():
+            return libdevice.fast_dividef(1.0, x)
     return 1.0 / x
 
 
