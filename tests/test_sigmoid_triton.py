@@ -481,3 +481,23 @@ def test_realistic_detection_shape_bf16():
     # The gradient is ~1 / normalizer in size: its absolute tolerance scales with it.
     atol = TOLERANCES[torch.bfloat16]["atol"] * ref_grad.abs().max().item()
     assert_close(grad, ref_grad, "grad", dtype=torch.bfloat16, atol=atol)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_infinite_logits_with_matching_dense_targets(device, gamma):
+    """``+inf`` with target 1 and ``-inf`` with target 0: BCE is 0 and so is its gradient (as
+    ``F.binary_cross_entropy_with_logits``'s); the focal loss and gradient are 0 too, not NaN."""
+    inf = float("inf")
+    x = torch.tensor([[inf, -inf, 2.0, -3.0]], device=device, requires_grad=True)
+    t = torch.tensor([[1.0, 0.0, 1.0, 0.0]], device=device)
+    loss = triton_focal.sigmoid_focal_loss(x, t, gamma=gamma, alpha=-1.0, reduction="none", backend="triton")
+    loss.sum().backward()
+    bce_x = x.detach().clone().requires_grad_()
+    F.binary_cross_entropy_with_logits(bce_x, t, reduction="sum").backward()
+    assert torch.equal(loss.detach()[0, :2], torch.zeros(2, device=device))
+    assert torch.equal(x.grad[0, :2], bce_x.grad[0, :2])  # both exactly 0
+    expected = triton_focal.sigmoid_focal_loss(x.detach()[:, 2:], t[:, 2:], alpha=-1.0, gamma=gamma,
+                                               reduction="none", backend="reference")
+    assert_close(loss.detach()[:, 2:], expected, rtol=1e-5, atol=1e-7)
+    if gamma == 0.0:  # the focal loss is BCE: same gradient everywhere
+        torch.testing.assert_close(x.grad, bce_x.grad, rtol=1e-5, atol=1e-7)

@@ -248,12 +248,19 @@ def sigmoid_focal_term(x, t, gamma, GAMMA_INT: tl.constexpr):
     ``q ** (gamma - 1) dq`` is ``q ** gamma * (dq / q)`` with ``|dq / q| <= 1`` (``q >= p (1 - p)``),
     so it stays finite at saturated logits for every ``gamma >= 0``.
 
+    ``bce`` takes ``x`` clamped to the finite floats: at ``x = +-inf`` its terms would be
+    ``inf - inf`` or ``0 * inf`` (NaN), where a matching target (``+inf`` with 1, ``-inf`` with
+    0) has ``bce = 0`` and gradient 0, as ``F.binary_cross_entropy_with_logits``'s. A target
+    that does not match gets a loss of about ``FP32_MAX`` and BCE's gradient ``p - t``. NaN
+    logits stay NaN. The clamp is one instruction on finite inputs (``FMNMX`` with NaN).
+
     Returns:
         ``(f, df/dx)``, shaped like ``x``.
     """
     p, p_neg, log1p_e = sigmoid_parts(x)
     q = p_neg * t + p * (1.0 - t)
-    bce = tl.maximum(x, 0.0) - x * t + log1p_e
+    x_finite = tl.clamp(x, -FP32_MAX, FP32_MAX, propagate_nan=tl.PropagateNan.ALL)
+    bce = tl.maximum(x_finite, 0.0) - x_finite * t + log1p_e
     dq = (p * p_neg) * (1.0 - 2.0 * t)
     if GAMMA_INT >= 0:
         q_pow_gamma, q_pow_gamma_m1 = q_powers(q, gamma, GAMMA_INT)
