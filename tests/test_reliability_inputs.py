@@ -284,11 +284,7 @@ def test_vmap_of_the_fused_head(backend):
 # infinite sigmoid logits with matching targets ----------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param(b, marks=pytest.mark.xfail(reason="the Triton sigmoid kernel computes inf - inf at a matching infinite logit", strict=False))
-     if b == "triton" else b for b in BACKENDS],
-)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 def test_infinite_sigmoid_logits_with_matching_targets(backend, gamma):
     """BCE is 0 at a +inf logit with target 1 and a -inf logit with target 0: loss and gradient
