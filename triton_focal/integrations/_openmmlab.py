@@ -1,0 +1,86 @@
+"""What the mmdetection and mmsegmentation drop-ins share: OpenMMLab's reductions and registration.
+
+OpenMMLab reduces an element-wise loss with ``weight_reduce_loss`` (``mmdet/models/losses/utils.py``,
+the same in mmseg): ``"mean"`` is the mean over *all* elements (zero-weighted ones included), or
+``sum / (avg_factor + eps)`` when ``avg_factor`` is given, with ``eps = torch.finfo(torch.float32).eps``;
+``"sum"`` with ``avg_factor`` is a ``ValueError``; ``"none"`` ignores ``avg_factor``.
+"""
+
+import importlib
+from typing import Optional
+
+import torch
+
+EPS = torch.finfo(torch.float32).eps
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_reduction(reduction, name="reduction"):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name} must be one of 'none', 'mean', 'sum', got {reduction!r}")
+
+
+def resolve_reduction(default, reduction_override):
+    """mmdet's ``reduction_override if reduction_override else self.reduction``, checked."""
+    if reduction_override is not None:
+        check_reduction(reduction_override, "reduction_override")
+        return reduction_override
+    return default
+
+
+def check_avg_factor(avg_factor, reduction):
+    if avg_factor is None:
+        return
+    if reduction == "sum":
+        raise ValueError('avg_factor can not be used with reduction="sum"')
+    if isinstance(avg_factor, bool) or not isinstance(avg_factor, (int, float, torch.Tensor)):
+        raise TypeError(f"avg_factor must be a number or a 0-dim tensor, got {type(avg_factor).__name__}")
+    if isinstance(avg_factor, torch.Tensor) and avg_factor.numel() != 1:
+        raise ValueError(f"avg_factor must be a single value, got a tensor of shape {tuple(avg_factor.shape)}")
+
+
+def reduce_sum(loss_sum, count, reduction, avg_factor):
+    """``weight_reduce_loss`` given the sum of the weighted losses and the number of elements."""
+    if reduction == "sum":
+        return loss_sum
+    if avg_factor is None:
+        return loss_sum / max(count, 1)  # an empty batch gives 0, not mmdet's NaN
+    if isinstance(avg_factor, torch.Tensor):
+        avg_factor = avg_factor.to(loss_sum.device).reshape(())
+    return loss_sum / (avg_factor + EPS)
+
+
+def as_class_tensor(value, name, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """A list / tuple / tensor of per-class values as a float tensor on ``like``'s device."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = torch.tensor(value, dtype=torch.float32)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a list of per-class values or a tensor, got {type(value).__name__}")
+    return value.to(device=like.device, dtype=torch.float32)
+
+
+def check_class_count(value, name, num_classes):
+    if value is not None and value.numel() != num_classes:
+        raise ValueError(f"{name} has {value.numel()} values but the prediction has {num_classes} classes")
+
+
+def register(cls, scope):
+    """Register ``cls`` in ``scope``'s ``MODELS`` registry (``mmdet.registry`` / ``mmseg.registry``),
+    else in mmengine's root ``MODELS`` (which every scope's registry falls back to), if the name
+    is free there. Without mmengine nothing is registered and the class is still usable."""
+    registry = None
+    try:
+        registry = importlib.import_module(f"{scope}.registry").MODELS
+    except Exception:  # the framework is not installed (or does not import here)
+        try:
+            registry = importlib.import_module("mmengine.registry").MODELS
+        except Exception:
+            return None
+        if cls.__name__ in registry.module_dict:
+            return None
+    if registry.module_dict.get(cls.__name__) is not cls:
+        registry.register_module(name=cls.__name__, module=cls, force=True)
+    return registry

@@ -1,0 +1,264 @@
+"""mmdetection drop-in: ``TritonFocalLoss`` in mmdet's ``MODELS`` registry (``pip install "triton-focal[mmdet]"``).
+
+In a config, beside the model::
+
+    custom_imports = dict(imports=['triton_focal.integrations.mmdet'], allow_failed_imports=False)
+    model = dict(
+        bbox_head=dict(
+            loss_cls=dict(type='TritonFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)))
+
+It keeps mmdet's ``FocalLoss`` contract (``mmdet/models/losses/focal_loss.py``): the constructor
+arguments ``use_sigmoid``, ``gamma``, ``alpha``, ``reduction``, ``loss_weight``, ``activated``;
+``forward(pred, target, weight=None, avg_factor=None, reduction_override=None)``; targets as
+class indices ``(N,)`` with ``C`` = background, or one-hot / soft ``(N, C)``; ``weight`` of shape
+``(N,)``, ``(N, C)`` or ``(N * C,)``; mmdet's reductions (``weight_reduce_loss``: the mean over all
+``N * C`` elements, or ``sum / (avg_factor + eps)``). The sigmoid loss runs
+:func:`triton_focal.sigmoid_focal_loss` on the class indices (no one-hot is made) and its sum
+(one fused pass; the division by ``avg_factor`` is a scalar op).
+
+Beyond mmdet's ``FocalLoss`` (which supports only ``use_sigmoid=True``):
+
+* ``use_sigmoid=False``: the softmax focal loss of ``(N, C + 1)`` scores (background = the last
+  class, mmdet's softmax convention) with mmdet's ``CrossEntropyLoss`` reductions: ``class_weight``
+  (per class, not in the mean's divisor), ``ignore_index`` (-100), ``avg_non_ignore``. ``alpha`` is
+  None (no factor), a per-class list, or a number ``a``: RetinaNet's softmax variant, ``a`` for the
+  foreground classes and ``1 - a`` for the background.
+* ``class_weight`` with the sigmoid loss multiplies class ``c``'s column.
+* ``ignore_index`` (a forward keyword too): class-index rows with this label give 0 (still counted in
+  the mean's ``N * C``, as mmdet counts zero-weighted anchors).
+
+``activated=True`` (``pred`` already probabilities) computes mmdet's ``py_focal_loss_with_prob``
+eagerly: the fused kernels take logits.
+"""
+
+import numbers
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _validation, backends
+from ..functional import focal_loss, sigmoid_focal_loss
+from . import _openmmlab as mm
+
+
+def _number(value, name, *, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return float(value)
+
+
+def _pred_weight(weight, pred):
+    """mmdet's weight shapes for an ``(N, C)`` loss: ``(N, C)`` as is, ``(N,)`` per row (``(N, 1)``),
+    ``(N * C,)`` reshaped (FSAF). Returned as a float tensor broadcastable to ``pred``."""
+    if weight is None:
+        return None
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a tensor of shape (N,), (N, C) or (N * C,), got {type(weight).__name__}")
+    n, c = pred.shape
+    if weight.shape == pred.shape:
+        out = weight
+    elif weight.dim() >= 1 and weight.shape[0] == n and weight.numel() == n:
+        out = weight.reshape(n, 1)
+    elif weight.dim() == 1 and weight.numel() == n * c:
+        out = weight.reshape(n, c)
+    else:
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)}; for pred of shape {tuple(pred.shape)} it must be "
+            f"({n},), ({n}, {c}) or ({n * c},)"
+        )
+    return out if out.is_floating_point() else out.float()
+
+
+class TritonFocalLoss(nn.Module):
+    """mmdet's ``FocalLoss`` on triton_focal's fused kernels (see the module docstring).
+
+    Args:
+        use_sigmoid: True: one-vs-all sigmoid focal loss (mmdet's ``FocalLoss``); False: softmax.
+        gamma: focusing parameter ``>= 0``.
+        alpha: sigmoid: the weight of positives (default 0.25, mmdet's; negative for none).
+            Softmax: None (default), a per-class list, or a number (foreground ``a``, background ``1 - a``).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        loss_weight: factor multiplying the loss.
+        activated: ``pred`` holds probabilities, not logits (sigmoid only; computed eagerly).
+        class_weight: per-class weights (a list or tensor of ``C`` values).
+        ignore_index: class-index label to leave out (None: -100, which matches no label).
+        avg_non_ignore: softmax ``"mean"``: divide by the non-ignored labels, not all of them.
+        backend: triton_focal's ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
+    """
+
+    def __init__(
+        self,
+        use_sigmoid: bool = True,
+        gamma: float = 2.0,
+        alpha=None,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+        activated: bool = False,
+        class_weight=None,
+        ignore_index: Optional[int] = None,
+        avg_non_ignore: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if not isinstance(use_sigmoid, bool):
+            raise TypeError(f"use_sigmoid must be True or False, got {use_sigmoid!r}")
+        if not isinstance(activated, bool):
+            raise TypeError(f"activated must be True or False, got {activated!r}")
+        if activated and not use_sigmoid:
+            raise ValueError("activated=True needs use_sigmoid=True (probabilities of a sigmoid loss)")
+        self.use_sigmoid = use_sigmoid
+        self.activated = activated
+        self.gamma = _number(gamma, "gamma", low=0)
+        if use_sigmoid:
+            self.alpha = 0.25 if alpha is None else _number(alpha, "alpha", high=1)
+        elif alpha is None or isinstance(alpha, numbers.Real):
+            self.alpha = None if alpha is None else _number(alpha, "alpha", low=0, high=1)
+        else:
+            self.alpha = mm.as_class_tensor(alpha, "alpha", torch.empty(0))
+            _validation.check_per_class("alpha", self.alpha, None, None, validate=True)
+        mm.check_reduction(reduction)
+        self.reduction = reduction
+        self.loss_weight = _number(loss_weight, "loss_weight")
+        self.class_weight = mm.as_class_tensor(class_weight, "class_weight", torch.empty(0))
+        if self.class_weight is not None:
+            _validation.check_per_class("class_weight", self.class_weight, None, None, validate=True)
+        if ignore_index is not None:
+            _validation.check_ignore_index(ignore_index)
+        self.ignore_index = ignore_index
+        if not isinstance(avg_non_ignore, bool):
+            raise TypeError(f"avg_non_ignore must be True or False, got {avg_non_ignore!r}")
+        self.avg_non_ignore = avg_non_ignore
+        backends.check_name(backend)
+        self.backend = backend
+
+    def forward(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+        avg_factor=None,
+        reduction_override: Optional[str] = None,
+        ignore_index: Optional[int] = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The loss of ``pred`` ``(N, C)`` against ``target``: class indices ``(N,)`` in ``[0, C]``
+        (``C`` = background) or one-hot / soft ``(N, C)``; ``weight`` ``(N,)``, ``(N, C)`` or
+        ``(N * C,)``; ``avg_factor`` divides the sum (mmdet's ``"mean"``)."""
+        reduction = mm.resolve_reduction(self.reduction, reduction_override)
+        mm.check_avg_factor(avg_factor, reduction)
+        if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
+            raise TypeError(f"pred must be a floating-point tensor, got {type(pred).__name__}")
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+        ignore_index = self.ignore_index if ignore_index is None else ignore_index
+        if ignore_index is None:
+            ignore_index = -100
+        _validation.check_ignore_index(ignore_index)
+        if self.use_sigmoid:
+            loss = self._sigmoid(pred, target, weight, reduction, avg_factor, ignore_index)
+        else:
+            loss = self._softmax(pred, target, weight, reduction, avg_factor, ignore_index)
+        return self.loss_weight * loss
+
+    def _sigmoid(self, pred, target, weight, reduction, avg_factor, ignore_index):
+        if pred.dim() != 2:
+            raise ValueError(f"pred must be (N, C) logits, got shape {tuple(pred.shape)}")
+        n, c = pred.shape
+        dense = target.dim() == pred.dim()
+        if dense:
+            if target.shape != pred.shape:
+                raise ValueError(f"target of shape {tuple(target.shape)} must be (N,) class indices or {tuple(pred.shape)}")
+            target = target.type_as(pred)  # mmdet's one-hot targets may be integers
+        elif target.dim() != 1 or target.shape[0] != n:
+            raise ValueError(
+                f"target of shape {tuple(target.shape)} must be ({n},) class indices (label {c} = background) "
+                f"or one-hot / soft ({n}, {c})"
+            )
+        w = _pred_weight(weight, pred)
+        cw = self.class_weight
+        if cw is not None:
+            mm.check_class_count(cw, "class_weight", c)
+            cw = cw.to(pred.device).reshape(1, c)
+            w = cw if w is None else w * cw
+        if self.activated:
+            return self._activated(pred, target, dense, w, reduction, avg_factor, ignore_index)
+        settings = dict(alpha=self.alpha, gamma=self.gamma, weight=w, backend=self.backend)
+        if not dense:
+            settings["ignore_index"] = ignore_index
+        if reduction == "none":
+            return sigmoid_focal_loss(pred, target, reduction="none", **settings)
+        total = sigmoid_focal_loss(pred, target, reduction="sum", **settings)
+        return mm.reduce_sum(total, pred.numel(), reduction, avg_factor)
+
+    def _activated(self, pred, target, dense, w, reduction, avg_factor, ignore_index):
+        """mmdet's ``py_focal_loss_with_prob`` (``pred`` holds probabilities)."""
+        c = pred.shape[1]
+        if not dense:
+            ignored = target == ignore_index
+            labels = torch.where(ignored, torch.full_like(target, c), target)
+            _validation.check_class_indices(labels, c + 1, -100, validate=False)
+            target = F.one_hot(labels.long(), num_classes=c + 1)[:, :c].type_as(pred)
+            keep = (~ignored).unsqueeze(1).type_as(pred)
+            w = keep if w is None else w * keep
+        pt = (1 - pred) * target + pred * (1 - target)
+        alpha = self.alpha
+        factor = pt.pow(self.gamma) if alpha < 0 else (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(self.gamma)
+        loss = F.binary_cross_entropy(pred, target, reduction="none") * factor
+        if w is not None:
+            loss = loss * w
+        if reduction == "none":
+            return loss
+        return mm.reduce_sum(loss.sum(), loss.numel(), reduction, avg_factor)
+
+    def _softmax(self, pred, target, weight, reduction, avg_factor, ignore_index):
+        if pred.dim() < 2:
+            raise ValueError(f"pred must be (N, C + 1) scores (background last), got shape {tuple(pred.shape)}")
+        if target.is_floating_point():
+            raise ValueError("target must be class indices for use_sigmoid=False (soft targets need use_sigmoid=True)")
+        k = pred.shape[1]
+        alpha = self.alpha
+        if isinstance(alpha, float):
+            alpha = torch.full((k,), alpha, device=pred.device)
+            alpha[-1] = 1 - self.alpha
+        elif alpha is not None:
+            mm.check_class_count(alpha, "alpha", k)
+            alpha = alpha.to(pred.device)
+        cw = self.class_weight
+        if cw is not None:
+            mm.check_class_count(cw, "class_weight", k)
+            cw = cw.to(pred.device)
+        settings = dict(gamma=self.gamma, alpha=alpha, weight=cw, ignore_index=ignore_index, backend=self.backend)
+        if weight is None and reduction != "none":
+            total = focal_loss(pred, target, reduction="sum", **settings)
+        else:
+            loss = focal_loss(pred, target, reduction="none", **settings)
+            if weight is not None:
+                if not isinstance(weight, torch.Tensor) or weight.numel() != target.numel():
+                    raise ValueError(
+                        f"weight must be a tensor with one value per label ({tuple(target.shape)}), got "
+                        f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}"
+                    )
+                loss = loss * weight.reshape(loss.shape).float()
+            if reduction == "none":
+                return loss
+            total = loss.sum()
+        if reduction == "mean" and avg_factor is None and self.avg_non_ignore:
+            avg_factor = (target != ignore_index).sum()
+        return mm.reduce_sum(total, target.numel(), reduction, avg_factor)
+
+    def extra_repr(self) -> str:
+        return (
+            f"use_sigmoid={self.use_sigmoid}, gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}, "
+            f"loss_weight={self.loss_weight}, activated={self.activated}, backend={self.backend!r}"
+        )
+
+
+mm.register(TritonFocalLoss, "mmdet")
