@@ -56,10 +56,11 @@ def as_class_tensor(value, name, like: torch.Tensor) -> Optional[torch.Tensor]:
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
-        value = torch.tensor(value, dtype=torch.float32)
+        # float64 keeps a config's decimals (0.2) exact until they meet the logits' dtype
+        value = torch.tensor(value, dtype=torch.float64)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a list of per-class values or a tensor, got {type(value).__name__}")
-    return value.to(device=like.device, dtype=torch.float32)
+    return value.to(device=like.device, dtype=value.dtype if value.is_floating_point() else torch.float32)
 
 
 def check_class_count(value, name, num_classes):

@@ -186,7 +186,7 @@ class TritonFocalLoss(nn.Module):
         cw = self.class_weight
         if cw is not None:
             mm.check_class_count(cw, "class_weight", c)
-            cw = cw.to(pred.device).reshape(1, c)
+            cw = cw.to(device=pred.device, dtype=pred.dtype).reshape(1, c)
             w = cw if w is None else w * cw
         if self.activated:
             return self._activated(pred, target, dense, w, reduction, avg_factor, ignore_index)
