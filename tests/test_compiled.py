@@ -257,6 +257,33 @@ def test_threading_is_planned_for_large_inputs_whatever_the_first_call(monkeypat
     assert "#pragma omp for collapse(2)" in code
 
 
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one CPU thread: nothing to split")
+def test_small_calls_run_on_one_thread_large_ones_on_all(monkeypatch):
+    """A parallel region costs a scheduler time slice per barrier on a busy machine, so a
+    call runs on as many threads as its size gives enough work each (the first call of a
+    configuration compiles on all of them); the caller's thread count is restored after."""
+    monkeypatch.setattr(compiled, "_REGISTRY", {})
+    threads = torch.get_num_threads()
+    per_thread = compiled._MIN_ELEMENTS_PER_THREAD
+    assert compiled.call_threads(100, threads) == 1
+    assert compiled.call_threads(per_thread * threads, threads) == threads
+    assert compiled.call_threads(per_thread * threads * 10, threads) == threads
+    seen = []
+    args = canonical(FAST, 5)
+    x, t = logits((2, 5, 8), dtype=torch.float32).requires_grad_(), targets((2, 8), 5)
+    compiled.softmax_focal_loss(x, t, **args).sum().backward()  # compiles
+    (entry,) = compiled._REGISTRY.values()
+    inner = entry.compiled["forward_and_grad"]
+    monkeypatch.setitem(entry.compiled, "forward_and_grad", lambda *a, **k: seen.append(torch.get_num_threads()) or inner(*a, **k))
+    compiled.softmax_focal_loss(x, t, **args).sum().backward()
+    assert seen == [1] and torch.get_num_threads() == threads
+    big = per_thread * threads // 5 + 8
+    xb, tb = logits((1, 5, big), dtype=torch.float32).requires_grad_(), targets((1, big), 5)
+    loss = compiled.softmax_focal_loss(xb, tb, **args)
+    assert seen == [1, threads] and torch.get_num_threads() == threads
+    assert_close(loss.detach(), reference.softmax_focal_loss(xb.detach(), tb, **args), "large call")
+
+
 @pytest.mark.parametrize("rows", [False, True])
 def test_a_planned_batch_far_from_the_real_one_changes_no_result(monkeypatch, rows):
     """The threading plan's batch hint (31 on a 16-thread machine, 4096 for rows) is only a

@@ -41,6 +41,7 @@ import torch.fx.experimental._config
 from . import _compiled_math as math_
 from . import _validation, reference
 from ._autograd_state import functorch_active as _functorch_active, graph_is_kept
+from ._warnings import user_stacklevel
 from .reference import compute_dtype
 
 
@@ -98,11 +99,16 @@ class _Compiled:
         self.cfg = cfg
         self.rows = rows
         self.eager = functions
+        # Planned for the threads of this moment; a call may run on fewer (_threads_for).
+        self.planned_threads = max(torch.get_num_threads(), 1)
+        options = dict(_INDUCTOR_OPTIONS, **{"cpp.threads": self.planned_threads})
         self.compiled = {
-            name: torch.compile(_fresh_copy(fn, key), dynamic=True, options=_INDUCTOR_OPTIONS) for name, fn in self.eager.items()
+            name: torch.compile(_fresh_copy(fn, key), dynamic=True, options=options) for name, fn in self.eager.items()
         }
         self.failed = False
-        self.announced = False
+        # Per function: a training step compiles "forward_and_grad", a validation loop (logits
+        # without grad, or torch.no_grad()) "forward", and each is a compilation of its own.
+        self.announced = set()
 
     def __call__(self, which, *args):
         # Inside autograd.Function.forward the inputs still say requires_grad, which Dynamo
@@ -112,14 +118,21 @@ class _Compiled:
             # Under torch.func transforms Dynamo cannot trace, and a failed attempt would mark
             # the function "skip" for the rest of the process: run the same math eagerly.
             return self.eager[which](*args, cfg=self.cfg)
-        if not self.announced:
-            self.announced = True
-            warnings.warn(f"triton_focal: compiling {self.description} once for this process; {SKIP_HINT}", CompileNotice, stacklevel=5)
+        first = which not in self.announced
+        if first:
+            self.announced.add(which)
+            warnings.warn(
+                f"triton_focal: compiling {self.description}, {_WHAT[which]}, once for this process; {SKIP_HINT}",
+                CompileNotice,
+                stacklevel=user_stacklevel(),
+            )
         if self.rows:
             _mark_rows_static(args)
         _hint_sizes(args, self.rows)
         try:
-            with _sizes_not_specialized():
+            # The first call compiles: on every planned thread, so that nothing of the plan
+            # depends on the call's size (a recompilation later is planned by cpp.threads).
+            with _sizes_not_specialized(), _threads_for(args, self.planned_threads, first):
                 return self.compiled[which](*args, cfg=self.cfg)
         except _COMPILE_FAILURES as err:
             self.failed = True
@@ -127,9 +140,16 @@ class _Compiled:
                 f"triton_focal: torch.compile cannot compile {self.description} here ({type(err).__name__}: "
                 f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); running its math eagerly",
                 RuntimeWarning,
-                stacklevel=5,
+                stacklevel=user_stacklevel(),
             )
             return self.eager[which](*args, cfg=self.cfg)
+
+
+_WHAT = {
+    "forward_and_grad": "loss and gradient (logits that require grad)",
+    "forward": "loss only (logits without grad, or under torch.no_grad())",
+    "backward": "its backward",
+}
 
 
 # _traced_by_user: when the user's own torch.compile traces a call (a compiled training step),
@@ -220,11 +240,49 @@ def _mark_rows_static(args):
 # on one thread. So: no minimum amount of work per thread (``_INDUCTOR_OPTIONS``), and the
 # batch is planned as a size that makes Inductor split the batch and pixel loops together
 # (``collapse(2)``), which suits every batch.
-_INDUCTOR_OPTIONS = {"cpp.min_chunk_size": 1}
+#
+# A plan for large inputs is a parallel region for every loop, and a parallel region costs
+# little on an idle machine but a scheduler time slice on a busy one, where a thread waits
+# at each barrier for a sibling that is not running: fwd+bwd of a (1, 19, 32, 32) loss took
+# 94 ms on 2 busy cores against 1.2 ms on one thread. So each call runs on as many threads
+# as its size gives ``_MIN_ELEMENTS_PER_THREAD`` logits each (``_threads_for``): the code
+# reads the thread count at run time (``cpp.dynamic_threads``: a plain ``omp parallel``
+# and per-thread buffers sized then), so fewer threads than planned is always safe.
+_INDUCTOR_OPTIONS = {"cpp.min_chunk_size": 1, "cpp.dynamic_threads": True}
 _PLANNED_ROWS = 4096  # rows: many, split across threads
+# About a millisecond of loss and gradient per thread on a CPU core: below it a second thread
+# saves less than a busy machine's barrier costs (perf/cpu_threads.py measures both sides).
+_MIN_ELEMENTS_PER_THREAD = 1 << 18
 # Older torch versions have no size hints (mark_dynamic's hint_override): there the plan
 # comes from the first call, still threaded (min_chunk_size).
 _SIZE_HINTS = "hint_override" in inspect.signature(torch._dynamo.mark_dynamic).parameters
+
+
+def call_threads(numel, threads):
+    """The threads a CPU call over ``numel`` logits runs on, of ``threads`` available."""
+    return max(1, min(threads, numel // _MIN_ELEMENTS_PER_THREAD))
+
+
+@contextlib.contextmanager
+def _threads_for(args, planned, compiling):
+    """Run the call on :func:`call_threads` threads (``torch.set_num_threads``, restored after;
+    it sets OpenMP's count, which the compiled code reads). Never more than the plan, and the
+    full plan when the call may compile (``compiling``) or runs off the CPU."""
+    x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    current = torch.get_num_threads()
+    if compiling or x is None or x.device.type != "cpu" or current <= 1:
+        yield
+        return
+    numel = max(a.numel() for a in args if isinstance(a, torch.Tensor))
+    threads = call_threads(numel, min(current, planned))
+    if threads == current:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)
 
 
 def _planned_batch(rows):

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from . import _validation, backends, reference
+from ._warnings import user_stacklevel
 
 # --- the per-shard math: statistics, smoothing sums, gradient -------------------------------
 
@@ -181,12 +182,26 @@ def _shard_function(name, backend):
         return function
     if name not in _compiled_shard_functions:
         compiled = torch.compile(function, dynamic=True)
+        announced = []
 
         def run(*args):
+            if not announced:  # the first call compiles: say so, as the losses do
+                announced.append(True)
+                from .compiled import SKIP_HINT, CompileNotice
+
+                warnings.warn(
+                    f"triton_focal: compiling the fused head's row step {name} once for this process; {SKIP_HINT}",
+                    CompileNotice,
+                    stacklevel=user_stacklevel(),
+                )
             try:
                 return compiled(*args)
             except torch._dynamo.exc.BackendCompilerFailed as err:  # no C++ compiler, unsupported device
-                warnings.warn(f"triton_focal: torch.compile cannot run here ({err}); using eager", RuntimeWarning)
+                warnings.warn(
+                    f"triton_focal: torch.compile cannot run here ({err}); using eager",
+                    RuntimeWarning,
+                    stacklevel=user_stacklevel(),
+                )
                 _compiled_shard_functions[name] = function
                 return function(*args)
 
