@@ -117,3 +117,33 @@ def test_module_checks_values_at_construction():
         triton_focal.FocalLoss(weight=torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match="alpha"):
         triton_focal.FocalLoss(alpha=torch.tensor([float("nan")]))
+
+
+@pytest.mark.parametrize("loss", [triton_focal.focal_loss, triton_focal.sigmoid_focal_loss])
+def test_channels_last_logits_are_told_to_permute(loss):
+    """(N, H, W, C) logits against (N, H, W) targets: the message says where the classes go
+    and gives the permute, rather than only an expected shape that matches neither."""
+    x, t = torch.randn(2, 8, 8, 5), torch.randint(0, 5, (2, 8, 8))
+    with pytest.raises(ValueError, match=r"classes must be in dimension 1.*logits\.permute\(0, 3, 1, 2\)") as err:
+        loss(x, t, backend="reference")
+    assert "target shape (2, 8, 8)" in str(err.value)
+    fixed = loss(x.permute(0, 3, 1, 2), t, backend="reference")  # the suggested fix runs
+    assert torch.isfinite(fixed).all()
+    with pytest.raises(ValueError, match=r"logits\.permute\(0, 2, 1\)"):  # (N, L, C) sequences
+        loss(torch.randn(2, 7, 5), torch.randint(0, 5, (2, 7)), backend="reference")
+
+
+def test_integer_one_hot_targets_are_told_to_argmax():
+    x = torch.randn(2, 5, 4, 4)
+    one_hot = torch.nn.functional.one_hot(torch.randint(0, 5, (2, 4, 4)), 5).permute(0, 3, 1, 2)
+    with pytest.raises(ValueError, match=r"one-hot.*target\.argmax\(1\)"):
+        triton_focal.focal_loss(x, one_hot, backend="reference")
+    with pytest.raises(ValueError, match=r"target\.float\(\).*target\.argmax\(1\)"):
+        triton_focal.sigmoid_focal_loss(x, one_hot, backend="reference")
+    assert torch.isfinite(triton_focal.focal_loss(x, one_hot.argmax(1), backend="reference"))
+
+
+def test_an_unrelated_shape_mismatch_gets_no_misleading_hint():
+    with pytest.raises(ValueError, match="target shape") as err:
+        triton_focal.focal_loss(X, torch.randint(0, 3, (4, 6)), backend="reference")
+    assert "permute" not in str(err.value) and "argmax" not in str(err.value)

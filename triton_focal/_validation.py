@@ -195,6 +195,26 @@ def check_softcap(softcap):
     return float(softcap)
 
 
+def _target_shape_hint(input, target):
+    """What a class-index shape mismatch most likely means, and its fix ("" if nothing fits).
+
+    Channels-last logits ``(N, H, W, C)`` (a model that ends in ``nn.Linear``, or a
+    ``permute`` before the loss) against ``(N, H, W)`` targets: the classes must be in
+    dimension 1. Integer one-hot targets have the input's shape: the loss takes indices."""
+    if target.shape == input.shape:
+        return (
+            " The target has the input's shape, class dimension included: if it is one-hot, pass the "
+            "class indices target.argmax(1)."
+        )
+    if input.dim() >= 3 and target.shape == input.shape[:-1]:
+        order = ", ".join(str(d) for d in (0, input.dim() - 1, *range(1, input.dim() - 1)))
+        return (
+            f" The classes must be in dimension 1 (channels-first, (N, C, ...)); for channels-last logits "
+            f"({input.shape[-1]} classes last) pass logits.permute({order})."
+        )
+    return ""
+
+
 def softmax_args(
     input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate=False, z_loss=0.0, softcap=None,
     check_indices=True,
@@ -213,7 +233,7 @@ def softmax_args(
     if target.shape != expected:
         raise ValueError(
             f"target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}: "
-            f"expected {tuple(expected)} (input's shape without the class dimension 1)"
+            f"expected {tuple(expected)} (input's shape without the class dimension 1).{_target_shape_hint(input, target)}"
         )
     check_same_device(input, "target", target)
     check_reduction(reduction)
@@ -327,7 +347,13 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
         expected = input.shape[:1] + input.shape[2:]
         if target.shape != expected:
             # An integer 0/1 mask of input's shape is the usual way to get here.
-            hint = " A dense 0/1 target must be floating point: pass target.float()." if target.shape == input.shape else ""
+            if target.shape == input.shape:
+                hint = (
+                    " A dense 0/1 target must be floating point: pass target.float() (or, for one-hot "
+                    "rows, the class indices target.argmax(1))."
+                )
+            else:
+                hint = _target_shape_hint(input, target)
             raise ValueError(
                 f"class-index target shape {tuple(target.shape)} does not match input shape "
                 f"{tuple(input.shape)}: expected {tuple(expected)} (input's shape without dimension 1).{hint}"
