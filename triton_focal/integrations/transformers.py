@@ -19,6 +19,15 @@ Two ways in, both with the focal settings as keyword arguments bound by ``functo
   (when ``labels`` are given) by the base model, then
   :func:`triton_focal.fused_linear_focal_loss` on the final hidden states and the
   ``lm_head`` weight; the output's ``logits`` is None. ``Trainer`` needs no change.
+
+Classification heads (``...ForSequenceClassification``, ``...ForTokenClassification``) compute
+their loss inline, so the way in is ``Trainer``'s ``compute_loss_func``::
+
+    trainer = Trainer(..., compute_loss_func=partial(sequence_classification_focal_loss, gamma=2.0, weight=w))
+    trainer = Trainer(..., compute_loss_func=partial(token_classification_focal_loss, gamma=2.0))
+
+With ``gamma=0`` they equal the model's own loss (``CrossEntropyLoss``, ``BCEWithLogitsLoss`` for
+multi-label), and ``num_items_in_batch`` divides the sum as ``Trainer`` expects.
 """
 
 import inspect
@@ -28,7 +37,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from ..functional import focal_loss
+from ..functional import focal_loss, sigmoid_focal_loss
 from ..fused_linear import fused_linear_focal_loss
 
 
@@ -204,3 +213,132 @@ def _fused_head_forward(self, *args, **kwargs):
     kwargs.pop("logits_to_keep", None)
     loss = fused_causal_lm_focal_loss(self, input_ids, **loss_arguments, **self._triton_focal_settings, **kwargs)
     return CausalLMOutputWithPast(loss=loss, logits=None)
+
+
+def _on_device(value, logits):
+    """A class-weight / alpha tensor moved to the logits' device (a criterion is often built on the CPU)."""
+    return value.to(logits.device) if isinstance(value, torch.Tensor) else value
+
+
+def _classification_logits(logits, name="logits"):
+    logits = getattr(logits, "logits", logits)
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor or a model output with .logits, got {type(logits).__name__}")
+    return logits.float()  # transformers takes classification losses on float32 logits too
+
+
+def sequence_classification_focal_loss(
+    logits,
+    labels: torch.Tensor,
+    num_items_in_batch: Optional[Union[int, torch.Tensor]] = None,
+    *,
+    gamma: float = 2.0,
+    alpha: Optional[Union[float, torch.Tensor]] = None,
+    weight: Optional[torch.Tensor] = None,
+    label_smoothing: float = 0.0,
+    problem_type: Optional[str] = None,
+    backend: str = "auto",
+    **kwargs,
+) -> torch.Tensor:
+    """Focal loss of a ``...ForSequenceClassification`` head, as ``Trainer``'s ``compute_loss_func``.
+
+    ``problem_type`` follows ``config.problem_type``: None infers it as ``transformers`` does
+    (integer labels: ``"single_label_classification"``, float labels:
+    ``"multi_label_classification"``; one label column is regression, which has no focal loss).
+
+    * single label: :func:`triton_focal.focal_loss` of ``(B, num_labels)`` logits and ``(B,)``
+      labels; ``weight`` and ``label_smoothing`` are ``CrossEntropyLoss``'s, ``alpha`` a number or
+      per-class factor, ``-100`` labels are ignored.
+    * multi label: :func:`triton_focal.sigmoid_focal_loss` of ``(B, num_labels)`` logits and float
+      ``(B, num_labels)`` targets; ``weight`` is ``BCEWithLogitsLoss``'s per-class weight, ``alpha``
+      the weight of positives (None: no weighting), the mean over all elements.
+
+    With ``num_items_in_batch`` (``Trainer`` counts the labels that are not -100) the loss is the
+    sum divided by it; without, the mean. ``gamma=0`` (and no ``alpha``) gives the model's own loss.
+
+    Args:
+        logits: ``(B, num_labels)`` logits or the model's output.
+        labels: ``(B,)`` class indices or ``(B, num_labels)`` multi-label targets.
+        num_items_in_batch: the accumulated batch's label count (``Trainer`` passes it).
+        gamma, alpha, weight, label_smoothing, backend: the focal settings (see above).
+        problem_type: ``"single_label_classification"`` or ``"multi_label_classification"``.
+        **kwargs: ignored (what a caller passes along).
+    """
+    logits = _classification_logits(logits)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
+    labels = labels.to(logits.device)
+    num_labels = logits.shape[-1]
+    if problem_type is None:
+        if num_labels == 1:
+            raise ValueError(
+                "one label column is regression in transformers (MSELoss), which has no focal loss; pass "
+                "problem_type='multi_label_classification' for a binary sigmoid head"
+            )
+        problem_type = "multi_label_classification" if labels.is_floating_point() else "single_label_classification"
+    alpha, weight = _on_device(alpha, logits), _on_device(weight, logits)
+    if problem_type == "single_label_classification":
+        settings = dict(gamma=gamma, alpha=alpha, weight=weight, label_smoothing=label_smoothing, backend=backend)
+        rows, target = logits.reshape(-1, num_labels), labels.reshape(-1)
+        if num_items_in_batch is None:
+            return focal_loss(rows, target, reduction="mean", **settings)
+        return _normalize(focal_loss(rows, target, reduction="sum", **settings), num_items_in_batch)
+    if problem_type == "multi_label_classification":
+        if label_smoothing:
+            raise ValueError("label_smoothing applies to single-label classification only")
+        if alpha is not None and not isinstance(alpha, (int, float)):
+            raise TypeError(f"alpha for multi-label classification must be a number (the weight of positives), got {type(alpha).__name__}")
+        if weight is not None:
+            if not isinstance(weight, torch.Tensor):
+                raise TypeError(f"weight must be a tensor, got {type(weight).__name__}")
+            weight = weight.to(device=logits.device, dtype=logits.dtype)
+        target = labels.to(logits.dtype).reshape(logits.shape)
+        settings = dict(gamma=gamma, alpha=-1.0 if alpha is None else alpha, weight=weight, backend=backend)
+        if num_items_in_batch is None:
+            return sigmoid_focal_loss(logits, target, reduction="mean", **settings)
+        return _normalize(sigmoid_focal_loss(logits, target, reduction="sum", **settings), num_items_in_batch)
+    raise ValueError(
+        f"problem_type must be 'single_label_classification' or 'multi_label_classification', got {problem_type!r}"
+    )
+
+
+def token_classification_focal_loss(
+    logits,
+    labels: torch.Tensor,
+    num_items_in_batch: Optional[Union[int, torch.Tensor]] = None,
+    *,
+    gamma: float = 2.0,
+    alpha: Optional[Union[float, torch.Tensor]] = None,
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    backend: str = "auto",
+    **kwargs,
+) -> torch.Tensor:
+    """Focal loss of a ``...ForTokenClassification`` head, as ``Trainer``'s ``compute_loss_func``.
+
+    :func:`triton_focal.focal_loss` of the ``(B, S, num_labels)`` logits viewed as rows against
+    ``(B, S)`` labels; ``ignore_index`` (-100: padding, and the sub-word pieces a tokenizer's
+    alignment leaves unlabelled) positions are not scored. The mean over the scored tokens (weighted
+    by ``weight`` as ``CrossEntropyLoss`` does), or the sum divided by ``num_items_in_batch``.
+    ``gamma=0`` gives the model's own ``CrossEntropyLoss``.
+
+    Args:
+        logits: ``(B, S, num_labels)`` logits or the model's output.
+        labels: ``(B, S)`` label ids.
+        num_items_in_batch: the accumulated batch's scored-token count (``Trainer`` passes it).
+        gamma, alpha, weight, ignore_index, label_smoothing, backend: as in :func:`triton_focal.focal_loss`.
+        **kwargs: ignored.
+    """
+    logits = _classification_logits(logits)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
+    num_labels = logits.shape[-1]
+    rows, target = logits.reshape(-1, num_labels), labels.to(logits.device).reshape(-1)
+    if target.numel() != rows.shape[0]:
+        raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(logits.shape)}")
+    settings = dict(gamma=gamma, alpha=_on_device(alpha, logits), weight=_on_device(weight, logits),
+                    ignore_index=ignore_index, label_smoothing=label_smoothing, backend=backend)
+    if num_items_in_batch is None:
+        return focal_loss(rows, target, reduction="mean", **settings)
+    return _normalize(focal_loss(rows, target, reduction="sum", **settings), num_items_in_batch)
