@@ -12,20 +12,25 @@ leaves the checkout unchanged; the committed results were written with ``--out p
 Without a GPU it runs the CPU grid (tiny shapes) and labels the figures as CPU figures.
 """
 
-import argparse
-import datetime
-import json
-import os
-import shlex
 import sys
-from pathlib import Path
 
-import torch
+if __name__ == "__main__":  # importing torch takes seconds: say at once that the run has started
+    print("perf.sweep: starting (importing torch)", flush=True)
 
-from . import cases as cases_mod
-from .cases import DTYPES, FAMILIES, MODES, bytes_moved, family_cases, make_inputs
-from .providers import BASELINE, CPU_TABLE_PROVIDERS, DEFAULT_PROVIDERS, PROVIDERS, select
-from .timing import (
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from . import cases as cases_mod  # noqa: E402
+from .cases import DTYPES, FAMILIES, MODES, bytes_moved, family_cases, make_inputs  # noqa: E402
+from .providers import BASELINE, CPU_TABLE_PROVIDERS, DEFAULT_PROVIDERS, PROVIDERS, select  # noqa: E402
+from .timing import (  # noqa: E402
     bench,
     bench_interleaved,
     copy_bandwidth_gbs,
@@ -38,6 +43,7 @@ from .timing import (
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed results
+PLOT_HINT = "For plots: pip install \"triton-focal[perf]\" (matplotlib), then python -m perf.plot {out}/results.json"
 DEFAULT_FAMILIES = ("seg", "vocab", "det")
 ROUNDS = 7  # interleaved rounds of the CPU comparison
 
@@ -89,7 +95,7 @@ def parse_args(argv=None):
         "--rounds", type=int, default=0,
         help="time the providers of a case in this many interleaved rounds (0: one provider after the other)",
     )
-    parser.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    parser.add_argument("--no-plots", action="store_true", help="no PNGs: write results.json and summary.md only")
     args = parser.parse_args(argv)
     if args.table:
         args.families, args.dtypes, args.modes = "table", "bf16", "fwd+bwd"
@@ -284,6 +290,10 @@ def run(args):
     print(f"writing to {out}" + ("" if args.out else " (--out to choose)"), flush=True)
     if info["note"]:
         print(f"NOTE: {info['note']}", flush=True)
+    # Checked before measuring, so that a missing plotting library costs no minutes of work.
+    plots = not args.no_plots and importlib.util.find_spec("matplotlib") is not None
+    if not args.no_plots and not plots:
+        print(f"matplotlib is not installed: writing results.json and summary.md, no plots. {PLOT_HINT.format(out=out)}", flush=True)
 
     providers, skipped = select(args.providers, device)
     for name, reason in skipped:
@@ -355,12 +365,16 @@ def run(args):
     json_path.write_text(json.dumps(result, indent=1))
     print(f"wrote {json_path}", flush=True)
 
-    if not args.no_plots:
-        from . import plot, summary
+    from . import summary
+
+    if plots:
+        from . import plot
 
         for path in plot.plot_all(result, out):
             print(f"wrote {path}", flush=True)
-        print(f"wrote {summary.write_summary(result, out)}", flush=True)
+    print(f"wrote {summary.write_summary(result, out)}", flush=True)
+    if not args.no_plots and not plots:
+        print(f"no plots: {PLOT_HINT.format(out=out)}", flush=True)
     if "table" in args.families:
         from .summary import headline_table
 

@@ -145,3 +145,22 @@ def test_no_figure_above_a_floor_is_printed():
     assert point["above_floor"] and point["pct_of_floor"] is None
     table = "\n".join(summary.family_tables({"points": [point]}, "seg"))
     assert "(cache)" in table and "%)" not in table.split("\n", 4)[-1]
+
+
+def test_without_matplotlib_the_sweep_writes_json_and_summary_and_says_how_to_plot(tmp_path, monkeypatch, capsys):
+    """matplotlib is optional ("[perf]"): checked before anything is measured, the run still
+    writes its data and summary, and says how to get the plots."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    sweep.main([
+        "--quick", "--device", "cpu", "--out", str(tmp_path), "--families", "det", "--dtypes", "fp32",
+        "--modes", "fwd", "--providers", "reference,bce",
+    ])
+    printed = capsys.readouterr().out
+    first = printed.index("matplotlib is not installed")
+    assert first < printed.index("[   1/"), "the missing plots were announced only after measuring"
+    assert "triton-focal[perf]" in printed and "python -m perf.plot" in printed
+    assert (tmp_path / "results.json").exists() and (tmp_path / "summary.md").exists()
+    assert not list(tmp_path.glob("*.png"))

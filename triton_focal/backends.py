@@ -14,24 +14,43 @@ import torch
 BACKENDS = ("triton", "compile", "reference")
 ENV_VAR = "TRITON_FOCAL_BACKEND"
 
+def _triton_importable():
+    """Whether ``import triton`` would find it. Triton is an optional extra (``[triton]``): a
+    CPU-only install has no use for it. An import hook that hides it (or ``sys.modules`` set
+    to None) makes ``find_spec`` raise rather than return None."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _import_backends():
     """Every backend module, imported with the package so that choosing one is a dict lookup
-    that torch.compile can trace (it refuses importlib). The Triton ops need Triton."""
+    that torch.compile can trace (it refuses importlib). The Triton ops need Triton; where it
+    is installed but fails to import (a broken or mismatched wheel), the other backends stay."""
     from . import compiled, reference
 
     modules = {"compile": compiled, "reference": reference}
-    if importlib.util.find_spec("triton") is not None:
-        from . import ops
-
-        modules["triton"] = ops
+    if _triton_importable():
+        try:
+            from . import ops
+        except ImportError as err:
+            _TRITON_IMPORT_ERROR.append(f"Triton is installed but does not import ({type(err).__name__}: {err})")
+        else:
+            modules["triton"] = ops
     return modules
+
+
+_TRITON_IMPORT_ERROR = []
 
 
 def _why_not(name, device):
     """The reason ``name`` cannot run on ``device`` in this process, or None if it can."""
     if name == "triton":
-        if importlib.util.find_spec("triton") is None:
-            return "Triton is not installed (it ships for Linux only)"
+        if not _triton_importable():
+            return 'Triton is not installed (pip install "triton-focal[triton]"; it ships for Linux only)'
+        if _TRITON_IMPORT_ERROR:
+            return _TRITON_IMPORT_ERROR[0]
         if device.type == "cuda":
             return None
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
