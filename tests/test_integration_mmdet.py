@@ -263,3 +263,23 @@ def test_trains_a_retinanet_style_head(backend):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
+
+
+def test_importable_and_usable_without_openmmlab():
+    """Without mmengine / mmdet / mmseg / mmcv the modules import, register nothing, and compute."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "sys.modules.update(dict.fromkeys(['mmengine', 'mmengine.registry', 'mmdet', 'mmdet.registry', 'mmseg',"
+        " 'mmseg.registry', 'mmcv']))\n"
+        "import torch\n"
+        "from triton_focal.integrations import mmdet, mmseg\n"
+        "x = torch.randn(6, 3)\n"
+        "print(float(mmdet.TritonFocalLoss(backend='reference')(x, torch.tensor([0, 1, 2, 3, 3, 1]))))\n"
+        "print(float(mmseg.TritonFocalLoss(backend='reference')(torch.randn(1, 3, 2, 2), torch.zeros(1, 2, 2).long())))\n"
+    )
+    env = {**os.environ, "TRITON_FOCAL_BACKEND": "reference"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) == 2

@@ -64,7 +64,8 @@ def sigmoid_focal_loss(
     """
     _check_reduction(reduction)
     inputs, targets = _fvcore_dtype(inputs, targets)
-    return functional.sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction=reduction, backend=backend)
+    return functional.sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction=reduction,
+                                         backend=backend)
 
 
 # detectron2 calls the scripted version; the fused one needs no scripting.
@@ -97,7 +98,9 @@ def _logits_rows(pred_logits):
             raise ValueError("pred_logits is an empty list")
         pred_logits = torch.cat(list(pred_logits), dim=1) if len(pred_logits) > 1 else pred_logits[0]
     if not isinstance(pred_logits, torch.Tensor) or not pred_logits.is_floating_point():
-        raise TypeError(f"pred_logits must be a floating-point tensor or a list of them, got {type(pred_logits).__name__}")
+        raise TypeError(
+            f"pred_logits must be a floating-point tensor or a list of them, got {type(pred_logits).__name__}"
+        )
     if pred_logits.dim() < 2:
         raise ValueError(f"pred_logits must be (R, C) or (N, R, C), got shape {tuple(pred_logits.shape)}")
     return pred_logits.reshape(-1, pred_logits.shape[-1])

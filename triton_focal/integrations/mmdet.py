@@ -175,7 +175,9 @@ class TritonFocalLoss(nn.Module):
         dense = target.dim() == pred.dim()
         if dense:
             if target.shape != pred.shape:
-                raise ValueError(f"target of shape {tuple(target.shape)} must be (N,) class indices or {tuple(pred.shape)}")
+                raise ValueError(
+                    f"target of shape {tuple(target.shape)} must be (N,) class indices or {tuple(pred.shape)}"
+                )
             target = target.type_as(pred)  # mmdet's one-hot targets may be integers
         elif target.dim() != 1 or target.shape[0] != n:
             raise ValueError(

@@ -1,4 +1,4 @@
-"""torchvision RetinaNet: the classification head's loss from class indices (``pip install "triton-focal[torchvision]"``).
+"""torchvision RetinaNet: the classification head's loss from class indices (``triton-focal[torchvision]``).
 
 ``RetinaNetClassificationHead.compute_loss`` builds a one-hot ``(A, C)`` target per image, drops the
 anchors between the matcher's thresholds with a boolean gather (a copy of the logits), and divides
@@ -31,7 +31,9 @@ BELOW_LOW_THRESHOLD = -1
 BETWEEN_THRESHOLDS = -2
 
 
-def anchor_labels(targets: List[Dict[str, torch.Tensor]], matched_idxs: List[torch.Tensor], num_classes: int) -> torch.Tensor:
+def anchor_labels(
+    targets: List[Dict[str, torch.Tensor]], matched_idxs: List[torch.Tensor], num_classes: int
+) -> torch.Tensor:
     """``(N, A)`` class indices: the matched box's label, ``num_classes`` (background) for anchors
     below the low threshold, ``BETWEEN_THRESHOLDS`` (-2) for ignored anchors."""
     if len(targets) != len(matched_idxs):
@@ -106,7 +108,7 @@ def _head_class():
         (RetinaNetClassificationHead,),
         {
             "__module__": __name__,
-            "__doc__": "``RetinaNetClassificationHead`` whose ``compute_loss`` is :func:`retinanet_classification_loss`.",
+            "__doc__": "A ``RetinaNetClassificationHead`` whose ``compute_loss`` is the fused one.",
             "compute_loss": _compute_loss,
         },
     )
@@ -128,7 +130,9 @@ def use_fused_classification_loss(model, *, alpha: float = 0.25, gamma: float = 
 
     head = getattr(getattr(model, "head", None), "classification_head", model)
     if not isinstance(head, RetinaNetClassificationHead):
-        raise TypeError(f"model must be a torchvision RetinaNet or RetinaNetClassificationHead, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a torchvision RetinaNet or RetinaNetClassificationHead, got {type(model).__name__}"
+        )
     cls = globals().get("TritonFocalRetinaNetClassificationHead") or _head_class()
     head.__class__ = cls
     head.triton_focal_settings = dict(alpha=alpha, gamma=gamma, backend=backend)

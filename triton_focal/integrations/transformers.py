@@ -287,7 +287,10 @@ def sequence_classification_focal_loss(
         if label_smoothing:
             raise ValueError("label_smoothing applies to single-label classification only")
         if alpha is not None and not isinstance(alpha, (int, float)):
-            raise TypeError(f"alpha for multi-label classification must be a number (the weight of positives), got {type(alpha).__name__}")
+            raise TypeError(
+                "alpha for multi-label classification must be a number (the weight of positives), "
+                f"got {type(alpha).__name__}"
+            )
         if weight is not None:
             if not isinstance(weight, torch.Tensor):
                 raise TypeError(f"weight must be a tensor, got {type(weight).__name__}")

@@ -84,7 +84,8 @@ def _detection_losses(criterion):
 
     if isinstance(criterion, v8DetectionLoss):
         return [criterion]
-    found = [part for name in ("one2many", "one2one") if isinstance(part := getattr(criterion, name, None), v8DetectionLoss)]
+    parts = [getattr(criterion, name, None) for name in ("one2many", "one2one")]
+    found = [part for part in parts if isinstance(part, v8DetectionLoss)]
     if not found:
         raise TypeError(
             f"{type(criterion).__name__} is not a v8DetectionLoss (or an end-to-end loss made of them): "
