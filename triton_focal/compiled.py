@@ -456,7 +456,7 @@ class _SigmoidFocal(torch.autograd.Function):
     @staticmethod
     def forward(x, target, gamma, alpha, weight, ignore_index, fn):
         grad = _gradient_buffer(x)
-        return fn("forward_and_grad", x, target, gamma, alpha, weight, ignore_index, grad), grad
+        return fn("forward_and_grad", x, target, gamma, alpha, weight, ignore_index, grad)[0], grad
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -498,7 +498,7 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     if input.requires_grad and torch.is_grad_enabled():
         loss = _SigmoidFocal.apply(input, target, *args, fn)[0]
     else:
-        loss = fn("forward", input, target, *args)
+        loss = fn("forward", input, target, *args)[0]
     if normalizer is not None and reduction != "none":
         loss = (loss.to(compute_dtype(input.dtype)) / normalizer).to(input.dtype)
     return loss
