@@ -301,11 +301,12 @@ def record_launches():
 
     import triton_focal
     from triton_focal import backends
-    from triton_focal.ops import grad_policy, sigmoid_focal, softmax_focal, vocab_shard
+    from triton_focal.ops import denominators, grad_policy, sigmoid_focal, softmax_focal, vocab_shard
 
     launches = []
     for module, name in [(softmax_focal, "_softmax_focal_kernel"), (sigmoid_focal, "_sigmoid_focal_kernel"),
-                         (grad_policy, "_scale_grad_by_scalar_kernel"), (vocab_shard, "_shard_stats_kernel"),
+                         (grad_policy, "_scale_grad_by_scalar_kernel"), (denominators, "_target_count_kernel"),
+                         (vocab_shard, "_shard_stats_kernel"),
                          (vocab_shard, "_shard_smoothing_kernel"), (vocab_shard, "_shard_grad_kernel")]:
         setattr(module, name, RecordInsteadOfLaunch(getattr(module, name), launches))
     # The Triton backend on CPU tensors outside the interpreter: nothing is launched here.

@@ -20,7 +20,7 @@ from perf import sass
 sass.install_stand_in_driver()
 
 from triton_focal.kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
-from triton_focal.ops import grad_policy, sigmoid_focal, softmax_focal, vocab_shard
+from triton_focal.ops import denominators, grad_policy, sigmoid_focal, softmax_focal, vocab_shard
 
 compiled = []
 
@@ -41,6 +41,7 @@ class CompileInsteadOfLaunch:
 softmax_focal._softmax_focal_kernel = CompileInsteadOfLaunch(softmax_focal._softmax_focal_kernel)
 sigmoid_focal._sigmoid_focal_kernel = CompileInsteadOfLaunch(sigmoid_focal._sigmoid_focal_kernel)
 grad_policy._scale_grad_by_scalar_kernel = CompileInsteadOfLaunch(grad_policy._scale_grad_by_scalar_kernel)
+denominators._target_count_kernel = CompileInsteadOfLaunch(denominators._target_count_kernel)
 for name in ("_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"):
     setattr(vocab_shard, name, CompileInsteadOfLaunch(getattr(vocab_shard, name)))
 
@@ -60,7 +61,7 @@ for shape, dtype, options, modes in [
     alpha = torch.rand(c, dtype=acc) if options.pop("alpha", None) == "class" else 1.0
     weight = torch.rand(c, dtype=acc) if options.pop("weight", False) else None
     options = dict(dict(label_smoothing=0.0, z_loss=0.0, softcap=None), **options)
-    denominators = softmax_focal.mean_denominators(target, weight, -100, options["z_loss"], acc)
+    denominators = softmax_focal.mean_denominators(target, weight, -100, options["reduction"], acc)
     for mode in modes:
         grad = torch.empty_like(x) if mode != GRAD_NONE else None
         grad_output = None
@@ -112,7 +113,7 @@ for dtype, gamma, weighted, softcap in [(torch.float32, 2.0, False, None), (torc
 
 names = {name for name, _, _ in compiled}
 assert names == {"_softmax_focal_kernel", "_sigmoid_focal_kernel", "_scale_grad_by_scalar_kernel",
-                 "_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"}, names
+                 "_target_count_kernel", "_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"}, names
 print("compiled", len(compiled))
 '''
 

@@ -50,7 +50,7 @@ def test_sigmoid_forward_allocates_only_the_gradient(device, store_grad):
     target = torch.randint(0, 81, (64, 1), device=device)
     weight = torch.rand(64, 1, 1, device=device).expand_as(x)  # per anchor, never expanded in memory
     with AllocationRecorder() as recorder:
-        sigmoid_focal._forward_op._init_fn(x, target, None, weight, None, 0.25, 2.0, -100, "sum", False, store_grad)
+        sigmoid_focal._forward_op._init_fn(x, target, None, None, weight, None, 0.25, 2.0, -100, "sum", False, store_grad)
     assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if store_grad else [])
 
 

@@ -407,12 +407,22 @@ def test_opcheck(device, reduction):
     x = make_logits((4, 3, 5), device).requires_grad_(True)
     t = make_dense_target((4, 3, 5), device)
     options = (None, None, 0.25, 2.0, -100, reduction, False)
-    torch.library.opcheck(ops._forward_op, (x, t, None, *options, False))
+    torch.library.opcheck(ops._forward_op, (x, t, None, None, *options, False))
     grad_out = torch.rand(() if reduction == "mean" else x.shape, device=device)
-    torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), t, None, *options))
+    no_count = x.new_empty(0)
+    torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), t, None, None, no_count, *options))
     index = make_index_target(4, 3, 5, device)
-    torch.library.opcheck(ops._forward_op, (x.detach(), index, torch.tensor(3.0, device=device), None, None, 0.25, 2.0,
-                                            -100, "sum", False, False))
+    torch.library.opcheck(ops._forward_op, (x.detach(), index, torch.tensor(3.0, device=device), None, None, None, 0.25,
+                                            2.0, -100, "sum", False, False))
+    # a normalizer given as a number, and a class-index mean whose count comes from the targets
+    torch.library.opcheck(ops._forward_op, (x.detach(), index, None, 3.0, None, None, 0.25, 2.0, -100, "sum", False,
+                                            False))
+    _, _, _, counted = ops._forward_op(x.detach(), index, None, None, None, None, 0.25, 2.0, -100, "mean", False, False)
+    assert counted.shape == (2,) and counted[1].item() == (index != -100).sum().item() * 3
+    torch.library.opcheck(ops._forward_op, (x.detach(), index, None, None, None, None, 0.25, 2.0, -100, "mean", False,
+                                            False))
+    torch.library.opcheck(ops._backward_op, (torch.rand((), device=device), x.detach(), index, None, None, counted,
+                                             None, None, 0.25, 2.0, -100, "mean", False))
 
 
 @pytest.mark.slow

@@ -362,7 +362,7 @@ def test_opcheck(reduction):
     x.requires_grad_()
     options = (torch.rand(5), 0.0, None, 0.25, torch.rand(5) + 0.1, -100, reduction, 0.1, 1e-3, 4.0)
     torch.library.opcheck(ops._forward_op, (x, target, *options, False, True))
-    denominators = ops.mean_denominators(target, options[4], -100, 1e-3, torch.float32)
+    denominators = ops.mean_denominators(target, options[4], -100, reduction, torch.float32)
     grad_out = torch.rand(() if reduction == "mean" else target.shape)
     torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), target, denominators, x.new_empty(0), *options))
 

@@ -24,7 +24,7 @@ DEFAULT_POINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 GRID = {
     "launch_s": [i * 0.25e-6 for i in range(0, 61)],  # 0-15 us
     "round_latency_s": [i * 20e-9 for i in range(0, 76)],  # 0-1.5 us
-    "issue_factor": [0.5 + i * 0.05 for i in range(0, 71)],  # 0.5-4
+    "issue_factor": [i * 0.05 for i in range(0, 81)],  # 0-4
 }
 
 
@@ -154,7 +154,7 @@ def predict(feature, launch_s, round_latency_s, issue_factor):
 def uncalibrated(feature):
     """The model before calibration: max(issue, MUFU, bytes) per launch, torch ops' bytes only."""
     return (sum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]) for launch in feature["launches"])
-            + sum(seconds * calls for _, seconds, calls in feature["torch_ops"]))
+            + sum(seconds for _, seconds, _ in feature["torch_ops"]))
 
 
 def fit(features):

@@ -422,4 +422,4 @@ def count_workload(make):
     torch_ops = {}
     with recording("count") as counted, _torch_op_counter(torch_ops):
         small.step()
-    return Counted(list(headline), list(counted), torch_ops, big.elements, small.elements, big.floor_bytes)
+    return Counted(list(headline), list(counted), torch_ops, big.elements, small.elements, getattr(big, "floor_bytes", 0))

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from .focal_math import binary_sigmoid_focal_term, join_float, sigmoid_focal_star_term, sigmoid_focal_term
 from .grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, gradient_plan
+from .reduce import store_total
 
 
 @triton.jit
@@ -95,8 +96,10 @@ def _sigmoid_focal_kernel(
     target_ptr,  # (N, C, P) dense float targets, or (N, P) class indices if INDEX_TARGET
     weight_ptr,  # (N, C, P) weight view, stride 0 allowed (HAS_WEIGHT)
     gamma_ptr,  # (C,) per-class gamma in ACC (HAS_CLASS_GAMMA)
-    denom_ptr,  # () divisor of the reduced loss (HAS_DENOM)
-    loss_ptr,  # (N, C, P) per-element loss, or (num_programs,) ACC partial sums if REDUCE
+    denom_ptr,  # () divisor of the reduced loss, any float dtype (HAS_DENOM)
+    loss_ptr,  # (N, C, P) per-element loss, or () in x's dtype: the total if REDUCE
+    partial_ptr,  # (num_programs,) ACC: each program's partial sum (REDUCE)
+    ticket_ptr,  # (1,) int32, 0 between launches (kernels/reduce.py)
     grad_ptr,  # (N, C, P) d loss / d x, in x's dtype
     grad_out_ptr,  # () or (N, C, P) by strides: d total / d loss (GRAD_BACKWARD)
     policy_ptr,  # (1,) int32 device flag: forwards store the gradient
@@ -113,6 +116,7 @@ def _sigmoid_focal_kernel(
     # scalars: float32 (hi, lo) halves, so float64 math gets them unrounded (ops/scalars.py)
     alpha_hi, alpha_lo,
     gamma_hi, gamma_lo,
+    denom_hi, denom_lo,  # the divisor where it is a number (not HAS_DENOM); 1.0 for none
     ignore_index,
     # constants
     BLOCK_R: tl.constexpr,  # rows (positions) per tile
@@ -132,13 +136,20 @@ def _sigmoid_focal_kernel(
 ):
     pid = tl.program_id(0)
     alpha = join_float(alpha_hi, alpha_lo, ACC)
+    # a constexpr: an ``and`` of constants is not folded (see softmax_focal.py)
+    REDUCED: tl.constexpr = GRAD_MODE != GRAD_BACKWARD and REDUCE
 
     # 0. What this launch writes, decided on the device (no host sync).
     compute_loss = GRAD_MODE != GRAD_BACKWARD
     store_grad, grad_scale, tiles = gradient_plan(policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE,
                                                   GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC)
+    # The reduced loss's divisor: a tensor on the device (a count, a normalizer tensor) or a
+    # number (the element count of a dense mean, a normalizer given as a number).
     if HAS_DENOM:
-        grad_scale = grad_scale / tl.load(denom_ptr).to(ACC)
+        inv_denom = 1.0 / tl.load(denom_ptr).to(ACC)
+    else:
+        inv_denom = 1.0 / join_float(denom_hi, denom_lo, ACC)
+    grad_scale = grad_scale * inv_denom
 
     # 64-bit offsets: the class index (int32) meets these strides in every class step, and
     # C * stride_c passes 2**31 in a channels-first volume or a transposed view. Widened once
@@ -196,6 +207,7 @@ def _sigmoid_focal_kernel(
                                     REDUCE, GRAD_OUT_IS_SCALAR, BLOCK_C, ACC, compute_loss, GRAD_MODE != GRAD_NONE,
                                     GRAD_MODE == GRAD_BACKWARD)
 
-    if compute_loss and REDUCE:
-        # One partial sum per program, added by torch in a fixed order: bit-identical reruns.
-        tl.store(loss_ptr + pid, tl.sum(tl.sum(loss_acc, axis=1), axis=0))
+    if REDUCED:
+        # The programs' partial sums, added in a fixed order by the last one (bit-identical
+        # reruns), over the divisor.
+        store_total(partial_ptr, ticket_ptr, loss_ptr, tl.sum(tl.sum(loss_acc, axis=1), axis=0), inv_denom, ACC)

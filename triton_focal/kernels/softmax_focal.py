@@ -42,8 +42,9 @@ see ``focal_math.py``); the per-row terms that a cancellation would amplify (``l
 import triton
 import triton.language as tl
 
-from .grad_mode import GRAD_BACKWARD, ROW_STATS_READ, ROW_STATS_WRITE, gradient_plan
 from .focal_math import FP32_MAX, LN2, LOG2E, fast_log2, focal_term, join_float, log1p, softcap_logits, target_log_prob
+from .grad_mode import GRAD_BACKWARD, ROW_STATS_READ, ROW_STATS_WRITE, gradient_plan
+from .reduce import store_total
 
 
 @triton.jit
@@ -149,7 +150,9 @@ def _softmax_focal_kernel(
     alpha_ptr,  # (C,) per-class alpha in ACC (HAS_CLASS_ALPHA)
     weight_ptr,  # (C,) class weights in ACC (HAS_WEIGHT)
     denom_ptr,  # (2,) ACC: the mean's divisors of the focal and the z-loss parts (MEAN)
-    loss_ptr,  # (N, P) in x's dtype if PER_ELEMENT, else (num_programs,) ACC partial sums
+    loss_ptr,  # (N, P) in x's dtype if PER_ELEMENT, else () in x's dtype: the total
+    partial_ptr,  # (num_programs,) ACC: each program's partial sum (not PER_ELEMENT)
+    ticket_ptr,  # (1,) int32, 0 between launches (kernels/reduce.py)
     grad_ptr,  # (N, C, P) in x's dtype
     grad_out_ptr,  # () or (N, P) by strides: d total / d loss (GRAD_BACKWARD)
     policy_ptr,  # (1,) int32 device flag: forwards store the gradient (GRAD_IF_POLICY, GRAD_BACKWARD)
@@ -189,6 +192,9 @@ def _softmax_focal_kernel(
     ACC: tl.constexpr,  # float32, or float64 for float64 logits
 ):
     ROWS: tl.constexpr = BLOCK_P // SPLIT
+    # (a constexpr, not ``compute_loss and not PER_ELEMENT``: an ``and`` of constants is not
+    # folded, and the branch would be compiled where its pointers are placeholders)
+    REDUCED: tl.constexpr = GRAD_MODE != GRAD_BACKWARD and not PER_ELEMENT
     CLASS_STEP: tl.constexpr = BLOCK_C * SPLIT
     pid = tl.program_id(0)
     # 64-bit offsets: a class index (int32) meets these strides in the class loops, and
@@ -405,6 +411,6 @@ def _softmax_focal_kernel(
                 grad = tl.where(row_ok[None, :], grad, fill[None, :])
                 tl.store(g_row[None, :] + cls * stride_g_c, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
-    if compute_loss and not PER_ELEMENT:
-        # One partial sum per program, added by torch in a fixed order: bit-identical reruns.
-        tl.store(loss_ptr + pid, tl.sum(loss_acc, axis=0))
+    if REDUCED:
+        # The programs' partial sums, added in a fixed order by the last one: bit-identical reruns.
+        store_total(partial_ptr, ticket_ptr, loss_ptr, tl.sum(loss_acc, axis=0), 1.0, ACC)

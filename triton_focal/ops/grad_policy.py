@@ -234,3 +234,11 @@ def scale_stored_grad(grad, grad_output):
     else:
         grad.mul_(grad_output)
     return grad
+
+
+def stored_flag(device, store_grad):
+    """A forward's ``stored`` flag: written by the launch where it may store the gradient
+    (so nothing fills it first), else 0 (that forward never stores)."""
+    if store_grad:
+        return torch.empty(1, dtype=torch.int32, device=device)
+    return torch.zeros(1, dtype=torch.int32, device=device)

@@ -33,8 +33,11 @@ from .grad_policy import (
     policy_flag,
     save_options,
     saved_options,
+    stored_flag,
 )
+from .denominators import target_denominators
 from .scalars import split_float
+from .workspace import partials, ticket_counter
 
 # Tile table, from the sm_90 cost model (``python -m perf.model``), not from GPU timings. A
 # program steps over the classes BLOCK_C at a time, so per-row work (a row's class index, its
@@ -81,7 +84,8 @@ def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ig
         class_gamma: ``None`` or a ``(C,)`` tensor in the compute dtype; then ``gamma`` is unused.
         gamma, alpha: floats; ``alpha < 0`` means no alpha weighting.
         ignore_index: int, for class-index targets.
-        denominator: ``None`` or a 0-dim tensor dividing the loss and the gradient.
+        denominator: ``None``, a number or a 0-dim tensor (any float dtype) dividing the loss
+            and the gradient.
         reduce: return the sum instead of per-element losses.
         star: FL* instead of the focal loss.
         grad_mode: ``GRAD_NONE``, ``GRAD_ALWAYS``, ``GRAD_IF_POLICY`` or ``GRAD_BACKWARD``.
@@ -120,8 +124,10 @@ def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ig
     num_tiles = n_launch * num_p_blocks
     # An elementwise loss re-reads nothing: the grid fills the GPU.
     num_programs = PersistentGrid.for_device(input.device).programs(num_tiles, NUM_WARPS, footprint=0)
-    if compute_loss and reduce:
-        loss = torch.empty(num_programs, dtype=acc, device=input.device)
+    reduced = compute_loss and reduce
+    if reduced:
+        loss = input.new_empty(())
+    denom_tensor = isinstance(denominator, torch.Tensor)
 
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
@@ -129,48 +135,55 @@ def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ig
         input, target,
         weight if weight is not None else dummy,
         class_gamma if class_gamma is not None else dummy,
-        denominator if denominator is not None else dummy,
+        denominator if denom_tensor else dummy,
         loss if loss is not None else dummy,
+        partials(num_programs, 1, acc, input.device) if reduced else dummy,
+        ticket_counter(input.device) if reduced else dummy,
         grad if grad is not None else dummy,
         grad_output if grad_output is not None else dummy,
         flag, stored if stored is not None else dummy,
         *(s for stride in strides for s in stride),
         num_classes, p_launch, num_p_blocks, num_tiles,
-        *split_float(alpha), *split_float(gamma), int(ignore_index),
+        *split_float(alpha), *split_float(gamma),
+        *split_float(1.0 if denom_tensor or denominator is None else float(denominator)), int(ignore_index),
         BLOCK_R=block_r, BLOCK_C=block_c,
         INDEX_TARGET=index_target, HAS_WEIGHT=weight is not None, HAS_ALPHA=alpha >= 0,
         HAS_CLASS_GAMMA=class_gamma is not None,
         GAMMA_INT=-1 if class_gamma is not None or star else integer_gamma(gamma),
-        STAR=star, REDUCE=reduce, HAS_DENOM=denominator is not None,
+        STAR=star, REDUCE=reduce, HAS_DENOM=denom_tensor,
         GRAD_MODE=grad_mode, GRAD_OUT_IS_SCALAR=go_scalar, SKIP_IF_STORED=skip_if_stored,
         ACC=acc_dtype(input.dtype), num_warps=NUM_WARPS,
     )
-    if not compute_loss:
-        return None
-    if not reduce:
-        return loss
-    # The partial sums are added by torch in a fixed order: bit-identical reruns.
-    total = loss.sum()
-    if denominator is not None:
-        total = total / denominator
-    return total.to(input.dtype)
+    return loss
 
 
-def _denominator(input, target, normalizer, ignore_index, reduction):
-    """The divisor of the reduced loss, a device tensor (no host sync), or None."""
-    acc = compute_dtype(input.dtype)
+def _count_divisor(input, target, normalizer, normalizer_number, ignore_index, reduction):
+    """For a class-index ``"mean"``: ``target_denominators``' ``(2,)``, whose second entry is the
+    count of non-ignored elements (``C`` per row), from one launch over the targets (a count of
+    0 divides by 1: the mean of nothing is 0, with a zero gradient); else an unread ``(0,)``."""
+    if reduction != "mean" or normalizer is not None or normalizer_number is not None:
+        return input.new_empty(0, dtype=compute_dtype(input.dtype))
+    if target.is_floating_point():
+        return input.new_empty(0, dtype=compute_dtype(input.dtype))
+    if target.numel() == 0:
+        return input.new_ones(2, dtype=compute_dtype(input.dtype))
+    return target_denominators(target, None, ignore_index, input.shape[1], dtype=compute_dtype(input.dtype),
+                               scale=input.shape[1], zero_as_one=True)
+
+
+def _divisor(input, target, normalizer, normalizer_number, reduction, counted):
+    """What divides the reduced loss: None, a number, or a device tensor (no host sync)."""
     if reduction == "none":
         return None
     if normalizer is not None:
-        return normalizer.detach().to(acc)
+        return normalizer.detach()
+    if normalizer_number is not None:
+        return normalizer_number
     if reduction == "sum":
         return None
     if target.is_floating_point():
-        count = torch.full((), input.numel(), dtype=acc, device=input.device)
-    else:
-        count = (target != ignore_index).sum().to(acc) * input.shape[1]
-    # The mean of nothing is 0 with a zero gradient, not NaN.
-    return torch.where(count > 0, count, torch.ones_like(count))
+        return float(max(input.numel(), 1))
+    return counted[1]
 
 
 # --- torch.library ops -------------------------------------------------------------
@@ -185,32 +198,38 @@ def _launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, 
 
 @torch.library.custom_op("triton_focal::sigmoid_focal_fwd", mutates_args=())
 def _forward_op(
-    input: torch.Tensor, target: torch.Tensor, normalizer: Optional[torch.Tensor],
+    input: torch.Tensor, target: torch.Tensor, normalizer: Optional[torch.Tensor], normalizer_number: Optional[float],
     weight: Optional[torch.Tensor], class_gamma: Optional[torch.Tensor], alpha: float, gamma: float,
     ignore_index: int, reduction: str, star: bool, store_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, grad, stored)``. With ``store_grad`` the gradient for ``grad_output == 1``
-    goes to ``grad`` where the device policy says so (``stored``)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad, stored, counted)``. With ``store_grad`` the gradient for ``grad_output ==
+    1`` goes to ``grad`` where the device policy says so (``stored``); ``counted``: the mean's
+    count, where it comes from the targets (the backward reuses it)."""
     options = _launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, star)
-    denominator = _denominator(input, target, normalizer, ignore_index, reduction)
+    counted = _count_divisor(input, target, normalizer, normalizer_number, ignore_index, reduction)
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
-    stored = torch.zeros(1, dtype=torch.int32, device=input.device)
-    loss = sigmoid_focal_launch(input, target, **options, denominator=denominator,
+    stored = stored_flag(input.device, store_grad)
+    loss = sigmoid_focal_launch(input, target, **options,
+                                denominator=_divisor(input, target, normalizer, normalizer_number, reduction, counted),
                                 grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
                                 grad=grad if store_grad else None, stored=stored)
-    return loss, grad, stored
+    return loss, grad, stored, counted
 
 
 @_forward_op.register_fake
-def _(input, target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star, store_grad):
+def _(input, target, normalizer, normalizer_number, weight, class_gamma, alpha, gamma, ignore_index, reduction, star,
+      store_grad):
     loss = torch.empty_like(input) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
-    return loss, grad, input.new_empty(1, dtype=torch.int32)
+    counts = reduction == "mean" and normalizer is None and normalizer_number is None and not target.is_floating_point()
+    counted = input.new_empty(2 if counts else 0, dtype=compute_dtype(input.dtype))
+    return loss, grad, input.new_empty(1, dtype=torch.int32), counted
 
 
 @torch.library.custom_op("triton_focal::sigmoid_focal_bwd", mutates_args=())
 def _backward_op(
     grad_output: torch.Tensor, input: torch.Tensor, target: torch.Tensor, normalizer: Optional[torch.Tensor],
+    normalizer_number: Optional[float], counted: torch.Tensor,
     weight: Optional[torch.Tensor], class_gamma: Optional[torch.Tensor], alpha: float, gamma: float,
     ignore_index: int, reduction: str, star: bool,
 ) -> torch.Tensor:
@@ -218,7 +237,7 @@ def _backward_op(
     grad = torch.empty_like(input)
     sigmoid_focal_launch(input, target, **_launch_options(weight, class_gamma, alpha, gamma, ignore_index,
                                                           reduction, star),
-                         denominator=_denominator(input, target, normalizer, ignore_index, reduction),
+                         denominator=_divisor(input, target, normalizer, normalizer_number, reduction, counted),
                          grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_output)
     return grad
 
@@ -229,48 +248,46 @@ def _(grad_output, input, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, normalizer, *options, _store_grad = inputs
-    loss, grad, stored = output
-    ctx.mark_non_differentiable(grad, stored)
+    input, target, normalizer, normalizer_number, *options, _store_grad = inputs
+    loss, grad, stored, counted = output
+    ctx.mark_non_differentiable(grad, stored, counted)
     ctx.set_materialize_grads(False)  # no logits-sized zeros for the other outputs' gradients
+    ctx.normalizer_number = normalizer_number
     # A normalizer that requires grad gets d (sum / normalizer) / d normalizer = -loss / normalizer.
     ctx.normalizer_grad = normalizer is not None and normalizer.requires_grad
-    save_options(ctx, (input, target, normalizer, grad, stored, loss if ctx.normalizer_grad else None), options)
+    save_options(ctx, (input, target, normalizer, grad, stored, counted, loss if ctx.normalizer_grad else None),
+                 options)
 
 
 def _backward(ctx, grad_loss, *_):
+    unused = (None,) * 9  # target, normalizer_number and the options
     if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
-        return (None,) * 11
-    (input, target, normalizer, grad, stored, loss), options = saved_options(ctx)
+        return (None, None, None) + unused
+    (input, target, normalizer, grad, stored, counted, loss), options = saved_options(ctx)
     grad_normalizer = None
     if ctx.normalizer_grad:
         grad_normalizer = (-grad_loss * loss / normalizer).to(normalizer.dtype)
     if not ctx.needs_input_grad[0]:
-        return (None, None, grad_normalizer) + (None,) * 8
+        return (None, None, grad_normalizer) + unused
     if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
-        grad = differentiable_grad(_reference(target, normalizer, *options), input, grad_loss)
-        return (grad, None, grad_normalizer) + (None,) * 8
+        reference_normalizer = normalizer if normalizer is not None else ctx.normalizer_number
+        grad = differentiable_grad(_reference(target, reference_normalizer, *options), input, grad_loss)
+        return (grad, None, grad_normalizer) + unused
+    reduction = options[5]
     if backward_in_place(grad):
         sigmoid_focal_launch(input, target, **_launch_options(*options),
-                             denominator=_denominator(input, target, normalizer, options[4], options[5]),
+                             denominator=_divisor(input, target, normalizer, ctx.normalizer_number, reduction, counted),
                              grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_loss, stored=stored,
                              skip_if_stored=True)
     else:
-        grad = _backward_op(grad_loss, input, target, normalizer, *options)
-    return (grad, None, grad_normalizer) + (None,) * 8
+        grad = _backward_op(grad_loss, input, target, normalizer, ctx.normalizer_number, counted, *options)
+    return (grad, None, grad_normalizer) + unused
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --- canonical backend functions ---------------------------------------------------
-
-
-def _normalizer_tensor(normalizer, input):
-    if normalizer is None or isinstance(normalizer, torch.Tensor):
-        return normalizer
-    # torch.full is a device fill, not a host-to-device copy.
-    return torch.full((), float(normalizer), dtype=compute_dtype(input.dtype), device=input.device)
 
 
 def _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
@@ -290,8 +307,10 @@ def _call(input, target, normalizer, weight, class_gamma, alpha, gamma, ignore_i
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     # Traced graphs never store a gradient in the forward: their backward recomputes it.
     store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
-    loss, _, _ = _forward_op(input, target, _normalizer_tensor(normalizer, input), weight, class_gamma,
-                             float(alpha), float(gamma), int(ignore_index), reduction, star, store_grad)
+    tensor = normalizer if isinstance(normalizer, torch.Tensor) else None
+    number = None if normalizer is None or tensor is not None else float(normalizer)
+    loss, *_ = _forward_op(input, target, tensor, number, weight, class_gamma, float(alpha), float(gamma),
+                           int(ignore_index), reduction, star, store_grad)
     return loss
 
 

@@ -26,7 +26,7 @@ from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD
 from ..kernels.softmax_focal import _softmax_focal_kernel
 from .. import reference
 from .._autograd_state import functorch_active
-from ..reference import compute_dtype, softmax_mean_denominator
+from ..reference import compute_dtype
 from .grad_policy import (
     PersistentGrid,
     acc_dtype,
@@ -39,9 +39,12 @@ from .grad_policy import (
     policy_flag,
     save_options,
     saved_options,
+    stored_flag,
     scale_stored_grad,
 )
+from .denominators import target_denominators
 from .scalars import split_float
+from .workspace import partials, ticket_counter
 
 # Launch table, from the sm_90 cost model (``python -m perf.model``), not from GPU timings
 # (none were available): each choice below is what the model showed memory-bound without
@@ -165,8 +168,9 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
     num_p_blocks = triton.cdiv(p_launch, block_p // split)
     num_tiles = n_launch * num_p_blocks
     num_programs = PersistentGrid.for_device(input.device).programs(num_tiles, num_warps, footprint)
-    if compute_loss and not per_element:
-        loss = torch.empty(num_programs, dtype=acc, device=input.device)
+    reduced = compute_loss and not per_element
+    if reduced:
+        loss = input.new_empty(())
 
     class_gamma = isinstance(gamma, torch.Tensor)
     class_alpha = isinstance(alpha, torch.Tensor)
@@ -179,6 +183,8 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
         weight if weight is not None else dummy,
         denominators if denominators is not None else dummy,
         loss if loss is not None else dummy,
+        partials(num_programs, 1, acc, input.device) if reduced else dummy,
+        ticket_counter(input.device) if reduced else dummy,
         grad if grad is not None else dummy,
         grad_output if grad_output is not None else dummy,
         flag, stored if stored is not None else dummy, row_stats if row_stats is not None else dummy,
@@ -195,22 +201,19 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
         ROW_STATS=0 if row_stats is None else ROW_STATS_READ if grad_mode == GRAD_BACKWARD else ROW_STATS_WRITE,
         ACC=acc_dtype(input.dtype), num_warps=num_warps,
     )
-    if not compute_loss or per_element:
-        return loss
-    # The partial sums (each row divided by the mean's divisors already) are added by torch
-    # in a fixed order: bit-identical reruns.
-    return loss.sum().to(input.dtype)
+    return loss
 
 
-def mean_denominators(target, weight, ignore_index, z_loss, dtype):
-    """``(2,)``: the sum of ``w_y`` over non-ignored rows (``F.cross_entropy``'s divisor) and
-    the number of non-ignored rows (the z-loss's divisor), device tensors (no host sync)."""
-    focal = softmax_mean_denominator(target, weight, ignore_index, dtype)
-    if z_loss > 0 and weight is not None:
-        count = softmax_mean_denominator(target, None, ignore_index, dtype)
-    else:
-        count = focal
-    return torch.stack([focal, count])
+def mean_denominators(target, weight, ignore_index, reduction, dtype):
+    """``(2,)``: for ``"mean"``, the sum of ``w_y`` over non-ignored rows (``F.cross_entropy``'s
+    divisor) and their count (the z-loss's divisor), from one launch over the targets (no host
+    sync); for the other reductions an empty placeholder."""
+    if reduction != "mean":
+        return target.new_empty(0, dtype=dtype)
+    if target.numel() == 0:
+        return target.new_zeros(2, dtype=dtype)
+    return target_denominators(target, weight, ignore_index, weight.shape[0] if weight is not None else 0,
+                               dtype=dtype)
 
 
 # --- torch.library ops ----------------------------------------------------------------
@@ -239,9 +242,9 @@ def _forward_op(
     ``needs_grad``, the per-row statistics go to ``row_stats`` where they pay (else it is empty)."""
     opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
                            label_smoothing, z_loss, softcap)
-    denominators = mean_denominators(target, weight, ignore_index, z_loss, compute_dtype(input.dtype))
+    denominators = mean_denominators(target, weight, ignore_index, reduction, compute_dtype(input.dtype))
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
-    stored = torch.zeros(1, dtype=torch.int32, device=input.device)
+    stored = stored_flag(input.device, store_grad)
     row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
     loss = softmax_focal_launch(input, target, **opts, denominators=denominators,
                                 grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
@@ -255,7 +258,8 @@ def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_inde
     loss = input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
-    return (loss, grad, input.new_empty(1, dtype=torch.int32), input.new_empty(2, dtype=compute_dtype(input.dtype)),
+    denominators = input.new_empty(2 if reduction == "mean" else 0, dtype=compute_dtype(input.dtype))
+    return (loss, grad, input.new_empty(1, dtype=torch.int32), denominators,
             input.new_empty(0) if row_stats is None else row_stats)
 
 
@@ -328,7 +332,7 @@ def _forward_inplace_op(
 ) -> torch.Tensor:
     opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
                            label_smoothing, z_loss, softcap)
-    denominators = mean_denominators(target, weight, ignore_index, z_loss, compute_dtype(input.dtype))
+    denominators = mean_denominators(target, weight, ignore_index, reduction, compute_dtype(input.dtype))
     return softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_ALWAYS,
                                 grad=input)
 

@@ -1,0 +1,47 @@
+"""The mean's divisors from the targets, in one launch: ``sum w_y`` and the count of the rows
+that are not ignored (``F.cross_entropy``'s mean; the sigmoid loss's count of elements).
+
+A loss whose forward writes the gradient needs them before its pass over the logits, so they
+cannot come from that pass; this reads the targets only (a few bytes a row).
+"""
+
+import triton
+import triton.language as tl
+
+from .reduce import sum_partials
+
+
+@triton.jit
+def _target_count_kernel(
+    target_ptr,  # (N, P) class indices, any int dtype
+    weight_ptr,  # (C,) class weights in ACC (HAS_WEIGHT)
+    partial_ptr,  # (num_programs, 2) ACC
+    ticket_ptr,  # (1,) int32, 0 between launches
+    denom_ptr,  # (2,) ACC out: (sum of w_y, count), each times ``scale``
+    stride_t_n, stride_t_p,
+    P, num_p_blocks, C, ignore_index, scale,
+    HAS_WEIGHT: tl.constexpr,
+    ZERO_AS_ONE: tl.constexpr,  # a divisor of nothing is 1 (its sum is 0 anyway)
+    BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // num_p_blocks
+    p = (pid % num_p_blocks) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < P
+    target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=mask, other=ignore_index).to(tl.int64)
+    valid = mask & (target != ignore_index)
+    count = tl.sum(valid.to(ACC), axis=0)
+    if HAS_WEIGHT:
+        # An out-of-range index weighs 0 here; the loss kernel turns its row into NaN.
+        safe = valid & (target >= 0) & (target < C)
+        weighted = tl.sum(tl.load(weight_ptr + tl.where(safe, target, 0), mask=safe, other=0.0), axis=0)
+    else:
+        weighted = count
+    cols = tl.arange(0, 2)
+    is_last, totals = sum_partials(partial_ptr, ticket_ptr, tl.where(cols == 0, weighted, count), 2, ACC)
+    if is_last:
+        totals = totals * scale
+        if ZERO_AS_ONE:
+            totals = tl.where(totals > 0, totals, 1.0)
+        tl.store(denom_ptr + cols, totals)

@@ -1,0 +1,31 @@
+"""Launcher of the mean's divisors (``kernels/denominators.py``)."""
+
+import triton
+
+from ..kernels.denominators import _target_count_kernel
+from .grad_policy import acc_dtype
+from .workspace import partials, ticket_counter
+
+# Targets per program: 16 KB of int64 indices, enough bytes in flight per program; the grid is
+# one program per block (no loop), and the last program adds the partials.
+BLOCK = 2048
+NUM_WARPS = 4
+
+
+def target_denominators(target, weight, ignore_index, num_classes, *, dtype, scale=1.0, zero_as_one=False):
+    """``(2,)`` in ``dtype``: ``scale`` times the sum of ``w_y`` (the count without ``weight``)
+    and times the count, over the elements of ``target`` (``(N, P)`` class indices) that are not
+    ``ignore_index``. ``zero_as_one``: a divisor of nothing is 1 instead of 0."""
+    n, p = target.shape
+    denom = target.new_empty(2, dtype=dtype)
+    block = min(BLOCK, max(triton.next_power_of_2(p), 16))
+    num_p_blocks = triton.cdiv(p, block)
+    programs = n * num_p_blocks
+    _target_count_kernel[(programs,)](
+        target, weight if weight is not None else denom, partials(programs, 2, dtype, target.device),
+        ticket_counter(target.device), denom, target.stride(0), target.stride(1),
+        p, num_p_blocks, num_classes, int(ignore_index), float(scale),
+        HAS_WEIGHT=weight is not None, ZERO_AS_ONE=zero_as_one, BLOCK=block, ACC=acc_dtype(dtype),
+        num_warps=NUM_WARPS,
+    )
+    return denom
