@@ -17,9 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .cases import MODES  # noqa: E402
+from .summary import load_text  # noqa: E402
 
 MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwd+bwd": "forward+backward"}
 MEMORY_MODE = "fwd+bwd"
+WIDE_RANGE = 20  # a y range wider than this factor is drawn on a log axis
 
 
 def _ordered(values, order=None):
@@ -58,7 +60,10 @@ def plot_family(result, family, out):
     device = result["device"]
     rows = [(s, d) for s in _ordered(p["series"] for p in points) for d in _ordered(p["dtype"] for p in points)]
     modes = _ordered((p["mode"] for p in points), list(MODES))
-    cols = modes + ([MEMORY_MODE] if MEMORY_MODE in modes else [])
+    # A memory column only where memory was measured (the CPU has no allocator statistics):
+    # never a panel of nothing.
+    measured = any(p["extra_peak_mb"] is not None for p in points if p["mode"] == MEMORY_MODE)
+    cols = modes + ([MEMORY_MODE] if MEMORY_MODE in modes and measured else [])
     labels = _ordered(p["label"] for p in points)
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
 
@@ -69,20 +74,32 @@ def plot_family(result, family, out):
             memory = c == len(modes)
             subset = [p for p in points if p["series"] == series and p["dtype"] == dtype and p["mode"] == mode]
             x_name = subset[0]["x_name"] if subset else ""
+            drawn = []
             for label, curve in _curves(subset).items():
                 ys = [p["extra_peak_mb"] if memory else p["gbs"] for p in curve]
                 if any(y is None for y in ys):
                     continue
-                ax.plot([p["x"] for p in curve], ys, marker="o", ms=3, label=label, color=colors[label])
+                xs = [p["x"] for p in curve]
+                if memory:
+                    ax.plot(xs, ys, marker="o", ms=3, label=label, color=colors[label])
+                else:
+                    # The spread between repetitions (p20-p80 of the time) of every point, as
+                    # GB/s: the slower time gives the lower bandwidth.
+                    # (clamped at 0: rounding of the quantiles, never a real negative spread)
+                    low = [max(y - p["bytes"] / (p["ms_p80"] * 1e6), 0.0) for y, p in zip(ys, curve)]
+                    high = [max(p["bytes"] / (p["ms_p20"] * 1e6) - y, 0.0) for y, p in zip(ys, curve)]
+                    ax.errorbar(xs, ys, yerr=[low, high], marker="o", ms=3, capsize=2, lw=1, label=label, color=colors[label])
+                drawn += [y for y in ys if y > 0]
             if memory:
                 ax.set_ylabel("extra peak memory (MiB)")
-                if all(p["extra_peak_mb"] is None for p in subset):
-                    ax.text(0.5, 0.5, "not measured on CPU", ha="center", va="center", transform=ax.transAxes)
                 ax.set_title(f"{series}, {dtype}: memory, {MODE_TITLES[mode]}", fontsize=9)
             else:
                 ax.axhline(result["copy_bandwidth_gbs"], color="black", ls="--", lw=1, label="copy bandwidth")
                 ax.set_ylabel("GB/s")
                 ax.set_title(f"{series}, {dtype}: {MODE_TITLES[mode]}", fontsize=9)
+                drawn.append(result["copy_bandwidth_gbs"])
+            if drawn and min(drawn) > 0 and max(drawn) / min(drawn) > WIDE_RANGE:
+                ax.set_yscale("log")  # implementations apart by orders of magnitude (CPU shapes)
             ax.set_xlabel(x_name)
             xs = sorted({p["x"] for p in subset})
             if len(xs) > 1 and xs[0] > 0:
@@ -99,8 +116,12 @@ def plot_family(result, family, out):
     title = f"{family} on {device['name']}"
     if not device["is_gpu"]:
         title += " (CPU figures, NOT GPU figures)"
+    load = load_text(result)
+    if load:
+        title += f"\n{load}"
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    # Room above the panels for the title's two lines, whatever the figure's height.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     fig.legend(
         [handles[n] for n in names], names, loc="upper center", bbox_to_anchor=(0.5, 0.0),
         ncol=min(len(names), 4), fontsize=8,
@@ -126,7 +147,9 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (None: beside the JSON)")
     args = parser.parse_args(argv)
     result = json.loads(args.json.read_text())
-    for path in plot_all(result, args.out or args.json.parent):
+    out = args.out or args.json.parent
+    out.mkdir(parents=True, exist_ok=True)
+    for path in plot_all(result, out):
         print(f"wrote {path}")
 
 

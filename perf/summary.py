@@ -161,6 +161,14 @@ def render(result):
         f"- skipped: " + ("; ".join(f"{s['provider']} ({s['reason']})" for s in result["skipped"]) or "none"),
         "",
     ]
+    found = load_range(result)
+    if found and found[1] > found[2]:
+        lines += [
+            f"> **Warning: the load average reached {found[1]:.1f} on {found[2]} cores during this run.** "
+            "Other jobs shared the machine, so these times include waiting for a core; rerun on an idle "
+            "machine before comparing them.",
+            "",
+        ]
     if any(p["family"] == "table" for p in result["points"]):
         lines += ["## Headline cases", "", headline_table(result), ""]
     if any(p["family"] == "cpu" for p in result["points"]):
@@ -180,6 +188,29 @@ def render(result):
         lines += [f"- {p['family']} {_shape(p)} {p['dtype']} {p['mode']} {p['label']}: {p['error']}" for p in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def load_range(result):
+    """(lowest, highest) 1-minute load average over the run and the core count, or None."""
+    loads = [result.get("load_at_start"), result.get("load_at_end")]
+    loads += [side for p in result["points"] if p.get("load") for side in (p["load"].get("before"), p["load"].get("after"))]
+    loads = [load for load in loads if load]
+    if not loads:
+        return None
+    ones = [load["1min"] for load in loads]
+    return min(ones), max(ones), loads[0]["cores"]
+
+
+def load_text(result):
+    """'load average (1 min) 1.2 to 3.4 on 2 cores' (with a warning past the cores), or ''."""
+    found = load_range(result)
+    if found is None:
+        return ""
+    low, high, cores = found
+    text = f"load average (1 min) {low:.1f} to {high:.1f} on {cores} cores"
+    if high > cores:
+        text += ": more than the cores, other jobs shared the machine"
+    return text
 
 
 def _load(load):

@@ -164,3 +164,34 @@ def test_without_matplotlib_the_sweep_writes_json_and_summary_and_says_how_to_pl
     assert "triton-focal[perf]" in printed and "python -m perf.plot" in printed
     assert (tmp_path / "results.json").exists() and (tmp_path / "summary.md").exists()
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_cpu_figures_have_spread_load_and_no_empty_panels(sweep_dir, monkeypatch):
+    """On a CPU: no memory panel (nothing measured there), an error bar on every curve, the
+    load average in the title, a log axis where the implementations are far apart; and the
+    summary warns when the load exceeded the cores."""
+    import matplotlib.pyplot as plt
+
+    result = json.loads((sweep_dir / "results.json").read_text())
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    plot.plot_family(result, "seg", sweep_dir)
+    (fig,) = figures
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert not [t for t in texts if "not measured" in t]
+    assert not [ax for ax in fig.axes if "memory" in ax.get_title()]
+    assert "load average" in fig._suptitle.get_text()
+    for ax in fig.axes:
+        assert ax.containers, f"no error bars in {ax.get_title()}"  # errorbar containers, one per curve
+    wide = dict(result, points=[dict(p, gbs=p["gbs"] * (1000 if p["provider"] == "cross_entropy" else 1)) for p in result["points"]])
+    figures.clear()
+    plot.plot_family(wide, "seg", sweep_dir)
+    assert any(ax.get_yscale() == "log" for ax in figures[0].axes)
+
+    from perf import summary
+
+    busy = dict(result, load_at_start={"1min": 5.0, "5min": 4.0, "15min": 3.0, "cores": 2})
+    assert "Warning: the load average reached 5.0 on 2 cores" in summary.render(busy)
+    idle = dict(result, load_at_start={"1min": 0.1, "5min": 0.1, "15min": 0.1, "cores": 64}, load_at_end=None,
+                points=[dict(p, load=None) for p in result["points"]])
+    assert "Warning" not in summary.render(idle)
