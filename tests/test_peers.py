@@ -44,6 +44,22 @@ def ours(**kwargs):
     return lambda x, t: triton_focal.focal_loss(x, t, backend="reference", **kwargs)
 
 
+def peer(module, package):
+    """``module``, or a skip that says plainly why: ``[dev]`` does not install the peers
+    (``pip install -e ".[peers]"`` does), and one can be installed yet fail to import beside
+    this torch (segmentation-models-pytorch through its torchvision)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.split(".")[0] != err.name.split(".")[0]:
+            pytest.skip(f"{package} is installed but does not import: {err}")
+        pytest.skip(f"{package} not installed (pip install -e \".[peers]\")")
+    except Exception as err:  # noqa: BLE001 - any import failure of a third-party package
+        pytest.skip(f"{package} is installed but does not import: {type(err).__name__}: {err}")
+
+
 def background_alpha(a, num_classes=C):
     """RetinaNet's softmax alpha: ``1 - a`` for class 0 (background), ``a`` for the others."""
     return torch.tensor([1 - a] + [a] * (num_classes - 1), dtype=F64)
@@ -56,7 +72,7 @@ def background_alpha(a, num_classes=C):
 def test_kornia_focal_loss_mean(alpha):
     """kornia ``focal_loss(x, t, alpha=a, reduction="mean")`` weights class 0 by ``1 - a`` and
     the others by ``a``, and divides by ``C`` times the number of pixels (ignored included)."""
-    kornia = pytest.importorskip("kornia.losses")
+    kornia = peer("kornia.losses", "kornia")
     x, t = inputs(ignore_index=-100)
     a = background_alpha(alpha) if alpha is not None else None
     assert_same(
@@ -67,7 +83,7 @@ def test_kornia_focal_loss_mean(alpha):
 
 
 def test_kornia_focal_loss_weight_and_sum():
-    kornia = pytest.importorskip("kornia.losses")
+    kornia = peer("kornia.losses", "kornia")
     x, t = inputs(seed=1)
     w = torch.rand(C, dtype=F64) + 0.5
     assert_same(
@@ -78,7 +94,7 @@ def test_kornia_focal_loss_weight_and_sum():
 
 
 def test_kornia_binary_focal_loss_with_logits():
-    kornia = pytest.importorskip("kornia.losses")
+    kornia = peer("kornia.losses", "kornia")
     x, _ = inputs(seed=2)
     t = (torch.rand(N, C, H, W, dtype=F64) > 0.7).to(F64)
     assert_same(
@@ -95,7 +111,7 @@ def test_kornia_binary_focal_loss_with_logits():
 def test_monai_softmax_focal_loss(with_weight):
     """MONAI ``FocalLoss(use_softmax=True, to_onehot_y=True, alpha=a, weight=w)``: RetinaNet's
     background alpha times the class weight, mean over ``N * C * H * W``."""
-    monai = pytest.importorskip("monai.losses")
+    monai = peer("monai.losses", "MONAI (monai)")
     x, t = inputs(seed=3)
     w = torch.rand(C, dtype=F64) + 0.5 if with_weight else torch.ones(C, dtype=F64)
     loss = monai.FocalLoss(use_softmax=True, to_onehot_y=True, gamma=GAMMA, alpha=ALPHA, weight=w if with_weight else None)
@@ -111,7 +127,7 @@ def test_monai_softmax_focal_loss(with_weight):
 
 def test_monai_sigmoid_focal_loss():
     """MONAI's default (sigmoid, one-hot targets) is torchvision's loss, mean over elements."""
-    monai = pytest.importorskip("monai.losses")
+    monai = peer("monai.losses", "MONAI (monai)")
     x, t = inputs(seed=4)
     loss = monai.FocalLoss(use_softmax=False, to_onehot_y=True, gamma=GAMMA, alpha=ALPHA)
     with warnings.catch_warnings():
@@ -130,7 +146,7 @@ def test_monai_sigmoid_focal_loss():
 def test_smp_multiclass_focal_loss_is_one_vs_all_sigmoid():
     """smp's ``FocalLoss("multiclass")`` is a per-class *sigmoid* focal loss, averaged over the
     classes of the non-ignored pixels: our ``sigmoid_focal_loss`` with class-index targets."""
-    smp = pytest.importorskip("segmentation_models_pytorch.losses")
+    smp = peer("segmentation_models_pytorch.losses", "segmentation-models-pytorch")
     x, t = inputs(seed=5, ignore_index=255)
     loss = smp.FocalLoss("multiclass", alpha=ALPHA, gamma=GAMMA, ignore_index=255)
     assert_same(
