@@ -122,6 +122,19 @@ def train(model, language, focal, args):
     return model
 
 
+QUICK = dict(steps=40, vocab=128, width=32, batch=8, length=16)
+
+
+def _with_quick(parser, argv, quick):
+    """``--quick``: small sizes for a first run (seconds, not minutes); flags given
+    explicitly still win."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -141,7 +154,8 @@ def main(argv=None):
     parser.add_argument("--follow", type=float, default=0.8, help="probability that a token's successor follows it")
     parser.add_argument("--hf", action="store_true", help="a tiny transformers Llama instead of the MLP")
     parser.add_argument("--fused", action="store_true", help="with --hf: the fused head (no logits)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help=f"a first run in seconds: {QUICK}")
+    args = _with_quick(parser, argv, QUICK)
 
     torch.manual_seed(args.seed)
     language = make_language(args.vocab, args.seed, follow=args.follow)

@@ -85,7 +85,21 @@ def parse_args(argv=None):
     parser.add_argument("--backend", default="auto", choices=["auto", "triton", "compile", "reference"], help="triton_focal backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help=f"a first run in seconds: {QUICK}")
+    return _with_quick(parser, argv, QUICK)
+
+
+QUICK = dict(epochs=4, num_images=16, anchors=256, batch_size=4)
+
+
+def _with_quick(parser, argv, quick):
+    """``--quick``: small sizes for a first run (seconds, not minutes); flags given
+    explicitly still win."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
 
 
 def main(argv=None):

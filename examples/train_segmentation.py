@@ -328,11 +328,25 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=16, help="channels of the first U-Net level")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the batch order")
-    args = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help=f"a first run in seconds: {QUICK}")
+    args = _with_quick(parser, argv, QUICK)
     if args.image_size % 4:
         parser.error("--image-size must be a multiple of 4")
     if args.batch_size > args.train_size:
         parser.error("--batch-size must not exceed --train-size")
+    return args
+
+
+QUICK = dict(epochs=3, image_size=16, train_size=48, val_size=16, batch_size=8, width=4, lr=0.02)
+
+
+def _with_quick(parser, argv, quick):
+    """``--quick``: small sizes for a first run (seconds, not minutes); flags given
+    explicitly still win."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
     return args
 
 

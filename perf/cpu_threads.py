@@ -172,7 +172,10 @@ def summary(result):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="python -m perf.cpu_threads", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.cpu_threads", description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="the two small shapes, fewer rounds")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per case and condition")
     parser.add_argument("--conditions", default="idle,busy", help="comma list of idle, busy")

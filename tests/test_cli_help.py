@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "examples").glob("*.py"))
-MODULES = ["perf.sweep", "perf.plot", "perf.summary"]
+MODULES = ["perf.sweep", "perf.plot", "perf.summary", "perf.cpu_threads"]
 
 
 def help_text(target, monkeypatch, capsys):

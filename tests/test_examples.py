@@ -108,3 +108,34 @@ def test_notebook_executes_in_quick_mode(monkeypatch):
     # The one-line swap cell: gamma = 0 is cross entropy.
     ce, focal0 = parse_floats(r"(?:cross entropy|focal loss, gamma = 0) +([0-9.]+)\n", text)[:2]
     assert focal0 == pytest.approx(ce, rel=1e-5)
+
+
+def _load_example(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, parse", [
+    ("train_segmentation", lambda m, argv: m.parse_args(argv)),
+    ("train_detection", lambda m, argv: m.parse_args(argv)),
+])
+def test_quick_mode_sets_small_sizes_and_explicit_flags_win(name, parse):
+    module = _load_example(name)
+    quick = parse(module, ["--quick"])
+    for key, value in module.QUICK.items():
+        assert getattr(quick, key) == value
+    assert parse(module, ["--quick", "--epochs", "5"]).epochs == 5
+    full = parse(module, [])
+    assert full.epochs > module.QUICK["epochs"]
+
+
+def test_causal_lm_quick_mode_prints_the_comparison():
+    out = run_example("finetune_causal_lm.py", "--quick", "--backend", "reference")
+    assert "held-out per-token loss" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["ce"], ["focal"])}
+    assert set(rows) == {"ce", "focal"} and all(len(v) == 3 for v in rows.values())
+    assert out.count("training loss") == 2 * 5  # 40 quick steps, printed every 8
