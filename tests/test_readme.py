@@ -31,9 +31,14 @@ def test_the_first_screen_says_where_results_go_what_the_first_call_costs_and_ho
     section = README.split("## Two commands", 1)[1].split("\n## ", 1)[0]
     assert "~/.cache/triton_focal/perf/" in section and "--out" in section
     assert "first call" in section and "TRITON_FOCAL_BACKEND=reference" in section
-    assert "jupyter execute notebooks/segmentation_swap_in.ipynb" in section
+    # The notebook command keeps its output (jupyter execute alone prints nothing and saves nothing).
+    command = re.search(r"jupyter execute --output=(\w+) notebooks/segmentation_swap_in\.ipynb", section)
+    assert command, "the notebook command must keep its output with --output"
+    assert f"notebooks/{command.group(1)}.ipynb" in section  # and the README shows how to read it
+    assert f"notebooks/*{command.group(1)[-9:]}.ipynb" in (ROOT / ".gitignore").read_text()
     dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
-    assert any(req.startswith("nbclient") for req in dev)  # nbclient installs `jupyter execute`
+    # nbclient installs `jupyter execute`; --output needs 0.11 (the version checked here)
+    assert any(req.replace(" ", "") == "nbclient>=0.11" for req in dev)
     assert (ROOT / "notebooks" / "segmentation_swap_in.ipynb").exists()
 
 
