@@ -38,11 +38,30 @@ def device():
     return DEVICE
 
 
+# Tests of 7 s or more each on a 2-core CPU that carry no "slow" mark in their own files,
+# marked here so that `python -m pytest -m "not slow"` is the fast subset (README: tests).
+# Node id prefix -> why it is slow.
+SLOW = {
+    "tests/test_model.py": "compiles the kernels for sm_90 and reads their machine code",
+    "tests/test_kernels_compile.py::test_kernels_compile_for_a_gpu_target": "compiles every kernel for GPU targets",
+    "tests/test_focal_loss.py::test_gradcheck[triton": "gradcheck through the Triton interpreter",
+    "tests/test_distributed.py::test_matches_unsharded_loss": "starts gloo process groups",
+    "tests/test_distributed.py::test_non_finite_logits": "starts gloo process groups",
+    "tests/test_distributed.py::test_float32_shards": "starts gloo process groups",
+    "tests/test_large_vocab.py::test_fused_head_peak_memory": "trains a model twice to compare peak memory",
+    "tests/test_examples.py::test_train_": "trains the examples in subprocesses",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        # Every test run on the compile backend compiles (seconds each on a CPU).
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("backend") == "compile" or any(item.nodeid.startswith(prefix) for prefix in SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 def _eager_backends():
