@@ -11,7 +11,8 @@ each call on as many threads as its size gives enough work each (``triton_focal.
 This measures fp32 forward+backward of two small segmentation losses and the CPU table's
 shapes (``perf.cases.cpu_cases``) for:
 
-- ``auto``: the fallback as it runs (threads chosen per call);
+- ``auto``: the fallback as it runs (threads chosen per call, the eager reference below
+  ``compiled.EAGER_BELOW`` logits);
 - ``compile, all threads``: the same compiled functions on every thread whatever the size
   (what the fallback did before it chose per call);
 - the eager reference, and the formulas users write (the blog formula, torchvision's),
@@ -50,15 +51,16 @@ PEERS = {"softmax": ("reference", "blog", "blog_compiled"), "sigmoid": ("referen
 
 @contextlib.contextmanager
 def _all_threads():
-    """The fallback with every call on every thread (no minimum of work per thread)."""
+    """The fallback as it was before it chose per call: every call compiled (no eager
+    reference for tiny inputs) and on every thread (no minimum of work per thread)."""
     from triton_focal import compiled
 
-    saved = compiled._MIN_ELEMENTS_PER_THREAD
-    compiled._MIN_ELEMENTS_PER_THREAD = 1
+    saved = compiled._MIN_ELEMENTS_PER_THREAD, compiled.EAGER_BELOW
+    compiled._MIN_ELEMENTS_PER_THREAD, compiled.EAGER_BELOW = 1, 0
     try:
         yield
     finally:
-        compiled._MIN_ELEMENTS_PER_THREAD = saved
+        compiled._MIN_ELEMENTS_PER_THREAD, compiled.EAGER_BELOW = saved
 
 
 def _implementations(case):
@@ -145,7 +147,7 @@ def summary(result):
         f"`{result['command']}` on {result['cpu']} ({result['cores']} cores, {result['threads']} torch threads), "
         f"torch {result['versions'].get('torch')}, {result['date']}. fp32 forward+backward, ms: median over "
         "interleaved rounds [20-80 % spread]. `auto`: the fallback, threads chosen per call; "
-        "`compile, all threads`: the same functions on every thread (before). Busy: one more process "
+        "`compile, all threads`: every call compiled and on every thread (before). Busy: one more process "
         "spinning on a core. `auto / best`: against the fastest focal loss of the other columns "
         "but `compile, all threads`.",
         "",

@@ -468,3 +468,24 @@ def test_float32_sums_over_millions_of_terms_are_accurate(index_targets, reducti
     assert got.dtype == torch.float32
     rel = abs(float(got) - float(expected)) / abs(float(expected))
     assert rel < 2e-6, f"relative error {rel:.1e}"
+
+
+@pytest.mark.real_eager_threshold
+def test_tiny_cpu_inputs_run_the_reference_and_compile_nothing(monkeypatch):
+    """Below EAGER_BELOW logits the compile backend's fixed cost per call exceeds the whole
+    eager loss: such calls run the reference (same numbers), compile nothing, announce nothing."""
+    monkeypatch.setattr(compiled, "_REGISTRY", {})
+    x = logits((1, 5, 8, 8), dtype=torch.float32).requires_grad_()
+    t = targets((1, 8, 8), 5)
+    assert x.numel() < compiled.EAGER_BELOW
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = triton_focal.focal_loss(x, t, backend="compile")
+        loss.backward()
+        sig = triton_focal.sigmoid_focal_loss(x, t, backend="compile", reduction="sum")
+    assert compiled._REGISTRY == {}
+    assert not [w for w in caught if issubclass(w.category, compiled.CompileNotice)]
+    assert_close(loss.detach(), triton_focal.focal_loss(x.detach(), t, backend="reference"), "loss")
+    assert_close(sig.detach(), triton_focal.sigmoid_focal_loss(x.detach(), t, backend="reference", reduction="sum"), "sigmoid")
+    with pytest.raises(ValueError, match="target"):  # the class-index check still runs
+        triton_focal.focal_loss(x, torch.full((1, 8, 8), 7), backend="compile")

@@ -258,6 +258,19 @@ _MIN_ELEMENTS_PER_THREAD = 1 << 18
 _SIZE_HINTS = "hint_override" in inspect.signature(torch._dynamo.mark_dynamic).parameters
 
 
+# Below this many logits a CPU call runs the eager reference instead: a compiled call costs
+# a fixed few tenths of a millisecond (guards, wrappers) that the reference's few small ops
+# do not, and below torch's grain size (32768) every eager op runs on the calling thread, so
+# no parallel region either. Measured on 2 cores: (1, 19, 32, 32) fwd+bwd 0.94 ms reference,
+# 1.27 ms compiled (perf/cpu_threads.py). The tests set it to 0 (tests/conftest.py) so that
+# their small inputs exercise the compiled functions.
+EAGER_BELOW = 1 << 15
+
+
+def _tiny(input):
+    return input.device.type == "cpu" and input.numel() < EAGER_BELOW
+
+
 def call_threads(numel, threads):
     """The threads a CPU call over ``numel`` logits runs on, of ``threads`` available."""
     return max(1, min(threads, numel // _MIN_ELEMENTS_PER_THREAD))
@@ -396,7 +409,7 @@ def softmax_focal_loss(
     # Inside the user's torch.compile (see _traced_by_user), or nothing to score (C = 0: logsumexp
     # over nothing, which Dynamo refuses; a zero-size batch or spatial dimension, which the
     # size-oblivious compilation cannot trace): the reference composition.
-    if torch.compiler.is_compiling() or input.numel() == 0 or target.numel() == 0:
+    if torch.compiler.is_compiling() or input.numel() == 0 or target.numel() == 0 or _tiny(input):
         _check_class_indices(target, input.shape[1], ignore_index)
         return reference.softmax_focal_loss(
             input, target, gamma=gamma, alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
@@ -475,7 +488,7 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     class-index ``(N, P)`` targets (the reference's arguments and result)."""
     # Inside the user's torch.compile (see _traced_by_user), or an empty input (nothing to
     # compile for): the reference composition.
-    if torch.compiler.is_compiling() or input.numel() == 0:
+    if torch.compiler.is_compiling() or input.numel() == 0 or _tiny(input):
         return reference.sigmoid_focal_loss(
             input, target, alpha=alpha, gamma=gamma, weight=weight, ignore_index=ignore_index, reduction=reduction,
             normalizer=normalizer,
@@ -528,7 +541,7 @@ class _SigmoidFocalStar(torch.autograd.Function):
 
 def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     """FL* of logits against dense targets of the same shape (the reference's arguments)."""
-    if torch.compiler.is_compiling() or input.numel() == 0:  # see sigmoid_focal_loss
+    if torch.compiler.is_compiling() or input.numel() == 0 or _tiny(input):  # see sigmoid_focal_loss
         return reference.sigmoid_focal_loss_star(input, target, alpha=alpha, gamma=gamma, reduction=reduction)
     cfg = StarConfig(reduction=reduction, alpha=alpha >= 0)
     x, t = input.reshape(1, 1, -1), target.reshape(1, 1, -1)
