@@ -4,7 +4,10 @@ is the generated one, and the repository carries its own contract (no outside do
 import re
 import shlex
 import subprocess
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser, from PyPI (pytest depends on it there)
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest

@@ -157,8 +157,15 @@ def uncalibrated(feature):
             + sum(seconds for _, seconds, _ in feature["torch_ops"]))
 
 
-def fit(features):
-    """The grid point minimising the summed squared log error (measured / modeled)."""
+# The constants the data cannot tell apart from the best fit: every grid point whose rms log
+# error is within this factor of the best one's. The pessimistic end of a prediction takes the
+# worst of them (the model's time grows with each constant, so the points that maximise each
+# one bound it).
+PLAUSIBLE_ERROR_FACTOR = 1.10
+
+
+def _error_grid(features):
+    """Summed squared log error (measured / modeled) at every grid point."""
     import numpy as np
 
     t0 = np.array(GRID["launch_s"])[:, None, None]
@@ -173,8 +180,37 @@ def fit(features):
         for _, seconds, calls in feature["torch_ops"]:
             total = total + calls * t0 + seconds
         error += np.log(feature["row"]["measured_ms"] / 1e3 / total) ** 2
-    i, j, m = np.unravel_index(np.argmin(error), error.shape)
-    return float(t0[i, 0, 0]), float(lat[0, j, 0]), float(k[0, 0, m])
+    return error
+
+
+def _at(index):
+    i, j, m = index
+    return float(GRID["launch_s"][i]), float(GRID["round_latency_s"][j]), float(GRID["issue_factor"][m])
+
+
+def fit(features):
+    """The grid point minimising the summed squared log error (measured / modeled)."""
+    import numpy as np
+
+    error = _error_grid(features)
+    return _at(np.unravel_index(np.argmin(error), error.shape))
+
+
+def plausible_extremes(features):
+    """Among the grid points within ``PLAUSIBLE_ERROR_FACTOR`` of the best rms error, the ones
+    with the largest launch cost, round latency and issue factor."""
+    import numpy as np
+
+    error = _error_grid(features)
+    plausible = np.sqrt(error) <= np.sqrt(error.min()) * PLAUSIBLE_ERROR_FACTOR
+    extremes = {}
+    for axis, name in enumerate(("launch_s", "round_latency_s", "issue_factor")):
+        idx = np.argwhere(plausible)
+        # the largest value of this constant; among those, the best error
+        top = idx[idx[:, axis] == idx[:, axis].max()]
+        best = top[np.argmin([error[tuple(i)] for i in top])]
+        extremes[name] = _at(tuple(best))
+    return extremes
 
 
 def _ratios(features, params):
@@ -221,8 +257,11 @@ def calibrate(all_features):
             "main_kernel": max(f["launches"], key=lambda l: l["bytes_s"])["kernel"] if f["launches"] else "",
             "fitted": fitted(row), "fit": row.get("fit", "yes"),
         })
+    extremes = plausible_extremes(features)
     return {
         "fit": {"launch_s": params[0], "round_latency_s": params[1], "issue_factor": params[2]},
+        "plausible_extremes": [{"largest": name, "launch_s": a, "round_latency_s": b, "issue_factor": c}
+                               for name, (a, b, c) in extremes.items()],
         "leave_one_family_out": [{"family": fam, "launch_s": a, "round_latency_s": b, "issue_factor": c}
                                  for fam, a, b, c in loo],
         "errors": {
@@ -270,6 +309,12 @@ def markdown(result, meta):
         s = errors["held_out_per_family"][fit_row["family"]]
         lines.append(f"| {fit_row['family']} | {fit_row['launch_s'] * 1e6:.2f} | {fit_row['round_latency_s'] * 1e9:.0f} | "
                      f"{fit_row['issue_factor']:.2f} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} |")
+    lines += ["", f"Constants the data cannot tell apart from the fit (rms log error within "
+              f"{PLAUSIBLE_ERROR_FACTOR:.2f}x of the best), at the largest value of each; the pessimistic end uses "
+              "these too:", "", "| largest | launch us | round ns | issue factor |", "|---|---:|---:|---:|"]
+    for row in result["plausible_extremes"]:
+        lines.append(f"| {row['largest']} | {row['launch_s'] * 1e6:.2f} | {row['round_latency_s'] * 1e9:.0f} | "
+                     f"{row['issue_factor']:.2f} |")
     lines += ["", "![measured vs modeled](calibration.png)", "", "Every point:", "",
               "| family | phase | dtype | shape | version | launches | measured ms | uncalibrated ms | calibrated ms | "
               "measured / calibrated | fitted |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---|"]

@@ -28,7 +28,7 @@ def gradient_plan(policy_ptr, stored_ptr, grad_out_ptr, num_tiles,
     (else 1; a per-element one is read by the kernel). ``tiles``: the tiles to walk, 0 for a
     backward with nothing to do (the forward stored the gradient and ``grad_output`` is 1).
     Program 0 records what the others decided: a forward whether it stored the gradient
-    (``stored_ptr``), a backward the policy for later forwards (``policy_ptr``: store only
+    (``stored_ptr``, not filled beforehand), a backward the policy for later forwards (``policy_ptr``: store only
     where ``grad_output`` is 1).
     """
     grad_scale = tl.full([], 1.0, ACC)

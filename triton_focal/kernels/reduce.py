@@ -11,32 +11,15 @@ puts the counter back to 0, so one counter per device and stream serves every la
 import triton
 import triton.language as tl
 
-SUM_BLOCK = tl.constexpr(512)  # programs' partials added per step by the last program
+SUM_BLOCK = tl.constexpr(1024)  # partials the last program adds per step
 
 
 @triton.jit
-def sum_partials(partial_ptr, ticket_ptr, partial, WIDTH: tl.constexpr, ACC: tl.constexpr):
-    """Store this program's ``partial`` (``[WIDTH]``) and take a ticket. Returns ``(is_last,
-    totals)``: in the program with the last ticket, the sums over all programs' partials
-    (added in program order; the counter is reset), elsewhere zeros. ``partial_ptr`` holds
-    ``num_programs * WIDTH`` values in ``ACC``."""
-    pid = tl.program_id(0).to(tl.int64)  # 64-bit offsets, as everywhere
-    programs = tl.num_programs(0)
-    cols = tl.arange(0, WIDTH)
-    tl.store(partial_ptr + pid * WIDTH + cols, partial)
-    # acq_rel: this program's partials are visible before its ticket is; the last program sees
-    # all of them once it holds the last ticket.
-    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-    is_last = ticket == programs - 1
-    total = tl.zeros([SUM_BLOCK, WIDTH], dtype=ACC)
-    if is_last:
-        for start in range(0, programs, SUM_BLOCK):
-            rows = start + tl.arange(0, SUM_BLOCK).to(tl.int64)
-            # .cg: from L2, never a stale L1 line
-            total += tl.load(partial_ptr + rows[:, None] * WIDTH + cols[None, :], mask=(rows < programs)[:, None],
-                             other=0.0, cache_modifier=".cg")
-        tl.atomic_xchg(ticket_ptr, 0)
-    return is_last, tl.sum(total, axis=0)
+def _is_last(ticket_ptr):
+    """Take a ticket, after this program stored its partials: is this the last program?
+    acq_rel: the partials are visible before the ticket is, and the last program sees every
+    program's partials once it holds the last ticket."""
+    return tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1
 
 
 @triton.jit
@@ -53,11 +36,40 @@ def _rounded_for(value, DTYPE: tl.constexpr):
 
 @triton.jit
 def store_total(partial_ptr, ticket_ptr, out_ptr, partial, scale, ACC: tl.constexpr):
-    """The launch's total of one scalar per program, times ``scale``, to ``out_ptr`` (in its
-    element type), written by the last program."""
-    is_last, total = sum_partials(partial_ptr, ticket_ptr, tl.full([1], 0.0, ACC) + partial, 1, ACC)
-    if is_last:
-        total = total * scale
+    """``scale`` times the sum of every program's scalar ``partial``, written to ``out_ptr`` (in
+    its element type) by the last program. ``partial_ptr``: ``num_programs`` values in ``ACC``.
+
+    1-D on purpose: the same sum over a ``[programs, 1]`` tile (``sum_partials``) made ptxas
+    spill in the main loop of the softmax kernel."""
+    programs = tl.num_programs(0)
+    tl.store(partial_ptr + tl.program_id(0), partial)
+    if _is_last(ticket_ptr):
+        total = tl.zeros([SUM_BLOCK], dtype=ACC)
+        for start in range(0, programs, SUM_BLOCK):
+            rows = start + tl.arange(0, SUM_BLOCK)
+            # .cg: from L2, never a stale L1 line
+            total += tl.load(partial_ptr + rows, mask=rows < programs, other=0.0, cache_modifier=".cg")
+        tl.atomic_xchg(ticket_ptr, 0)
+        total = tl.sum(total, axis=0) * scale
         if out_ptr.dtype.element_ty == tl.bfloat16:
             total = _rounded_for(total.to(tl.float32), tl.bfloat16)
-        tl.store(out_ptr + tl.arange(0, 1), total.to(out_ptr.dtype.element_ty))
+        tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def sum_partials(partial_ptr, ticket_ptr, partial, WIDTH: tl.constexpr, ACC: tl.constexpr):
+    """Store this program's ``partial`` (``[WIDTH]``) and take a ticket. Returns ``(is_last,
+    totals)``: in the last program, the sums over every program's partials (in program order;
+    the counter is reset), elsewhere zeros. ``partial_ptr``: ``num_programs * WIDTH`` in ``ACC``."""
+    programs = tl.num_programs(0)
+    cols = tl.arange(0, WIDTH)
+    tl.store(partial_ptr + tl.program_id(0).to(tl.int64) * WIDTH + cols, partial)
+    is_last = _is_last(ticket_ptr)
+    total = tl.zeros([SUM_BLOCK, WIDTH], dtype=ACC)
+    if is_last:
+        for start in range(0, programs, SUM_BLOCK):
+            rows = start + tl.arange(0, SUM_BLOCK).to(tl.int64)
+            total += tl.load(partial_ptr + rows[:, None] * WIDTH + cols[None, :], mask=(rows < programs)[:, None],
+                             other=0.0, cache_modifier=".cg")
+        tl.atomic_xchg(ticket_ptr, 0)
+    return is_last, tl.sum(total, axis=0)

@@ -16,9 +16,12 @@ def target_denominators(target, weight, ignore_index, num_classes, *, dtype, sca
     """``(2,)`` in ``dtype``: ``scale`` times the sum of ``w_y`` (the count without ``weight``)
     and times the count, over the elements of ``target`` (``(N, P)`` class indices) that are not
     ``ignore_index``. ``zero_as_one``: a divisor of nothing is 1 instead of 0."""
+    if target.shape[1] == 1:  # rows ((T, V) logits): one long line of targets, not T lines of one
+        target = target.view(1, -1) if target.shape[0] == 1 else target.as_strided((1, target.shape[0]),
+                                                                                    (0, target.stride(0)))
     n, p = target.shape
     denom = target.new_empty(2, dtype=dtype)
-    block = min(BLOCK, max(triton.next_power_of_2(p), 16))
+    block = BLOCK  # one configuration for every size: a short line leaves lanes masked, and compiles nothing new
     num_p_blocks = triton.cdiv(p, block)
     programs = n * num_p_blocks
     _target_count_kernel[(programs,)](
