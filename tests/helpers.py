@@ -1,5 +1,7 @@
 """Shared test helpers: the per-dtype tolerance table and a verbose comparison."""
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -53,3 +55,12 @@ def torchvision_sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0, reduction="none"
     if alpha >= 0:
         loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
     return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+
+def hide_broken_torchvision():
+    """transformers imports torchvision whenever it is installed; one built for another torch
+    fails at import. Marked absent, it is skipped by transformers, which needs none of it here."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # a broken build raises RuntimeError or ImportError
+        sys.modules["torchvision"] = None

@@ -8,16 +8,14 @@ the load. Without mmdet the same semantics are checked against the formulas of t
 out below (``mmdet_py_sigmoid_focal_loss``).
 """
 
-import importlib
-import importlib.util
 import os
 import sys
-import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import assert_close
+from openmmlab_helpers import build_from_config, load_focal_loss, training_losses
 
 from triton_focal.integrations import mmdet as tf_mmdet
 from triton_focal.integrations.mmdet import TritonFocalLoss
@@ -25,32 +23,9 @@ from triton_focal.integrations.mmdet import TritonFocalLoss
 EPS = torch.finfo(torch.float32).eps
 
 
-def _load_mmdet_focal_loss():
-    """mmdet's focal_loss module, or (None, why not)."""
-    try:
-        return importlib.import_module("mmdet.models.losses.focal_loss"), None
-    except ImportError as err:
-        why = f"{type(err).__name__}: {err}"
-    spec = importlib.util.find_spec("mmdet")
-    if spec is None:
-        return None, "mmdet is not installed (pip install mmdet mmengine; mmcv built with MMCV_WITH_OPS=0 suffices)"
-    losses = os.path.join(os.path.dirname(spec.origin), "models", "losses")
-    package = types.ModuleType("_mmdet_losses_for_tests")
-    package.__path__ = [losses]
-    sys.modules[package.__name__] = package
-    stubbed = "mmcv.ops" not in sys.modules
-    if stubbed:  # mmcv without compiled ops: its CUDA focal loss is never called on CPU tensors
-        sys.modules["mmcv.ops"] = types.SimpleNamespace(sigmoid_focal_loss=None)
-    try:
-        return importlib.import_module(f"{package.__name__}.focal_loss"), None
-    except Exception as err:  # noqa: BLE001 - the reason is reported in the skip
-        return None, f"mmdet.models does not import ({why}) and its focal_loss.py does not load alone ({err})"
-    finally:
-        if stubbed:
-            del sys.modules["mmcv.ops"]
-
-
-MMDET, MMDET_MISSING = _load_mmdet_focal_loss()
+MMDET, MMDET_MISSING = load_focal_loss(
+    "mmdet", "mmdet is not installed (pip install mmdet mmengine; mmcv built with MMCV_WITH_OPS=0 suffices)"
+)
 needs_mmdet = pytest.mark.skipif(MMDET is None, reason=f"mmdet's FocalLoss unavailable: {MMDET_MISSING}")
 
 
@@ -225,23 +200,10 @@ def test_ignore_index_rows_give_zero(backend):
 
 
 def test_registered_and_built_from_a_config(tmp_path):
-    pytest.importorskip("mmengine")
-    registry_module = pytest.importorskip("mmdet.registry")
-    from mmengine.config import Config
-
-    config = tmp_path / "retinanet_focal.py"
-    config.write_text(
-        "custom_imports = dict(imports=['triton_focal.integrations.mmdet'], allow_failed_imports=False)\n"
-        "loss_cls = dict(type='TritonFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0,"
-        " backend='reference')\n"
+    loss = build_from_config(
+        tmp_path, "mmdet", "retinanet_focal.py", "loss_cls",
+        "type='TritonFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0, backend='reference'",
     )
-    cfg = Config.fromfile(str(config))
-    registry = registry_module.MODELS
-    try:
-        importlib.import_module("mmdet.models")
-    except ImportError:  # mmcv without compiled ops: the registry's lazy import of mmdet.models fails
-        registry._imported = True
-    loss = registry.build(cfg.loss_cls)
     assert isinstance(loss, tf_mmdet.TritonFocalLoss) and loss.use_sigmoid
     pred, labels = anchors()
     assert_close(loss(pred, labels, avg_factor=4.0), mmdet_reference(pred, labels, avg_factor=4.0), "built loss")
@@ -254,14 +216,7 @@ def test_trains_a_retinanet_style_head(backend):
     features = torch.randn(64, 8)
     labels = (features[:, :4].argmax(1) + 1) % 5  # 4 = background for a fifth of the anchors... roughly
     loss_fn = TritonFocalLoss(backend=backend)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
-    losses = []
-    for _ in range(6):
-        loss = loss_fn(head(features), labels, avg_factor=(labels < 4).sum().float())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = training_losses(head, lambda: loss_fn(head(features), labels, avg_factor=(labels < 4).sum().float()), 0.5)
     assert losses[-1] < losses[0], losses
 
 

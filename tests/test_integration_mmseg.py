@@ -8,46 +8,20 @@ compiled ops; with an mmcv built without them the loss file is loaded alone, ``m
 during the load. Without mmseg the formulas of that file, written out below, stand in.
 """
 
-import importlib
-import importlib.util
-import os
-import sys
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import assert_close
+from openmmlab_helpers import build_from_config, load_focal_loss, training_losses
 
 from triton_focal.integrations.mmseg import TritonFocalLoss
 
 EPS = torch.finfo(torch.float32).eps
 
 
-def _load_mmseg_focal_loss():
-    try:
-        return importlib.import_module("mmseg.models.losses.focal_loss"), None
-    except ImportError as err:
-        why = f"{type(err).__name__}: {err}"
-    spec = importlib.util.find_spec("mmseg")
-    if spec is None:
-        return None, "mmsegmentation is not installed (pip install mmsegmentation mmengine)"
-    package = types.ModuleType("_mmseg_losses_for_tests")
-    package.__path__ = [os.path.join(os.path.dirname(spec.origin), "models", "losses")]
-    sys.modules[package.__name__] = package
-    stubbed = "mmcv.ops" not in sys.modules
-    if stubbed:  # mmcv without compiled ops: its CUDA focal loss is never called on CPU tensors
-        sys.modules["mmcv.ops"] = types.SimpleNamespace(sigmoid_focal_loss=None)
-    try:
-        return importlib.import_module(f"{package.__name__}.focal_loss"), None
-    except Exception as err:  # noqa: BLE001 - the reason is reported in the skip
-        return None, f"mmseg.models does not import ({why}) and its focal_loss.py does not load alone ({err})"
-    finally:
-        if stubbed:
-            del sys.modules["mmcv.ops"]
-
-
-MMSEG, MMSEG_MISSING = _load_mmseg_focal_loss()
+MMSEG, MMSEG_MISSING = load_focal_loss(
+    "mmseg", "mmsegmentation is not installed (pip install mmsegmentation mmengine)"
+)
 
 
 def mmseg_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.5, class_weight=None,
@@ -209,23 +183,11 @@ def test_loss_name_and_errors():
 
 
 def test_registered_and_built_from_a_config(tmp_path):
-    pytest.importorskip("mmengine")
-    registry_module = pytest.importorskip("mmseg.registry")
-    from mmengine.config import Config
-
-    config = tmp_path / "seg_focal.py"
-    config.write_text(
-        "custom_imports = dict(imports=['triton_focal.integrations.mmseg'], allow_failed_imports=False)\n"
-        "loss_decode = dict(type='TritonFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.5, loss_weight=1.0,"
-        " loss_name='loss_focal', backend='reference')\n"
+    loss = build_from_config(
+        tmp_path, "mmseg", "seg_focal.py", "loss_decode",
+        "type='TritonFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.5, loss_weight=1.0, loss_name='loss_focal',"
+        " backend='reference'",
     )
-    cfg = Config.fromfile(str(config))
-    registry = registry_module.MODELS
-    try:
-        importlib.import_module("mmseg.models")
-    except ImportError:  # mmcv without compiled ops: the registry's lazy import of mmseg.models fails
-        registry._imported = True
-    loss = registry.build(cfg.loss_decode)
     assert isinstance(loss, TritonFocalLoss) and loss.loss_name == "loss_focal"
     pred, labels = segmentation()
     assert_close(loss(pred, labels), mmseg_index_reference(pred, labels), "built loss")
@@ -238,12 +200,5 @@ def test_trains_a_tiny_segmentation_head(backend):
     labels = images.abs().argmax(1) % 4
     labels[:, 0] = 255
     loss_fn = TritonFocalLoss(backend=backend)
-    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
-    losses = []
-    for _ in range(6):
-        loss = loss_fn(net(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = training_losses(net, lambda: loss_fn(net(images), labels), 1.0)
     assert losses[-1] < losses[0], losses

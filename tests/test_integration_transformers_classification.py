@@ -9,21 +9,10 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, hide_broken_torchvision
 
 
-def _hide_broken_torchvision():
-    """transformers imports torchvision whenever it is installed; one built for another torch
-    fails at import. Marked absent, it is skipped by transformers, which needs none of it here."""
-    import sys
-
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # a broken build raises RuntimeError or ImportError
-        sys.modules["torchvision"] = None
-
-
-_hide_broken_torchvision()
+hide_broken_torchvision()
 transformers = pytest.importorskip("transformers")
 
 import triton_focal  # noqa: E402

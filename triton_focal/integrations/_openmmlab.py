@@ -11,9 +11,24 @@ from typing import Optional
 
 import torch
 
+from .. import backends
+from ..functional import focal_loss, sigmoid_focal_loss
+
 EPS = torch.finfo(torch.float32).eps
 
 REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_flag(value, name):
+    """``value`` if it is True or False, else a ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_backend(backend):
+    backends.check_name(backend)
+    return backend
 
 
 def check_reduction(reduction, name="reduction"):
@@ -38,6 +53,17 @@ def check_avg_factor(avg_factor, reduction):
         raise TypeError(f"avg_factor must be a number or a 0-dim tensor, got {type(avg_factor).__name__}")
     if isinstance(avg_factor, torch.Tensor) and avg_factor.numel() != 1:
         raise ValueError(f"avg_factor must be a single value, got a tensor of shape {tuple(avg_factor.shape)}")
+
+
+def check_call(pred, target, default_reduction, reduction_override, avg_factor):
+    """The checks a ``forward(pred, target, ..., avg_factor, reduction_override)`` starts with; the reduction."""
+    reduction = resolve_reduction(default_reduction, reduction_override)
+    check_avg_factor(avg_factor, reduction)
+    if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
+        raise TypeError(f"pred must be a floating-point tensor, got {type(pred).__name__}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+    return reduction
 
 
 def reduce_sum(loss_sum, count, reduction, avg_factor):
@@ -85,3 +111,40 @@ def register(cls, scope):
     if registry.module_dict.get(cls.__name__) is not cls:
         registry.register_module(name=cls.__name__, module=cls, force=True)
     return registry
+
+
+def sigmoid_loss(pred, target, dense, w, reduction, avg_factor, *, alpha, gamma, ignore_index, backend):
+    """The sigmoid focal loss of ``pred`` (class indices unless ``dense``) weighted by ``w``, reduced."""
+    settings = dict(alpha=alpha, gamma=gamma, weight=w, backend=backend)
+    if not dense:
+        settings["ignore_index"] = ignore_index
+    if reduction == "none":
+        return sigmoid_focal_loss(pred, target, reduction="none", **settings)
+    total = sigmoid_focal_loss(pred, target, reduction="sum", **settings)
+    return reduce_sum(total, pred.numel(), reduction, avg_factor)
+
+
+def softmax_loss(pred, target, weigh, reduction, avg_factor, *, alpha, class_weight, gamma, ignore_index,
+                 avg_non_ignore, backend):
+    """The softmax focal loss of ``pred`` ``(N, C, ...)`` against class indices with ``CrossEntropyLoss``'s
+    reductions. ``weigh``: None, or a function multiplying the per-label loss by the caller's weight."""
+    c = pred.shape[1]
+    if alpha is not None:
+        check_class_count(alpha, "alpha", c)
+        alpha = alpha.to(pred.device)
+    if class_weight is not None:
+        check_class_count(class_weight, "class_weight", c)
+        class_weight = class_weight.to(pred.device)
+    settings = dict(gamma=gamma, alpha=alpha, weight=class_weight, ignore_index=ignore_index, backend=backend)
+    if weigh is None and reduction != "none":
+        total = focal_loss(pred, target, reduction="sum", **settings)
+    else:
+        loss = focal_loss(pred, target, reduction="none", **settings)
+        if weigh is not None:
+            loss = weigh(loss)
+        if reduction == "none":
+            return loss
+        total = loss.sum()
+    if reduction == "mean" and avg_factor is None and avg_non_ignore:
+        avg_factor = (target != ignore_index).sum()
+    return reduce_sum(total, target.numel(), reduction, avg_factor)

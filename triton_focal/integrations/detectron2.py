@@ -42,6 +42,13 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
 
 
+def _fvcore(loss, inputs, targets, alpha, gamma, reduction, backend):
+    """``loss`` (a :mod:`triton_focal.functional` sigmoid loss) with fvcore's checks and float32 inputs."""
+    _check_reduction(reduction)
+    inputs, targets = _fvcore_dtype(inputs, targets)
+    return loss(inputs, targets, alpha=alpha, gamma=gamma, reduction=reduction, backend=backend)
+
+
 def sigmoid_focal_loss(
     inputs: torch.Tensor,
     targets: torch.Tensor,
@@ -62,10 +69,7 @@ def sigmoid_focal_loss(
         reduction: ``"none"``, ``"mean"`` (over all elements) or ``"sum"``.
         backend: triton_focal's backend.
     """
-    _check_reduction(reduction)
-    inputs, targets = _fvcore_dtype(inputs, targets)
-    return functional.sigmoid_focal_loss(inputs, targets, alpha=alpha, gamma=gamma, reduction=reduction,
-                                         backend=backend)
+    return _fvcore(functional.sigmoid_focal_loss, inputs, targets, alpha, gamma, reduction, backend)
 
 
 # detectron2 calls the scripted version; the fused one needs no scripting.
@@ -82,10 +86,7 @@ def sigmoid_focal_loss_star(
     backend: str = "auto",
 ) -> torch.Tensor:
     """``fvcore.nn.sigmoid_focal_loss_star`` (FL*): ``alpha_t * softplus(-gamma * x * (2t - 1)) / gamma``."""
-    _check_reduction(reduction)
-    inputs, targets = _fvcore_dtype(inputs, targets)
-    return functional.sigmoid_focal_loss_star(inputs, targets, alpha=alpha, gamma=gamma, reduction=reduction,
-                                              backend=backend)
+    return _fvcore(functional.sigmoid_focal_loss_star, inputs, targets, alpha, gamma, reduction, backend)
 
 
 sigmoid_focal_loss_star_jit = sigmoid_focal_loss_star

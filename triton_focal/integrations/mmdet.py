@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _validation, backends
-from ..functional import focal_loss, sigmoid_focal_loss
+from .. import _validation
 from . import _openmmlab as mm
 
 
@@ -108,10 +107,8 @@ class TritonFocalLoss(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if not isinstance(use_sigmoid, bool):
-            raise TypeError(f"use_sigmoid must be True or False, got {use_sigmoid!r}")
-        if not isinstance(activated, bool):
-            raise TypeError(f"activated must be True or False, got {activated!r}")
+        mm.check_flag(use_sigmoid, "use_sigmoid")
+        mm.check_flag(activated, "activated")
         if activated and not use_sigmoid:
             raise ValueError("activated=True needs use_sigmoid=True (probabilities of a sigmoid loss)")
         self.use_sigmoid = use_sigmoid
@@ -133,11 +130,8 @@ class TritonFocalLoss(nn.Module):
         if ignore_index is not None:
             _validation.check_ignore_index(ignore_index)
         self.ignore_index = ignore_index
-        if not isinstance(avg_non_ignore, bool):
-            raise TypeError(f"avg_non_ignore must be True or False, got {avg_non_ignore!r}")
-        self.avg_non_ignore = avg_non_ignore
-        backends.check_name(backend)
-        self.backend = backend
+        self.avg_non_ignore = mm.check_flag(avg_non_ignore, "avg_non_ignore")
+        self.backend = mm.check_backend(backend)
 
     def forward(
         self,
@@ -152,12 +146,7 @@ class TritonFocalLoss(nn.Module):
         """The loss of ``pred`` ``(N, C)`` against ``target``: class indices ``(N,)`` in ``[0, C]``
         (``C`` = background) or one-hot / soft ``(N, C)``; ``weight`` ``(N,)``, ``(N, C)`` or
         ``(N * C,)``; ``avg_factor`` divides the sum (mmdet's ``"mean"``)."""
-        reduction = mm.resolve_reduction(self.reduction, reduction_override)
-        mm.check_avg_factor(avg_factor, reduction)
-        if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
-            raise TypeError(f"pred must be a floating-point tensor, got {type(pred).__name__}")
-        if not isinstance(target, torch.Tensor):
-            raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+        reduction = mm.check_call(pred, target, self.reduction, reduction_override, avg_factor)
         ignore_index = self.ignore_index if ignore_index is None else ignore_index
         if ignore_index is None:
             ignore_index = -100
@@ -192,13 +181,8 @@ class TritonFocalLoss(nn.Module):
             w = cw if w is None else w * cw
         if self.activated:
             return self._activated(pred, target, dense, w, reduction, avg_factor, ignore_index)
-        settings = dict(alpha=self.alpha, gamma=self.gamma, weight=w, backend=self.backend)
-        if not dense:
-            settings["ignore_index"] = ignore_index
-        if reduction == "none":
-            return sigmoid_focal_loss(pred, target, reduction="none", **settings)
-        total = sigmoid_focal_loss(pred, target, reduction="sum", **settings)
-        return mm.reduce_sum(total, pred.numel(), reduction, avg_factor)
+        return mm.sigmoid_loss(pred, target, dense, w, reduction, avg_factor, alpha=self.alpha, gamma=self.gamma,
+                               ignore_index=ignore_index, backend=self.backend)
 
     def _activated(self, pred, target, dense, w, reduction, avg_factor, ignore_index):
         """mmdet's ``py_focal_loss_with_prob`` (``pred`` holds probabilities)."""
@@ -230,31 +214,18 @@ class TritonFocalLoss(nn.Module):
         if isinstance(alpha, float):
             alpha = torch.full((k,), alpha, device=pred.device)
             alpha[-1] = 1 - self.alpha
-        elif alpha is not None:
-            mm.check_class_count(alpha, "alpha", k)
-            alpha = alpha.to(pred.device)
-        cw = self.class_weight
-        if cw is not None:
-            mm.check_class_count(cw, "class_weight", k)
-            cw = cw.to(pred.device)
-        settings = dict(gamma=self.gamma, alpha=alpha, weight=cw, ignore_index=ignore_index, backend=self.backend)
-        if weight is None and reduction != "none":
-            total = focal_loss(pred, target, reduction="sum", **settings)
-        else:
-            loss = focal_loss(pred, target, reduction="none", **settings)
-            if weight is not None:
-                if not isinstance(weight, torch.Tensor) or weight.numel() != target.numel():
-                    raise ValueError(
-                        f"weight must be a tensor with one value per label ({tuple(target.shape)}), got "
-                        f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}"
-                    )
-                loss = loss * weight.reshape(loss.shape).float()
-            if reduction == "none":
-                return loss
-            total = loss.sum()
-        if reduction == "mean" and avg_factor is None and self.avg_non_ignore:
-            avg_factor = (target != ignore_index).sum()
-        return mm.reduce_sum(total, target.numel(), reduction, avg_factor)
+
+        def weigh(loss):
+            if not isinstance(weight, torch.Tensor) or weight.numel() != target.numel():
+                raise ValueError(
+                    f"weight must be a tensor with one value per label ({tuple(target.shape)}), got "
+                    f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}"
+                )
+            return loss * weight.reshape(loss.shape).float()
+
+        return mm.softmax_loss(pred, target, None if weight is None else weigh, reduction, avg_factor, alpha=alpha,
+                               class_weight=self.class_weight, gamma=self.gamma, ignore_index=ignore_index,
+                               avg_non_ignore=self.avg_non_ignore, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (

@@ -32,8 +32,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import _validation, backends
-from ..functional import focal_loss, sigmoid_focal_loss
+from .. import _validation
 from . import _openmmlab as mm
 from .mmdet import _number
 
@@ -116,9 +115,7 @@ class TritonFocalLoss(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if not isinstance(use_sigmoid, bool):
-            raise TypeError(f"use_sigmoid must be True or False, got {use_sigmoid!r}")
-        self.use_sigmoid = use_sigmoid
+        self.use_sigmoid = mm.check_flag(use_sigmoid, "use_sigmoid")
         self.gamma = _number(gamma, "gamma", low=0)
         if use_sigmoid and alpha is None:
             alpha = 0.5
@@ -142,11 +139,8 @@ class TritonFocalLoss(nn.Module):
         if not isinstance(loss_name, str):
             raise TypeError(f"loss_name must be a str, got {type(loss_name).__name__}")
         self._loss_name = loss_name
-        if not isinstance(avg_non_ignore, bool):
-            raise TypeError(f"avg_non_ignore must be True or False, got {avg_non_ignore!r}")
-        self.avg_non_ignore = avg_non_ignore
-        backends.check_name(backend)
-        self.backend = backend
+        self.avg_non_ignore = mm.check_flag(avg_non_ignore, "avg_non_ignore")
+        self.backend = mm.check_backend(backend)
 
     @property
     def loss_name(self) -> str:
@@ -167,12 +161,7 @@ class TritonFocalLoss(nn.Module):
         ``(N, C, *S)``; pixels labelled ``ignore_index`` give 0."""
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-        reduction = mm.resolve_reduction(self.reduction, reduction_override)
-        mm.check_avg_factor(avg_factor, reduction)
-        if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
-            raise TypeError(f"pred must be a floating-point tensor, got {type(pred).__name__}")
-        if not isinstance(target, torch.Tensor):
-            raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+        reduction = mm.check_call(pred, target, self.reduction, reduction_override, avg_factor)
         if pred.dim() < 2:
             raise ValueError(f"pred must be (N, C, ...) logits, got shape {tuple(pred.shape)}")
         dense = target.shape == pred.shape
@@ -213,41 +202,21 @@ class TritonFocalLoss(nn.Module):
             alpha_t = a * positive + (1 - a) * (1 - positive)
             w = alpha_t if w is None else w * alpha_t
             alpha = -1.0
-        settings = dict(alpha=alpha, gamma=self.gamma, weight=w, backend=self.backend)
-        if not dense:
-            settings["ignore_index"] = ignore_index
-        if reduction == "none":
-            return sigmoid_focal_loss(pred, target, reduction="none", **settings)
-        total = sigmoid_focal_loss(pred, target, reduction="sum", **settings)
-        return mm.reduce_sum(total, pred.numel(), reduction, avg_factor)
+        return mm.sigmoid_loss(pred, target, dense, w, reduction, avg_factor, alpha=alpha, gamma=self.gamma,
+                               ignore_index=ignore_index, backend=self.backend)
 
     def _softmax(self, pred, target, dense, w, reduction, avg_factor, ignore_index):
         if dense or target.is_floating_point():
             raise ValueError("target must be class indices (N, H, W) for use_sigmoid=False")
-        c = pred.shape[1]
-        alpha = self.alpha
-        if alpha is not None:
-            mm.check_class_count(alpha, "alpha", c)
-            alpha = alpha.to(pred.device)
-        cw = self.class_weight
-        if cw is not None:
-            mm.check_class_count(cw, "class_weight", c)
-            cw = cw.to(pred.device)
-        settings = dict(gamma=self.gamma, alpha=alpha, weight=cw, ignore_index=ignore_index, backend=self.backend)
-        if w is None and reduction != "none":
-            total = focal_loss(pred, target, reduction="sum", **settings)
-        else:
-            loss = focal_loss(pred, target, reduction="none", **settings)
-            if w is not None:
-                if w.shape[1] != 1:
-                    raise ValueError("weight for use_sigmoid=False must be per pixel, not per class")
-                loss = loss * w.squeeze(1)
-            if reduction == "none":
-                return loss
-            total = loss.sum()
-        if reduction == "mean" and avg_factor is None and self.avg_non_ignore:
-            avg_factor = (target != ignore_index).sum()
-        return mm.reduce_sum(total, target.numel(), reduction, avg_factor)
+
+        def weigh(loss):
+            if w.shape[1] != 1:
+                raise ValueError("weight for use_sigmoid=False must be per pixel, not per class")
+            return loss * w.squeeze(1)
+
+        return mm.softmax_loss(pred, target, None if w is None else weigh, reduction, avg_factor, alpha=self.alpha,
+                               class_weight=self.class_weight, gamma=self.gamma, ignore_index=ignore_index,
+                               avg_non_ignore=self.avg_non_ignore, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (

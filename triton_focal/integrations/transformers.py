@@ -31,7 +31,6 @@ multi-label), and ``num_items_in_batch`` divides the sum as ``Trainer`` expects.
 """
 
 import inspect
-import types
 from typing import Optional, Union
 
 import torch
@@ -100,9 +99,7 @@ def causal_lm_focal_loss(
     target = _shifted_labels(labels, ignore_index, shift_labels).reshape(-1).to(logits.device)
     settings = dict(gamma=gamma, alpha=alpha, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                     ignore_index=ignore_index, backend=backend)
-    if num_items_in_batch is None:
-        return focal_loss(logits, target, reduction="mean", **settings)
-    return _normalize(focal_loss(logits, target, reduction="sum", **settings), num_items_in_batch)
+    return _mean_or_normalized(focal_loss, logits, target, num_items_in_batch, settings)
 
 
 def fused_causal_lm_focal_loss(
@@ -143,6 +140,7 @@ def fused_causal_lm_focal_loss(
     """
     if labels is None and shift_labels is None:
         raise ValueError("labels (or shift_labels) are needed to compute the loss")
+    model = _unwrap_peft(model)
     head = model.get_output_embeddings()
     model_cap = getattr(model.config, "final_logit_softcapping", None)
     if softcap is not None and model_cap is not None and float(softcap) != float(model_cap):
@@ -156,12 +154,83 @@ def fused_causal_lm_focal_loss(
     hidden = outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
     target = _shifted_labels(labels, ignore_index, shift_labels).reshape(-1).to(hidden.device)
     reduction = "mean" if num_items_in_batch is None else "sum"
+    rows, head_weight, head_bias = _head_projection(head, hidden.reshape(-1, hidden.shape[-1]))
     loss = fused_linear_focal_loss(
-        hidden.reshape(-1, hidden.shape[-1]), head.weight, target, head.bias, chunk_size=chunk_size, gamma=gamma,
+        rows, head_weight, target, head_bias, chunk_size=chunk_size, gamma=gamma,
         alpha=alpha, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, ignore_index=ignore_index,
         reduction=reduction, backend=backend,
     ).float()
     return loss if num_items_in_batch is None else _normalize(loss, num_items_in_batch)
+
+
+def _peft_classes():
+    """peft's model wrappers and tuner layer, or None without peft (then no model is wrapped)."""
+    try:
+        from peft import PeftModel
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+    except ImportError:
+        return None
+    return (PeftModel, BaseTuner), BaseTunerLayer, LoraLinear
+
+
+def _unwrap_peft(model):
+    """The ``transformers`` model inside a peft ``PeftModel`` (``get_peft_model``) or tuner model."""
+    classes = _peft_classes()
+    if classes is None:
+        return model
+    wrappers = classes[0]
+    while isinstance(model, wrappers):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.model
+    return model
+
+
+def _refuse_head_adapter(head, why):
+    raise ValueError(
+        f"the fused focal head cannot apply the {type(head).__name__} adapter on lm_head ({why}): leave "
+        "'lm_head' out of target_modules (modules_to_save=['lm_head'] trains a full copy of the head and "
+        "works with the fused head), or compute the loss from the logits (model.loss_function = "
+        "partial(causal_lm_focal_loss, ...)) instead of enable_fused_focal_head"
+    )
+
+
+def _head_projection(head, rows):
+    """``(rows', weight, bias)`` with ``rows' @ weight.T + bias == head(rows)``: the output embedding's
+    own weight, or, for a LoRA adapter on it, the base weight and the adapters' ``B`` side by side
+    (``rows'`` carries ``scale * A(dropout(rows))`` in its extra columns), so that the adapters'
+    dropout and gradients are the ones the adapted module gives. Other peft adapters on the head
+    are refused (``ValueError``), never ignored."""
+    classes = _peft_classes()
+    if classes is None or not isinstance(head, classes[1]):
+        return rows, head.weight, head.bias
+    lora_linear = classes[2]
+    if not isinstance(head, lora_linear):
+        _refuse_head_adapter(head, "only LoRA adapters on lm_head are applied")
+    base = head.get_base_layer()
+    if head.disable_adapters:
+        if head.merged:
+            head.unmerge()  # as the adapted module's own forward does
+        return rows, base.weight, base.bias
+    if head.merged:  # the base weight holds the adapters
+        return rows, base.weight, base.bias
+    if getattr(head, "fan_in_fan_out", False):
+        _refuse_head_adapter(head, "a fan_in_fan_out base layer")
+    columns, weights, bias = [rows], [base.weight], base.bias
+    for name in head.active_adapters:
+        if name not in head.lora_A.keys():
+            continue
+        if name in getattr(head, "lora_variant", {}) or getattr(head, "use_dora", {}).get(name, False):
+            _refuse_head_adapter(head, f"adapter {name!r} is a LoRA variant (DoRA, ...), not plain LoRA")
+        lora_a, lora_b, scaling = head.lora_A[name], head.lora_B[name], head.scaling[name]
+        x = rows.to(lora_a.weight.dtype)
+        columns.append((lora_a(head.lora_dropout[name](x)) * scaling).to(rows.dtype))
+        weights.append(lora_b.weight.to(base.weight.dtype))
+        if lora_b.bias is not None:  # lora_bias=True
+            extra = (lora_b.bias * scaling).to(base.weight.dtype)
+            bias = extra if bias is None else bias + extra
+    if len(weights) == 1:
+        return rows, base.weight, base.bias
+    return torch.cat(columns, dim=1), torch.cat(weights, dim=1), bias
 
 
 def enable_fused_focal_head(model, **settings):
@@ -171,17 +240,31 @@ def enable_fused_focal_head(model, **settings):
     never made. Without ``labels`` the model's own forward runs (inference, generation).
 
     Args:
-        model: a ``transformers`` causal LM; its ``forward`` is replaced on this instance.
+        model: a ``transformers`` causal LM; its ``forward`` is replaced on this instance. A peft
+            model (``get_peft_model``) gets it on the causal LM it wraps, which its own forward
+            calls; a LoRA adapter on ``lm_head`` is applied (other adapters there are refused).
         **settings: the focal settings of :func:`fused_causal_lm_focal_loss`.
 
     Returns:
         ``model``.
     """
-    model._triton_focal_settings = dict(settings)
-    # A method bound to this instance, not a closure over it: copy.deepcopy of the model binds
-    # the copy's forward to the copy (its own weights and settings).
-    model.forward = types.MethodType(_fused_head_forward, model)
+    target = _unwrap_peft(model)
+    target._triton_focal_settings = dict(settings)
+    # An object of a module-level class holding the instance, not a closure over it: copy.deepcopy
+    # of the model gives the copy a forward of its own (its own weights and settings), and the
+    # model pickles whole (torch.save(model)).
+    target.forward = _FusedHeadForward(target)
     return model
+
+
+class _FusedHeadForward:
+    """The forward :func:`enable_fused_focal_head` installs on ``model``: picklable and deep-copyable."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, *args, **kwargs):
+        return _fused_head_forward(self.model, *args, **kwargs)
 
 
 _LOSS_ARGUMENTS = ("labels", "num_items_in_batch", "shift_labels")
@@ -218,6 +301,19 @@ def _fused_head_forward(self, *args, **kwargs):
 def _on_device(value, logits):
     """A class-weight / alpha tensor moved to the logits' device (a criterion is often built on the CPU)."""
     return value.to(logits.device) if isinstance(value, torch.Tensor) else value
+
+
+def _mean_or_normalized(loss, logits, target, num_items_in_batch, settings):
+    """``loss``'s mean, or (``num_items_in_batch`` given) its sum divided by ``num_items_in_batch``."""
+    if num_items_in_batch is None:
+        return loss(logits, target, reduction="mean", **settings)
+    return _normalize(loss(logits, target, reduction="sum", **settings), num_items_in_batch)
+
+
+def _classification_labels(labels):
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
+    return labels
 
 
 def _classification_logits(logits, name="logits"):
@@ -265,9 +361,7 @@ def sequence_classification_focal_loss(
         **kwargs: ignored (what a caller passes along).
     """
     logits = _classification_logits(logits)
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
-    labels = labels.to(logits.device)
+    labels = _classification_labels(labels).to(logits.device)
     num_labels = logits.shape[-1]
     if problem_type is None:
         if num_labels == 1:
@@ -280,9 +374,7 @@ def sequence_classification_focal_loss(
     if problem_type == "single_label_classification":
         settings = dict(gamma=gamma, alpha=alpha, weight=weight, label_smoothing=label_smoothing, backend=backend)
         rows, target = logits.reshape(-1, num_labels), labels.reshape(-1)
-        if num_items_in_batch is None:
-            return focal_loss(rows, target, reduction="mean", **settings)
-        return _normalize(focal_loss(rows, target, reduction="sum", **settings), num_items_in_batch)
+        return _mean_or_normalized(focal_loss, rows, target, num_items_in_batch, settings)
     if problem_type == "multi_label_classification":
         if label_smoothing:
             raise ValueError("label_smoothing applies to single-label classification only")
@@ -297,9 +389,7 @@ def sequence_classification_focal_loss(
             weight = weight.to(device=logits.device, dtype=logits.dtype)
         target = labels.to(logits.dtype).reshape(logits.shape)
         settings = dict(gamma=gamma, alpha=-1.0 if alpha is None else alpha, weight=weight, backend=backend)
-        if num_items_in_batch is None:
-            return sigmoid_focal_loss(logits, target, reduction="mean", **settings)
-        return _normalize(sigmoid_focal_loss(logits, target, reduction="sum", **settings), num_items_in_batch)
+        return _mean_or_normalized(sigmoid_focal_loss, logits, target, num_items_in_batch, settings)
     raise ValueError(
         f"problem_type must be 'single_label_classification' or 'multi_label_classification', got {problem_type!r}"
     )
@@ -334,14 +424,11 @@ def token_classification_focal_loss(
         **kwargs: ignored.
     """
     logits = _classification_logits(logits)
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
+    _classification_labels(labels)
     num_labels = logits.shape[-1]
     rows, target = logits.reshape(-1, num_labels), labels.to(logits.device).reshape(-1)
     if target.numel() != rows.shape[0]:
         raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(logits.shape)}")
     settings = dict(gamma=gamma, alpha=_on_device(alpha, logits), weight=_on_device(weight, logits),
                     ignore_index=ignore_index, label_smoothing=label_smoothing, backend=backend)
-    if num_items_in_batch is None:
-        return focal_loss(rows, target, reduction="mean", **settings)
-    return _normalize(focal_loss(rows, target, reduction="sum", **settings), num_items_in_batch)
+    return _mean_or_normalized(focal_loss, rows, target, num_items_in_batch, settings)
