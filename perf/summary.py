@@ -158,7 +158,7 @@ def render(result):
         "- machine load (1, 5, 15 min averages): "
         + f"{_load(result.get('load_at_start'))} at the start, {_load(result.get('load_at_end'))} at the end"
         + f" ({result.get('cpu_cores', '?')} cores); the ± of each time is half its p20-p80 spread",
-        f"- skipped: " + ("; ".join(f"{s['provider']} ({s['reason']})" for s in result["skipped"]) or "none"),
+        "- skipped: " + ("; ".join(f"{s['provider']} ({s['reason']})" for s in result["skipped"]) or "none"),
         "",
     ]
     found = load_range(result)

@@ -162,7 +162,6 @@ def copy_bandwidth_gbs(device, quick=False):
     src = torch.randn(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     median_ms, _, _ = bench(lambda: dst.copy_(src), device, quick=quick)
-    del src, dst
     return 2 * nbytes / (median_ms * 1e-3) / 1e9
 
 

@@ -434,7 +434,7 @@ def main(argv=None):
         for fn, args, kwargs in launches:
             try:
                 kernel = fn.warmup(*args, grid=(1,), **kwargs)
-            except Exception as error:  # noqa: BLE001: every failure is reported, then the exit status
+            except Exception as error:  # every failure is reported, then the exit status
                 errors += 1
                 cause = error.__cause__ or error
                 message = [m for m in str(cause).strip().splitlines() if m.strip(" ^")]

@@ -98,7 +98,7 @@ def test_copy_moves_the_floor_and_its_loop_runs_trips_over_unroll(sass_cache):
         per_warp = executed.warp_instructions / (rows * 4)
         assert sum(reachable[:first]) + body <= per_warp <= sum(reachable) - (last - first + 1) + body
     # ptxas unrolls this loop 4 times: 8 more trips run the unrolled body twice more per warp
-    (w8, loop8), (w16, loop16) = counts[8], counts[16]
+    (w8, loop8), (w16, _) = counts[8], counts[16]
     unroll = loop8["unroll"]
     assert unroll == 4 and loop8["iterations_per_program"] == 8 // unroll
     assert w16 - w8 == rows * 4 * (16 - 8) // unroll * loop8["sass_instructions"]
