@@ -54,7 +54,9 @@ class TinyLM(nn.Module):
     def __init__(self, vocab, width):
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
-        self.block = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.block = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
+        )
         self.lm_head = nn.Linear(width, vocab, bias=False)
 
     def hidden(self, tokens):
@@ -79,8 +81,13 @@ class HFModel(nn.Module):
         import transformers
 
         config = transformers.LlamaConfig(
-            vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            vocab_size=vocab,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
         )
         self.model = transformers.LlamaForCausalLM(config)
         self.fused = fused
@@ -139,10 +146,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--loss", choices=["ce", "focal", "both"], default="both", help="train with cross entropy, focal loss, or both from the same initial weights")
+    parser.add_argument(
+        "--loss",
+        choices=["ce", "focal", "both"],
+        default="both",
+        help="train with cross entropy, focal loss, or both from the same initial weights",
+    )
     parser.add_argument("--gamma", type=float, default=1.0, help="focal gamma (0.5 to 1 suit language models)")
     parser.add_argument("--z-loss", type=float, default=0.0, help="z-loss coefficient (PaLM)")
-    parser.add_argument("--softcap", type=float, default=None, help="logit softcap c of c * tanh(x / c) (Gemma 2); none: off")
+    parser.add_argument(
+        "--softcap", type=float, default=None, help="logit softcap c of c * tanh(x / c) (Gemma 2); none: off"
+    )
     parser.add_argument("--backend", default="auto", help="triton_focal backend")
     parser.add_argument("--vocab", type=int, default=512, help="vocabulary size")
     parser.add_argument("--width", type=int, default=128, help="hidden width")
@@ -165,7 +179,11 @@ def main(argv=None):
     rank = torch.arange(args.vocab)  # Zipf: token id order is frequency order
     frequent, rare = rank < max(1, args.vocab // 20), rank >= args.vocab // 2
 
-    runs = {"ce": 0.0, "focal": args.gamma} if args.loss == "both" else {args.loss: 0.0 if args.loss == "ce" else args.gamma}
+    runs = (
+        {"ce": 0.0, "focal": args.gamma}
+        if args.loss == "both"
+        else {args.loss: 0.0 if args.loss == "ce" else args.gamma}
+    )
     results = {}
     for name, gamma in runs.items():
         focal = dict(gamma=gamma, z_loss=args.z_loss, softcap=args.softcap, backend=args.backend)
@@ -176,7 +194,11 @@ def main(argv=None):
         start = time.perf_counter()
         train(model, language, focal, args)
         losses, target = per_token_loss(model, held_out)
-        results[name] = (losses[frequent[target]].mean().item(), losses[rare[target]].mean().item(), losses.mean().item())
+        results[name] = (
+            losses[frequent[target]].mean().item(),
+            losses[rare[target]].mean().item(),
+            losses.mean().item(),
+        )
         print(f"  {time.perf_counter() - start:.1f} s", flush=True)
 
     print("\nheld-out per-token loss (-log p of the next token):")

@@ -82,7 +82,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--gamma", type=float, default=2.0, help="focal gamma")
     parser.add_argument("--alpha", type=float, default=0.25, help="weight of positives")
-    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "compile", "reference"], help="triton_focal backend")
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "triton", "compile", "reference"], help="triton_focal backend"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
     parser.add_argument("--quick", action="store_true", help=f"a first run in seconds: {QUICK}")
@@ -144,7 +146,9 @@ def main(argv=None):
             optimizer.step()
             total += loss.detach().float()
             steps += 1
-        print(f"epoch {epoch:3d}/{args.epochs}  loss {float(total) / steps:.4f}  time {time.perf_counter() - start:.2f}s")
+        print(
+            f"epoch {epoch:3d}/{args.epochs}  loss {float(total) / steps:.4f}  time {time.perf_counter() - start:.2f}s"
+        )
 
     with torch.no_grad():
         scores = model(features.to(args.device)).sigmoid().cpu()  # (B, C, A)

@@ -298,7 +298,9 @@ def train(
             f"[{loss}] epoch {epoch:3d}/{epochs}  loss {record['loss']:.4f}  val mIoU {record['miou']:.3f}  "
             f"rare IoU {record['rare_iou']:.3f}  time {seconds:.1f}s"
         )
-    return dict(history=history, iou=iou.tolist(), miou=float(iou.mean()), rare_iou=float(iou[list(RARE_CLASSES)].mean()))
+    return dict(
+        history=history, iou=iou.tolist(), miou=float(iou.mean()), rare_iou=float(iou[list(RARE_CLASSES)].mean())
+    )
 
 
 def format_iou(loss, result):
@@ -313,10 +315,17 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--loss", choices=["ce", "focal", "both"], default="both", help="train with cross entropy, focal loss, or both from the same initial weights and batches")
+    parser.add_argument(
+        "--loss",
+        choices=["ce", "focal", "both"],
+        default="both",
+        help="train with cross entropy, focal loss, or both from the same initial weights and batches",
+    )
     parser.add_argument("--gamma", type=float, default=2.0, help="focal gamma")
     parser.add_argument("--alpha", default=None, help="none, a float, or a comma-separated per-class list")
-    parser.add_argument("--backend", default="auto", choices=["auto", "triton", "compile", "reference"], help="triton_focal backend")
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "triton", "compile", "reference"], help="triton_focal backend"
+    )
     parser.add_argument("--amp", action="store_true", help="autocast (bfloat16 on CPU, float16 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs")

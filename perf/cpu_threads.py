@@ -46,7 +46,10 @@ SMALL = (
     cases_mod.Case("seg", "small", "H*W", 64 * 64, (2, 19, 64, 64), "index", "softmax"),
 )
 # The peers: focal losses a user could write instead (the gamma = 0 baselines are not).
-PEERS = {"softmax": ("reference", "blog", "blog_compiled"), "sigmoid": ("reference", "tv_formula", "tv_formula_compiled")}
+PEERS = {
+    "softmax": ("reference", "blog", "blog_compiled"),
+    "sigmoid": ("reference", "tv_formula", "tv_formula_compiled"),
+}
 
 
 @contextlib.contextmanager
@@ -102,7 +105,7 @@ def measure_case(case, rounds, log):
     names = list(steps)
     deadline = time.perf_counter() + 60.0  # a slow case on a busy machine: fewer rounds, not minutes
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             steps[name]()
             samples[name].append((time.perf_counter() - start) * 1e3)
@@ -111,7 +114,12 @@ def measure_case(case, rounds, log):
     points = {}
     for name, times in samples.items():
         ordered = sorted(times)
-        points[name] = {"ms": _quantile(ordered, 0.5), "p20": _quantile(ordered, 0.2), "p80": _quantile(ordered, 0.8), "rounds": len(times)}
+        points[name] = {
+            "ms": _quantile(ordered, 0.5),
+            "p20": _quantile(ordered, 0.2),
+            "p80": _quantile(ordered, 0.8),
+            "rounds": len(times),
+        }
     best_peer = min(points[name]["ms"] for name in PEERS[case.loss])
     auto = points["auto"]["ms"]
     verdict = {
@@ -159,14 +167,25 @@ def summary(result):
         if any(l and l["1min"] > result["cores"] for l in load):
             lines += [f"**The load exceeded the {result['cores']} cores**: other jobs shared the machine.", ""]
         names = ["auto", "compile, all threads", "reference", "blog / tv formula", "blog / tv formula, compiled"]
-        lines += ["| case | " + " | ".join(names) + " | auto / reference | auto / best |", "|---|" + "---:|" * (len(names) + 2)]
+        lines += [
+            "| case | " + " | ".join(names) + " | auto / reference | auto / best |",
+            "|---|" + "---:|" * (len(names) + 2),
+        ]
         for row in condition["cases"]:
             pts = row["points"]
             peer_names = PEERS[row["loss"]]
-            cells = [pts["auto"], pts["compile, all threads"], pts[peer_names[0]], pts[peer_names[1]], pts[peer_names[2]]]
+            cells = [
+                pts["auto"],
+                pts["compile, all threads"],
+                pts[peer_names[0]],
+                pts[peer_names[1]],
+                pts[peer_names[2]],
+            ]
             text = [f"{p['ms']:.2f} [{p['p20']:.2f}-{p['p80']:.2f}]" for p in cells]
             lines.append(
-                f"| {row['case']} | " + " | ".join(text) + f" | {row['auto_vs_reference']:.2f} | {row['auto_vs_best_peer']:.2f} |"
+                f"| {row['case']} | "
+                + " | ".join(text)
+                + f" | {row['auto_vs_reference']:.2f} | {row['auto_vs_best_peer']:.2f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -175,13 +194,16 @@ def summary(result):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
-        prog="python -m perf.cpu_threads", description=__doc__.split("\n")[0],
+        prog="python -m perf.cpu_threads",
+        description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="the two small shapes, fewer rounds")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per case and condition")
     parser.add_argument("--conditions", default="idle,busy", help="comma list of idle, busy")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the sweep's, under cpu_threads/)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: the sweep's, under cpu_threads/)"
+    )
     args = parser.parse_args(argv)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     if not conditions or set(conditions) - {"idle", "busy"}:
@@ -199,8 +221,11 @@ def main(argv=None):
 
     result = {
         "command": " ".join(["python -m perf.cpu_threads"] + argv),
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-        "versions": versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "conditions": [],
     }
     for condition in conditions:

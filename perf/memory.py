@@ -75,8 +75,13 @@ def measure_one(method, tokens, hidden_size, vocab, dtype, device, gamma, repeat
     # One small step first: library start-up (thread pools, GEMM buffers, torch.compile's
     # compilation) is not the step's memory.
     small = min(tokens, 64)
-    _step(method, hidden[:small].detach().requires_grad_(True), weight[:, :].detach().requires_grad_(True),
-          target[:small], gamma)
+    _step(
+        method,
+        hidden[:small].detach().requires_grad_(True),
+        weight[:, :].detach().requires_grad_(True),
+        target[:small],
+        gamma,
+    )
 
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -143,20 +148,51 @@ def main(argv=None):
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     rows = []
     for method in args.methods or methods_for(device):
-        command = [sys.executable, "-m", "perf.memory", "--one", method, "--tokens", str(args.tokens),
-                   "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--dtype", args.dtype,
-                   "--gamma", str(args.gamma), "--repeats", str(args.repeats), "--device", args.device]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        command = [
+            sys.executable,
+            "-m",
+            "perf.memory",
+            "--one",
+            method,
+            "--tokens",
+            str(args.tokens),
+            "--hidden",
+            str(args.hidden),
+            "--vocab",
+            str(args.vocab),
+            "--dtype",
+            args.dtype,
+            "--gamma",
+            str(args.gamma),
+            "--repeats",
+            str(args.repeats),
+            "--device",
+            args.device,
+        ]
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent
+        )
         if done.returncode != 0:
             print(f"{method}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
         result = {"method": method, **json.loads(done.stdout.strip().splitlines()[-1])}
         rows.append(result)
-        print(f"{method:32s} {result['peak_over_inputs_mib']:8.0f} MiB  {result['median_s'] or float('nan'):7.3f} s", flush=True)
+        print(
+            f"{method:32s} {result['peak_over_inputs_mib']:8.0f} MiB  {result['median_s'] or float('nan'):7.3f} s",
+            flush=True,
+        )
 
-    setup = {"tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab, "dtype": args.dtype, "gamma": args.gamma,
-             "device": _device_name(device), "torch": torch.__version__, "machine": platform.machine(),
-             "cpus": os.cpu_count()}
+    setup = {
+        "tokens": args.tokens,
+        "hidden": args.hidden,
+        "vocab": args.vocab,
+        "dtype": args.dtype,
+        "gamma": args.gamma,
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
     if not args.no_save and rows:
         out = RESULTS / _device_name(device)
         out.mkdir(parents=True, exist_ok=True)

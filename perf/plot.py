@@ -88,7 +88,9 @@ def plot_family(result, family, out):
                     # (clamped at 0: rounding of the quantiles, never a real negative spread)
                     low = [max(y - p["bytes"] / (p["ms_p80"] * 1e6), 0.0) for y, p in zip(ys, curve)]
                     high = [max(p["bytes"] / (p["ms_p20"] * 1e6) - y, 0.0) for y, p in zip(ys, curve)]
-                    ax.errorbar(xs, ys, yerr=[low, high], marker="o", ms=3, capsize=2, lw=1, label=label, color=colors[label])
+                    ax.errorbar(
+                        xs, ys, yerr=[low, high], marker="o", ms=3, capsize=2, lw=1, label=label, color=colors[label]
+                    )
                 drawn += [y for y in ys if y > 0]
             if memory:
                 ax.set_ylabel("extra peak memory (MiB)")
@@ -123,8 +125,12 @@ def plot_family(result, family, out):
     # Room above the panels for the title's two lines, whatever the figure's height.
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     fig.legend(
-        [handles[n] for n in names], names, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-        ncol=min(len(names), 4), fontsize=8,
+        [handles[n] for n in names],
+        names,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(len(names), 4),
+        fontsize=8,
     )
     path = Path(out) / f"{family}_{device['slug']}.png"
     fig.savefig(path, dpi=90, bbox_inches="tight")
@@ -140,7 +146,8 @@ def plot_all(result, out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m perf.plot", description="redraw the figures from results.json",
+        prog="python -m perf.plot",
+        description="redraw the figures from results.json",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("json", type=Path, help="a results.json written by python -m perf.sweep")

@@ -136,9 +136,10 @@ def _build_kornia(case):
     # kornia's mean divides by C x all pixels (README: conventions); its sum over the
     # non-ignored count is this suite's mean. Detection: its binary loss, summed.
     if case.loss == "softmax":
-        return lambda x, t: kornia.losses.focal_loss(
-            x, t, alpha=None, gamma=GAMMA, reduction="sum", ignore_index=IGNORE_INDEX
-        ) / _valid_count(t)
+        return lambda x, t: (
+            kornia.losses.focal_loss(x, t, alpha=None, gamma=GAMMA, reduction="sum", ignore_index=IGNORE_INDEX)
+            / _valid_count(t)
+        )
     return lambda x, t: kornia.losses.binary_focal_loss_with_logits(
         x, _dense(x, t), alpha=DET_ALPHA, gamma=GAMMA, reduction="sum"
     )
@@ -195,18 +196,30 @@ PROVIDERS = {
     "monai": Provider("monai", "MONAI", ("softmax", "sigmoid"), _build_monai),
     # smp has no softmax focal loss; its "multiclass" one is one-vs-all sigmoid per class.
     "smp": Provider("smp", "smp (sigmoid per class)", ("softmax",), _build_smp, focal=False, families=("seg", "cpu")),
-    "cross_entropy": Provider("cross_entropy", "F.cross_entropy (gamma=0)", ("softmax",), _build_cross_entropy, focal=False),
+    "cross_entropy": Provider(
+        "cross_entropy", "F.cross_entropy (gamma=0)", ("softmax",), _build_cross_entropy, focal=False
+    ),
     "bce": Provider("bce", "F.bce_with_logits (gamma=0)", ("sigmoid",), _build_bce, focal=False),
     # Liger's kernel takes 2-D (T, V) logits only: the vocabulary family.
-    "liger": Provider("liger", "Liger (plain CE)", ("softmax",), _build_liger, focal=False, families=("vocab", "table")),
+    "liger": Provider(
+        "liger", "Liger (plain CE)", ("softmax",), _build_liger, focal=False, families=("vocab", "table")
+    ),
 }
 
 # What a plain sweep measures; the CPU comparison (--cpu-table) adds the other libraries and
 # the compositions compiled by the user (each compiles once per shape).
 DEFAULT_PROVIDERS = ("triton", "compile", "reference", "blog", "torchvision", "cross_entropy", "bce", "liger")
 CPU_TABLE_PROVIDERS = (
-    "cross_entropy", "bce", "compile", "blog", "blog_compiled", "tv_formula", "tv_formula_compiled",
-    "kornia", "monai", "smp",
+    "cross_entropy",
+    "bce",
+    "compile",
+    "blog",
+    "blog_compiled",
+    "tv_formula",
+    "tv_formula_compiled",
+    "kornia",
+    "monai",
+    "smp",
 )
 # The gamma = 0 baseline each loss kind's ratios are taken against.
 BASELINE = {"softmax": "cross_entropy", "sigmoid": "bce"}
@@ -247,9 +260,13 @@ def unavailable_reason(name, device):
                 return f"triton_focal.available_backends() does not list {name!r} on {device}"
     if name == "torchvision" and not _importable("torchvision.ops"):
         return "torchvision is not importable"
-    for peer, module in (("kornia", "kornia.losses"), ("monai", "monai.losses"), ("smp", "segmentation_models_pytorch.losses")):
+    for peer, module in (
+        ("kornia", "kornia.losses"),
+        ("monai", "monai.losses"),
+        ("smp", "segmentation_models_pytorch.losses"),
+    ):
         if name == peer and not _importable(module):
-            return f"{module} is not importable (pip install -e \".[peers]\")"
+            return f'{module} is not importable (pip install -e ".[peers]")'
     if name in ("blog_compiled", "tv_formula_compiled") and not hasattr(torch, "compile"):
         return "torch.compile is not available"
     if name == "liger":

@@ -138,14 +138,20 @@ class Sass:
         """Index of the innermost loop containing instruction ``index``, or -1."""
         best = -1
         for k, loop in enumerate(self.loops):
-            if loop.contains(index) and (best < 0 or loop.last - loop.first < self.loops[best].last - self.loops[best].first):
+            if loop.contains(index) and (
+                best < 0 or loop.last - loop.first < self.loops[best].last - self.loops[best].first
+            ):
                 best = k
         return best
 
 
 def _disassemble(cubin_path):
-    out = subprocess.run([_nvidia_bin("nvdisasm"), "--print-line-info-inline", "-c", cubin_path],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [_nvidia_bin("nvdisasm"), "--print-line-info-inline", "-c", cubin_path],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     instructions, labels = [], {}
     locations, in_location_block = (), False
     for line in out.splitlines():
@@ -170,8 +176,11 @@ def _disassemble(cubin_path):
         body = text.split(None, 1)[1] if predicated else text
         opcode = body.split(None, 1)[0] if body else ""
         target = _BRANCH_TARGET.search(body)
-        instructions.append(Instruction(int(match.group(1), 16), opcode, text, locations, predicated,
-                                        target.group(1) if target else None))
+        instructions.append(
+            Instruction(
+                int(match.group(1), 16), opcode, text, locations, predicated, target.group(1) if target else None
+            )
+        )
     for ins in instructions:
         if ins.branch_target is not None:
             ins.target_index = labels.get(ins.branch_target, -1)
@@ -214,14 +223,17 @@ def _loops(instructions, reachable):
             merged.append((first, last))
     loops = [Loop(first, last) for first, last in sorted(merged, key=lambda fl: (fl[0], -fl[1]))]
     for k, loop in enumerate(loops):
-        enclosing = [j for j, other in enumerate(loops) if j != k and other.first <= loop.first and loop.last <= other.last]
+        enclosing = [
+            j for j, other in enumerate(loops) if j != k and other.first <= loop.first and loop.last <= other.last
+        ]
         loop.parent = min(enclosing, key=lambda j: loops[j].last - loops[j].first, default=-1)
     return loops
 
 
 def _resource_usage(cubin_path):
-    out = subprocess.run([_nvidia_bin("cuobjdump"), "--dump-resource-usage", cubin_path],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [_nvidia_bin("cuobjdump"), "--dump-resource-usage", cubin_path], check=True, capture_output=True, text=True
+    ).stdout
     usage = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out))
     return {k: int(v) for k, v in usage.items()}
 
@@ -236,8 +248,15 @@ def read_sass(cubin):
         usage = _resource_usage(path)
     reachable = _reachable(instructions)
     spills = sum(1 for i, ins in enumerate(instructions) if reachable[i] and ins.base_opcode in ("STL", "LDL"))
-    return Sass(instructions, reachable, _loops(instructions, reachable), usage.get("REG", 0),
-                usage.get("LOCAL", 0) + usage.get("STACK", 0), usage.get("SHARED", 0), spills)
+    return Sass(
+        instructions,
+        reachable,
+        _loops(instructions, reachable),
+        usage.get("REG", 0),
+        usage.get("LOCAL", 0) + usage.get("STACK", 0),
+        usage.get("SHARED", 0),
+        spills,
+    )
 
 
 # Global loads whose destination registers a later instruction waits for (an atomic that

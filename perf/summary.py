@@ -1,6 +1,6 @@
 """Markdown summary of a sweep, from its JSON alone.
 
-    python -m perf.summary perf/results/cpu/results.json     # rewrites summary.md beside it
+python -m perf.summary perf/results/cpu/results.json     # rewrites summary.md beside it
 """
 
 import argparse
@@ -122,12 +122,21 @@ def cpu_table(result):
             cells.append(f"**{text}**" if label == best else text)
         lines.append(f"| {case} | {dtype} | " + " | ".join(cells) + " |")
     base = {p["dtype"] + _case_name(p): p for p in points if p["provider"] in ("cross_entropy", "bce")}
-    lines += ["", "Baseline times (ms, median over rounds): " + "; ".join(
-        f"{p['series']} {_shape(p)} {p['dtype']} {p['ms']:.1f}" for p in base.values()
-    ) + "."]
+    lines += [
+        "",
+        "Baseline times (ms, median over rounds): "
+        + "; ".join(f"{p['series']} {_shape(p)} {p['dtype']} {p['ms']:.1f}" for p in base.values())
+        + ".",
+    ]
     loads = [p["load"] for p in points if p.get("load")]
     if loads:
-        ones = [value for load in loads for value in (load["before"] or {}, load["after"] or {}) for value in [value.get("1min")] if value is not None]
+        ones = [
+            value
+            for load in loads
+            for value in (load["before"] or {}, load["after"] or {})
+            for value in [value.get("1min")]
+            if value is not None
+        ]
         if ones:
             lines.append(
                 f"Machine load (1-minute average) during these cases: {min(ones):.1f} to {max(ones):.1f} "
@@ -148,7 +157,8 @@ def render(result):
     lines += [
         f"- command: `{result['command']}`" + (f" (env: {result['env']})" if result.get("env") else ""),
         f"- date: {result['date']}",
-        f"- device: {device['name']}" + (f", driver {device['driver']}" if device.get("driver") else "")
+        f"- device: {device['name']}"
+        + (f", driver {device['driver']}" if device.get("driver") else "")
         + (f", CUDA {device['cuda_runtime']}" if device.get("cuda_runtime") else ""),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         f"- measured copy bandwidth (read + write): {result['copy_bandwidth_gbs']:.1f} GB/s; the floor of a point "
@@ -172,13 +182,17 @@ def render(result):
     if any(p["family"] == "table" for p in result["points"]):
         lines += ["## Headline cases", "", headline_table(result), ""]
     if any(p["family"] == "cpu" for p in result["points"]):
-        lines += [
-            "## CPU comparison: forward+backward time / the gamma=0 baseline's (lower is faster)",
-            "",
-            "Median of the per-round ratios [lowest-highest round]; the baseline is F.cross_entropy for "
-            "softmax cases and F.binary_cross_entropy_with_logits for detection.",
-            "",
-        ] + cpu_table(result) + [""]
+        lines += (
+            [
+                "## CPU comparison: forward+backward time / the gamma=0 baseline's (lower is faster)",
+                "",
+                "Median of the per-round ratios [lowest-highest round]; the baseline is F.cross_entropy for "
+                "softmax cases and F.binary_cross_entropy_with_logits for detection.",
+                "",
+            ]
+            + cpu_table(result)
+            + [""]
+        )
     for family in _ordered(p["family"] for p in result["points"]):
         if family not in ("table", "cpu"):
             lines += [f"## {family}", ""] + family_tables(result, family)
@@ -193,7 +207,9 @@ def render(result):
 def load_range(result):
     """(lowest, highest) 1-minute load average over the run and the core count, or None."""
     loads = [result.get("load_at_start"), result.get("load_at_end")]
-    loads += [side for p in result["points"] if p.get("load") for side in (p["load"].get("before"), p["load"].get("after"))]
+    loads += [
+        side for p in result["points"] if p.get("load") for side in (p["load"].get("before"), p["load"].get("after"))
+    ]
     loads = [load for load in loads if load]
     if not loads:
         return None
@@ -227,7 +243,8 @@ def write_summary(result, out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m perf.summary", description="summary.md from results.json (written beside it)",
+        prog="python -m perf.summary",
+        description="summary.md from results.json (written beside it)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("json", type=Path, help="a results.json written by python -m perf.sweep")

@@ -43,7 +43,7 @@ from .timing import (  # noqa: E402
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed results
-PLOT_HINT = "For plots: pip install \"triton-focal[perf]\" (matplotlib), then python -m perf.plot {out}/results.json"
+PLOT_HINT = 'For plots: pip install "triton-focal[perf]" (matplotlib), then python -m perf.plot {out}/results.json'
 DEFAULT_FAMILIES = ("seg", "vocab", "det")
 ROUNDS = 7  # interleaved rounds of the CPU comparison
 
@@ -74,7 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="a few points per family, fewer repetitions")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda if visible")
     parser.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help="output folder (None: $TRITON_FOCAL_PERF_DIR/<device> if set, else ~/.cache/triton_focal/perf/<device>)",
     )
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES), help=f"comma list of {FAMILIES}")
@@ -82,17 +84,21 @@ def parse_args(argv=None):
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
     parser.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS), help=f"comma list of {tuple(PROVIDERS)}")
     parser.add_argument(
-        "--table", action="store_true",
+        "--table",
+        action="store_true",
         help="only the four headline cases, bf16 forward+backward (= --families table --dtypes bf16 --modes fwd+bwd)",
     )
     parser.add_argument(
-        "--cpu-table", action="store_true",
+        "--cpu-table",
+        action="store_true",
         help="the CPU comparison: the compile fallback against F.cross_entropy / BCE, the blog and torchvision "
         "formulas (eager and compiled), kornia, MONAI and smp; fp32 and bf16 forward+backward, interleaved rounds, "
         f"ratios to the gamma=0 baseline (= --families cpu --dtypes fp32,bf16 --modes fwd+bwd --rounds {ROUNDS})",
     )
     parser.add_argument(
-        "--rounds", type=int, default=0,
+        "--rounds",
+        type=int,
+        default=0,
         help="time the providers of a case in this many interleaved rounds (0: one provider after the other)",
     )
     parser.add_argument("--no-plots", action="store_true", help="no PNGs: write results.json and summary.md only")
@@ -164,12 +170,33 @@ def _new_point(case, dtype_name, mode, provider, copy_gbs):
     # read logits, read target, write grad (bwd, fwd+bwd), write loss (0-dim)
     nbytes = bytes_moved(case, dtype, mode)
     return {
-        "family": case.family, "series": case.series, "x_name": case.x_name, "x": case.x,
-        "shape": list(case.shape), "target": case.target, "dtype": dtype_name, "mode": mode,
-        "provider": provider.name, "label": provider.label, "bytes": nbytes,
-        "floor_ms": nbytes / (copy_gbs * 1e9) * 1e3, "status": "ok", "error": None, "ms": None, "ms_p20": None,
-        "ms_p80": None, "gbs": None, "pct_of_floor": None, "above_floor": False, "extra_peak_mb": None,
-        "rel_err": None, "ratio": None, "ratio_min": None, "ratio_max": None, "rounds": None, "load": None,
+        "family": case.family,
+        "series": case.series,
+        "x_name": case.x_name,
+        "x": case.x,
+        "shape": list(case.shape),
+        "target": case.target,
+        "dtype": dtype_name,
+        "mode": mode,
+        "provider": provider.name,
+        "label": provider.label,
+        "bytes": nbytes,
+        "floor_ms": nbytes / (copy_gbs * 1e9) * 1e3,
+        "status": "ok",
+        "error": None,
+        "ms": None,
+        "ms_p20": None,
+        "ms_p80": None,
+        "gbs": None,
+        "pct_of_floor": None,
+        "above_floor": False,
+        "extra_peak_mb": None,
+        "rel_err": None,
+        "ratio": None,
+        "ratio_min": None,
+        "ratio_max": None,
+        "rounds": None,
+        "load": None,
     }
 
 
@@ -272,7 +299,9 @@ def _progress(index, total, case, dtype_name, mode, point):
     if point["status"] != "ok":
         return f"{where} {point['status'].upper()}: {point['error']}"
     floor = "in cache: above the copy floor" if point["above_floor"] else f"{point['pct_of_floor']:5.1f}% of floor"
-    line = f"{where} {point['ms']:9.3f} ms [{point['ms_p20']:.3f}, {point['ms_p80']:.3f}] {point['gbs']:8.1f} GB/s {floor}"
+    line = (
+        f"{where} {point['ms']:9.3f} ms [{point['ms_p20']:.3f}, {point['ms_p80']:.3f}] {point['gbs']:8.1f} GB/s {floor}"
+    )
     if point["ratio"] is not None:
         line += f"  x{point['ratio']:.2f} of baseline [{point['ratio_min']:.2f}, {point['ratio_max']:.2f}]"
     if point["extra_peak_mb"] is not None:
@@ -293,7 +322,10 @@ def run(args):
     # Checked before measuring, so that a missing plotting library costs no minutes of work.
     plots = not args.no_plots and importlib.util.find_spec("matplotlib") is not None
     if not args.no_plots and not plots:
-        print(f"matplotlib is not installed: writing results.json and summary.md, no plots. {PLOT_HINT.format(out=out)}", flush=True)
+        print(
+            f"matplotlib is not installed: writing results.json and summary.md, no plots. {PLOT_HINT.format(out=out)}",
+            flush=True,
+        )
 
     providers, skipped = select(args.providers, device)
     for name, reason in skipped:
@@ -323,11 +355,17 @@ def run(args):
             else "time.perf_counter wall clock around each call, after warm-up (CPU)"
         ),
         "settings": {
-            "gamma": cases_mod.GAMMA, "det_alpha": cases_mod.DET_ALPHA, "ignore_index": cases_mod.IGNORE_INDEX,
-            "ignored_fraction": cases_mod.IGNORED_FRACTION, "background_fraction": cases_mod.BACKGROUND_FRACTION,
-            "softmax_reduction": "mean", "sigmoid_reduction": "sum",
+            "gamma": cases_mod.GAMMA,
+            "det_alpha": cases_mod.DET_ALPHA,
+            "ignore_index": cases_mod.IGNORE_INDEX,
+            "ignored_fraction": cases_mod.IGNORED_FRACTION,
+            "background_fraction": cases_mod.BACKGROUND_FRACTION,
+            "softmax_reduction": "mean",
+            "sigmoid_reduction": "sum",
         },
-        "families": args.families, "dtypes": args.dtypes, "modes": args.modes,
+        "families": args.families,
+        "dtypes": args.dtypes,
+        "modes": args.modes,
         "providers": {p.name: p.label for p in providers},
         "skipped": [{"provider": name, "reason": reason} for name, reason in skipped],
         "points": [],

@@ -100,7 +100,9 @@ def bench_interleaved(calls, device, rounds, quick=False):
         name -> list of ``rounds`` per-round times (ms), in round order.
     """
     names = list(calls)
-    runners = {name: (fn if setup is None else (lambda fn=fn, setup=setup: fn(setup()))) for name, (fn, setup) in calls.items()}
+    runners = {
+        name: (fn if setup is None else (lambda fn=fn, setup=setup: fn(setup()))) for name, (fn, setup) in calls.items()
+    }
     timed = {name: fn for name, (fn, _) in calls.items()}
     for name in names:  # warm-up: compilation happens here
         for _ in range(2):
@@ -109,7 +111,7 @@ def bench_interleaved(calls, device, rounds, quick=False):
     reps = 1 if quick else 3
     samples = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             setup = calls[name][1]
             times = []
             for _ in range(reps):
@@ -201,7 +203,10 @@ def _nvidia_smi(field):
     try:
         out = subprocess.run(
             ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
         return out.strip().splitlines()[0].strip() or None
     except Exception:  # no nvidia-smi (ROCm, containers): the field stays unknown

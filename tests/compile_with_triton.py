@@ -62,9 +62,22 @@ INT32_LIMIT = 2**31
 
 # Ops an offset's value passes through unchanged or combined: the walk follows their operands.
 _THROUGH = {
-    "arith.addi", "arith.subi", "arith.muli", "arith.extsi", "arith.extui", "arith.select", "arith.maxsi",
-    "arith.minsi", "tt.splat", "tt.broadcast", "tt.expand_dims", "tt.reshape", "tt.trans", "tt.reduce",
-    "tt.join", "tt.cat",
+    "arith.addi",
+    "arith.subi",
+    "arith.muli",
+    "arith.extsi",
+    "arith.extui",
+    "arith.select",
+    "arith.maxsi",
+    "arith.minsi",
+    "tt.splat",
+    "tt.broadcast",
+    "tt.expand_dims",
+    "tt.reshape",
+    "tt.trans",
+    "tt.reduce",
+    "tt.join",
+    "tt.cat",
 }
 
 
@@ -164,8 +177,7 @@ class Ttir:
             found = _RANGE.search(line)
             return max(abs(int(found.group(1)) - 1), abs(int(found.group(2)))) if found else None
         bounds = [self.bound(v, depth + 1) for v in operands[:2]]
-        if op in ("tt.splat", "tt.broadcast", "tt.expand_dims", "tt.reshape", "tt.trans", "arith.extsi",
-                  "arith.extui"):
+        if op in ("tt.splat", "tt.broadcast", "tt.expand_dims", "tt.reshape", "tt.trans", "arith.extsi", "arith.extui"):
             return bounds[0]
         if op in ("arith.remsi", "arith.remui") and bounds[1] is not None:
             return bounds[1] - 1 if bounds[0] is None else min(bounds[0], bounds[1] - 1)
@@ -304,10 +316,15 @@ def record_launches():
     from triton_focal.ops import denominators, grad_policy, sigmoid_focal, softmax_focal, vocab_shard
 
     launches = []
-    for module, name in [(softmax_focal, "_softmax_focal_kernel"), (sigmoid_focal, "_sigmoid_focal_kernel"),
-                         (grad_policy, "_scale_grad_by_scalar_kernel"), (denominators, "_target_count_kernel"),
-                         (vocab_shard, "_shard_stats_kernel"),
-                         (vocab_shard, "_shard_smoothing_kernel"), (vocab_shard, "_shard_grad_kernel")]:
+    for module, name in [
+        (softmax_focal, "_softmax_focal_kernel"),
+        (sigmoid_focal, "_sigmoid_focal_kernel"),
+        (grad_policy, "_scale_grad_by_scalar_kernel"),
+        (denominators, "_target_count_kernel"),
+        (vocab_shard, "_shard_stats_kernel"),
+        (vocab_shard, "_shard_smoothing_kernel"),
+        (vocab_shard, "_shard_grad_kernel"),
+    ]:
         setattr(module, name, RecordInsteadOfLaunch(getattr(module, name), launches))
     # The Triton backend on CPU tensors outside the interpreter: nothing is launched here.
     why_not = backends._why_not
@@ -331,19 +348,33 @@ def record_launches():
     x = leaf(8, 4000, dtype=torch.float16)
     t = torch.randint(0, 4000, (8,))
     c = torch.rand(4000)
-    loss = triton_focal.focal_loss(x, t, gamma=c, alpha=c, weight=c, reduction="none", label_smoothing=0.1,
-                                   z_loss=1e-4, softcap=30.0, backend="triton")
+    loss = triton_focal.focal_loss(
+        x,
+        t,
+        gamma=c,
+        alpha=c,
+        weight=c,
+        reduction="none",
+        label_smoothing=0.1,
+        z_loss=1e-4,
+        softcap=30.0,
+        backend="triton",
+    )
     backward(loss)
-    backward(triton_focal.focal_loss(leaf(2, 40000), torch.tensor([3, -100]), gamma=1.5, backend="triton"),
-             torch.tensor(0.5))
-    triton_focal.focal_loss(torch.randn(64, 10), torch.randint(0, 10, (64,)), gamma=0.5, reduction="sum",
-                            backend="triton")
+    backward(
+        triton_focal.focal_loss(leaf(2, 40000), torch.tensor([3, -100]), gamma=1.5, backend="triton"), torch.tensor(0.5)
+    )
+    triton_focal.focal_loss(
+        torch.randn(64, 10), torch.randint(0, 10, (64,)), gamma=0.5, reduction="sum", backend="triton"
+    )
     x = leaf(2, 19, 4, 4, channels_last=True)
-    backward(triton_focal.focal_loss(x, torch.randint(0, 19, (2, 4, 4)), alpha=0.25, label_smoothing=0.2,
-                                     backend="triton"))
+    backward(
+        triton_focal.focal_loss(x, torch.randint(0, 19, (2, 4, 4)), alpha=0.25, label_smoothing=0.2, backend="triton")
+    )
     x = leaf(2, 7, 4, 4, dtype=torch.float64)
-    backward(triton_focal.focal_loss(x, torch.randint(0, 7, (2, 4, 4)), label_smoothing=0.2, z_loss=1e-3,
-                                     backend="triton"))
+    backward(
+        triton_focal.focal_loss(x, torch.randint(0, 7, (2, 4, 4)), label_smoothing=0.2, z_loss=1e-3, backend="triton")
+    )
     # A transposed (T, V) view: classes strided by T.
     x = leaf(300, 6)
     backward(triton_focal.focal_loss(x.t(), torch.randint(0, 300, (6,)), backend="triton"), torch.tensor(2.0))
@@ -354,8 +385,10 @@ def record_launches():
     for dtype in (torch.bfloat16, torch.float64):
         x = leaf(4, 3, 5, dtype=dtype)
         y = x * 1
-        backward(triton_focal.focal_loss(y, torch.randint(0, 3, (4, 5)), inplace_grad=True, backend="triton"),
-                 torch.tensor(2.0))
+        backward(
+            triton_focal.focal_loss(y, torch.randint(0, 3, (4, 5)), inplace_grad=True, backend="triton"),
+            torch.tensor(2.0),
+        )
 
     # Sigmoid: class indices (rows and channels-first), dense targets, per-class gamma, FL*.
     x = leaf(64, 80, dtype=torch.bfloat16)
@@ -365,25 +398,42 @@ def record_launches():
     backward(triton_focal.sigmoid_focal_loss(x, t, weight=w, reduction="mean", backend="triton"))
     backward(triton_focal.sigmoid_focal_loss(x, t, reduction="sum", backend="triton"), torch.tensor(2.0))
     x = leaf(2, 5, 8, 8, dtype=torch.float16)
-    backward(triton_focal.sigmoid_focal_loss(x, torch.rand(2, 5, 8, 8).half(), gamma=torch.rand(5), alpha=-1.0,
-                                             backend="triton"))
-    backward(triton_focal.sigmoid_focal_loss(x, torch.randint(0, 6, (2, 8, 8)), normalizer=torch.tensor(4.0),
-                                             reduction="sum", backend="triton"))
+    backward(
+        triton_focal.sigmoid_focal_loss(
+            x, torch.rand(2, 5, 8, 8).half(), gamma=torch.rand(5), alpha=-1.0, backend="triton"
+        )
+    )
+    backward(
+        triton_focal.sigmoid_focal_loss(
+            x, torch.randint(0, 6, (2, 8, 8)), normalizer=torch.tensor(4.0), reduction="sum", backend="triton"
+        )
+    )
     x = leaf(80, 16)
     backward(triton_focal.sigmoid_focal_loss(x.t(), torch.randint(0, 81, (16,)), reduction="sum", backend="triton"))
-    triton_focal.sigmoid_focal_loss_star(torch.randn(16, 7), torch.rand(16, 7), alpha=0.25, gamma=1.5,
-                                         reduction="sum", backend="triton")
+    triton_focal.sigmoid_focal_loss_star(
+        torch.randn(16, 7), torch.rand(16, 7), alpha=0.25, gamma=1.5, reduction="sum", backend="triton"
+    )
     x = leaf(16, 7, dtype=torch.float64)
-    backward(triton_focal.sigmoid_focal_loss(x, torch.randint(0, 8, (16,)), gamma=0.5, reduction="mean",
-                                             backend="triton"))
+    backward(
+        triton_focal.sigmoid_focal_loss(x, torch.randint(0, 8, (16,)), gamma=0.5, reduction="mean", backend="triton")
+    )
 
     # The vocabulary-parallel steps, through the fused linear head and the launchers.
     hidden = leaf(6, 16)
     head = leaf(3000, 16)
     t = torch.randint(0, 3000, (6,))
-    backward(triton_focal.fused_linear_focal_loss(hidden, head, t, label_smoothing=0.1, softcap=30.0,
-                                                  gamma=torch.rand(3000), weight=torch.rand(3000),
-                                                  backend="triton"))
+    backward(
+        triton_focal.fused_linear_focal_loss(
+            hidden,
+            head,
+            t,
+            label_smoothing=0.1,
+            softcap=30.0,
+            gamma=torch.rand(3000),
+            weight=torch.rand(3000),
+            backend="triton",
+        )
+    )
     backward(triton_focal.fused_linear_focal_loss(hidden, head, t, z_loss=1e-4, backend="triton"))
     x = torch.randn(4, 1000, dtype=torch.float64)
     rows = torch.zeros(4, dtype=torch.float64)
@@ -438,16 +488,20 @@ def main(argv=None):
                 errors += 1
                 cause = error.__cause__ or error
                 message = [m for m in str(cause).strip().splitlines() if m.strip(" ^")]
-                failures.append(f"{target_text}: {fn.__name__} {_describe(args, kwargs)} does not build: "
-                                f"{type(cause).__name__}: {message[-1] if message else ''}")
+                failures.append(
+                    f"{target_text}: {fn.__name__} {_describe(args, kwargs)} does not build: "
+                    f"{type(cause).__name__}: {message[-1] if message else ''}"
+                )
                 continue
             built.add(kernel.hash)
             if kernel.hash in checked:
                 continue
             checked.add(kernel.hash)
             for loc, line in Ttir(kernel.asm["ttir"]).narrow_products_in_offsets():
-                failures.append(f"{target_text}: {fn.__name__} {_describe(args, kwargs)}: 32-bit product in a "
-                                f"pointer offset at {loc}: {line}")
+                failures.append(
+                    f"{target_text}: {fn.__name__} {_describe(args, kwargs)}: 32-bit product in a "
+                    f"pointer offset at {loc}: {line}"
+                )
         print(f"{target_text}: {len(built)} kernels built, {errors} launches failed, {time.time() - t0:.1f} s")
     seen = set()
     for failure in failures:

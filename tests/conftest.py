@@ -25,8 +25,9 @@ def _source_digest():
 # Inductor's on-disk cache does not key on a custom op's fake implementation: a graph compiled
 # against an earlier version of the package can assert the old output shapes. One cache per
 # version of the package's sources keeps reruns warm and a change honest.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), "triton_focal_inductor", _source_digest()))
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "triton_focal_inductor", _source_digest())
+)
 
 import pytest  # noqa: E402
 

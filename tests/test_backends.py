@@ -54,7 +54,9 @@ def test_modules_keep_tensor_arguments_as_buffers():
     x = torch.randn(2, 4, 3, 3)
     t = torch.randint(0, 4, (2, 3, 3))
     t[0, 0, 0] = 255
-    expected = triton_focal.focal_loss(x, t, gamma=gamma, alpha=alpha, weight=weight, ignore_index=255, backend="reference")
+    expected = triton_focal.focal_loss(
+        x, t, gamma=gamma, alpha=alpha, weight=weight, ignore_index=255, backend="reference"
+    )
     assert_close(module(x, t), expected)
     sigmoid = triton_focal.SigmoidFocalLoss(weight=torch.ones(1, 4), reduction="sum", backend="reference")
     assert "weight" in dict(sigmoid.named_buffers())

@@ -15,8 +15,9 @@ import os
 import pytest
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("the calibration runners run under the Triton interpreter (TRITON_INTERPRET=1)",
-                allow_module_level=True)
+    pytest.skip(
+        "the calibration runners run under the Triton interpreter (TRITON_INTERPRET=1)", allow_module_level=True
+    )
 
 import torch  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -49,8 +50,15 @@ def capture(execute):
             elif isinstance(value, (int, float)) and name not in ROW_COUNTS:
                 scalars[name] = value
         g = grid(bound.arguments) if callable(grid) else tuple(grid)
-        launches.append({"kernel": self.fn.__qualname__, "grid": g, "constexprs": const,
-                         "scalars": scalars, "num_warps": options.get("num_warps")})
+        launches.append(
+            {
+                "kernel": self.fn.__qualname__,
+                "grid": g,
+                "constexprs": const,
+                "scalars": scalars,
+                "num_warps": options.get("num_warps"),
+            }
+        )
         if execute:
             return orig(self, *args, grid=grid, warmup=warmup, **options, **kwargs)
 
@@ -91,8 +99,9 @@ def _smallest_points():
         if key not in best or size < best[key][0]:
             best[key] = (size, (r["runner"], shape, r["dtype"], r["phase"], r["liger_version"]))
     points = [p for _, p in best.values()]
-    points += [("liger_cross_entropy", {"rows": 8192, "V": 32768}, "bf16", phase, "0.8.1")
-               for phase in ("forward", "fwd+bwd")]
+    points += [
+        ("liger_cross_entropy", {"rows": 8192, "V": 32768}, "bf16", phase, "0.8.1") for phase in ("forward", "fwd+bwd")
+    ]
     return points
 
 
@@ -138,8 +147,10 @@ def test_points_csv_is_what_extract_writes():
 
 
 def test_extract_on_a_tiny_csv():
-    header = ("kernel_name,kernel_provider,kernel_operation_mode,metric_name,metric_unit,x_name,x_label,"
-              "x_value,y_value_50,y_value_20,y_value_80,extra_benchmark_config_str,gpu_name,timestamp,liger_version")
+    header = (
+        "kernel_name,kernel_provider,kernel_operation_mode,metric_name,metric_unit,x_name,x_label,"
+        "x_value,y_value_50,y_value_20,y_value_80,extra_benchmark_config_str,gpu_name,timestamp,liger_version"
+    )
     h100, a100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
     ln = '"{""M"": 4096, ""dtype"": ""torch.float32"", ""eps"": 1e-06}"'
     ce = '"{""S"": 2048, ""B"": 4, ""TP"": 1}"'
@@ -151,8 +162,10 @@ def test_extract_on_a_tiny_csv():
         f"layer_norm,huggingface,full,speed,ms,N,hidden size,1024,0.9,0.8,1.0,{ln},{h100},2025-07-17 18:18:21,0.6.0",
         f"layer_norm,liger,full,memory,MB,N,hidden size,1024,80,80,80,{ln},{h100},2025-07-17 18:18:21,0.6.0",
         f"layer_norm,liger,forward,speed,ms,N,hidden size,1024,0.02,0.01,0.03,{ln},{a100},2025-07-17 18:18:21,0.6.0",
-        f"megatron_cross_entropy,liger,backward,speed,ms,V,vocab size,4096,0.35,0.34,0.36,{ce},{h100},2026-06-15 22:13:03,0.8.0",
-        f"megatron_cross_entropy,liger,backward,speed,ms,V,vocab size,4096,0.2,0.1,0.3,{ce2},{h100},2026-06-15 22:13:03,0.8.0",
+        "megatron_cross_entropy,liger,backward,speed,ms,V,vocab size,4096,0.35,0.34,0.36,"
+        f"{ce},{h100},2026-06-15 22:13:03,0.8.0",
+        "megatron_cross_entropy,liger,backward,speed,ms,V,vocab size,4096,0.2,0.1,0.3,"
+        f"{ce2},{h100},2026-06-15 22:13:03,0.8.0",
         f"tvd,liger,forward,speed,ms,V,vocab size,4096,0.2,0.1,0.3,{ce},{h100},2026-06-15 22:13:03,0.8.0",
     ]
     points = extract.extract(csv.DictReader(io.StringIO("\n".join(lines) + "\n")), "abc123")

@@ -274,7 +274,9 @@ def test_small_calls_run_on_one_thread_large_ones_on_all(monkeypatch):
     compiled.softmax_focal_loss(x, t, **args).sum().backward()  # compiles
     (entry,) = compiled._REGISTRY.values()
     inner = entry.compiled["forward_and_grad"]
-    monkeypatch.setitem(entry.compiled, "forward_and_grad", lambda *a, **k: seen.append(torch.get_num_threads()) or inner(*a, **k))
+    monkeypatch.setitem(
+        entry.compiled, "forward_and_grad", lambda *a, **k: seen.append(torch.get_num_threads()) or inner(*a, **k)
+    )
     compiled.softmax_focal_loss(x, t, **args).sum().backward()
     assert seen == [1] and torch.get_num_threads() == threads
     big = per_thread * threads // 5 + 8
@@ -486,6 +488,8 @@ def test_tiny_cpu_inputs_run_the_reference_and_compile_nothing(monkeypatch):
     assert compiled._REGISTRY == {}
     assert not [w for w in caught if issubclass(w.category, compiled.CompileNotice)]
     assert_close(loss.detach(), triton_focal.focal_loss(x.detach(), t, backend="reference"), "loss")
-    assert_close(sig.detach(), triton_focal.sigmoid_focal_loss(x.detach(), t, backend="reference", reduction="sum"), "sigmoid")
+    assert_close(
+        sig.detach(), triton_focal.sigmoid_focal_loss(x.detach(), t, backend="reference", reduction="sum"), "sigmoid"
+    )
     with pytest.raises(ValueError, match="target"):  # the class-index check still runs
         triton_focal.focal_loss(x, torch.full((1, 8, 8), 7), backend="compile")

@@ -22,9 +22,18 @@ def _cases():
     """(name, logits shape, settings, non-finite logits): every keyword of the contract at least once."""
     return [
         ("plain", (12,), dict(gamma=2.0), False),
-        ("all", (12,), dict(gamma=0.5, alpha="tensor", weight="tensor", label_smoothing=0.1, z_loss=1e-2, softcap=4.0),
-         False),
-        ("per_class_gamma_none", (3, 5), dict(gamma="tensor", reduction="none", label_smoothing=0.2, z_loss=1e-3), False),
+        (
+            "all",
+            (12,),
+            dict(gamma=0.5, alpha="tensor", weight="tensor", label_smoothing=0.1, z_loss=1e-2, softcap=4.0),
+            False,
+        ),
+        (
+            "per_class_gamma_none",
+            (3, 5),
+            dict(gamma="tensor", reduction="none", label_smoothing=0.2, z_loss=1e-3),
+            False,
+        ),
         ("sum_softcap", (12,), dict(gamma=1.0, alpha=0.25, reduction="sum", softcap=1.5), False),
         ("cross_entropy", (12,), dict(gamma=0.0, weight="tensor", z_loss=1e-1), False),
         ("masked", (12,), dict(gamma=2.0, z_loss=1e-2), True),
@@ -73,7 +82,10 @@ def _check_cases(rank, world_size, backend, dtype, non_finite_cases):
         settings = _materialize(settings, generator)
         expected_logits = logits.clone().requires_grad_(True)
         expected = triton_focal.focal_loss(
-            expected_logits.movedim(-1, 1) if logits.dim() > 2 else expected_logits, target, backend="reference", **settings
+            expected_logits.movedim(-1, 1) if logits.dim() > 2 else expected_logits,
+            target,
+            backend="reference",
+            **settings,
         )
         grad_output = torch.rand(expected.shape, generator=generator, dtype=torch.float64) + 0.5
         (expected_grad,) = torch.autograd.grad(expected, expected_logits, grad_output)
@@ -107,7 +119,9 @@ def _run(world_size, backend, dtype, tmp_path, non_finite_cases=False):
     failures = context.SimpleQueue()
     try:
         mp.start_processes(
-            _worker, args=(world_size, str(tmp_path / "init"), backend, dtype, non_finite_cases, failures), nprocs=world_size,
+            _worker,
+            args=(world_size, str(tmp_path / "init"), backend, dtype, non_finite_cases, failures),
+            nprocs=world_size,
             start_method="spawn",
         )
     except mp.ProcessRaisedException:
@@ -163,7 +177,6 @@ def test_rejects_bad_arguments(tmp_path):
             vocab_parallel_focal_loss(logits, target, weight=torch.ones(4))
     finally:
         dist.destroy_process_group()
-
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])

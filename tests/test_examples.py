@@ -119,10 +119,13 @@ def _load_example(name):
     return module
 
 
-@pytest.mark.parametrize("name, parse", [
-    ("train_segmentation", lambda m, argv: m.parse_args(argv)),
-    ("train_detection", lambda m, argv: m.parse_args(argv)),
-])
+@pytest.mark.parametrize(
+    "name, parse",
+    [
+        ("train_segmentation", lambda m, argv: m.parse_args(argv)),
+        ("train_detection", lambda m, argv: m.parse_args(argv)),
+    ],
+)
 def test_quick_mode_sets_small_sizes_and_explicit_flags_win(name, parse):
     module = _load_example(name)
     quick = parse(module, ["--quick"])

@@ -22,7 +22,7 @@ def focal_formula(logits, target, gamma, alpha=None, ignore_index=-100, reductio
     g = torch.as_tensor(gamma, dtype=torch.float64)
     if g.dim() == 1:
         g = g[y.squeeze(1)]
-    loss = -(1 - p_y) ** g * torch.log(p_y)
+    loss = -((1 - p_y) ** g) * torch.log(p_y)
     if alpha is not None:
         a = torch.as_tensor(alpha, dtype=torch.float64)
         loss = loss * (a[y.squeeze(1)] if a.dim() == 1 else a)
@@ -60,7 +60,9 @@ def make_inputs(shape, dtype=torch.float64, ignore_fraction=0.2, seed=0):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
-@pytest.mark.parametrize("options", [{}, {"weight": True}, {"label_smoothing": 0.1}, {"weight": True, "label_smoothing": 0.3}])
+@pytest.mark.parametrize(
+    "options", [{}, {"weight": True}, {"label_smoothing": 0.1}, {"weight": True, "label_smoothing": 0.3}]
+)
 def test_gamma_zero_is_cross_entropy(backend, device, shape, reduction, options):
     x, target = make_inputs(shape)
     x, target = x.to(device), target.to(device)
@@ -69,7 +71,9 @@ def test_gamma_zero_is_cross_entropy(backend, device, shape, reduction, options)
     smoothing = options.get("label_smoothing", 0.0)
     kwargs = dict(weight=weight, reduction=reduction, label_smoothing=smoothing)
     grad_output = torch.randn(target.shape, dtype=torch.float64, device=device) if reduction == "none" else None
-    ours = value_and_grad(lambda z: triton_focal.focal_loss(z, target, gamma=0.0, backend=backend, **kwargs), x, grad_output)
+    ours = value_and_grad(
+        lambda z: triton_focal.focal_loss(z, target, gamma=0.0, backend=backend, **kwargs), x, grad_output
+    )
     theirs = value_and_grad(lambda z: F.cross_entropy(z, target, **kwargs), x, grad_output)
     assert_close(ours[0], theirs[0], "loss", rtol=1e-9, atol=1e-9)
     assert_close(ours[1], theirs[1], "grad", rtol=1e-9, atol=1e-9)

@@ -17,8 +17,13 @@ def test_matches_materialized_logits(backend, device, reduction, with_bias):
     bias = torch.randn(vocab, generator=gen, dtype=torch.float64).to(device).requires_grad_(True) if with_bias else None
     target = torch.randint(0, vocab, (tokens,), generator=gen).to(device)
     target[::5] = -100
-    kwargs = dict(gamma=1.5, weight=torch.rand(vocab, dtype=torch.float64, device=device) + 0.1, label_smoothing=0.1,
-                  reduction=reduction, backend=backend)
+    kwargs = dict(
+        gamma=1.5,
+        weight=torch.rand(vocab, dtype=torch.float64, device=device) + 0.1,
+        label_smoothing=0.1,
+        reduction=reduction,
+        backend=backend,
+    )
     params = [p for p in (hidden, lm_weight, bias) if p is not None]
 
     fused = triton_focal.fused_linear_focal_loss(hidden, lm_weight, target, bias, chunk_size=8, **kwargs)

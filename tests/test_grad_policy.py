@@ -6,8 +6,7 @@ import torch
 from helpers import assert_close
 
 import triton_focal
-from triton_focal.ops import grad_policy
-from triton_focal.ops import sigmoid_focal, softmax_focal
+from triton_focal.ops import grad_policy, sigmoid_focal, softmax_focal
 
 
 def _launches(monkeypatch, module, name):
@@ -95,7 +94,7 @@ def test_scale_in_place(device, scale, dtype):
     expected = (grad.double() * scale).to(dtype)
     grad_policy._scale_stored_grad_op(grad, torch.tensor(scale, device=device))
     # The interpreter rounds to bfloat16 by truncation, a GPU to nearest: one ulp apart.
-    assert_close(grad, expected, "scaled gradient", rtol=2 ** -7 if dtype == torch.bfloat16 else 0, atol=0)
+    assert_close(grad, expected, "scaled gradient", rtol=2**-7 if dtype == torch.bfloat16 else 0, atol=0)
 
 
 def test_scale_covers_a_permuted_dense_buffer(device):
@@ -106,8 +105,9 @@ def test_scale_covers_a_permuted_dense_buffer(device):
 
 
 def test_scale_opcheck(device):
-    torch.library.opcheck(grad_policy._scale_stored_grad_op,
-                          (torch.randn(4, 3, 5, device=device), torch.tensor(2.0, device=device)))
+    torch.library.opcheck(
+        grad_policy._scale_stored_grad_op, (torch.randn(4, 3, 5, device=device), torch.tensor(2.0, device=device))
+    )
 
 
 def test_scale_per_element_and_broadcast_grad_output(device):
@@ -127,11 +127,14 @@ def test_persistent_grid_keeps_rereads_in_l2_or_fills_the_gpu():
     assert grid.programs(10, 4, 1024) == 10
 
 
-@pytest.mark.parametrize("shape,options", [
-    ((2, 7, 3, 5), dict(gamma=2.0)),  # channels-first
-    ((5, 300), dict(gamma=0.5, z_loss=1e-3, softcap=4.0, weight="class", alpha=0.25)),  # rows, every option
-    ((3, 6, 4), dict(gamma=1.5, reduction="none")),
-])
+@pytest.mark.parametrize(
+    "shape,options",
+    [
+        ((2, 7, 3, 5), dict(gamma=2.0)),  # channels-first
+        ((5, 300), dict(gamma=0.5, z_loss=1e-3, softcap=4.0, weight="class", alpha=0.25)),  # rows, every option
+        ((3, 6, 4), dict(gamma=1.5, reduction="none")),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_row_statistics_stand_in_for_a_dram_reread(monkeypatch, shape, options, dtype):
     # Where the re-read of the logits would come from DRAM (many classes), the forward saves
@@ -139,8 +142,11 @@ def test_row_statistics_stand_in_for_a_dram_reread(monkeypatch, shape, options, 
     monkeypatch.setattr(grad_policy.PersistentGrid, "rereads_in_l2", lambda self, num_warps, footprint: False)
     seen = []
     launch = softmax_focal.softmax_focal_launch
-    monkeypatch.setattr(softmax_focal, "softmax_focal_launch",
-                        lambda *a, **k: seen.append(k.get("row_stats") is not None) or launch(*a, **k))
+    monkeypatch.setattr(
+        softmax_focal,
+        "softmax_focal_launch",
+        lambda *a, **k: seen.append(k.get("row_stats") is not None) or launch(*a, **k),
+    )
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(shape, generator=gen) * 3).to(dtype)
     target = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=gen)
@@ -150,8 +156,12 @@ def test_row_statistics_stand_in_for_a_dram_reread(monkeypatch, shape, options, 
     for grad_output in (2.0, 3.0):  # the second step: the forward stored no gradient
         xt, xr = x.clone().requires_grad_(), x.double().clone().requires_grad_()
         loss = triton_focal.focal_loss(xt, target, backend="triton", **options)
-        ref = triton_focal.focal_loss(xr, target, backend="reference",
-                                      **{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in options.items()})
+        ref = triton_focal.focal_loss(
+            xr,
+            target,
+            backend="reference",
+            **{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in options.items()},
+        )
         go = torch.full(loss.shape, grad_output, dtype=loss.dtype)
         loss.backward(go)
         ref.backward(go.double())

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from helpers import assert_close, hide_broken_torchvision
 
-
 hide_broken_torchvision()
 transformers = pytest.importorskip("transformers")
 
@@ -28,8 +27,13 @@ VOCAB = 97
 def tiny_llama(seed=0):
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -71,7 +75,9 @@ def test_compute_loss_func_signature_takes_the_model_output():
     input_ids, labels = batch()
     outputs = model(input_ids=input_ids)
     loss = partial(causal_lm_focal_loss, gamma=0.0, backend="reference")(outputs, labels, num_items_in_batch=11)
-    expected = F.cross_entropy(outputs.logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), reduction="sum") / 11
+    expected = (
+        F.cross_entropy(outputs.logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), reduction="sum") / 11
+    )
     assert_close(loss, expected, "loss", rtol=1e-5, atol=1e-6)
 
 
@@ -98,8 +104,9 @@ def test_fused_head_equals_the_logits_path(backend, num_items_in_batch):
     expected = model(input_ids=input_ids, labels=labels, **extra).loss
     expected_grads = torch.autograd.grad(expected, params)
 
-    fused = fused_causal_lm_focal_loss(model, input_ids, labels, num_items_in_batch=num_items_in_batch,
-                                       chunk_size=5, **settings)
+    fused = fused_causal_lm_focal_loss(
+        model, input_ids, labels, num_items_in_batch=num_items_in_batch, chunk_size=5, **settings
+    )
     grads = torch.autograd.grad(fused, params)
     assert_close(fused, expected, "loss", rtol=1e-5, atol=1e-6)
     for got, want in zip(grads, expected_grads):
@@ -158,8 +165,15 @@ def test_fused_model_positional_arguments_keep_their_meaning():
 def tiny_gemma2(cap=5.0, seed=0):
     torch.manual_seed(seed)
     config = transformers.Gemma2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, final_logit_softcapping=cap,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+        final_logit_softcapping=cap,
     )
     return transformers.Gemma2ForCausalLM(config).eval()
 

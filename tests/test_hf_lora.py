@@ -30,8 +30,13 @@ SETTINGS = dict(gamma=1.0, label_smoothing=0.1, z_loss=1e-3, backend="reference"
 def tiny_llama(seed=0):
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -121,8 +126,9 @@ def test_lm_head_adapter_disabled_and_merged():
     model.merge_adapter()
     assert_close(model(input_ids=input_ids, labels=labels).loss, adapted, "adapter merged", rtol=1e-5, atol=1e-6)
     with model.disable_adapter():
-        assert_close(model(input_ids=input_ids, labels=labels).loss, base_only, "merged, then disabled",
-                     rtol=1e-5, atol=1e-6)
+        assert_close(
+            model(input_ids=input_ids, labels=labels).loss, base_only, "merged, then disabled", rtol=1e-5, atol=1e-6
+        )
 
 
 def test_modules_to_save_lm_head_trains_its_copy():

@@ -14,9 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import assert_close
 
 import triton_focal
-from helpers import assert_close
 
 NUM_CLASSES = 5
 IGNORE_INDEX = 255
@@ -133,8 +133,13 @@ WORLD_SIZE = 2
 def _ddp_worker(rank, init_file, backends, out_path):
     # A file rendezvous (no port to race for), and a timeout: a rank that never arrives
     # fails the test instead of hanging it.
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=120),
+    )
     try:
         images, target = make_batch()
         shard = slice(rank * len(images) // WORLD_SIZE, (rank + 1) * len(images) // WORLD_SIZE)

@@ -41,8 +41,11 @@ def test_sigmoid_focal_loss_equals_fvcore(backend, alpha, gamma, reduction):
 
 def test_jit_alias_and_star_equal_fvcore(backend):
     x, t = logits_and_targets(dtype=torch.float32)
-    assert_close(d2.sigmoid_focal_loss_jit(x, t, 0.25, 2, "sum", backend=backend),
-                 fvcore_nn.sigmoid_focal_loss_jit(x, t, 0.25, 2, "sum"), "jit alias")
+    assert_close(
+        d2.sigmoid_focal_loss_jit(x, t, 0.25, 2, "sum", backend=backend),
+        fvcore_nn.sigmoid_focal_loss_jit(x, t, 0.25, 2, "sum"),
+        "jit alias",
+    )
     for alpha, gamma in [(-1, 1), (0.25, 2.0)]:
         x1 = x.clone().requires_grad_()
         ours = d2.sigmoid_focal_loss_star(x1, t, alpha, gamma, "mean", backend=backend)
@@ -65,9 +68,13 @@ def detectron2_retinanet_cls_loss(pred_logits, gt_labels, num_classes, alpha, ga
     gt_labels = torch.stack(gt_labels)
     valid_mask = gt_labels >= 0
     gt_labels_target = F.one_hot(gt_labels[valid_mask], num_classes=num_classes + 1)[:, :-1]
-    loss_cls = fvcore_nn.sigmoid_focal_loss_jit(torch.cat(pred_logits, dim=1)[valid_mask],
-                                                gt_labels_target.to(pred_logits[0].dtype), alpha=alpha, gamma=gamma,
-                                                reduction="sum")
+    loss_cls = fvcore_nn.sigmoid_focal_loss_jit(
+        torch.cat(pred_logits, dim=1)[valid_mask],
+        gt_labels_target.to(pred_logits[0].dtype),
+        alpha=alpha,
+        gamma=gamma,
+        reduction="sum",
+    )
     return loss_cls / normalizer
 
 
@@ -84,8 +91,14 @@ def test_class_index_form_equals_retinanet_losses(backend):
     normalizer = 0.9 * 100 + 0.1 * max(num_pos, 1)  # detectron2's EMA after one step
     ours_in = [x.clone().requires_grad_() for x in levels]
     ema = d2.EMANormalizer(momentum=0.9, initial=100)
-    ours = d2.sigmoid_focal_loss_from_labels(ours_in, labels, alpha=0.25, gamma=2.0,
-                                             normalizer=ema.update(d2.num_positive_anchors(labels, C)), backend=backend)
+    ours = d2.sigmoid_focal_loss_from_labels(
+        ours_in,
+        labels,
+        alpha=0.25,
+        gamma=2.0,
+        normalizer=ema.update(d2.num_positive_anchors(labels, C)),
+        backend=backend,
+    )
     theirs_in = [x.clone().requires_grad_() for x in levels]
     theirs = detectron2_retinanet_cls_loss(theirs_in, labels, C, 0.25, 2.0, normalizer)
     assert isinstance(ema.value, torch.Tensor)
@@ -129,9 +142,9 @@ def test_trains_a_few_steps(backend):
     losses = []
     for _ in range(6):
         logits = head(features).permute(0, 2, 3, 1).reshape(2, -1, C)  # detectron2's (N, HWA, C)
-        loss = d2.sigmoid_focal_loss_from_labels(logits, labels.reshape(2, -1),
-                                                 normalizer=ema.update(d2.num_positive_anchors(labels, C)),
-                                                 backend=backend)
+        loss = d2.sigmoid_focal_loss_from_labels(
+            logits, labels.reshape(2, -1), normalizer=ema.update(d2.num_positive_anchors(labels, C)), backend=backend
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

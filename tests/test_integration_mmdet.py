@@ -50,10 +50,14 @@ def mmdet_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.25
     raise ValueError('avg_factor can not be used with reduction="sum"')
 
 
-def mmdet_reference(pred, target, weight=None, avg_factor=None, reduction="mean", gamma=2.0, alpha=0.25, loss_weight=1.0):
+def mmdet_reference(
+    pred, target, weight=None, avg_factor=None, reduction="mean", gamma=2.0, alpha=0.25, loss_weight=1.0
+):
     """mmdet's ``FocalLoss.forward`` on the CPU (the real one where it loads)."""
     if MMDET is not None:
-        module = MMDET.FocalLoss(use_sigmoid=True, gamma=gamma, alpha=alpha, reduction=reduction, loss_weight=loss_weight)
+        module = MMDET.FocalLoss(
+            use_sigmoid=True, gamma=gamma, alpha=alpha, reduction=reduction, loss_weight=loss_weight
+        )
         return module(pred, target, weight, avg_factor=avg_factor)
     if target.dim() != pred.dim():
         target = F.one_hot(target, num_classes=pred.shape[1] + 1)[:, : pred.shape[1]]
@@ -73,7 +77,9 @@ def _grad(loss, x):
 
 @pytest.mark.parametrize("form", ["index", "one_hot", "soft"])
 @pytest.mark.parametrize("weight_shape", [None, "N", "NC", "N*C"])
-@pytest.mark.parametrize("reduction,avg_factor", [("mean", None), ("mean", 7.5), ("sum", None), ("none", None), ("none", 3.0)])
+@pytest.mark.parametrize(
+    "reduction,avg_factor", [("mean", None), ("mean", 7.5), ("sum", None), ("none", None), ("none", 3.0)]
+)
 def test_sigmoid_equals_mmdet(backend, form, weight_shape, reduction, avg_factor):
     pred, labels = anchors()
     n, c = pred.shape
@@ -83,12 +89,16 @@ def test_sigmoid_equals_mmdet(backend, form, weight_shape, reduction, avg_factor
     elif form == "soft":
         target = torch.rand(n, c, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     g = torch.Generator().manual_seed(2)
-    weight = {None: None, "N": torch.rand(n, generator=g, dtype=torch.float64),
-              "NC": torch.rand(n, c, generator=g, dtype=torch.float64),
-              "N*C": torch.rand(n * c, generator=g, dtype=torch.float64)}[weight_shape]
+    weight = {
+        None: None,
+        "N": torch.rand(n, generator=g, dtype=torch.float64),
+        "NC": torch.rand(n, c, generator=g, dtype=torch.float64),
+        "N*C": torch.rand(n * c, generator=g, dtype=torch.float64),
+    }[weight_shape]
     x = pred.clone().requires_grad_()
     ours = TritonFocalLoss(gamma=2.0, alpha=0.25, reduction=reduction, loss_weight=0.7, backend=backend)(
-        x, target, weight, avg_factor=avg_factor)
+        x, target, weight, avg_factor=avg_factor
+    )
     xr = pred.clone().requires_grad_()
     theirs = mmdet_reference(xr, target, weight, avg_factor, reduction, loss_weight=0.7)
     assert_close(ours, theirs, "loss")
@@ -151,7 +161,9 @@ def test_activated_equals_mmdet_with_prob():
     else:
         t = F.one_hot(labels, pred.shape[1] + 1)[:, :-1].type_as(prob_r)
         pt = (1 - prob_r) * t + prob_r * (1 - t)
-        theirs = (F.binary_cross_entropy(prob_r, t, reduction="none") * (0.25 * t + 0.75 * (1 - t)) * pt.pow(2)).sum() / (5.0 + EPS)
+        theirs = (
+            F.binary_cross_entropy(prob_r, t, reduction="none") * (0.25 * t + 0.75 * (1 - t)) * pt.pow(2)
+        ).sum() / (5.0 + EPS)
     assert_close(ours, theirs, "loss")
     assert_close(_grad(ours, prob), _grad(theirs, prob_r), "gradient")
 
@@ -201,7 +213,10 @@ def test_ignore_index_rows_give_zero(backend):
 
 def test_registered_and_built_from_a_config(tmp_path):
     loss = build_from_config(
-        tmp_path, "mmdet", "retinanet_focal.py", "loss_cls",
+        tmp_path,
+        "mmdet",
+        "retinanet_focal.py",
+        "loss_cls",
         "type='TritonFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0, backend='reference'",
     )
     assert isinstance(loss, tf_mmdet.TritonFocalLoss) and loss.use_sigmoid
@@ -232,7 +247,8 @@ def test_importable_and_usable_without_openmmlab():
         "from triton_focal.integrations import mmdet, mmseg\n"
         "x = torch.randn(6, 3)\n"
         "print(float(mmdet.TritonFocalLoss(backend='reference')(x, torch.tensor([0, 1, 2, 3, 3, 1]))))\n"
-        "print(float(mmseg.TritonFocalLoss(backend='reference')(torch.randn(1, 3, 2, 2), torch.zeros(1, 2, 2).long())))\n"
+        "loss = mmseg.TritonFocalLoss(backend='reference')\n"
+        "print(float(loss(torch.randn(1, 3, 2, 2), torch.zeros(1, 2, 2).long())))\n"
     )
     env = {**os.environ, "TRITON_FOCAL_BACKEND": "reference"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -19,25 +19,42 @@ from triton_focal.integrations.mmseg import TritonFocalLoss
 EPS = torch.finfo(torch.float32).eps
 
 
-MMSEG, MMSEG_MISSING = load_focal_loss(
-    "mmseg", "mmsegmentation is not installed (pip install mmsegmentation mmengine)"
-)
+MMSEG, MMSEG_MISSING = load_focal_loss("mmseg", "mmsegmentation is not installed (pip install mmsegmentation mmengine)")
 
 
-def mmseg_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.5, class_weight=None,
-                                valid_mask=None, reduction="mean", avg_factor=None):
+def mmseg_py_sigmoid_focal_loss(
+    pred,
+    target,
+    weight=None,
+    gamma=2.0,
+    alpha=0.5,
+    class_weight=None,
+    valid_mask=None,
+    reduction="mean",
+    avg_factor=None,
+):
     """mmseg's ``py_sigmoid_focal_loss`` on ``(N, C)`` rows (the real one where it loads)."""
     if MMSEG is not None:
-        return MMSEG.py_sigmoid_focal_loss(pred, target, None, weight, gamma=gamma, alpha=alpha,
-                                           class_weight=class_weight, valid_mask=valid_mask,
-                                           reduction=reduction, avg_factor=avg_factor)
+        return MMSEG.py_sigmoid_focal_loss(
+            pred,
+            target,
+            None,
+            weight,
+            gamma=gamma,
+            alpha=alpha,
+            class_weight=class_weight,
+            valid_mask=valid_mask,
+            reduction=reduction,
+            avg_factor=avg_factor,
+        )
     if isinstance(alpha, list):
         alpha = pred.new_tensor(alpha)
     p = pred.sigmoid()
     target = target.type_as(pred)
     pt = (1 - p) * target + p * (1 - target)
     loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none") * (
-        (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma))
+        (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
+    )
     final = torch.ones(1, pred.size(1)).type_as(loss)
     if weight is not None:
         final = final * (weight.view(-1, 1) if weight.shape != loss.shape else weight)
@@ -88,12 +105,20 @@ def test_sigmoid_class_indices_equal_mmseg(backend, alpha, reduction, avg_factor
     class_weight = [1.0, 0.5, 2.0, 1.5]
     pixel_weight = torch.rand(labels.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x = pred.clone().requires_grad_()
-    loss = TritonFocalLoss(gamma=2.0, alpha=alpha, reduction=reduction, class_weight=class_weight, loss_weight=0.5,
-                           backend=backend)
+    loss = TritonFocalLoss(
+        gamma=2.0, alpha=alpha, reduction=reduction, class_weight=class_weight, loss_weight=0.5, backend=backend
+    )
     ours = loss(x, labels, pixel_weight if with_weight else None, avg_factor=avg_factor, ignore_index=255)
     xr = pred.clone().requires_grad_()
-    theirs = 0.5 * mmseg_index_reference(xr, labels, alpha=alpha, class_weight=class_weight, reduction=reduction,
-                                         avg_factor=avg_factor, weight=pixel_weight.reshape(-1) if with_weight else None)
+    theirs = 0.5 * mmseg_index_reference(
+        xr,
+        labels,
+        alpha=alpha,
+        class_weight=class_weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        weight=pixel_weight.reshape(-1) if with_weight else None,
+    )
     assert_close(ours, theirs, "loss")
     assert_close(_grad(ours, x), _grad(theirs, xr), "gradient")
 
@@ -155,8 +180,9 @@ def test_softmax_on_nchw_as_is(backend):
     x = pred.clone().requires_grad_()
     ours = TritonFocalLoss(use_sigmoid=False, gamma=0.0, class_weight=class_weight, backend=backend)(x, labels)
     xr = pred.clone().requires_grad_()
-    ce = F.cross_entropy(xr, labels, weight=torch.tensor(class_weight, dtype=torch.float64), ignore_index=255,
-                         reduction="none")
+    ce = F.cross_entropy(
+        xr, labels, weight=torch.tensor(class_weight, dtype=torch.float64), ignore_index=255, reduction="none"
+    )
     theirs = ce.sum() / labels.numel()  # mmseg's mean: all pixels, class weights not in the divisor
     tol = dict(dtype=torch.float32)
     assert_close(ours, theirs, "loss", **tol)
@@ -184,7 +210,10 @@ def test_loss_name_and_errors():
 
 def test_registered_and_built_from_a_config(tmp_path):
     loss = build_from_config(
-        tmp_path, "mmseg", "seg_focal.py", "loss_decode",
+        tmp_path,
+        "mmseg",
+        "seg_focal.py",
+        "loss_decode",
         "type='TritonFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.5, loss_weight=1.0, loss_name='loss_focal',"
         " backend='reference'",
     )

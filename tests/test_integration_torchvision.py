@@ -41,8 +41,9 @@ def torchvision_compute_loss(targets, head_outputs, matched_idxs):
         ] = 1.0
         valid_idxs_per_image = matched_idxs_per_image != -2
         losses.append(
-            torchvision_sigmoid_focal_loss(cls_logits_per_image[valid_idxs_per_image],
-                                           gt_classes_target[valid_idxs_per_image], reduction="sum")
+            torchvision_sigmoid_focal_loss(
+                cls_logits_per_image[valid_idxs_per_image], gt_classes_target[valid_idxs_per_image], reduction="sum"
+            )
             / max(1, num_foreground)
         )
     total = losses[0]
@@ -54,10 +55,16 @@ def torchvision_compute_loss(targets, head_outputs, matched_idxs):
 def batch(seed=0, anchors=40, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     cls_logits = torch.randn(3, anchors, C, generator=g, dtype=dtype) * 2
-    targets = [{"labels": torch.tensor([2, 5, 0])}, {"labels": torch.tensor([1])},
-               {"labels": torch.zeros(0, dtype=torch.int64)}]  # the third image has no boxes
-    matched = [torch.randint(-2, 3, (anchors,), generator=g), torch.randint(-2, 1, (anchors,), generator=g),
-               torch.randint(-2, 0, (anchors,), generator=g)]
+    targets = [
+        {"labels": torch.tensor([2, 5, 0])},
+        {"labels": torch.tensor([1])},
+        {"labels": torch.zeros(0, dtype=torch.int64)},
+    ]  # the third image has no boxes
+    matched = [
+        torch.randint(-2, 3, (anchors,), generator=g),
+        torch.randint(-2, 1, (anchors,), generator=g),
+        torch.randint(-2, 0, (anchors,), generator=g),
+    ]
     return targets, cls_logits, matched
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from helpers import assert_close, hide_broken_torchvision
 
-
 hide_broken_torchvision()
 transformers = pytest.importorskip("transformers")
 
@@ -26,9 +25,19 @@ NUM_LABELS = 5
 
 def tiny_bert(kind, seed=0, **config):
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=32, max_position_embeddings=32, num_labels=NUM_LABELS, **config)
-    cls = {"sequence": transformers.BertForSequenceClassification, "token": transformers.BertForTokenClassification}[kind]
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=NUM_LABELS,
+        **config,
+    )
+    cls = {"sequence": transformers.BertForSequenceClassification, "token": transformers.BertForTokenClassification}[
+        kind
+    ]
     return cls(cfg).eval()
 
 
@@ -52,7 +61,8 @@ def test_sequence_gamma_zero_equals_the_models_loss(backend, num_items_in_batch)
     own_grad = _head_grad(own, model)
     outputs = model(input_ids=ids)
     ours = partial(sequence_classification_focal_loss, gamma=0.0, backend=backend)(
-        outputs, labels, num_items_in_batch=num_items_in_batch)
+        outputs, labels, num_items_in_batch=num_items_in_batch
+    )
     assert ours.dtype == torch.float32
     assert_close(ours, own, "loss", rtol=1e-5, atol=1e-6)
     assert_close(_head_grad(ours, model), own_grad, "classifier gradient", rtol=1e-4, atol=1e-6)
@@ -107,8 +117,12 @@ def test_errors_name_the_argument():
     logits = torch.randn(4, 1)
     with pytest.raises(ValueError, match="regression"):
         sequence_classification_focal_loss(logits, torch.tensor([0.0, 1.0, 1.0, 0.0]))
-    ok = sequence_classification_focal_loss(logits, torch.tensor([[0.0], [1.0], [1.0], [0.0]]), backend="reference",
-                                            problem_type="multi_label_classification")
+    ok = sequence_classification_focal_loss(
+        logits,
+        torch.tensor([[0.0], [1.0], [1.0], [0.0]]),
+        backend="reference",
+        problem_type="multi_label_classification",
+    )
     assert ok.dim() == 0
     with pytest.raises(ValueError, match="problem_type must be"):
         sequence_classification_focal_loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), problem_type="ranking")
@@ -140,8 +154,15 @@ def test_trainer_with_compute_loss_func_trains(tmp_path):
         return token_classification_focal_loss(outputs, labels, num_items_in_batch, gamma=2.0, backend="reference")
 
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, learning_rate=5e-3,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), compute_loss_func=compute_loss_func)
     trainer.train()

@@ -13,9 +13,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import compile_with_triton
+import pytest
 from compile_with_triton import DEFAULT_TARGETS, ROOT, TRITON_PATH_VAR, Ttir
 
 SCRIPT = os.path.join(ROOT, "tests", "compile_with_triton.py")
@@ -24,8 +23,9 @@ TRITON_36 = os.environ.get(TRITON_PATH_VAR) or os.path.join(ROOT, ".cache", "tri
 
 def _compile(*args):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", TRITON_PATH_VAR)}
-    done = subprocess.run([sys.executable, SCRIPT, *args], env=env, capture_output=True, text=True,
-                          timeout=1800, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT
+    )
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-3000:]
     return done.stdout
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-_COMPILE_FOR_GPU = r'''
+_COMPILE_FOR_GPU = r"""
 import torch
 from perf import sass
 
@@ -74,8 +74,10 @@ for shape, dtype, options, modes in [
 
 # Sigmoid: class indices with every option, dense targets with per-class gamma, FL*, float64.
 for shape, dtype, index, options, modes in [
-    ((64, 80, 1), torch.bfloat16, True, dict(weight=True, alpha=0.25, gamma=2.0, reduce=True), (GRAD_IF_POLICY, GRAD_BACKWARD)),
-    ((2, 5, 64), torch.float16, False, dict(class_gamma=True, alpha=-1.0, gamma=0.0, reduce=False), (GRAD_ALWAYS, GRAD_BACKWARD)),
+    ((64, 80, 1), torch.bfloat16, True, dict(weight=True, alpha=0.25, gamma=2.0, reduce=True),
+     (GRAD_IF_POLICY, GRAD_BACKWARD)),
+    ((2, 5, 64), torch.float16, False, dict(class_gamma=True, alpha=-1.0, gamma=0.0, reduce=False),
+     (GRAD_ALWAYS, GRAD_BACKWARD)),
     ((16, 7, 1), torch.float32, False, dict(star=True, alpha=0.25, gamma=1.5, reduce=True), (GRAD_NONE,)),
     ((16, 7, 1), torch.float64, True, dict(alpha=0.25, gamma=0.5, reduce=True), (GRAD_IF_POLICY,)),
 ]:
@@ -115,7 +117,7 @@ names = {name for name, _, _ in compiled}
 assert names == {"_softmax_focal_kernel", "_sigmoid_focal_kernel", "_scale_grad_by_scalar_kernel",
                  "_target_count_kernel", "_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"}, names
 print("compiled", len(compiled))
-'''
+"""
 
 
 def test_kernels_compile_for_a_gpu_target():
@@ -123,6 +125,7 @@ def test_kernels_compile_for_a_gpu_target():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", _COMPILE_FOR_GPU], env=env, capture_output=True, text=True,
-                          timeout=900, cwd=root)
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_GPU], env=env, capture_output=True, text=True, timeout=900, cwd=root
+    )
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

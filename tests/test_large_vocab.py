@@ -20,8 +20,17 @@ def _backends():
     return [pytest.param(name, marks=marks.get(name, [])) for name in triton_focal.available_backends("cpu")]
 
 
-def liger_cross_entropy(x, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                        lse_square_scale=0.0, softcap=None):
+def liger_cross_entropy(
+    x,
+    target,
+    *,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    lse_square_scale=0.0,
+    softcap=None,
+):
     """Liger-Kernel's ``LigerCrossEntropyLoss`` written out in float64: cross entropy of the capped
     logits plus ``lse_square_scale * lse ** 2`` per non-ignored row; the mean divides the
     cross-entropy part by ``sum w_y`` and the z part by the number of non-ignored rows."""
@@ -29,8 +38,14 @@ def liger_cross_entropy(x, target, *, weight=None, ignore_index=-100, reduction=
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
     valid = target != ignore_index
-    ce = F.cross_entropy(z, target, weight=None if weight is None else weight.double(), ignore_index=ignore_index,
-                         reduction="none", label_smoothing=label_smoothing)
+    ce = F.cross_entropy(
+        z,
+        target,
+        weight=None if weight is None else weight.double(),
+        ignore_index=ignore_index,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
     lse = torch.logsumexp(z, dim=1)
     z_rows = torch.where(valid, lse_square_scale * lse**2, torch.zeros_like(lse))
     if reduction == "none":
@@ -68,15 +83,22 @@ def test_gamma_zero_equals_liger_cross_entropy(backend, settings):
     weight = weight.float() if settings.pop("weight", False) else None
     reduction = settings.pop("reduction", "mean")
     leaf = x.clone().requires_grad_(True)
-    loss = triton_focal.focal_loss(leaf, target, gamma=0.0, weight=weight, reduction=reduction, backend=backend,
-                                   **settings)
+    loss = triton_focal.focal_loss(
+        leaf, target, gamma=0.0, weight=weight, reduction=reduction, backend=backend, **settings
+    )
     grad_output = torch.rand_like(loss) + 0.5
     (grad,) = torch.autograd.grad(loss, leaf, grad_output)
 
     gold_leaf = x.double().requires_grad_(True)
-    gold = liger_cross_entropy(gold_leaf, target, weight=weight, reduction=reduction,
-                               label_smoothing=settings.get("label_smoothing", 0.0),
-                               lse_square_scale=settings.get("z_loss", 0.0), softcap=settings.get("softcap"))
+    gold = liger_cross_entropy(
+        gold_leaf,
+        target,
+        weight=weight,
+        reduction=reduction,
+        label_smoothing=settings.get("label_smoothing", 0.0),
+        lse_square_scale=settings.get("z_loss", 0.0),
+        softcap=settings.get("softcap"),
+    )
     (gold_grad,) = torch.autograd.grad(gold, gold_leaf, grad_output.double())
     assert_close(loss, gold, "loss")
     assert_close(grad, gold_grad, "gradient")
@@ -86,11 +108,18 @@ def test_gamma_zero_equals_liger_cross_entropy(backend, settings):
 def test_focal_z_loss_and_softcap_against_float64(backend):
     # gamma > 0, per-class alpha, weight and smoothing with both features, against the float64 reference.
     x, target, weight = _rows(torch.float32, seed=1)
-    settings = dict(gamma=1.5, alpha=torch.rand(37, dtype=torch.float64) + 0.1, weight=weight, label_smoothing=0.05,
-                    z_loss=1e-2, softcap=4.0)
+    settings = dict(
+        gamma=1.5,
+        alpha=torch.rand(37, dtype=torch.float64) + 0.1,
+        weight=weight,
+        label_smoothing=0.05,
+        z_loss=1e-2,
+        softcap=4.0,
+    )
     leaf = x.clone().requires_grad_(True)
-    loss = triton_focal.focal_loss(leaf, target, backend=backend, **{k: v.float() if torch.is_tensor(v) else v
-                                                                     for k, v in settings.items()})
+    loss = triton_focal.focal_loss(
+        leaf, target, backend=backend, **{k: v.float() if torch.is_tensor(v) else v for k, v in settings.items()}
+    )
     (grad,) = torch.autograd.grad(loss, leaf)
     gold_leaf = x.double().requires_grad_(True)
     gold = triton_focal.focal_loss(gold_leaf, target, backend="reference", **settings)
@@ -120,8 +149,14 @@ def test_fused_linear_with_z_loss_and_softcap(backend, reduction):
     lm_weight = torch.randn(vocab, hidden_size, generator=generator, dtype=torch.float64).requires_grad_(True)
     target = torch.randint(0, vocab, (tokens,), generator=generator)
     target[::4] = -100
-    settings = dict(gamma=1.0, weight=torch.rand(vocab, generator=generator, dtype=torch.float64) + 0.1,
-                    label_smoothing=0.1, z_loss=1e-2, softcap=3.0, reduction=reduction)
+    settings = dict(
+        gamma=1.0,
+        weight=torch.rand(vocab, generator=generator, dtype=torch.float64) + 0.1,
+        label_smoothing=0.1,
+        z_loss=1e-2,
+        softcap=3.0,
+        reduction=reduction,
+    )
     fused = triton_focal.fused_linear_focal_loss(hidden, lm_weight, target, chunk_size=6, backend=backend, **settings)
     grad_output = torch.rand(fused.shape, generator=generator, dtype=torch.float64) + 0.5
     grads = torch.autograd.grad(fused, (hidden, lm_weight), grad_output)
@@ -147,8 +182,24 @@ def test_fused_head_peak_memory_is_a_quarter_of_the_materialized_step():
     # Each method in its own process (perf.memory); peak resident memory over the inputs.
     from perf import memory
 
-    rows = memory.main(["--tokens", "4096", "--hidden", "256", "--vocab", "8000", "--repeats", "0", "--no-save",
-                        "--device", "cpu", "--methods", "materialized_ce", "fused_reference"])
+    rows = memory.main(
+        [
+            "--tokens",
+            "4096",
+            "--hidden",
+            "256",
+            "--vocab",
+            "8000",
+            "--repeats",
+            "0",
+            "--no-save",
+            "--device",
+            "cpu",
+            "--methods",
+            "materialized_ce",
+            "fused_reference",
+        ]
+    )
     peaks = {row["method"]: row["peak_over_inputs_mib"] for row in rows}
     assert set(peaks) == {"materialized_ce", "fused_reference"}, peaks
     # The materialized step holds the (T, V) logits and their gradient: 2 * 125 MiB at least.
@@ -164,8 +215,26 @@ def test_finetune_example_runs(capsys):
     spec = importlib.util.spec_from_file_location("finetune_causal_lm", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    results = example.main(["--steps", "4", "--vocab", "64", "--width", "16", "--batch", "4", "--length", "8",
-                            "--backend", "reference", "--z-loss", "1e-3", "--softcap", "20"])
+    results = example.main(
+        [
+            "--steps",
+            "4",
+            "--vocab",
+            "64",
+            "--width",
+            "16",
+            "--batch",
+            "4",
+            "--length",
+            "8",
+            "--backend",
+            "reference",
+            "--z-loss",
+            "1e-3",
+            "--softcap",
+            "20",
+        ]
+    )
     assert set(results) == {"ce", "focal"}
     assert all(torch.isfinite(torch.tensor(values)).all() for values in results.values())
     assert "held-out per-token loss" in capsys.readouterr().out

@@ -50,7 +50,9 @@ def test_sigmoid_forward_allocates_only_the_gradient(device, store_grad):
     target = torch.randint(0, 81, (64, 1), device=device)
     weight = torch.rand(64, 1, 1, device=device).expand_as(x)  # per anchor, never expanded in memory
     with AllocationRecorder() as recorder:
-        sigmoid_focal._forward_op._init_fn(x, target, None, None, weight, None, 0.25, 2.0, -100, "sum", False, store_grad)
+        sigmoid_focal._forward_op._init_fn(
+            x, target, None, None, weight, None, 0.25, 2.0, -100, "sum", False, store_grad
+        )
     assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if store_grad else [])
 
 
@@ -64,8 +66,15 @@ def test_softmax_forward_and_backward_allocate_one_gradient(device, inplace_grad
     logits = leaf.clone()  # a non-leaf, so the in-place gradient may overwrite it
     with AllocationRecorder() as recorder:
         loss = softmax_focal.softmax_focal_loss(
-            logits, target, gamma=2.0, alpha=None, weight=None, ignore_index=-100, reduction="mean",
-            label_smoothing=0.0, inplace_grad=inplace_grad,
+            logits,
+            target,
+            gamma=2.0,
+            alpha=None,
+            weight=None,
+            ignore_index=-100,
+            reduction="mean",
+            label_smoothing=0.0,
+            inplace_grad=inplace_grad,
         )
         (grad,) = torch.autograd.grad(loss, leaf, torch.tensor(grad_output, device=device))
     expected = [] if inplace_grad else ["triton_focal.softmax_focal_fwd.default"]
@@ -78,7 +87,9 @@ def test_is_dense_reads_strides_only(layout):
     from triton_focal.ops.grad_policy import is_dense
 
     x = torch.empty(2, 3, 4, 5)
-    view = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "transposed": x.transpose(1, 3)}[layout]
+    view = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "transposed": x.transpose(1, 3)}[
+        layout
+    ]
     assert is_dense(view)
     assert not is_dense(x[:, :2]) and not is_dense(torch.empty(3, 1).expand(3, 4))
 

@@ -92,7 +92,7 @@ def test_copy_moves_the_floor_and_its_loop_runs_trips_over_unroll(sass_cache):
         counts[trips] = (executed.warp_instructions, loop)
         # one warp runs the code before the loop, the unrolled body trips // unroll times, and
         # at most all of the code after it (remainder copies and the exit)
-        (first, last, _), = code["loops"]
+        ((first, last, _),) = code["loops"]
         reachable = [ins[2] for ins in code["instructions"]]
         body = (last - first + 1) * trips // loop["unroll"]
         per_warp = executed.warp_instructions / (rows * 4)
@@ -158,12 +158,31 @@ def test_the_fit_recovers_known_constants():
     for rounds in (1, 10, 100, 1000):
         for waves in (1, 3):
             for issue in (1e-6, 1e-4):
-                row = {"family": f"f{rounds}", "runner": "synthetic", "shape": {"rounds": rounds}, "dtype": "bf16",
-                       "phase": "forward", "liger_version": "", "measured_ms": 0.0}
-                feature = {"row": row,
-                           "launches": [{"kernel": "k", "issue_s": issue, "mufu_s": 0.0, "bytes_s": 2e-5, "waves": waves,
-                                         "rounds": rounds, "instructions_s": issue / waves, "transfer_s": 2e-5 / waves}],
-                           "torch_ops": [["sum", 1e-6, 1]]}
+                row = {
+                    "family": f"f{rounds}",
+                    "runner": "synthetic",
+                    "shape": {"rounds": rounds},
+                    "dtype": "bf16",
+                    "phase": "forward",
+                    "liger_version": "",
+                    "measured_ms": 0.0,
+                }
+                feature = {
+                    "row": row,
+                    "launches": [
+                        {
+                            "kernel": "k",
+                            "issue_s": issue,
+                            "mufu_s": 0.0,
+                            "bytes_s": 2e-5,
+                            "waves": waves,
+                            "rounds": rounds,
+                            "instructions_s": issue / waves,
+                            "transfer_s": 2e-5 / waves,
+                        }
+                    ],
+                    "torch_ops": [["sum", 1e-6, 1]],
+                }
                 feature["row"]["measured_ms"] = calibrate.predict(feature, *truth) * 1e3
                 features.append(feature)
     fitted = calibrate.fit(features)
@@ -178,8 +197,9 @@ def test_an_early_exit_runs_only_the_code_before_it(sass_cache):
     x = torch.randn(numel)
     executed = {}
     for scale in (1.0, 2.0):
-        launch = _count(_scale_unless_one_kernel, (numel // block,), x, torch.tensor(scale), numel, BLOCK=block,
-                        num_warps=4)
+        launch = _count(
+            _scale_unless_one_kernel, (numel // block,), x, torch.tensor(scale), numel, BLOCK=block, num_warps=4
+        )
         assert launch.store_bytes == (0 if scale == 1.0 else numel * 4)
         code = _machine_code(launch, sass_cache)
         executed[scale] = model.dynamic_counts(code, launch).warp_instructions
@@ -212,7 +232,8 @@ def test_headline_kernels_do_not_spill(headline_results):
         for launch in r["launches"]:
             assert launch["spill_bytes_per_thread"] == 0 and launch["spill_instructions"] == 0, (
                 f"{name}: {launch['kernel']} spills ({launch['spill_bytes_per_thread']} B of local memory per thread, "
-                f"{launch['spill_instructions']} STL/LDL)")
+                f"{launch['spill_instructions']} STL/LDL)"
+            )
 
 
 def test_model_gives_sane_numbers(headline_results):
@@ -220,8 +241,7 @@ def test_model_gives_sane_numbers(headline_results):
         r = headline_results[case.name]
         elements = math.prod(case.shape)
         itemsize = 2 if case.dtype == "bf16" else 4
-        target_bytes = (elements * itemsize if case.kind == "sigmoid_dense"
-                        else elements // case.shape[1] * 8)
+        target_bytes = elements * itemsize if case.kind == "sigmoid_dense" else elements // case.shape[1] * 8
         assert r["floor_bytes"] == 2 * elements * itemsize + target_bytes
         assert r["launches"] and all(l["registers"] > 0 and l["programs_per_sm"] >= 1 for l in r["launches"])
         assert r["bytes_over_floor"] >= 0.99, r  # a loss cannot move fewer bytes than it reads and writes
@@ -240,19 +260,27 @@ def _committed():
 
 def test_headline_cases_do_not_fall_below_the_committed_calibrated_figures(headline_results):
     committed = _committed()
-    fell = [f"{name}: {r['calibrated_pct_of_floor_worst']:.1f}% at the pessimistic end, committed "
-            f"{committed[name]['calibrated_pct_of_floor_worst']:.1f}%"
-            for name, r in headline_results.items()
-            if name in committed and "calibrated_pct_of_floor_worst" in committed[name]
-            and r["calibrated_pct_of_floor_worst"] < committed[name]["calibrated_pct_of_floor_worst"] - 1.0]
+    fell = [
+        f"{name}: {r['calibrated_pct_of_floor_worst']:.1f}% at the pessimistic end, committed "
+        f"{committed[name]['calibrated_pct_of_floor_worst']:.1f}%"
+        for name, r in headline_results.items()
+        if name in committed
+        and "calibrated_pct_of_floor_worst" in committed[name]
+        and r["calibrated_pct_of_floor_worst"] < committed[name]["calibrated_pct_of_floor_worst"] - 1.0
+    ]
     assert not fell, "\n".join(fell) + "\n(rerun python -m perf.model --write if this is intended)"
 
 
-@pytest.mark.xfail(strict=True, reason="the kernels do not yet meet these targets under the calibrated model "
-                   "(perf/results/model/model.md); remove this mark when they do")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the kernels do not yet meet these targets under the calibrated model "
+    "(perf/results/model/model.md); remove this mark when they do",
+)
 def test_headline_cases_meet_their_targets_at_the_pessimistic_end(headline_results):
-    missed = [f"{name}: {r['calibrated_pct_of_floor_worst']:.1f}% of the floor at the pessimistic end (target "
-              f"{r['target_pct_of_floor']}%, {r['bound']}-bound, {r['launch_count']} launches)"
-              for name, r in headline_results.items()
-              if r["calibrated_pct_of_floor_worst"] < r["target_pct_of_floor"]]
+    missed = [
+        f"{name}: {r['calibrated_pct_of_floor_worst']:.1f}% of the floor at the pessimistic end (target "
+        f"{r['target_pct_of_floor']}%, {r['bound']}-bound, {r['launch_count']} launches)"
+        for name, r in headline_results.items()
+        if r["calibrated_pct_of_floor_worst"] < r["target_pct_of_floor"]
+    ]
     assert not missed, "\n".join(missed)

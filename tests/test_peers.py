@@ -55,7 +55,7 @@ def peer(module, package):
     except ModuleNotFoundError as err:
         if err.name and module.split(".")[0] != err.name.split(".")[0]:
             pytest.skip(f"{package} is installed but does not import: {err}")
-        pytest.skip(f"{package} not installed (pip install -e \".[peers]\")")
+        pytest.skip(f'{package} not installed (pip install -e ".[peers]")')
     except Exception as err:  # noqa: BLE001 - any import failure of a third-party package
         pytest.skip(f"{package} is installed but does not import: {type(err).__name__}: {err}")
 
@@ -98,7 +98,9 @@ def test_kornia_binary_focal_loss_with_logits():
     x, _ = inputs(seed=2)
     t = (torch.rand(N, C, H, W, dtype=F64) > 0.7).to(F64)
     assert_same(
-        lambda x: triton_focal.sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction="mean", backend="reference"),
+        lambda x: triton_focal.sigmoid_focal_loss(
+            x, t, alpha=ALPHA, gamma=GAMMA, reduction="mean", backend="reference"
+        ),
         lambda x: kornia.binary_focal_loss_with_logits(x, t, alpha=ALPHA, gamma=GAMMA, reduction="mean"),
         x,
     )
@@ -114,7 +116,9 @@ def test_monai_softmax_focal_loss(with_weight):
     monai = peer("monai.losses", "MONAI (monai)")
     x, t = inputs(seed=3)
     w = torch.rand(C, dtype=F64) + 0.5 if with_weight else torch.ones(C, dtype=F64)
-    loss = monai.FocalLoss(use_softmax=True, to_onehot_y=True, gamma=GAMMA, alpha=ALPHA, weight=w if with_weight else None)
+    loss = monai.FocalLoss(
+        use_softmax=True, to_onehot_y=True, gamma=GAMMA, alpha=ALPHA, weight=w if with_weight else None
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert_same(
@@ -133,7 +137,9 @@ def test_monai_sigmoid_focal_loss():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert_same(
-            lambda x: triton_focal.sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction="mean", backend="reference"),
+            lambda x: triton_focal.sigmoid_focal_loss(
+                x, t, alpha=ALPHA, gamma=GAMMA, reduction="mean", backend="reference"
+            ),
             lambda x: loss(x, t.unsqueeze(1)),
             x,
             dtype=torch.float32,
@@ -170,7 +176,9 @@ def test_torchvision_sigmoid_focal_loss(reduction):
     x, _ = inputs(seed=6)
     t = torch.rand(N, C, H, W, dtype=F64)
     assert_same(
-        lambda x: triton_focal.sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction=reduction, backend="reference"),
+        lambda x: triton_focal.sigmoid_focal_loss(
+            x, t, alpha=ALPHA, gamma=GAMMA, reduction=reduction, backend="reference"
+        ),
         lambda x: reference_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction=reduction),
         x,
     )

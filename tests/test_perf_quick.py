@@ -14,19 +14,56 @@ from perf.cases import bytes_moved, family_cases
 from perf.providers import select
 
 POINT_FIELDS = {
-    "family", "series", "x_name", "x", "shape", "target", "dtype", "mode", "provider", "label", "bytes",
-    "floor_ms", "status", "error", "ms", "ms_p20", "ms_p80", "gbs", "pct_of_floor", "above_floor", "extra_peak_mb",
-    "rel_err", "ratio", "ratio_min", "ratio_max", "rounds", "load",
+    "family",
+    "series",
+    "x_name",
+    "x",
+    "shape",
+    "target",
+    "dtype",
+    "mode",
+    "provider",
+    "label",
+    "bytes",
+    "floor_ms",
+    "status",
+    "error",
+    "ms",
+    "ms_p20",
+    "ms_p80",
+    "gbs",
+    "pct_of_floor",
+    "above_floor",
+    "extra_peak_mb",
+    "rel_err",
+    "ratio",
+    "ratio_min",
+    "ratio_max",
+    "rounds",
+    "load",
 }
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("perf")
-    sweep.main([
-        "--quick", "--device", "cpu", "--out", str(out), "--families", "seg,vocab,det",
-        "--dtypes", "fp32", "--modes", "fwd,fwd+bwd", "--providers", "reference,cross_entropy,bce",
-    ])
+    sweep.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--families",
+            "seg,vocab,det",
+            "--dtypes",
+            "fp32",
+            "--modes",
+            "fwd,fwd+bwd",
+            "--providers",
+            "reference,cross_entropy,bce",
+        ]
+    )
     return out
 
 
@@ -105,21 +142,54 @@ def test_main_job_writes_outside_the_tree_and_leaves_it_clean(monkeypatch, tmp_p
     def tracked_results_status():
         return subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=all", "--", "perf/results"],
-            cwd=repo, capture_output=True, text=True,
+            cwd=repo,
+            capture_output=True,
+            text=True,
         ).stdout
 
     before = tracked_results_status()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("TRITON_FOCAL_PERF_DIR", raising=False)
-    sweep.main(["--quick", "--device", "cpu", "--families", "seg", "--dtypes", "fp32", "--modes", "fwd",
-                "--providers", "cross_entropy"])
+    sweep.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--families",
+            "seg",
+            "--dtypes",
+            "fp32",
+            "--modes",
+            "fwd",
+            "--providers",
+            "cross_entropy",
+        ]
+    )
     assert (tmp_path / "triton_focal" / "perf" / "cpu" / "results.json").exists()
     assert tracked_results_status() == before
 
 
 def test_interleaved_rounds_report_ratios_spread_and_load(tmp_path):
-    sweep.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--families", "vocab", "--dtypes", "fp32",
-                "--modes", "fwd+bwd", "--providers", "cross_entropy,reference,blog", "--rounds", "3", "--no-plots"])
+    sweep.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--families",
+            "vocab",
+            "--dtypes",
+            "fp32",
+            "--modes",
+            "fwd+bwd",
+            "--providers",
+            "cross_entropy,reference,blog",
+            "--rounds",
+            "3",
+            "--no-plots",
+        ]
+    )
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["rounds"] == 3 and result["load_at_start"]["cores"] >= 1
     for p in result["points"]:
@@ -136,10 +206,31 @@ def test_no_figure_above_a_floor_is_printed():
     from perf import summary
 
     point = dict(
-        family="seg", series="classes", x_name="C", x=19, shape=[1, 19, 8, 8], target="index", dtype="fp32",
-        mode="fwd", provider="reference", label="eager reference", bytes=1000, floor_ms=0.01, status="ok",
-        error=None, ms=0.001, ms_p20=0.001, ms_p80=0.002, gbs=1.0, extra_peak_mb=None, rel_err=None,
-        ratio=None, ratio_min=None, ratio_max=None, rounds=None, load=None,
+        family="seg",
+        series="classes",
+        x_name="C",
+        x=19,
+        shape=[1, 19, 8, 8],
+        target="index",
+        dtype="fp32",
+        mode="fwd",
+        provider="reference",
+        label="eager reference",
+        bytes=1000,
+        floor_ms=0.01,
+        status="ok",
+        error=None,
+        ms=0.001,
+        ms_p20=0.001,
+        ms_p80=0.002,
+        gbs=1.0,
+        extra_peak_mb=None,
+        rel_err=None,
+        ratio=None,
+        ratio_min=None,
+        ratio_max=None,
+        rounds=None,
+        load=None,
     )
     sweep._set_time(point, 0.001, 0.001, 0.002)
     assert point["above_floor"] and point["pct_of_floor"] is None
@@ -154,10 +245,23 @@ def test_without_matplotlib_the_sweep_writes_json_and_summary_and_says_how_to_pl
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
-    sweep.main([
-        "--quick", "--device", "cpu", "--out", str(tmp_path), "--families", "det", "--dtypes", "fp32",
-        "--modes", "fwd", "--providers", "reference,bce",
-    ])
+    sweep.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--families",
+            "det",
+            "--dtypes",
+            "fp32",
+            "--modes",
+            "fwd",
+            "--providers",
+            "reference,bce",
+        ]
+    )
     printed = capsys.readouterr().out
     first = printed.index("matplotlib is not installed")
     assert first < printed.index("[   1/"), "the missing plots were announced only after measuring"
@@ -183,7 +287,10 @@ def test_cpu_figures_have_spread_load_and_no_empty_panels(sweep_dir, monkeypatch
     assert "load average" in fig._suptitle.get_text()
     for ax in fig.axes:
         assert ax.containers, f"no error bars in {ax.get_title()}"  # errorbar containers, one per curve
-    wide = dict(result, points=[dict(p, gbs=p["gbs"] * (1000 if p["provider"] == "cross_entropy" else 1)) for p in result["points"]])
+    wide = dict(
+        result,
+        points=[dict(p, gbs=p["gbs"] * (1000 if p["provider"] == "cross_entropy" else 1)) for p in result["points"]],
+    )
     figures.clear()
     plot.plot_family(wide, "seg", sweep_dir)
     assert any(ax.get_yscale() == "log" for ax in figures[0].axes)
@@ -192,6 +299,10 @@ def test_cpu_figures_have_spread_load_and_no_empty_panels(sweep_dir, monkeypatch
 
     busy = dict(result, load_at_start={"1min": 5.0, "5min": 4.0, "15min": 3.0, "cores": 2})
     assert "Warning: the load average reached 5.0 on 2 cores" in summary.render(busy)
-    idle = dict(result, load_at_start={"1min": 0.1, "5min": 0.1, "15min": 0.1, "cores": 64}, load_at_end=None,
-                points=[dict(p, load=None) for p in result["points"]])
+    idle = dict(
+        result,
+        load_at_start={"1min": 0.1, "5min": 0.1, "15min": 0.1, "cores": 64},
+        load_at_end=None,
+        points=[dict(p, load=None) for p in result["points"]],
+    )
     assert "Warning" not in summary.render(idle)

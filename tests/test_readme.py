@@ -4,6 +4,7 @@ is the generated one, and the repository carries its own contract (no outside do
 import re
 import shlex
 import subprocess
+
 try:
     import tomllib
 except ImportError:  # Python 3.10: the same parser, from PyPI (pytest depends on it there)

@@ -10,9 +10,9 @@ compilation.
 
 import pytest
 import torch
+from helpers import assert_close
 
 import triton_focal
-from helpers import assert_close
 
 # The interpreter evaluates masked-off lanes too (log 0, inf * 0); numpy warns about them.
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
@@ -66,8 +66,12 @@ def test_masked_logits_give_the_loss_and_gradient_of_the_unmasked_classes(backen
     x_masked = x.masked_fill(masked, -INF).float().to(DEVICE).requires_grad_(True)
 
     loss = triton_focal.focal_loss(
-        x_masked, target.to(DEVICE), gamma=gamma, label_smoothing=label_smoothing,
-        weight=weight.float().to(DEVICE), backend=backend,
+        x_masked,
+        target.to(DEVICE),
+        gamma=gamma,
+        label_smoothing=label_smoothing,
+        weight=weight.float().to(DEVICE),
+        backend=backend,
     )
     loss.backward()
 
@@ -77,10 +81,16 @@ def test_masked_logits_give_the_loss_and_gradient_of_the_unmasked_classes(backen
     for row in range(num_rows):
         kept = ~masked[row]
         target_among_kept = kept[: target[row]].sum().view(1)
-        row_losses.append(gold_rows(
-            x_gold[row, kept].view(1, -1), target_among_kept, gamma=gamma, label_smoothing=label_smoothing,
-            num_classes=num_classes, weight=weight[kept],
-        ))
+        row_losses.append(
+            gold_rows(
+                x_gold[row, kept].view(1, -1),
+                target_among_kept,
+                gamma=gamma,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+                weight=weight[kept],
+            )
+        )
     gold = torch.cat(row_losses).sum() / weight[target].sum()
     gold.backward()
     assert torch.isfinite(loss) and torch.isfinite(x_masked.grad).all(), "masked logits gave a non-finite result"
@@ -116,7 +126,9 @@ def test_masked_target_logit_follows_cross_entropy(backend):
     target = torch.tensor([1, 2, 3])
     weight = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64)
     x_ours = x.float().to(DEVICE).requires_grad_(True)
-    loss = triton_focal.focal_loss(x_ours, target.to(DEVICE), gamma=0.0, weight=weight.float().to(DEVICE), backend=backend)
+    loss = triton_focal.focal_loss(
+        x_ours, target.to(DEVICE), gamma=0.0, weight=weight.float().to(DEVICE), backend=backend
+    )
     loss.backward()
     x_ce = x.clone().requires_grad_(True)
     expected = torch.nn.functional.cross_entropy(x_ce, target, weight=weight)
@@ -139,7 +151,9 @@ def test_nan_in_ignored_elements_gives_zero_gradient(backend):
     x_padded[1] = float("nan")
     x_padded[3, 2] = INF
     x_padded = x_padded.to(DEVICE).requires_grad_(True)
-    loss = triton_focal.focal_loss(x_padded, target.to(DEVICE), weight=weight.to(DEVICE), backend=backend, **SHARED_CASE)
+    loss = triton_focal.focal_loss(
+        x_padded, target.to(DEVICE), weight=weight.to(DEVICE), backend=backend, **SHARED_CASE
+    )
     loss.backward()
     x_clean = x.clone().double().requires_grad_(True)
     expected = gold_mean(x_clean, target, weight=weight.double(), **SHARED_CASE)
@@ -239,8 +253,12 @@ def test_non_finite_per_class_arguments_are_refused(kwargs, name):
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [(dict(alpha=INF), "alpha"), (dict(alpha=float("nan")), "alpha"), (dict(gamma=INF), "gamma"),
-     (dict(gamma=float("nan")), "gamma")],
+    [
+        (dict(alpha=INF), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(gamma=INF), "gamma"),
+        (dict(gamma=float("nan")), "gamma"),
+    ],
 )
 def test_sigmoid_non_finite_arguments_are_refused(kwargs, name):
     with pytest.raises(ValueError, match=name):

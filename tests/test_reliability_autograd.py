@@ -11,9 +11,9 @@ import re
 
 import pytest
 import torch
+from helpers import assert_close
 
 import triton_focal
-from helpers import assert_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
@@ -179,7 +179,9 @@ def test_fused_linear_mean_with_zero_denominator(backend):
     weight = torch.ones(lm_weight.shape[0], dtype=torch.float64, device=DEVICE)
     weight[target[target >= 0]] = 0
     params = [t.requires_grad_(True) for t in (hidden, lm_weight, bias)]
-    loss = triton_focal.fused_linear_focal_loss(hidden, lm_weight, target, bias, weight=weight, backend=backend, **FUSED_CASE)
+    loss = triton_focal.fused_linear_focal_loss(
+        hidden, lm_weight, target, bias, weight=weight, backend=backend, **FUSED_CASE
+    )
     assert loss.item() == 0.0
     assert all((grad == 0).all() for grad in torch.autograd.grad(loss, params))
 
@@ -191,8 +193,12 @@ def test_fused_linear_hessian_vector_product(backend, reduction):
     and give the Hessian-vector product of the materialized logits' loss."""
     hidden, lm_weight, bias, target = fused_inputs()
     gen = torch.Generator().manual_seed(7)
-    directions = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in (hidden, lm_weight, bias)]
-    grad_output = torch.rand(hidden.shape[0] if reduction == "none" else (), generator=gen, dtype=torch.float64).to(DEVICE)
+    directions = [
+        torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE) for t in (hidden, lm_weight, bias)
+    ]
+    grad_output = torch.rand(hidden.shape[0] if reduction == "none" else (), generator=gen, dtype=torch.float64).to(
+        DEVICE
+    )
 
     def gradients(params, create_graph, fused=True):
         hidden, lm_weight, bias = params
@@ -212,7 +218,11 @@ def test_fused_linear_hessian_vector_product(backend, reduction):
     hvp = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, directions)), params)
 
     step = 1e-6
-    plus = gradients([(t + step * d).requires_grad_(True) for t, d in zip((hidden, lm_weight, bias), directions)], False, False)
-    minus = gradients([(t - step * d).requires_grad_(True) for t, d in zip((hidden, lm_weight, bias), directions)], False, False)
+    plus = gradients(
+        [(t + step * d).requires_grad_(True) for t, d in zip((hidden, lm_weight, bias), directions)], False, False
+    )
+    minus = gradients(
+        [(t - step * d).requires_grad_(True) for t, d in zip((hidden, lm_weight, bias), directions)], False, False
+    )
     for name, got, p, m in zip(("hidden", "lm_weight", "bias"), hvp, plus, minus):
         assert_close(got, (p - m) / (2 * step), f"Hessian-vector product, {name} block", rtol=1e-6, atol=1e-7)

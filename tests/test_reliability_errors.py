@@ -34,8 +34,10 @@ def test_dense_sigmoid_targets_must_be_probabilities(value):
         triton_focal.sigmoid_focal_loss_star(X, target)
 
 
-@pytest.mark.parametrize("normalizer", [0.0, -1.0, INF, NAN, torch.tensor(0.0), torch.tensor(-2.0), torch.tensor(INF),
-                                        torch.tensor(NAN), torch.tensor(0)])
+@pytest.mark.parametrize(
+    "normalizer",
+    [0.0, -1.0, INF, NAN, torch.tensor(0.0), torch.tensor(-2.0), torch.tensor(INF), torch.tensor(NAN), torch.tensor(0)],
+)
 def test_normalizer_is_checked_as_a_number_or_a_tensor(normalizer):
     """A tensor normalizer is checked like a number where its value is known (CPU here):
     ``tensor(0)`` used to give inf where ``0.0`` raised."""
@@ -53,7 +55,9 @@ def test_a_valid_normalizer_tensor_divides_the_sum():
 # Item 12: messages ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn", [triton_focal.focal_loss, triton_focal.sigmoid_focal_loss, triton_focal.sigmoid_focal_loss_star])
+@pytest.mark.parametrize(
+    "fn", [triton_focal.focal_loss, triton_focal.sigmoid_focal_loss, triton_focal.sigmoid_focal_loss_star]
+)
 def test_a_list_as_input_names_input(fn):
     with pytest.raises(TypeError, match="input must be a torch.Tensor"):
         fn([[0.5, 1.0, -1.0]], torch.tensor([0]))
@@ -114,11 +118,22 @@ def test_sigmoid_focal_loss_module_checks_at_construction(kwargs, error, name):
 
 def test_module_repr_shows_every_argument():
     module = triton_focal.FocalLoss(
-        gamma=1.5, alpha=torch.tensor([0.25, 0.75]), weight=torch.tensor([1.0, 3.0]), ignore_index=255, label_smoothing=0.1
+        gamma=1.5,
+        alpha=torch.tensor([0.25, 0.75]),
+        weight=torch.tensor([1.0, 3.0]),
+        ignore_index=255,
+        label_smoothing=0.1,
     )
     text = repr(module)
-    for part in ("gamma=1.5", "alpha=tensor([0.25, 0.75])", "weight=tensor([1, 3])", "ignore_index=255",
-                 "reduction='mean'", "label_smoothing=0.1", "backend='auto'"):
+    for part in (
+        "gamma=1.5",
+        "alpha=tensor([0.25, 0.75])",
+        "weight=tensor([1, 3])",
+        "ignore_index=255",
+        "reduction='mean'",
+        "label_smoothing=0.1",
+        "backend='auto'",
+    ):
         assert part in text, f"{part!r} missing from {text}"
     assert "weight=<tensor of shape (1000,)>" in repr(triton_focal.FocalLoss(weight=torch.ones(1000)))
     text = repr(triton_focal.SigmoidFocalLoss(alpha=0.5, weight=torch.ones(1, 3), normalizer=8.0, reduction="sum"))
@@ -128,8 +143,12 @@ def test_module_repr_shows_every_argument():
 
 @pytest.mark.parametrize(
     "fn",
-    [triton_focal.focal_loss, triton_focal.sigmoid_focal_loss, triton_focal.sigmoid_focal_loss_star,
-     triton_focal.fused_linear_focal_loss],
+    [
+        triton_focal.focal_loss,
+        triton_focal.sigmoid_focal_loss,
+        triton_focal.sigmoid_focal_loss_star,
+        triton_focal.fused_linear_focal_loss,
+    ],
 )
 def test_public_functions_document_their_errors(fn):
     assert "Raises:" in fn.__doc__ and "ValueError" in fn.__doc__

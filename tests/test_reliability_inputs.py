@@ -10,9 +10,9 @@ they can (each new static configuration costs a compilation).
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close
 
 import triton_focal
-from helpers import assert_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
@@ -63,7 +63,9 @@ def test_uint8_targets_with_the_default_ignore_index_follow_cross_entropy(backen
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "dtype, ignore_index", [(torch.int32, 2**40), (torch.int8, -200), (torch.int8, 300)], ids=["int32-2**40", "int8-low", "int8-high"]
+    "dtype, ignore_index",
+    [(torch.int32, 2**40), (torch.int8, -200), (torch.int8, 300)],
+    ids=["int32-2**40", "int8-low", "int8-high"],
 )
 def test_ignore_index_beyond_the_target_dtype_matches_nothing(backend, dtype, ignore_index):
     x, target = uint8_batch(num_classes=100)
@@ -105,7 +107,9 @@ def test_fused_linear_uint8_targets_follow_cross_entropy(backend):
     lm_weight = torch.randn(200, 8, generator=gen).to(DEVICE)
     target = torch.randint(0, 200, (12,), generator=gen)
     target[:3] = 156
-    loss = triton_focal.fused_linear_focal_loss(hidden, lm_weight, target.to(torch.uint8).to(DEVICE), gamma=0.0, backend=backend)
+    loss = triton_focal.fused_linear_focal_loss(
+        hidden, lm_weight, target.to(torch.uint8).to(DEVICE), gamma=0.0, backend=backend
+    )
     gold = F.cross_entropy(hidden @ lm_weight.t(), target.to(DEVICE))
     assert_close(loss, gold, "fused head loss with uint8 targets", rtol=1e-4, atol=1e-5)
 
@@ -135,8 +139,9 @@ def test_reference_differentiates_alpha_weight_and_gamma():
     x, target, *params = learnable_case()
     ours = [p.clone().to(DEVICE).requires_grad_(True) for p in params]
     gold = [p.double().requires_grad_(True) for p in params]
-    loss = triton_focal.focal_loss(x.to(DEVICE), target.to(DEVICE), alpha=ours[0], weight=ours[1], gamma=ours[2],
-                                   backend="reference")
+    loss = triton_focal.focal_loss(
+        x.to(DEVICE), target.to(DEVICE), alpha=ours[0], weight=ours[1], gamma=ours[2], backend="reference"
+    )
     loss.backward()
     gold_weighted_focal(x, target, *gold).backward()
     for name, p, g in zip(("alpha", "weight", "gamma"), ours, gold):
@@ -156,7 +161,12 @@ def test_reference_differentiates_the_sigmoid_weight_and_gamma():
     x64 = x.double()
     p = torch.sigmoid(x64)
     p_t = p * t + (1 - p) * (1 - t)
-    gold = ((0.25 * t + 0.75 * (1 - t)) * (1 - p_t) ** g64 * F.binary_cross_entropy_with_logits(x64, t.double(), reduction="none") * w64).sum()
+    gold = (
+        (0.25 * t + 0.75 * (1 - t))
+        * (1 - p_t) ** g64
+        * F.binary_cross_entropy_with_logits(x64, t.double(), reduction="none")
+        * w64
+    ).sum()
     gold.backward()
     assert_close(weight.grad, w64.grad, "gradient of the sigmoid weight", dtype=torch.float32)
     assert_close(gamma.grad, g64.grad, "gradient of the sigmoid gamma", dtype=torch.float32)
@@ -190,12 +200,20 @@ def test_fused_head_refuses_a_learnable_weight():
     hidden, lm_weight = torch.randn(4, 3, device=DEVICE), torch.randn(7, 3, device=DEVICE)
     weight = torch.rand(7, device=DEVICE).requires_grad_(True)
     with pytest.raises(ValueError, match=r"weight requires grad.*detach.*backend='reference'"):
-        triton_focal.fused_linear_focal_loss(hidden, lm_weight, torch.zeros(4, dtype=torch.long, device=DEVICE), weight=weight)
+        triton_focal.fused_linear_focal_loss(
+            hidden, lm_weight, torch.zeros(4, dtype=torch.long, device=DEVICE), weight=weight
+        )
 
 
 @pytest.mark.parametrize(
-    "module, name", [(triton_focal.FocalLoss, "weight"), (triton_focal.FocalLoss, "alpha"), (triton_focal.FocalLoss, "gamma"),
-                     (triton_focal.SigmoidFocalLoss, "weight"), (triton_focal.SigmoidFocalLoss, "gamma")]
+    "module, name",
+    [
+        (triton_focal.FocalLoss, "weight"),
+        (triton_focal.FocalLoss, "alpha"),
+        (triton_focal.FocalLoss, "gamma"),
+        (triton_focal.SigmoidFocalLoss, "weight"),
+        (triton_focal.SigmoidFocalLoss, "gamma"),
+    ],
 )
 def test_modules_refuse_a_learnable_tensor_at_construction(module, name):
     with pytest.raises(ValueError, match=rf"{name} requires grad.*buffer.*detach"):
@@ -221,7 +239,11 @@ def test_zero_size_dimensions_give_empty_results(backend, reduction, shape):
             assert loss.item() == 0.0, f"{kind} {reduction} of nothing is 0, got {loss.item()}"
         (grad,) = torch.autograd.grad(loss.sum(), x)
         assert grad.shape == x.shape and grad.numel() == 0
-        dense = fn(x, torch.zeros(shape, device=DEVICE), reduction=reduction, backend=backend) if kind == "sigmoid" else None
+        dense = (
+            fn(x, torch.zeros(shape, device=DEVICE), reduction=reduction, backend=backend)
+            if kind == "sigmoid"
+            else None
+        )
         if dense is not None:
             assert tuple(dense.shape) == (tuple(shape) if reduction == "none" else ())
 
@@ -275,7 +297,9 @@ def test_vmap_of_the_fused_head(backend):
     hidden = torch.randn(2, 3, 4, generator=gen).to(DEVICE)
     lm_weight = torch.randn(9, 4, generator=gen).to(DEVICE)
     target = torch.randint(0, 9, (2, 3), generator=gen).to(DEVICE)
-    values = torch.func.vmap(lambda h, t: triton_focal.fused_linear_focal_loss(h, lm_weight, t, backend=backend))(hidden, target)
+    values = torch.func.vmap(lambda h, t: triton_focal.fused_linear_focal_loss(h, lm_weight, t, backend=backend))(
+        hidden, target
+    )
     for i in range(2):
         gold = triton_focal.focal_loss(hidden[i] @ lm_weight.t(), target[i], backend="reference")
         assert_close(values[i], gold, f"vmap of the fused head, sample {i}")
@@ -298,7 +322,11 @@ def test_infinite_sigmoid_logits_with_matching_targets(backend, gamma):
     t64 = t.cpu().double()[finite]
     p = torch.sigmoid(x64)
     p_t = p * t64 + (1 - p) * (1 - t64)
-    gold = ((0.25 * t64 + 0.75 * (1 - t64)) * (1 - p_t) ** gamma * F.binary_cross_entropy_with_logits(x64, t64, reduction="none")).sum()
+    gold = (
+        (0.25 * t64 + 0.75 * (1 - t64))
+        * (1 - p_t) ** gamma
+        * F.binary_cross_entropy_with_logits(x64, t64, reduction="none")
+    ).sum()
     (gold_grad,) = torch.autograd.grad(gold, x64)
     expected_grad = torch.zeros(2, 3, dtype=torch.float64)
     expected_grad[finite] = gold_grad
@@ -339,7 +367,11 @@ def test_sigmoid_normalizer_tensor_is_a_buffer():
     moved = criterion.to(torch.float64)
     assert moved.normalizer.dtype == torch.float64
     x, t = torch.randn(5, 3), torch.randint(0, 4, (5,))
-    assert_close(criterion(x, t, normalizer=None), triton_focal.sigmoid_focal_loss(x, t, reduction="sum") / 4.0, "normalized loss")
+    assert_close(
+        criterion(x, t, normalizer=None),
+        triton_focal.sigmoid_focal_loss(x, t, reduction="sum") / 4.0,
+        "normalized loss",
+    )
     restored = triton_focal.SigmoidFocalLoss(reduction="sum", normalizer=torch.tensor(1.0))
     restored.load_state_dict(criterion.state_dict())
     assert restored.normalizer.item() == 4.0
@@ -355,16 +387,61 @@ def test_sigmoid_module_normalizer_that_requires_grad_gets_its_gradient():
 @pytest.mark.parametrize(
     "call, error, pattern",
     [
-        (lambda: triton_focal.focal_loss(torch.randn(4, 3).to_sparse(), torch.zeros(4, dtype=torch.long)), TypeError, r"input.*dense.*to_dense"),
-        (lambda: triton_focal.sigmoid_focal_loss(torch.randn(4, 3).to_sparse(), torch.zeros(4, 3)), TypeError, r"input.*dense.*to_dense"),
-        (lambda: triton_focal.fused_linear_focal_loss(torch.ones(4, 3, dtype=torch.uint8), torch.randn(5, 3), torch.zeros(4, dtype=torch.long)), TypeError, r"hidden.*float"),
-        (lambda: triton_focal.fused_linear_focal_loss(torch.randn(4, 3), torch.randn(5, 3).half(), torch.zeros(4, dtype=torch.long)), TypeError, r"lm_weight.*float16.*hidden.*float32.*lm_weight.to\(hidden.dtype\)"),
-        (lambda: triton_focal.fused_linear_focal_loss(torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, dtype=torch.long), torch.randn(5).double()), TypeError, r"bias.*float64.*hidden"),
-        (lambda: triton_focal.fused_linear_focal_loss(torch.randn(4, 3).to_sparse(), torch.randn(5, 3), torch.zeros(4, dtype=torch.long)), TypeError, r"hidden.*dense"),
+        (
+            lambda: triton_focal.focal_loss(torch.randn(4, 3).to_sparse(), torch.zeros(4, dtype=torch.long)),
+            TypeError,
+            r"input.*dense.*to_dense",
+        ),
+        (
+            lambda: triton_focal.sigmoid_focal_loss(torch.randn(4, 3).to_sparse(), torch.zeros(4, 3)),
+            TypeError,
+            r"input.*dense.*to_dense",
+        ),
+        (
+            lambda: triton_focal.fused_linear_focal_loss(
+                torch.ones(4, 3, dtype=torch.uint8), torch.randn(5, 3), torch.zeros(4, dtype=torch.long)
+            ),
+            TypeError,
+            r"hidden.*float",
+        ),
+        (
+            lambda: triton_focal.fused_linear_focal_loss(
+                torch.randn(4, 3), torch.randn(5, 3).half(), torch.zeros(4, dtype=torch.long)
+            ),
+            TypeError,
+            r"lm_weight.*float16.*hidden.*float32.*lm_weight.to\(hidden.dtype\)",
+        ),
+        (
+            lambda: triton_focal.fused_linear_focal_loss(
+                torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, dtype=torch.long), torch.randn(5).double()
+            ),
+            TypeError,
+            r"bias.*float64.*hidden",
+        ),
+        (
+            lambda: triton_focal.fused_linear_focal_loss(
+                torch.randn(4, 3).to_sparse(), torch.randn(5, 3), torch.zeros(4, dtype=torch.long)
+            ),
+            TypeError,
+            r"hidden.*dense",
+        ),
         (lambda: triton_focal.FocalLoss(inplace_grad="yes"), TypeError, r"inplace_grad.*bool"),
-        (lambda: triton_focal.focal_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), inplace_grad=1), TypeError, r"inplace_grad.*bool"),
+        (
+            lambda: triton_focal.focal_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), inplace_grad=1),
+            TypeError,
+            r"inplace_grad.*bool",
+        ),
     ],
-    ids=["sparse-logits", "sparse-sigmoid", "uint8-hidden", "fp16-weight", "fp64-bias", "sparse-hidden", "module-inplace", "functional-inplace"],
+    ids=[
+        "sparse-logits",
+        "sparse-sigmoid",
+        "uint8-hidden",
+        "fp16-weight",
+        "fp64-bias",
+        "sparse-hidden",
+        "module-inplace",
+        "functional-inplace",
+    ],
 )
 def test_bad_arguments_are_named(call, error, pattern):
     with pytest.raises(error, match=pattern):

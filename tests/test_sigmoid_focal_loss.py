@@ -30,7 +30,11 @@ def detection_inputs(shape=(12, 5), seed=0, soft=False):
 def test_dense_matches_torchvision(backend, device, alpha, gamma, reduction, soft):
     x, t = (v.to(device) for v in detection_inputs(soft=soft))
     g = torch.randn_like(x) if reduction == "none" else None
-    ours = grad_of(lambda z: triton_focal.sigmoid_focal_loss(z, t, alpha=alpha, gamma=gamma, reduction=reduction, backend=backend), x, g)
+    ours = grad_of(
+        lambda z: triton_focal.sigmoid_focal_loss(z, t, alpha=alpha, gamma=gamma, reduction=reduction, backend=backend),
+        x,
+        g,
+    )
     theirs = grad_of(lambda z: torchvision_sigmoid_focal_loss(z, t, alpha, gamma, reduction), x, g)
     assert_close(ours[0], theirs[0], "loss", rtol=1e-9, atol=1e-12)
     assert_close(ours[1], theirs[1], "grad", rtol=1e-9, atol=1e-12)
@@ -72,7 +76,9 @@ def test_normalizer_divides_the_sum(backend, device, as_tensor):
     x, t = (v.to(device) for v in detection_inputs())
     num_pos = t.sum()
     normalizer = num_pos if as_tensor else float(num_pos)
-    ours = grad_of(lambda z: triton_focal.sigmoid_focal_loss(z, t, reduction="sum", normalizer=normalizer, backend=backend), x)
+    ours = grad_of(
+        lambda z: triton_focal.sigmoid_focal_loss(z, t, reduction="sum", normalizer=normalizer, backend=backend), x
+    )
     theirs = grad_of(lambda z: torchvision_sigmoid_focal_loss(z, t, reduction="sum") / num_pos, x)
     assert_close(ours[0], theirs[0], "loss", rtol=1e-9, atol=1e-12)
     assert_close(ours[1], theirs[1], "grad", rtol=1e-9, atol=1e-12)
@@ -81,7 +87,9 @@ def test_normalizer_divides_the_sum(backend, device, as_tensor):
 def test_per_class_gamma(backend, device):
     x, t = (v.to(device) for v in detection_inputs())
     gamma = torch.tensor([0.0, 0.5, 1.0, 2.0, 5.0], device=device)
-    expected = torch.cat([torchvision_sigmoid_focal_loss(x[:, c], t[:, c], gamma=float(gamma[c])).unsqueeze(1) for c in range(5)], 1)
+    expected = torch.cat(
+        [torchvision_sigmoid_focal_loss(x[:, c], t[:, c], gamma=float(gamma[c])).unsqueeze(1) for c in range(5)], 1
+    )
     assert_close(triton_focal.sigmoid_focal_loss(x, t, gamma=gamma, backend=backend), expected, rtol=1e-7, atol=1e-12)
 
 
@@ -120,7 +128,9 @@ def test_gradcheck(backend, device):
     target = torch.tensor([0, 3, -100, 2], device=device)
     weight = torch.rand(4, 1, dtype=torch.float64, device=device)
     for tgt in (t, target):
-        fn = lambda z: triton_focal.sigmoid_focal_loss(z, tgt, gamma=0.5, weight=weight, reduction="mean", backend=backend)  # noqa: E731
+        fn = lambda z: triton_focal.sigmoid_focal_loss(
+            z, tgt, gamma=0.5, weight=weight, reduction="mean", backend=backend
+        )  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x.requires_grad_(True),), eps=1e-6, atol=1e-5)
 
 

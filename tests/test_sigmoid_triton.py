@@ -201,7 +201,9 @@ def test_normalizer(device, normalizer, reduction):
     t = make_dense_target((20, 5, 1), device)
     if normalizer == "tensor":
         normalizer = t.sum()  # number of positives, on the device
-    out, _ = check_against_reference(x, t, torch.tensor(2.0, device=device), **{**DEFAULTS, "normalizer": normalizer, "reduction": reduction})
+    out, _ = check_against_reference(
+        x, t, torch.tensor(2.0, device=device), **{**DEFAULTS, "normalizer": normalizer, "reduction": reduction}
+    )
     total = ops.sigmoid_focal_loss(x, t, **{**DEFAULTS, "reduction": "sum"})
     assert_close(out, total / normalizer, "sum / normalizer")
 
@@ -244,7 +246,13 @@ def test_half_precision(device, dtype, reduction):
     g = torch.randn(x.shape, device=device).to(dtype) if reduction == "none" else None
     out, grad = check_against_reference(x, t, g, **{**DEFAULTS, "reduction": reduction})
     # No worse than PyTorch's own computation of the formula in the same dtype.
-    gold, _ = loss_and_grad(reference.sigmoid_focal_loss, x.double(), t, None if g is None else g.double(), **{**DEFAULTS, "reduction": reduction})
+    gold, _ = loss_and_grad(
+        reference.sigmoid_focal_loss,
+        x.double(),
+        t,
+        None if g is None else g.double(),
+        **{**DEFAULTS, "reduction": reduction},
+    )
     tv = torchvision_sigmoid_focal_loss(x, t.to(dtype), 0.25, 2.0)
     tv = tv if reduction == "none" else tv.mean()
     assert_no_worse_than_torch(out, tv, gold, "loss")
@@ -286,7 +294,6 @@ def test_nan_logit_gives_nan_loss(device):
     assert out[1, 2, 0].isnan() and out.isnan().sum() == 1
 
 
-
 def test_out_of_range_class_index_is_nan_not_a_silent_background(device):
     # The public API checks indices on the CPU; the kernel must not train on a wrong row when
     # the check is skipped (GPU without validate=True).
@@ -296,6 +303,7 @@ def test_out_of_range_class_index_is_nan_not_a_silent_background(device):
     loss.sum().backward()
     assert loss[1].isnan().all() and torch.isfinite(loss[[0, 2]]).all()
     assert x.grad[1].isnan().all() and torch.isfinite(x.grad[[0, 2]]).all()
+
 
 # --- autograd plumbing -------------------------------------------------------------
 
@@ -375,7 +383,9 @@ def test_no_gradient_without_requires_grad(device, monkeypatch):
     t = make_dense_target((5, 4, 3), device)
     seen = []
     launch = ops.sigmoid_focal_launch
-    monkeypatch.setattr(ops, "sigmoid_focal_launch", lambda *a, **k: seen.append((k["grad_mode"], k["grad"])) or launch(*a, **k))
+    monkeypatch.setattr(
+        ops, "sigmoid_focal_launch", lambda *a, **k: seen.append((k["grad_mode"], k["grad"])) or launch(*a, **k)
+    )
     ops.sigmoid_focal_loss(x, t, **DEFAULTS)
     with torch.no_grad():
         ops.sigmoid_focal_loss(x.requires_grad_(True), t, **DEFAULTS)
@@ -412,17 +422,37 @@ def test_opcheck(device, reduction):
     no_count = x.new_empty(0)
     torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), t, None, None, no_count, *options))
     index = make_index_target(4, 3, 5, device)
-    torch.library.opcheck(ops._forward_op, (x.detach(), index, torch.tensor(3.0, device=device), None, None, None, 0.25,
-                                            2.0, -100, "sum", False, False))
+    torch.library.opcheck(
+        ops._forward_op,
+        (x.detach(), index, torch.tensor(3.0, device=device), None, None, None, 0.25, 2.0, -100, "sum", False, False),
+    )
     # a normalizer given as a number, and a class-index mean whose count comes from the targets
-    torch.library.opcheck(ops._forward_op, (x.detach(), index, None, 3.0, None, None, 0.25, 2.0, -100, "sum", False,
-                                            False))
+    torch.library.opcheck(
+        ops._forward_op, (x.detach(), index, None, 3.0, None, None, 0.25, 2.0, -100, "sum", False, False)
+    )
     _, _, _, counted = ops._forward_op(x.detach(), index, None, None, None, None, 0.25, 2.0, -100, "mean", False, False)
     assert counted.shape == (2,) and counted[1].item() == (index != -100).sum().item() * 3
-    torch.library.opcheck(ops._forward_op, (x.detach(), index, None, None, None, None, 0.25, 2.0, -100, "mean", False,
-                                            False))
-    torch.library.opcheck(ops._backward_op, (torch.rand((), device=device), x.detach(), index, None, None, counted,
-                                             None, None, 0.25, 2.0, -100, "mean", False))
+    torch.library.opcheck(
+        ops._forward_op, (x.detach(), index, None, None, None, None, 0.25, 2.0, -100, "mean", False, False)
+    )
+    torch.library.opcheck(
+        ops._backward_op,
+        (
+            torch.rand((), device=device),
+            x.detach(),
+            index,
+            None,
+            None,
+            counted,
+            None,
+            None,
+            0.25,
+            2.0,
+            -100,
+            "mean",
+            False,
+        ),
+    )
 
 
 @pytest.mark.slow
@@ -437,7 +467,11 @@ def test_compile_fullgraph(device):
 
     out = fn(x, target)
     (grad,) = torch.autograd.grad(out, x)
-    ref_out, ref_grad = loss_and_grad(lambda z, tgt: reference.sigmoid_focal_loss(z, tgt, **{**DEFAULTS, "reduction": "mean"}) * 3.0, x.double(), target)
+    ref_out, ref_grad = loss_and_grad(
+        lambda z, tgt: reference.sigmoid_focal_loss(z, tgt, **{**DEFAULTS, "reduction": "mean"}) * 3.0,
+        x.double(),
+        target,
+    )
     assert_close(out, ref_out, "compiled loss")
     assert_close(grad, ref_grad, "compiled grad")
 
@@ -451,7 +485,9 @@ def test_public_api_detection_and_heatmap(device):
     target = torch.randint(0, 7, (20,)).to(device)
     kw = dict(reduction="mean", alpha=0.25, gamma=2.0)
     out, grad = loss_and_grad(lambda z, tgt: triton_focal.sigmoid_focal_loss(z, tgt, backend="triton", **kw), x, target)
-    ref_out, ref_grad = loss_and_grad(lambda z, tgt: triton_focal.sigmoid_focal_loss(z, tgt, backend="reference", **kw), x.double(), target)
+    ref_out, ref_grad = loss_and_grad(
+        lambda z, tgt: triton_focal.sigmoid_focal_loss(z, tgt, backend="reference", **kw), x.double(), target
+    )
     assert_close(out, ref_out, "loss")
     assert_close(grad, ref_grad, "grad")
 
@@ -459,7 +495,9 @@ def test_public_api_detection_and_heatmap(device):
     t = make_dense_target((2, 3, 9, 11), device, soft=True)
     g = torch.randn(heat.shape, device=device)
     out, grad = loss_and_grad(lambda z, tgt: triton_focal.sigmoid_focal_loss(z, tgt, backend="triton"), heat, t, g)
-    ref_out, ref_grad = loss_and_grad(torchvision_sigmoid_focal_loss, heat.double(), t.double(), g.double(), alpha=0.25, gamma=2.0)
+    ref_out, ref_grad = loss_and_grad(
+        torchvision_sigmoid_focal_loss, heat.double(), t.double(), g.double(), alpha=0.25, gamma=2.0
+    )
     assert_close(out, ref_out, "heatmap loss")
     assert_close(grad, ref_grad, "heatmap grad", dtype=torch.float32)
 
@@ -467,8 +505,14 @@ def test_public_api_detection_and_heatmap(device):
 def test_public_api_fl_star(device):
     x = make_logits((8, 5), device)
     t = make_dense_target((8, 5), device)
-    out, grad = loss_and_grad(lambda z, tgt: triton_focal.sigmoid_focal_loss_star(z, tgt, gamma=2.0, reduction="sum", backend="triton"), x, t)
-    ref_out, ref_grad = loss_and_grad(lambda z, tgt: triton_focal.sigmoid_focal_loss_star(z, tgt, gamma=2.0, reduction="sum", backend="reference"), x.double(), t)
+    out, grad = loss_and_grad(
+        lambda z, tgt: triton_focal.sigmoid_focal_loss_star(z, tgt, gamma=2.0, reduction="sum", backend="triton"), x, t
+    )
+    ref_out, ref_grad = loss_and_grad(
+        lambda z, tgt: triton_focal.sigmoid_focal_loss_star(z, tgt, gamma=2.0, reduction="sum", backend="reference"),
+        x.double(),
+        t,
+    )
     assert_close(out, ref_out, "loss")
     assert_close(grad, ref_grad, "grad", dtype=torch.float32)
 
@@ -506,8 +550,9 @@ def test_infinite_logits_with_matching_dense_targets(device, gamma):
     F.binary_cross_entropy_with_logits(bce_x, t, reduction="sum").backward()
     assert torch.equal(loss.detach()[0, :2], torch.zeros(2, device=device))
     assert torch.equal(x.grad[0, :2], bce_x.grad[0, :2])  # both exactly 0
-    expected = triton_focal.sigmoid_focal_loss(x.detach()[:, 2:], t[:, 2:], alpha=-1.0, gamma=gamma,
-                                               reduction="none", backend="reference")
+    expected = triton_focal.sigmoid_focal_loss(
+        x.detach()[:, 2:], t[:, 2:], alpha=-1.0, gamma=gamma, reduction="none", backend="reference"
+    )
     assert_close(loss.detach()[:, 2:], expected, rtol=1e-5, atol=1e-7)
     if gamma == 0.0:  # the focal loss is BCE: same gradient everywhere
         torch.testing.assert_close(x.grad, bce_x.grad, rtol=1e-5, atol=1e-7)

@@ -5,12 +5,11 @@ GPU, so every shape is small."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close, assert_no_worse_than_torch
 
 from triton_focal import reference
 from triton_focal.kernels.grad_mode import GRAD_IF_POLICY, GRAD_NONE
 from triton_focal.ops import softmax_focal as ops
-
-from helpers import assert_close, assert_no_worse_than_torch
 
 # The interpreter evaluates masked lanes too (log 0, inf * 0) and numpy warns about them.
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
@@ -184,8 +183,9 @@ def test_extreme_logits_are_finite(dtype, big, gamma):
     x = torch.tensor([r for r, _ in rows], dtype=torch.float64).mul(big).to(dtype)
     target = torch.tensor([t for _, t in rows])
     for smoothing in (0.0, 0.1):
-        loss, grad = check(x.unsqueeze(2), target.unsqueeze(1), gamma=gamma, reduction="none",
-                           label_smoothing=smoothing)
+        loss, grad = check(
+            x.unsqueeze(2), target.unsqueeze(1), gamma=gamma, reduction="none", label_smoothing=smoothing
+        )
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
 
 
@@ -250,9 +250,14 @@ def test_gradcheck_float64(multi_block, reduction, request):
     x, target = make_inputs((2, 10, 3), dtype=torch.float64, scale=1.0)
     x.requires_grad_()
     g = torch.Generator().manual_seed(4)
-    kwargs = {**DEFAULTS, "reduction": reduction, "label_smoothing": 0.1,
-              "gamma": torch.rand(10, generator=g) * 3, "weight": torch.rand(10, generator=g) + 0.1,
-              "alpha": 0.5}
+    kwargs = {
+        **DEFAULTS,
+        "reduction": reduction,
+        "label_smoothing": 0.1,
+        "gamma": torch.rand(10, generator=g) * 3,
+        "weight": torch.rand(10, generator=g) + 0.1,
+        "alpha": 0.5,
+    }
     assert torch.autograd.gradcheck(lambda x: ops.softmax_focal_loss(x, target, **kwargs), (x,), fast_mode=True)
 
 

@@ -28,9 +28,11 @@ def shard(num_classes, dtype, seed=0):
 @pytest.mark.parametrize("softcap", [None, 4.0])
 def test_statistics(num_classes, dtype, softcap):
     x, target = shard(num_classes, dtype)
-    for name, ours, theirs in zip(("m", "s", "s_other", "z_target"),
-                                  vocab_shard.shard_softmax_stats(x, target, softcap),
-                                  distributed.shard_softmax_stats(x, target, softcap)):
+    for name, ours, theirs in zip(
+        ("m", "s", "s_other", "z_target"),
+        vocab_shard.shard_softmax_stats(x, target, softcap),
+        distributed.shard_softmax_stats(x, target, softcap),
+    ):
         assert_close(ours, theirs, name, dtype=dtype)
 
 
@@ -45,8 +47,10 @@ def test_smoothing_sums_and_gradient(num_classes, dtype, gamma, weighted, softca
     weight = torch.rand(num_classes, generator=gen, dtype=dtype) + 0.5 if weighted else None
     m, s, _, _ = distributed.shard_softmax_stats(x, target, softcap)
     lse = m + torch.log(s)
-    for ours, theirs in zip(vocab_shard.shard_smoothing_sums(x, lse, softcap, gamma, weight),
-                            distributed.shard_smoothing_sums(x, lse, softcap, gamma, weight)):
+    for ours, theirs in zip(
+        vocab_shard.shard_smoothing_sums(x, lse, softcap, gamma, weight),
+        distributed.shard_smoothing_sums(x, lse, softcap, gamma, weight),
+    ):
         assert_close(ours, theirs, "smoothing sums", dtype=dtype)
     p_coef, target_coef, smooth_coef = (torch.rand(6, generator=gen, dtype=dtype) for _ in range(3))
     for smooth in (None, smooth_coef):
@@ -65,8 +69,9 @@ def test_strided_shard():
     strided = torch.empty(300, 2, 6, dtype=torch.float64)[:, 0].t()
     strided.copy_(x)
     assert strided.stride(1) != 1
-    for ours, theirs in zip(vocab_shard.shard_softmax_stats(strided, target, None),
-                            distributed.shard_softmax_stats(x, target, None)):
+    for ours, theirs in zip(
+        vocab_shard.shard_softmax_stats(strided, target, None), distributed.shard_softmax_stats(x, target, None)
+    ):
         assert_close(ours, theirs, "statistics of a strided shard")
     m, s, _, _ = distributed.shard_softmax_stats(x, target, None)
     rows = torch.rand(6, dtype=torch.float64)

@@ -47,7 +47,10 @@ SCRIPT = textwrap.dedent(
 def _run(backend):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITON_FOCAL_BACKEND")}
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT.replace("{backend}", backend)], capture_output=True, text=True, env=env,
+        [sys.executable, "-c", SCRIPT.replace("{backend}", backend)],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=600,
     )
 

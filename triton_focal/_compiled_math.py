@@ -33,7 +33,6 @@ import torch
 
 from .reference import compute_dtype
 
-
 # --- shared pieces ---------------------------------------------------------------------------
 
 
@@ -338,7 +337,9 @@ def sigmoid_forward(x, target, gamma, alpha, weight, ignore_index, *, cfg):
     elements not ignored; a normalizer is applied by the caller to the ``"sum"``), and the
     per-row float class (None for dense targets), returned for the reason
     :func:`softmax_forward_and_grad` gives: so that Inductor computes it once per row."""
-    loss, _, valid, row_class = _sigmoid_loss_and_grad(x, target, gamma, alpha, weight, ignore_index, cfg, with_grad=False)
+    loss, _, valid, row_class = _sigmoid_loss_and_grad(
+        x, target, gamma, alpha, weight, ignore_index, cfg, with_grad=False
+    )
     return _sigmoid_reduce(loss, valid, cfg)[0].to(x.dtype), row_class
 
 
@@ -351,7 +352,9 @@ def sigmoid_forward_and_grad(x, target, gamma, alpha, weight, ignore_index, grad
     its gradient costs little more than the loss when both share their intermediates; the
     backward only multiplies it by ``grad_output``.
     """
-    loss, grad, valid, row_class = _sigmoid_loss_and_grad(x, target, gamma, alpha, weight, ignore_index, cfg, with_grad=True)
+    loss, grad, valid, row_class = _sigmoid_loss_and_grad(
+        x, target, gamma, alpha, weight, ignore_index, cfg, with_grad=True
+    )
     loss, scale = _sigmoid_reduce(loss, valid, cfg)
     if scale is not None:
         grad = grad * scale

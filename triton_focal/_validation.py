@@ -53,7 +53,9 @@ def check_logits(input):
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if input.layout != torch.strided:
-        raise TypeError(f"input must be a dense (strided) tensor of logits, got layout {input.layout}; pass input.to_dense()")
+        raise TypeError(
+            f"input must be a dense (strided) tensor of logits, got layout {input.layout}; pass input.to_dense()"
+        )
     if input.dtype not in FLOAT_DTYPES:
         raise TypeError(f"input must be float16, bfloat16, float32 or float64 logits, got {input.dtype}")
     if input.dim() == 0:
@@ -216,7 +218,17 @@ def _target_shape_hint(input, target):
 
 
 def softmax_args(
-    input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate=False, z_loss=0.0, softcap=None,
+    input,
+    target,
+    gamma,
+    alpha,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    validate=False,
+    z_loss=0.0,
+    softcap=None,
     check_indices=True,
 ):
     """Check ``focal_loss`` arguments and return them in canonical form. ``check_indices=False``
@@ -233,7 +245,8 @@ def softmax_args(
     if target.shape != expected:
         raise ValueError(
             f"target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}: "
-            f"expected {tuple(expected)} (input's shape without the class dimension 1).{_target_shape_hint(input, target)}"
+            f"expected {tuple(expected)} (input's shape without the class dimension 1)."
+            f"{_target_shape_hint(input, target)}"
         )
     check_same_device(input, "target", target)
     check_reduction(reduction)
@@ -360,8 +373,10 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
             )
         target = target_for_ignore_index(target, ignore_index)
         check_class_indices(target, num_classes, ignore_index, validate=validate, background_ok=True)
-        canonical_target = target.reshape(input.shape[0], -1) if target.numel() else target.reshape(
-            input.shape[0], math.prod(input.shape[2:])
+        canonical_target = (
+            target.reshape(input.shape[0], -1)
+            if target.numel()
+            else target.reshape(input.shape[0], math.prod(input.shape[2:]))
         )
     if weight is not None:
         if not isinstance(weight, torch.Tensor):
@@ -372,7 +387,9 @@ def sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, n
         except RuntimeError:
             broadcast = None
         if broadcast != input.shape:
-            raise ValueError(f"weight shape {tuple(weight.shape)} is not broadcastable to input shape {tuple(input.shape)}")
+            raise ValueError(
+                f"weight shape {tuple(weight.shape)} is not broadcastable to input shape {tuple(input.shape)}"
+            )
         check_weight_values(weight, validate)
         weight = as_ncp(weight.expand(input.shape))
     return SigmoidArgs(

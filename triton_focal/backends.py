@@ -14,6 +14,7 @@ import torch
 BACKENDS = ("triton", "compile", "reference")
 ENV_VAR = "TRITON_FOCAL_BACKEND"
 
+
 def _triton_importable():
     """Whether ``import triton`` would find it. Triton is an optional extra (``[triton]``): a
     CPU-only install has no use for it. An import hook that hides it (or ``sys.modules`` set
@@ -55,7 +56,10 @@ def _why_not(name, device):
             return None
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
             return None
-        return f"Triton kernels run on CUDA/ROCm GPUs, not on {device.type} (set TRITON_INTERPRET=1 to interpret them on the CPU)"
+        return (
+            f"Triton kernels run on CUDA/ROCm GPUs, not on {device.type} "
+            "(set TRITON_INTERPRET=1 to interpret them on the CPU)"
+        )
     if name == "compile":
         if not hasattr(torch, "compile"):
             return "this PyTorch has no torch.compile"

@@ -40,7 +40,8 @@ import torch.fx.experimental._config
 
 from . import _compiled_math as math_
 from . import _validation, reference
-from ._autograd_state import functorch_active as _functorch_active, graph_is_kept
+from ._autograd_state import functorch_active as _functorch_active
+from ._autograd_state import graph_is_kept
 from ._warnings import user_stacklevel
 from .reference import compute_dtype
 
@@ -412,8 +413,16 @@ def softmax_focal_loss(
     if torch.compiler.is_compiling() or input.numel() == 0 or target.numel() == 0 or _tiny(input):
         _check_class_indices(target, input.shape[1], ignore_index)
         return reference.softmax_focal_loss(
-            input, target, gamma=gamma, alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+            input,
+            target,
+            gamma=gamma,
+            alpha=alpha,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
         )
     cfg = SoftmaxConfig(
         reduction=reduction,
@@ -431,7 +440,17 @@ def softmax_focal_loss(
         "per-class gamma" if gamma_t.dim() else "",
         "per-class alpha" if alpha_t is not None and alpha_t.dim() else "",
     )
-    key = ("softmax", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), extra, _layout(input), _rows(input))
+    key = (
+        "softmax",
+        cfg,
+        input.dtype,
+        target.dtype,
+        input.device.type,
+        gamma_t.dim(),
+        extra,
+        _layout(input),
+        _rows(input),
+    )
     describe = lambda: _describe("softmax focal loss", cfg, input, extra)  # noqa: E731
     fn = _compiled_for(
         key, describe, cfg, input, forward=math_.softmax_forward, forward_and_grad=math_.softmax_forward_and_grad
@@ -490,7 +509,13 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     # compile for): the reference composition.
     if torch.compiler.is_compiling() or input.numel() == 0 or _tiny(input):
         return reference.sigmoid_focal_loss(
-            input, target, alpha=alpha, gamma=gamma, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            input,
+            target,
+            alpha=alpha,
+            gamma=gamma,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
             normalizer=normalizer,
         )
     cfg = SigmoidConfig(
@@ -501,7 +526,17 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     )
     gamma_t = _scalar(gamma, input)
     extra = ("per-class gamma" if gamma_t.dim() else "", "normalizer" if normalizer is not None else "")
-    key = ("sigmoid", cfg, input.dtype, target.dtype, input.device.type, gamma_t.dim(), _layout(input), _layout(weight), _rows(input))
+    key = (
+        "sigmoid",
+        cfg,
+        input.dtype,
+        target.dtype,
+        input.device.type,
+        gamma_t.dim(),
+        _layout(input),
+        _layout(weight),
+        _rows(input),
+    )
     describe = lambda: _describe("sigmoid focal loss", cfg, input, extra)  # noqa: E731
     fn = _compiled_for(
         key, describe, cfg, input, forward=math_.sigmoid_forward, forward_and_grad=math_.sigmoid_forward_and_grad

@@ -235,8 +235,24 @@ def _slice(value, start, end):
 
 
 def rows_focal_loss(
-    x, target, *, gamma, alpha, weight, ignore_index, label_smoothing, z_loss, softcap, backend,
-    scale_focal, scale_z, need_grad, vocab_start=0, vocab_size=None, group=None, sharded=False,
+    x,
+    target,
+    *,
+    gamma,
+    alpha,
+    weight,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    backend,
+    scale_focal,
+    scale_z,
+    need_grad,
+    vocab_start=0,
+    vocab_size=None,
+    group=None,
+    sharded=False,
 ):
     """Focal and z-loss of each row of ``(T, V_r)`` logits, and the scaled gradient, without autograd.
 
@@ -323,8 +339,13 @@ class _VocabParallelFocal(torch.autograd.Function):
         input_dtype = x.dtype
         scale_focal, scale_z = (1.0, 1.0) if reduction == "none" else mean_scales(reduction, denominator, count)
         focal_rows, z_rows, grad = rows_focal_loss(
-            x.to(reference.compute_dtype(x.dtype)), target, scale_focal=scale_focal, scale_z=scale_z,
-            need_grad=ctx.needs_input_grad[0], sharded=True, **settings,
+            x.to(reference.compute_dtype(x.dtype)),
+            target,
+            scale_focal=scale_focal,
+            scale_z=scale_z,
+            need_grad=ctx.needs_input_grad[0],
+            sharded=True,
+            **settings,
         )
         if reduction == "none":
             loss, z_part = focal_rows + z_rows, z_rows
@@ -408,7 +429,10 @@ def vocab_parallel_focal_loss(
     name = backends.resolve(backend, rows.device)
     # The shard steps compute alpha, weight and gamma without an autograd graph.
     _validation.refuse_learnable(
-        "vocab_parallel_focal_loss", hint="pass it detached (.detach())", alpha=args.alpha, weight=args.weight,
+        "vocab_parallel_focal_loss",
+        hint="pass it detached (.detach())",
+        alpha=args.alpha,
+        weight=args.weight,
         gamma=args.gamma,
     )
     flat_target = args.target.reshape(flat_target.shape)  # int64 where its dtype cannot hold ignore_index
@@ -416,9 +440,18 @@ def vocab_parallel_focal_loss(
     denominator = reference.softmax_mean_denominator(flat_target, args.weight, args.ignore_index, dtype)
     count = (flat_target != args.ignore_index).sum(dtype=dtype)
     settings = dict(
-        vocab_start=vocab_start, vocab_size=vocab_size, gamma=args.gamma, alpha=args.alpha, weight=args.weight,
-        ignore_index=args.ignore_index, reduction=args.reduction, label_smoothing=args.label_smoothing,
-        z_loss=args.z_loss, softcap=args.softcap, group=group, backend=name,
+        vocab_start=vocab_start,
+        vocab_size=vocab_size,
+        gamma=args.gamma,
+        alpha=args.alpha,
+        weight=args.weight,
+        ignore_index=args.ignore_index,
+        reduction=args.reduction,
+        label_smoothing=args.label_smoothing,
+        z_loss=args.z_loss,
+        softcap=args.softcap,
+        group=group,
+        backend=name,
     )
     loss, z_part = _VocabParallelFocal.apply(rows, flat_target, settings, denominator, count)
     if reduction == "none":

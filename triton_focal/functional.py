@@ -112,7 +112,17 @@ def focal_loss(
         raise TypeError(f"inplace_grad must be a bool (True or False), got {inplace_grad!r}")
     input = _autocast_to_float32(input)
     args = _validation.softmax_args(
-        input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing, validate, z_loss, softcap,
+        input,
+        target,
+        gamma,
+        alpha,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        validate,
+        z_loss,
+        softcap,
         check_indices=False,
     )
     name = _backend_for(backend, input.device)
@@ -201,9 +211,7 @@ def sigmoid_focal_loss(
             on a backend other than ``"reference"`` (which differentiates them).
     """
     input = _autocast_to_float32(input)
-    args = _validation.sigmoid_args(
-        input, target, alpha, gamma, weight, ignore_index, reduction, normalizer, validate
-    )
+    args = _validation.sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, normalizer, validate)
     name = _backend_for(backend, input.device)
     if name != "reference":
         _validation.refuse_learnable(f"backend={name!r}", weight=args.weight, gamma=args.gamma)

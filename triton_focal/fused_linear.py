@@ -29,7 +29,6 @@ from ._autograd_state import functorch_active
 from .distributed import mean_scales, rows_focal_loss
 from .functional import focal_loss
 
-
 # Fewer rows than this make the chunk's matrix products lose efficiency (measured on CPUs;
 # GPUs' GEMM tiles are of the same order), so the default chunk never goes below it.
 MIN_CHUNK_ROWS = 256
@@ -66,13 +65,31 @@ def _chunk_loss_and_grad(logits, target, backend, focal_kwargs, scales, need_gra
         return (loss.detach() if per_row else loss.detach() * scale_focal), grad
     scale_z = scale_focal if scale_z is None else scale_z
     args = _validation.softmax_args(
-        logits, target, settings["gamma"], settings["alpha"], settings["weight"], settings["ignore_index"], "none",
-        settings["label_smoothing"], False, settings["z_loss"], settings["softcap"],
+        logits,
+        target,
+        settings["gamma"],
+        settings["alpha"],
+        settings["weight"],
+        settings["ignore_index"],
+        "none",
+        settings["label_smoothing"],
+        False,
+        settings["z_loss"],
+        settings["softcap"],
     )
     focal_rows, z_rows, grad = rows_focal_loss(
-        logits.to(reference.compute_dtype(logits.dtype)), target, gamma=args.gamma, alpha=args.alpha,
-        weight=args.weight, ignore_index=args.ignore_index, label_smoothing=args.label_smoothing,
-        z_loss=args.z_loss, softcap=args.softcap, backend=backend, scale_focal=scale_focal, scale_z=scale_z,
+        logits.to(reference.compute_dtype(logits.dtype)),
+        target,
+        gamma=args.gamma,
+        alpha=args.alpha,
+        weight=args.weight,
+        ignore_index=args.ignore_index,
+        label_smoothing=args.label_smoothing,
+        z_loss=args.z_loss,
+        softcap=args.softcap,
+        backend=backend,
+        scale_focal=scale_focal,
+        scale_z=scale_z,
         need_grad=need_grad,
     )
     if per_row:
@@ -100,7 +117,9 @@ def _fold_chunks(hidden, lm_weight, bias, target, focal_kwargs, chunk_size, scal
         if bias is not None:
             logits += bias
         chunk_scales = [scale[start:end] if isinstance(scale, torch.Tensor) and per_row else scale for scale in scales]
-        loss, grad_logits = _chunk_loss_and_grad(logits, target[start:end], backend, focal_kwargs, chunk_scales, need_grad)
+        loss, grad_logits = _chunk_loss_and_grad(
+            logits, target[start:end], backend, focal_kwargs, chunk_scales, need_grad
+        )
         del logits
         losses.append(loss)
         if need_grad:
@@ -236,19 +255,39 @@ def fused_linear_focal_loss(
     for name, tensor in (("lm_weight", lm_weight), ("bias", bias)):
         _validation.check_same_device(hidden, name, tensor)
         _check_operand(name, tensor, hidden)
-    kwargs = {"gamma": gamma, "alpha": alpha, "weight": weight, "ignore_index": ignore_index,
-              "reduction": reduction, "label_smoothing": label_smoothing, "z_loss": z_loss, "softcap": softcap,
-              "backend": backend}
+    kwargs = {
+        "gamma": gamma,
+        "alpha": alpha,
+        "weight": weight,
+        "ignore_index": ignore_index,
+        "reduction": reduction,
+        "label_smoothing": label_smoothing,
+        "z_loss": z_loss,
+        "softcap": softcap,
+        "backend": backend,
+    }
     # Check everything against a (T, V) shape without making the logits.
     probe = hidden.new_empty(1, 1).expand(hidden.shape[0], lm_weight.shape[0])
     args = _validation.softmax_args(
-        probe, target, kwargs["gamma"], kwargs["alpha"], kwargs["weight"], kwargs["ignore_index"],
-        kwargs["reduction"], kwargs["label_smoothing"], False, kwargs["z_loss"], kwargs["softcap"],
+        probe,
+        target,
+        kwargs["gamma"],
+        kwargs["alpha"],
+        kwargs["weight"],
+        kwargs["ignore_index"],
+        kwargs["reduction"],
+        kwargs["label_smoothing"],
+        False,
+        kwargs["z_loss"],
+        kwargs["softcap"],
     )
     # The chunks compute alpha, weight and gamma without an autograd graph.
     _validation.refuse_learnable(
-        "fused_linear_focal_loss", hint="pass it detached (.detach()), or compute focal_loss(hidden @ lm_weight.T, "
-        "target, ..., backend='reference'), which differentiates it", alpha=args.alpha, weight=args.weight,
+        "fused_linear_focal_loss",
+        hint="pass it detached (.detach()), or compute focal_loss(hidden @ lm_weight.T, "
+        "target, ..., backend='reference'), which differentiates it",
+        alpha=args.alpha,
+        weight=args.weight,
         gamma=args.gamma,
     )
     target = args.target.reshape(target.shape)  # int64 where its dtype cannot hold ignore_index

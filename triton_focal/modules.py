@@ -200,8 +200,8 @@ class SigmoidFocalLoss(_TensorArgs):
         ValueError: an argument is out of range (``alpha`` inf or NaN; ``gamma`` or
             ``weight`` negative, inf or NaN; ``normalizer`` not finite and positive, or set
             with ``reduction="none"``; an unknown ``reduction`` or ``backend``; a ``gamma`` or
-            ``weight`` tensor that requires grad), at construction. ``forward`` raises what :func:`triton_focal.sigmoid_focal_loss`
-            raises.
+            ``weight`` tensor that requires grad), at construction. ``forward`` raises what
+            :func:`triton_focal.sigmoid_focal_loss` raises.
 
     Example::
 

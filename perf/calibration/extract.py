@@ -20,8 +20,19 @@ import sys
 DEVICE = "NVIDIA H100 80GB HBM3"
 SOURCE = "linkedin/Liger-Kernel benchmark/data/all_benchmark_data.csv"
 COLUMNS = [
-    "family", "runner", "shape", "dtype", "phase", "measured_ms", "measured_p20_ms",
-    "measured_p80_ms", "device", "source", "source_commit", "liger_version", "fit",
+    "family",
+    "runner",
+    "shape",
+    "dtype",
+    "phase",
+    "measured_ms",
+    "measured_p20_ms",
+    "measured_p80_ms",
+    "device",
+    "source",
+    "source_commit",
+    "liger_version",
+    "fit",
 ]
 # Phases whose measured time is not the kernels' (the benchmark harness or the host dominates):
 # the model has no host, so these are reported beside the fit but not fitted ("fit" says why).
@@ -95,8 +106,13 @@ def extract(rows, commit: str):
     """Points (dicts with COLUMNS) from Liger's benchmark rows (dicts as csv.DictReader gives)."""
     best = {}
     for r in rows:
-        if (r["gpu_name"] != DEVICE or r["kernel_provider"] != "liger" or r["metric_name"] != "speed"
-                or r["kernel_name"] not in FAMILIES or r["kernel_operation_mode"] not in PHASES):
+        if (
+            r["gpu_name"] != DEVICE
+            or r["kernel_provider"] != "liger"
+            or r["metric_name"] != "speed"
+            or r["kernel_name"] not in FAMILIES
+            or r["kernel_operation_mode"] not in PHASES
+        ):
             continue
         runner, x_name, build = FAMILIES[r["kernel_name"]]
         if r["x_name"] != x_name:
@@ -122,7 +138,8 @@ def extract(rows, commit: str):
             "source_commit": commit,
             "liger_version": MEASURED_RELEASE.get(runner, {}).get(r["liger_version"], r["liger_version"]),
             "fit": "no: " + NOT_FITTED[(r["kernel_name"], PHASES[r["kernel_operation_mode"]])]
-            if (r["kernel_name"], PHASES[r["kernel_operation_mode"]]) in NOT_FITTED else "yes",
+            if (r["kernel_name"], PHASES[r["kernel_operation_mode"]]) in NOT_FITTED
+            else "yes",
         }
         key = (point["family"], point["shape"], point["dtype"], point["phase"])
         if key not in best or r["timestamp"] >= best[key][0]:
@@ -130,8 +147,7 @@ def extract(rows, commit: str):
     order = {f: i for i, f in enumerate(FAMILIES)}
     phase_order = {p: i for i, p in enumerate(PHASES.values())}
     points = [p for _, p in best.values()]
-    points.sort(key=lambda p: (order[p["family"]], phase_order[p["phase"]],
-                               sorted(json.loads(p["shape"]).items())))
+    points.sort(key=lambda p: (order[p["family"]], phase_order[p["phase"]], sorted(json.loads(p["shape"]).items())))
     return points
 
 

@@ -28,8 +28,19 @@ def liger_path(version: str) -> str:
         # install is never taken for a complete one.
         staging = CACHE / f".{version}.{os.getpid()}"
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-             "--disable-pip-version-check", "--target", str(staging), f"liger-kernel=={version}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-compile",
+                "--disable-pip-version-check",
+                "--target",
+                str(staging),
+                f"liger-kernel=={version}",
+            ],
             check=True,
         )
         (staging / ".installed").write_text(version + "\n")

@@ -44,8 +44,12 @@ RUNNERS: dict[str, str] = {
         "LigerMegatronCrossEntropy (TP=1) on (S, B, V) logits, as benchmark_megatron_cross_entropy.py; "
         "its 'backward' re-runs the forward too (the script's convention)"
     ),
-    "liger_layer_norm": "LigerLayerNorm(N) on (M, N), as benchmark_layer_norm.py (backward: y.backward(dy) after an untimed forward)",
-    "liger_relu_squared": "LigerReLUSquared on (M, N), as benchmark_relu_squared.py (backward: y.backward(dy) after an untimed forward)",
+    "liger_layer_norm": (
+        "LigerLayerNorm(N) on (M, N), as benchmark_layer_norm.py (backward: y.backward(dy) after an untimed forward)"
+    ),
+    "liger_relu_squared": (
+        "LigerReLUSquared on (M, N), as benchmark_relu_squared.py (backward: y.backward(dy) after an untimed forward)"
+    ),
     "liger_megatron_rms_norm": (
         "LigerMegatronRMSNorm(H) bf16 on (S, B, H), as benchmark_megatron_rms_norm.py; "
         "its 'backward' re-runs the forward too (the script's convention)"

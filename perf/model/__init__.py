@@ -34,7 +34,23 @@ from .machine_code import compile_launches, dynamic_counts, spec_key
 from .run import run_model
 
 __all__ = [
-    "DEVICE", "Case", "Counted", "DeviceModel", "Workload", "all_cases", "compile_launches", "count_case",
-    "count_workload", "dram_load_bytes", "dynamic_counts", "install_recorder", "l2_uncertain", "model_case",
-    "model_counted", "recording", "run_model", "select", "spec_key",
+    "DEVICE",
+    "Case",
+    "Counted",
+    "DeviceModel",
+    "Workload",
+    "all_cases",
+    "compile_launches",
+    "count_case",
+    "count_workload",
+    "dram_load_bytes",
+    "dynamic_counts",
+    "install_recorder",
+    "l2_uncertain",
+    "model_case",
+    "model_counted",
+    "recording",
+    "run_model",
+    "select",
+    "spec_key",
 ]

@@ -34,8 +34,13 @@ def _meta(argv, elapsed):
     from .device import DEVICE
 
     command = "python -m perf.model " + " ".join(argv if argv is not None else sys.argv[1:])
-    return {"device_model": dataclasses.asdict(DEVICE), "triton": triton.__version__, "torch": torch.__version__,
-            "command": command.strip(), "seconds": round(elapsed, 1)}
+    return {
+        "device_model": dataclasses.asdict(DEVICE),
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "command": command.strip(),
+        "seconds": round(elapsed, 1),
+    }
 
 
 def _calibrate(args, argv):
@@ -91,17 +96,24 @@ def _model(args, argv):
         with open(os.path.join(RESULTS, "model.json"), "w") as f:
             json.dump(results, f, indent=1)
         with open(os.path.join(RESULTS, "model.md"), "w") as f:
-            f.write("# perf.model: the kernels' modeled H100 cost (no GPU; a model, not a measurement)\n\n"
-                    f"`{meta['command']}` (triton_focal at {meta['triton_focal_commit']}), triton {meta['triton']}, "
-                    f"torch {meta['torch']}, {meta['seconds']:.0f} s on this machine.\n\n"
-                    "## The forward + `loss.backward()` cases\n\n" + report.summary_table(results)
-                    + "\n## Every case\n\n" + report.markdown(results))
+            f.write(
+                "# perf.model: the kernels' modeled H100 cost (no GPU; a model, not a measurement)\n\n"
+                f"`{meta['command']}` (triton_focal at {meta['triton_focal_commit']}), triton {meta['triton']}, "
+                f"torch {meta['torch']}, {meta['seconds']:.0f} s on this machine.\n\n"
+                "## The forward + `loss.backward()` cases\n\n"
+                + report.summary_table(results)
+                + "\n## Every case\n\n"
+                + report.markdown(results)
+            )
         report.plot(results, os.path.join(RESULTS, "model.png"))
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m perf.model", description=PACKAGE_DOC.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m perf.model",
+        description=PACKAGE_DOC.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--cases", default="", help="comma-separated parts of case names (seg, vocab, det, ...)")
     ap.add_argument("--dtypes", default="", help="bf16,fp32")
     ap.add_argument("--headline", action="store_true", help="only the bf16 loss.backward() targets")

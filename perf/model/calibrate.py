@@ -48,12 +48,18 @@ def _launch_features(launch, device):
     per_program_instructions = launch.warp_instructions / launch.programs
     per_program_bytes = launch.bytes(device) / launch.programs
     return {
-        "kernel": launch.big.qualname, "grid": list(launch.big.grid), "num_warps": launch.warps,
-        "issue_s": issue, "mufu_s": mufu, "bytes_s": transfer, "waves": launch.waves,
+        "kernel": launch.big.qualname,
+        "grid": list(launch.big.grid),
+        "num_warps": launch.warps,
+        "issue_s": issue,
+        "mufu_s": mufu,
+        "bytes_s": transfer,
+        "waves": launch.waves,
         "rounds": launch.rounds_per_program,
         "instructions_s": launch.resident_per_sm * per_program_instructions / (schedulers * clock),
         "transfer_s": launch.resident_per_sm * per_program_bytes * launch.active_sms / device.copy_bandwidth,
-        "registers": launch.code["registers"], "spills": launch.code["local_bytes"],
+        "registers": launch.code["registers"],
+        "spills": launch.code["local_bytes"],
     }
 
 
@@ -85,13 +91,19 @@ def count_points(rows, cache_dir, log):
     out = []
     for row, counted in counted_rows:
         scale = counted.elements / counted.small_elements
-        launches = [LaunchCounts(big, small, codes[spec_key(big)], scale)
-                    for big, small in zip(counted.headline, counted.small)]
-        out.append({
-            "row": row, "launches": [_launch_features(launch, DEVICE) for launch in launches],
-            "torch_ops": [[name, nbytes * scale / DEVICE.copy_bandwidth, calls]
-                          for name, (nbytes, calls) in counted.torch_ops.items()],
-        })
+        launches = [
+            LaunchCounts(big, small, codes[spec_key(big)], scale) for big, small in zip(counted.headline, counted.small)
+        ]
+        out.append(
+            {
+                "row": row,
+                "launches": [_launch_features(launch, DEVICE) for launch in launches],
+                "torch_ops": [
+                    [name, nbytes * scale / DEVICE.copy_bandwidth, calls]
+                    for name, (nbytes, calls) in counted.torch_ops.items()
+                ],
+            }
+        )
     return out
 
 
@@ -121,8 +133,13 @@ def count_all(rows, cache_dir, log=print):
             env = dict(os.environ, TRITON_INTERPRET="1")
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [path, env.get("PYTHONPATH")]))
             log(f"perf.model: counting {len(group)} points with liger-kernel {version}")
-            done = subprocess.run([sys.executable, "-m", "perf.model", "--count-points", spec, out, cache_dir],
-                                  env=env, cwd=_repo(), stderr=subprocess.PIPE, text=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "perf.model", "--count-points", spec, out, cache_dir],
+                env=env,
+                cwd=_repo(),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"counting the liger-kernel {version} points failed:\n{done.stderr[-4000:]}")
             for line in done.stderr.splitlines():
@@ -144,8 +161,9 @@ def predict(feature, launch_s, round_latency_s, issue_factor):
     """Modeled seconds of one point at these constants (the formula of ``perf/model/cost.py``)."""
     total = 0.0
     for launch in feature["launches"]:
-        serial = launch["waves"] * (launch["rounds"] * round_latency_s + issue_factor * launch["instructions_s"]
-                                    + launch["transfer_s"])
+        serial = launch["waves"] * (
+            launch["rounds"] * round_latency_s + issue_factor * launch["instructions_s"] + launch["transfer_s"]
+        )
         total += launch_s + max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"], serial)
     total += sum(calls * launch_s + seconds for _, seconds, calls in feature["torch_ops"])
     return total
@@ -153,8 +171,9 @@ def predict(feature, launch_s, round_latency_s, issue_factor):
 
 def uncalibrated(feature):
     """The model before calibration: max(issue, MUFU, bytes) per launch, torch ops' bytes only."""
-    return (sum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]) for launch in feature["launches"])
-            + sum(seconds for _, seconds, _ in feature["torch_ops"]))
+    return sum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]) for launch in feature["launches"]) + sum(
+        seconds for _, seconds, _ in feature["torch_ops"]
+    )
 
 
 # The constants the data cannot tell apart from the best fit: every grid point whose rms log
@@ -222,9 +241,14 @@ def _stats(ratios):
 
     s = sorted(ratios)
     q = lambda p: s[min(len(s) - 1, int(p * len(s)))]  # noqa: E731
-    return {"median": statistics.median(s), "p10": q(0.1), "p90": q(0.9),
-            "within_15pct": sum(1 for r in s if abs(math.log(r)) <= math.log(1.15)), "points": len(s),
-            "rms_log_error": math.sqrt(sum(math.log(r) ** 2 for r in s) / len(s))}
+    return {
+        "median": statistics.median(s),
+        "p10": q(0.1),
+        "p90": q(0.9),
+        "within_15pct": sum(1 for r in s if abs(math.log(r)) <= math.log(1.15)),
+        "points": len(s),
+        "rms_log_error": math.sqrt(sum(math.log(r) ** 2 for r in s) / len(s)),
+    }
 
 
 def fitted(row):
@@ -249,29 +273,45 @@ def calibrate(all_features):
     points = []
     for f in all_features:
         row = f["row"]
-        points.append({
-            "family": row["family"], "runner": row["runner"], "shape": row["shape"], "dtype": row["dtype"],
-            "phase": row["phase"], "liger_version": row["liger_version"], "measured_ms": row["measured_ms"],
-            "uncalibrated_ms": uncalibrated(f) * 1e3, "calibrated_ms": predict(f, *params) * 1e3,
-            "launches": len(f["launches"]) + sum(int(c) for _, _, c in f["torch_ops"]),
-            "main_kernel": max(f["launches"], key=lambda l: l["bytes_s"])["kernel"] if f["launches"] else "",
-            "fitted": fitted(row), "fit": row.get("fit", "yes"),
-        })
+        points.append(
+            {
+                "family": row["family"],
+                "runner": row["runner"],
+                "shape": row["shape"],
+                "dtype": row["dtype"],
+                "phase": row["phase"],
+                "liger_version": row["liger_version"],
+                "measured_ms": row["measured_ms"],
+                "uncalibrated_ms": uncalibrated(f) * 1e3,
+                "calibrated_ms": predict(f, *params) * 1e3,
+                "launches": len(f["launches"]) + sum(int(c) for _, _, c in f["torch_ops"]),
+                "main_kernel": max(f["launches"], key=lambda l: l["bytes_s"])["kernel"] if f["launches"] else "",
+                "fitted": fitted(row),
+                "fit": row.get("fit", "yes"),
+            }
+        )
     extremes = plausible_extremes(features)
     return {
         "fit": {"launch_s": params[0], "round_latency_s": params[1], "issue_factor": params[2]},
-        "plausible_extremes": [{"largest": name, "launch_s": a, "round_latency_s": b, "issue_factor": c}
-                               for name, (a, b, c) in extremes.items()],
-        "leave_one_family_out": [{"family": fam, "launch_s": a, "round_latency_s": b, "issue_factor": c}
-                                 for fam, a, b, c in loo],
+        "plausible_extremes": [
+            {"largest": name, "launch_s": a, "round_latency_s": b, "issue_factor": c}
+            for name, (a, b, c) in extremes.items()
+        ],
+        "leave_one_family_out": [
+            {"family": fam, "launch_s": a, "round_latency_s": b, "issue_factor": c} for fam, a, b, c in loo
+        ],
         "errors": {
             "uncalibrated": _stats([p["measured_ms"] / p["uncalibrated_ms"] for p in points if p["fitted"]]),
             "calibrated": _stats([p["measured_ms"] / p["calibrated_ms"] for p in points if p["fitted"]]),
             "not_fitted": _stats([p["measured_ms"] / p["calibrated_ms"] for p in points if not p["fitted"]])
-            if any(not p["fitted"] for p in points) else None,
+            if any(not p["fitted"] for p in points)
+            else None,
             "held_out_by_family": _stats([r for _, r in held_out]),
-            "held_out_per_family": {fam: _stats([r for g, r in held_out if g == fam]) for fam in families
-                                    if any(g == fam for g, _ in held_out)},
+            "held_out_per_family": {
+                fam: _stats([r for g, r in held_out if g == fam])
+                for fam in families
+                if any(g == fam for g, _ in held_out)
+            },
         },
         "points": points,
     }
@@ -293,36 +333,63 @@ def markdown(result, meta):
         "| measured / modeled | median | p10 | p90 | within 15% | rms log error |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, label in (("uncalibrated", "uncalibrated model (max of issue, MUFU, bytes)"),
-                        ("calibrated", "calibrated, fitted on all points"),
-                        ("held_out_by_family", "calibrated, each family held out of its fit"),
-                        ("not_fitted", "calibrated, the points not fitted (host-bound phases)")):
+    for name, label in (
+        ("uncalibrated", "uncalibrated model (max of issue, MUFU, bytes)"),
+        ("calibrated", "calibrated, fitted on all points"),
+        ("held_out_by_family", "calibrated, each family held out of its fit"),
+        ("not_fitted", "calibrated, the points not fitted (host-bound phases)"),
+    ):
         s = errors[name]
         if s is None:
             continue
-        lines.append(f"| {label} | {s['median']:.2f} | {s['p10']:.2f} | {s['p90']:.2f} | "
-                     f"{s['within_15pct']} of {s['points']} | {s['rms_log_error']:.2f} |")
-    lines += ["", "Leave-one-family-out fits (the constants' range; the model's pessimistic end uses each):", "",
-              "| left out | launch us | round ns | issue factor | its held-out median | p10-p90 |",
-              "|---|---:|---:|---:|---:|---|"]
+        lines.append(
+            f"| {label} | {s['median']:.2f} | {s['p10']:.2f} | {s['p90']:.2f} | "
+            f"{s['within_15pct']} of {s['points']} | {s['rms_log_error']:.2f} |"
+        )
+    lines += [
+        "",
+        "Leave-one-family-out fits (the constants' range; the model's pessimistic end uses each):",
+        "",
+        "| left out | launch us | round ns | issue factor | its held-out median | p10-p90 |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for fit_row in result["leave_one_family_out"]:
         s = errors["held_out_per_family"][fit_row["family"]]
-        lines.append(f"| {fit_row['family']} | {fit_row['launch_s'] * 1e6:.2f} | {fit_row['round_latency_s'] * 1e9:.0f} | "
-                     f"{fit_row['issue_factor']:.2f} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} |")
-    lines += ["", f"Constants the data cannot tell apart from the fit (rms log error within "
-              f"{PLAUSIBLE_ERROR_FACTOR:.2f}x of the best), at the largest value of each; the pessimistic end uses "
-              "these too:", "", "| largest | launch us | round ns | issue factor |", "|---|---:|---:|---:|"]
+        lines.append(
+            f"| {fit_row['family']} | {fit_row['launch_s'] * 1e6:.2f} | {fit_row['round_latency_s'] * 1e9:.0f} | "
+            f"{fit_row['issue_factor']:.2f} | {s['median']:.2f} | {s['p10']:.2f}-{s['p90']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Constants the data cannot tell apart from the fit (rms log error within "
+        f"{PLAUSIBLE_ERROR_FACTOR:.2f}x of the best), at the largest value of each; the pessimistic end uses "
+        "these too:",
+        "",
+        "| largest | launch us | round ns | issue factor |",
+        "|---|---:|---:|---:|",
+    ]
     for row in result["plausible_extremes"]:
-        lines.append(f"| {row['largest']} | {row['launch_s'] * 1e6:.2f} | {row['round_latency_s'] * 1e9:.0f} | "
-                     f"{row['issue_factor']:.2f} |")
-    lines += ["", "![measured vs modeled](calibration.png)", "", "Every point:", "",
-              "| family | phase | dtype | shape | version | launches | measured ms | uncalibrated ms | calibrated ms | "
-              "measured / calibrated | fitted |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+        lines.append(
+            f"| {row['largest']} | {row['launch_s'] * 1e6:.2f} | {row['round_latency_s'] * 1e9:.0f} | "
+            f"{row['issue_factor']:.2f} |"
+        )
+    lines += [
+        "",
+        "![measured vs modeled](calibration.png)",
+        "",
+        "Every point:",
+        "",
+        "| family | phase | dtype | shape | version | launches | measured ms | uncalibrated ms | calibrated ms | "
+        "measured / calibrated | fitted |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for p in result["points"]:
         shape = ", ".join(f"{k}={v}" for k, v in p["shape"].items())
-        lines.append(f"| {p['family']} | {p['phase']} | {p['dtype']} | {shape} | {p['liger_version']} | {p['launches']} | "
-                     f"{p['measured_ms']:.4f} | {p['uncalibrated_ms']:.4f} | {p['calibrated_ms']:.4f} | "
-                     f"{p['measured_ms'] / p['calibrated_ms']:.2f} | {p['fit']} |")
+        lines.append(
+            f"| {p['family']} | {p['phase']} | {p['dtype']} | {shape} | {p['liger_version']} | {p['launches']} | "
+            f"{p['measured_ms']:.4f} | {p['uncalibrated_ms']:.4f} | {p['calibrated_ms']:.4f} | "
+            f"{p['measured_ms'] / p['calibrated_ms']:.2f} | {p['fit']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -338,8 +405,13 @@ def plot(result, path):
     for ax, key, title in ((axes[0], "uncalibrated_ms", "uncalibrated"), (axes[1], "calibrated_ms", "calibrated")):
         for n, family in enumerate(families):
             pts = [p for p in result["points"] if p["family"] == family]
-            ax.scatter([p[key] for p in pts], [p["measured_ms"] for p in pts], marker=markers[n % len(markers)],
-                       label=family, s=22)
+            ax.scatter(
+                [p[key] for p in pts],
+                [p["measured_ms"] for p in pts],
+                marker=markers[n % len(markers)],
+                label=family,
+                s=22,
+            )
         lo = min(min(p["measured_ms"], p["uncalibrated_ms"], p["calibrated_ms"]) for p in result["points"]) / 1.5
         hi = max(max(p["measured_ms"], p["uncalibrated_ms"], p["calibrated_ms"]) for p in result["points"]) * 1.5
         ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)

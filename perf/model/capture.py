@@ -196,7 +196,9 @@ def _describe_launch(kernel, args, kwargs, grid):
     bound = dict(zip(params, args))
     bound.update({k: v for k, v in kwargs.items() if k in params})
     options = {k: v for k, v in kwargs.items() if k not in params}
-    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty
+    }
     described = []
     for name in params:
         value = bound.get(name, defaults.get(name))
@@ -208,8 +210,17 @@ def _describe_launch(kernel, args, kwargs, grid):
     grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
     constexpr_names = [k for k, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)]
     files = sorted({path for _, path in _reachable_kernel_globals(fn)})
-    return Launch(fn.__module__, fn.__qualname__, _real(fn.__code__.co_filename), grid, described, constexpr_names,
-                  options, _hash_sources(files), files)
+    return Launch(
+        fn.__module__,
+        fn.__qualname__,
+        _real(fn.__code__.co_filename),
+        grid,
+        described,
+        constexpr_names,
+        options,
+        _hash_sources(files),
+        files,
+    )
 
 
 def _hash_sources(files):
@@ -294,10 +305,38 @@ def install_recorder():
 
 # aten ops that move no data: views, allocations without a fill, metadata.
 _FREE_OPS = {
-    "view", "_unsafe_view", "expand", "as_strided", "t", "permute", "unsqueeze", "squeeze", "select", "slice",
-    "detach", "alias", "empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided", "lift_fresh",
-    "split", "unbind", "transpose", "reshape", "_local_scalar_dense", "is_nonzero", "sym_size", "sym_stride",
-    "sym_numel", "_to_copy_noop", "set_", "resize_", "_reshape_alias", "unsafe_view",
+    "view",
+    "_unsafe_view",
+    "expand",
+    "as_strided",
+    "t",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "select",
+    "slice",
+    "detach",
+    "alias",
+    "empty",
+    "empty_like",
+    "new_empty",
+    "empty_strided",
+    "new_empty_strided",
+    "lift_fresh",
+    "split",
+    "unbind",
+    "transpose",
+    "reshape",
+    "_local_scalar_dense",
+    "is_nonzero",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+    "_to_copy_noop",
+    "set_",
+    "resize_",
+    "_reshape_alias",
+    "unsafe_view",
 }
 
 
@@ -365,7 +404,6 @@ def _counting_aot_backend(totals):
     return aot_autograd(fw_compiler=compiler, bw_compiler=compiler)
 
 
-
 @contextlib.contextmanager
 def recording(mode="count"):
     """Launches inside the block are recorded into the yielded list: executed and counted
@@ -377,7 +415,6 @@ def recording(mode="count"):
         yield launches
     finally:
         _Recorder.mode = "off"
-
 
 
 @dataclasses.dataclass
@@ -422,4 +459,6 @@ def count_workload(make):
     torch_ops = {}
     with recording("count") as counted, _torch_op_counter(torch_ops):
         small.step()
-    return Counted(list(headline), list(counted), torch_ops, big.elements, small.elements, getattr(big, "floor_bytes", 0))
+    return Counted(
+        list(headline), list(counted), torch_ops, big.elements, small.elements, getattr(big, "floor_bytes", 0)
+    )

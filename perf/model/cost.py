@@ -15,7 +15,6 @@ maximum, no launch cost, kept beside the calibrated figure). Each torch op on th
 launch too: ``launch_s + bytes / BW``.
 """
 
-
 from .device import DEVICE
 from .machine_code import dynamic_counts, spec_key
 
@@ -104,7 +103,8 @@ class LaunchCounts:
         serial = self.waves * (
             self.rounds_per_program * device.round_latency_s
             + device.issue_factor * self.resident_per_sm * per_program_instructions / (schedulers * clock)
-            + self.resident_per_sm * per_program_bytes * self.active_sms / device.copy_bandwidth)
+            + self.resident_per_sm * per_program_bytes * self.active_sms / device.copy_bandwidth
+        )
         return issue, mufu, transfer, serial
 
     def calibrated_s(self, device=DEVICE, l2="nominal"):
@@ -129,13 +129,16 @@ def check_same_path(name, counted):
     big = [launch.signature() for launch in counted.headline]
     small = [launch.signature() for launch in counted.small]
     if big != small:
-        raise RuntimeError(f"{name}: the scaled-down shape takes another launch path than the headline shape: "
-                           f"{big} vs {small}")
+        raise RuntimeError(
+            f"{name}: the scaled-down shape takes another launch path than the headline shape: {big} vs {small}"
+        )
 
 
 def calibrated_seconds(launches, counted, device=DEVICE, l2="nominal"):
     scale = counted.elements / counted.small_elements
-    return sum(launch.calibrated_s(device, l2) for launch in launches) + torch_op_seconds(counted.torch_ops, scale, device)
+    return sum(launch.calibrated_s(device, l2) for launch in launches) + torch_op_seconds(
+        counted.torch_ops, scale, device
+    )
 
 
 def prediction_range(launches, counted, device=DEVICE):
@@ -151,18 +154,25 @@ def model_counted(name, counted, code_by_key, device=DEVICE):
     """Per-launch and total figures of a counted workload."""
     check_same_path(name, counted)
     scale = counted.elements / counted.small_elements
-    launches = [LaunchCounts(big, small, code_by_key[spec_key(big)], scale, device)
-                for big, small in zip(counted.headline, counted.small)]
+    launches = [
+        LaunchCounts(big, small, code_by_key[spec_key(big)], scale, device)
+        for big, small in zip(counted.headline, counted.small)
+    ]
     nominal, best, worst = prediction_range(launches, counted, device)
     torch_bytes = sum(nbytes for nbytes, _ in counted.torch_ops.values()) * scale
     uncalibrated = sum(max(launch.times(device)[:3]) for launch in launches) + torch_bytes / device.copy_bandwidth
     return {
         "launch_objects": launches,
-        "calibrated_ms": nominal * 1e3, "calibrated_best_ms": best * 1e3, "calibrated_worst_ms": worst * 1e3,
-        "modeled_ms": uncalibrated * 1e3, "launch_count": launch_count(counted),
+        "calibrated_ms": nominal * 1e3,
+        "calibrated_best_ms": best * 1e3,
+        "calibrated_worst_ms": worst * 1e3,
+        "modeled_ms": uncalibrated * 1e3,
+        "launch_count": launch_count(counted),
         "torch_op_bytes": torch_bytes,
-        "torch_ops": {k: {"bytes": v[0] * scale, "calls": v[1]} for k, v in
-                      sorted(counted.torch_ops.items(), key=lambda kv: -kv[1][0])},
+        "torch_ops": {
+            k: {"bytes": v[0] * scale, "calls": v[1]}
+            for k, v in sorted(counted.torch_ops.items(), key=lambda kv: -kv[1][0])
+        },
         "l2_uncertain": any(launch.l2_uncertain for launch in launches),
     }
 
@@ -172,22 +182,38 @@ def describe_launch(launch, device=DEVICE):
     issue, mufu, transfer, serial = launch.times(device)
     constexprs = big.constexprs()
     return {
-        "kernel": big.qualname, "grid": list(big.grid), "num_warps": launch.warps, "num_stages": code["num_stages"],
-        "constexprs": {k: repr(v) if not isinstance(v, (int, float, bool, str, type(None))) else v
-                       for k, v in constexprs.items()},
-        "registers": code["registers"], "spill_bytes_per_thread": code["local_bytes"],
-        "spill_instructions": code["spill_instructions"], "shared_bytes": code["shared_bytes"],
-        "programs_per_sm": launch.per_sm, "resident_programs": launch.resident, "active_sms": launch.active_sms,
-        "waves": launch.waves, "rounds_per_program": launch.rounds_per_program,
-        "warp_instructions": launch.warp_instructions, "mufu_warp_instructions": launch.mufu,
-        "bytes": launch.bytes(device), "load_first_bytes": launch.small.load_first_bytes * launch.scale,
+        "kernel": big.qualname,
+        "grid": list(big.grid),
+        "num_warps": launch.warps,
+        "num_stages": code["num_stages"],
+        "constexprs": {
+            k: repr(v) if not isinstance(v, (int, float, bool, str, type(None))) else v for k, v in constexprs.items()
+        },
+        "registers": code["registers"],
+        "spill_bytes_per_thread": code["local_bytes"],
+        "spill_instructions": code["spill_instructions"],
+        "shared_bytes": code["shared_bytes"],
+        "programs_per_sm": launch.per_sm,
+        "resident_programs": launch.resident,
+        "active_sms": launch.active_sms,
+        "waves": launch.waves,
+        "rounds_per_program": launch.rounds_per_program,
+        "warp_instructions": launch.warp_instructions,
+        "mufu_warp_instructions": launch.mufu,
+        "bytes": launch.bytes(device),
+        "load_first_bytes": launch.small.load_first_bytes * launch.scale,
         "store_bytes": launch.store_bytes,
-        "reread_bytes": (sum(b for _, b in launch.small.reread_same_program)
-                         + launch.small.reread_other_program_bytes) * launch.scale,
+        "reread_bytes": (sum(b for _, b in launch.small.reread_same_program) + launch.small.reread_other_program_bytes)
+        * launch.scale,
         "l2_uncertain": launch.l2_uncertain,
-        "issue_ms": issue * 1e3, "mufu_ms": mufu * 1e3, "bytes_ms": transfer * 1e3, "serial_ms": serial * 1e3,
-        "modeled_ms": max(issue, mufu, transfer) * 1e3, "calibrated_ms": launch.calibrated_s(device) * 1e3,
-        "bound": launch.bound(device), "loops": launch.loops,
+        "issue_ms": issue * 1e3,
+        "mufu_ms": mufu * 1e3,
+        "bytes_ms": transfer * 1e3,
+        "serial_ms": serial * 1e3,
+        "modeled_ms": max(issue, mufu, transfer) * 1e3,
+        "calibrated_ms": launch.calibrated_s(device) * 1e3,
+        "bound": launch.bound(device),
+        "loops": launch.loops,
     }
 
 
@@ -203,42 +229,71 @@ def model_case(case, counted, code_by_key, device=DEVICE):
     numel = counted.elements
     pct = lambda ms: 100 * floor_s / (ms / 1e3) if ms else None  # noqa: E731
     for launch in described:
-        unmeasured = [loop["source"] for loop in launch["loops"] if loop["trips_per_entry"] is None
-                      and (loop["parent"] < 0 or launch["loops"][loop["parent"]]["iterations_per_program"] > 0)]
+        unmeasured = [
+            loop["source"]
+            for loop in launch["loops"]
+            if loop["trips_per_entry"] is None
+            and (loop["parent"] < 0 or launch["loops"][loop["parent"]]["iterations_per_program"] > 0)
+        ]
         if unmeasured:
             # a SASS loop whose source loop ran no ``range`` call: its line info and the
             # interpreter's source disagree (or it is a ``while`` loop); its count is a guess
-            print(f"perf.model: note: {case.name}: {launch['kernel']}: SASS loops of {unmeasured} ran no measured "
-                  "trip and count as not run (right for a loop behind an untaken runtime branch)")
+            print(
+                f"perf.model: note: {case.name}: {launch['kernel']}: SASS loops of {unmeasured} ran no measured "
+                "trip and count as not run (right for a loop behind an untaken runtime branch)"
+            )
     return {
-        "case": case.name, "family": case.family, "dtype": case.dtype, "options": case.options,
-        "grad_output": case.grad_output, "compiled": case.compiled, "headline": case.headline,
-        "shape": list(case.shape), "scaled_down_shape": list(case.small_shape),
+        "case": case.name,
+        "family": case.family,
+        "dtype": case.dtype,
+        "options": case.options,
+        "grad_output": case.grad_output,
+        "compiled": case.compiled,
+        "headline": case.headline,
+        "shape": list(case.shape),
+        "scaled_down_shape": list(case.small_shape),
         "scale": counted.elements / counted.small_elements,
-        "counted": ("bytes, trips, rounds and executed lines counted under the interpreter at scaled_down_shape, "
-                    "multiplied by scale (headline / scaled-down logits elements), code outside loops by headline / "
-                    "scaled-down programs; launches and machine code from the headline shape"),
-        "launch": (f"{main['kernel']} grid {main['grid'][0]}, {main['num_warps']} warps, "
-                   + ", ".join(f"{k}={v}" for k, v in main["constexprs"].items() if k.startswith("BLOCK"))) if main else "",
+        "counted": (
+            "bytes, trips, rounds and executed lines counted under the interpreter at scaled_down_shape, "
+            "multiplied by scale (headline / scaled-down logits elements), code outside loops by headline / "
+            "scaled-down programs; launches and machine code from the headline shape"
+        ),
+        "launch": (
+            f"{main['kernel']} grid {main['grid'][0]}, {main['num_warps']} warps, "
+            + ", ".join(f"{k}={v}" for k, v in main["constexprs"].items() if k.startswith("BLOCK"))
+        )
+        if main
+        else "",
         "registers": max((d["registers"] for d in described), default=0),
         "spills": sum(d["spill_bytes_per_thread"] for d in described),
         "shared_bytes": main["shared_bytes"] if main else None,
         "occupancy_programs_per_sm": main["programs_per_sm"] if main else None,
-        "active_sms": main["active_sms"] if main else None, "waves": main["waves"] if main else None,
+        "active_sms": main["active_sms"] if main else None,
+        "waves": main["waves"] if main else None,
         "rounds_per_program": main["rounds_per_program"] if main else None,
         "instructions_per_element": sum(d["warp_instructions"] for d in described) * 32 / numel,
         "mufu_per_element": sum(d["mufu_warp_instructions"] for d in described) * 32 / numel,
-        "kernel_bytes": kernel_bytes, "torch_op_bytes": m["torch_op_bytes"], "torch_ops": m["torch_ops"],
-        "floor_bytes": counted.floor_bytes, "bytes_over_floor": all_bytes / counted.floor_bytes,
-        "issue_ms": sum(d["issue_ms"] for d in described), "mufu_ms": sum(d["mufu_ms"] for d in described),
-        "bytes_ms": all_bytes / device.copy_bandwidth * 1e3, "serial_ms": sum(d["serial_ms"] for d in described),
-        "floor_ms": floor_s * 1e3, "modeled_ms": m["modeled_ms"], "modeled_pct_of_floor": pct(m["modeled_ms"]),
-        "calibrated_ms": m["calibrated_ms"], "calibrated_worst_ms": m["calibrated_worst_ms"],
+        "kernel_bytes": kernel_bytes,
+        "torch_op_bytes": m["torch_op_bytes"],
+        "torch_ops": m["torch_ops"],
+        "floor_bytes": counted.floor_bytes,
+        "bytes_over_floor": all_bytes / counted.floor_bytes,
+        "issue_ms": sum(d["issue_ms"] for d in described),
+        "mufu_ms": sum(d["mufu_ms"] for d in described),
+        "bytes_ms": all_bytes / device.copy_bandwidth * 1e3,
+        "serial_ms": sum(d["serial_ms"] for d in described),
+        "floor_ms": floor_s * 1e3,
+        "modeled_ms": m["modeled_ms"],
+        "modeled_pct_of_floor": pct(m["modeled_ms"]),
+        "calibrated_ms": m["calibrated_ms"],
+        "calibrated_worst_ms": m["calibrated_worst_ms"],
         "calibrated_pct_of_floor": pct(m["calibrated_ms"]),
         "calibrated_pct_of_floor_worst": pct(m["calibrated_worst_ms"]),
         "calibrated_pct_of_floor_best": pct(m["calibrated_best_ms"]),
-        "launch_count": m["launch_count"], "l2_uncertain": m["l2_uncertain"],
+        "launch_count": m["launch_count"],
+        "l2_uncertain": m["l2_uncertain"],
         "bound": main["bound"] if main else "bytes",
-        "target_pct_of_floor": case.target_pct_of_floor, "target_bytes_over_floor": case.target_bytes_over_floor,
+        "target_pct_of_floor": case.target_pct_of_floor,
+        "target_bytes_over_floor": case.target_bytes_over_floor,
         "launches": described,
     }

@@ -50,17 +50,29 @@ def all_cases():
         variants = [("", target)] + ([("label_smoothing 0.1", SMOOTHING_TARGET)] if family == VOCAB[0] else [])
         for options, target in variants:
             for dtype in ("bf16", "fp32"):
-                cases.append(Case(family, kind, shape, small, dtype, options, target_pct_of_floor=target,
-                                  headline=dtype == "bf16"))
+                cases.append(
+                    Case(
+                        family, kind, shape, small, dtype, options, target_pct_of_floor=target, headline=dtype == "bf16"
+                    )
+                )
     for family, kind, shape, small, _ in (SEG_A, DET_INDEX):
         cases.append(Case(family, kind, shape, small, "bf16", "per-class gamma/alpha/weight"))
     for family, kind, shape, small, _ in (SEG_A, SEG_B, VOCAB, DET_INDEX, DET_DENSE):
         limit = TRAFFIC_LIMIT_DENSE if kind == "sigmoid_dense" else TRAFFIC_LIMIT
         for compiled in (False, True):
-            cases.append(Case(family, kind, shape, small, "bf16", grad_output=2.0, compiled=compiled,
-                              target_bytes_over_floor=limit))
+            cases.append(
+                Case(
+                    family,
+                    kind,
+                    shape,
+                    small,
+                    "bf16",
+                    grad_output=2.0,
+                    compiled=compiled,
+                    target_bytes_over_floor=limit,
+                )
+            )
     return cases
-
 
 
 def _dtype(name):
@@ -86,8 +98,11 @@ def _inputs(case, shape, headline):
         if case.options == "label_smoothing 0.1":
             kwargs["label_smoothing"] = 0.1
         if per_class:
-            kwargs.update(gamma=torch.rand(classes, generator=g) + 1.5, alpha=torch.rand(classes, generator=g) + 0.5,
-                          weight=torch.rand(classes, generator=g) + 0.5)
+            kwargs.update(
+                gamma=torch.rand(classes, generator=g) + 1.5,
+                alpha=torch.rand(classes, generator=g) + 0.5,
+                weight=torch.rand(classes, generator=g) + 0.5,
+            )
     else:
         if case.kind == "sigmoid_index":
             target = torch.randint(0, classes + 1, (shape[0],), generator=g)  # classes: background
@@ -117,8 +132,12 @@ def run_case(case, headline):
     torch_bytes = {}
     if case.compiled:
         torch._dynamo.reset()
-        compiled = torch.compile(lambda x, t: loss_fn(x, t, kwargs), fullgraph=True, dynamic=False,
-                                 backend=_counting_aot_backend(torch_bytes))
+        compiled = torch.compile(
+            lambda x, t: loss_fn(x, t, kwargs),
+            fullgraph=True,
+            dynamic=False,
+            backend=_counting_aot_backend(torch_bytes),
+        )
         forward = lambda: compiled(x, target)
     else:
         forward = lambda: loss_fn(x, target, kwargs)
@@ -151,8 +170,6 @@ def run_case(case, headline):
         _Recorder.counting_graphs = False
     floor = x.numel() * x.element_size() * 2 + target.numel() * target.element_size()
     return _Recorder.launches, torch_bytes, floor, x.numel()
-
-
 
 
 def count_case(case):

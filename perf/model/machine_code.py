@@ -26,12 +26,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SUMMARY_VERSION = 2
 
 
-
 def spec_key(launch):
     import triton
 
     # the paths too: the line info names them, and the model matches it with the interpreter's
-    parts = [launch.module, launch.qualname, launch.source_hash, launch.source_files, triton.__version__, SUMMARY_VERSION]
+    parts = [
+        launch.module,
+        launch.qualname,
+        launch.source_hash,
+        launch.source_files,
+        triton.__version__,
+        SUMMARY_VERSION,
+    ]
     for name, value in launch.args:
         if isinstance(value, tuple) and value and value[0] == "tensor":
             value = ("tensor", value[1], value[2] % 16 == 0)
@@ -60,9 +66,14 @@ def compile_launches(launches, cache_dir, tree=None, extra_paths=()):
         cached = os.path.join(cache_dir, key + ".json")
         if key in specs or os.path.exists(cached):
             continue
-        specs[key] = {"module": launch.module, "qualname": launch.qualname, "source_hash": launch.source_hash,
-                      "source_files": launch.source_files,
-                      "args": [(n, _portable(v)) for n, v in launch.args], "options": launch.options}
+        specs[key] = {
+            "module": launch.module,
+            "qualname": launch.qualname,
+            "source_hash": launch.source_hash,
+            "source_files": launch.source_files,
+            "args": [(n, _portable(v)) for n, v in launch.args],
+            "options": launch.options,
+        }
     if specs:
         with tempfile.NamedTemporaryFile("wb", suffix=".pkl", delete=False) as f:
             pickle.dump(specs, f)
@@ -74,8 +85,13 @@ def compile_launches(launches, cache_dir, tree=None, extra_paths=()):
         # the kernel), and the model reads loops through that line info.
         with tempfile.TemporaryDirectory() as triton_cache:
             env["TRITON_CACHE_DIR"] = triton_cache
-            done = subprocess.run([sys.executable, "-m", "perf.model", "--compile-worker", f.name, cache_dir] + tree,
-                                  env=env, capture_output=True, text=True, cwd=REPO)
+            done = subprocess.run(
+                [sys.executable, "-m", "perf.model", "--compile-worker", f.name, cache_dir] + tree,
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
         os.unlink(f.name)
         if done.returncode != 0:
             raise RuntimeError("compiling for sm_90 failed:\n" + done.stderr[-4000:])
@@ -116,12 +132,21 @@ def _compile_worker(spec_path, cache_dir):
             raise RuntimeError(f"{spec['qualname']}: its source files changed while the model ran; run it again")
         code = sass.read_sass(kernel.asm["cubin"])
         summary = {
-            "registers": code.registers, "local_bytes": code.local_bytes, "spill_instructions": code.spill_instructions,
+            "registers": code.registers,
+            "local_bytes": code.local_bytes,
+            "spill_instructions": code.spill_instructions,
             "shared_bytes": int(kernel.metadata.shared) + code.static_shared,
-            "num_warps": kernel.metadata.num_warps, "num_stages": kernel.metadata.num_stages,
-            "instructions": [[ins.opcode, [list(loc) for loc in ins.locations], code.reachable[i],
-                              ins.text if ins.base_opcode in _COUNTER_OPCODES else ""]
-                             for i, ins in enumerate(code.instructions)],
+            "num_warps": kernel.metadata.num_warps,
+            "num_stages": kernel.metadata.num_stages,
+            "instructions": [
+                [
+                    ins.opcode,
+                    [list(loc) for loc in ins.locations],
+                    code.reachable[i],
+                    ins.text if ins.base_opcode in _COUNTER_OPCODES else "",
+                ]
+                for i, ins in enumerate(code.instructions)
+            ],
             "loops": [[loop.first, loop.last, loop.parent] for loop in code.loops],
             "round_opens": sass.memory_rounds(code),
         }
@@ -217,7 +242,9 @@ def dynamic_counts(code, launch):
     # trips recorded at a ``range`` call belong to the loop whose header holds that line
     trips_by_loop = defaultdict(list)
     for (file, line), calls in launch.trips.items():
-        matches = [k for k, loop in enumerate(source_loops) if loop.file == file and loop.header <= line <= loop.header_last]
+        matches = [
+            k for k, loop in enumerate(source_loops) if loop.file == file and loop.header <= line <= loop.header_last
+        ]
         if matches:
             k = min(matches, key=lambda k: source_loops[k].last - source_loops[k].first)
             trips_by_loop[k].extend(calls)
@@ -228,13 +255,17 @@ def dynamic_counts(code, launch):
             if owner[i] is None or (sass_loops[owner[i]][1] - sass_loops[owner[i]][0]) > last - first:
                 owner[i] = k
     assoc = [_innermost_source_loop(ins[1], source_loops) for ins in instructions]
+
     # Map each SASS loop to a source loop: the one whose header line its backward branch carries
     # (Triton attributes the loop's compare-and-branch to the ``for``), else the one most of its own
     # instructions come from; an enclosing SASS loop maps to an enclosing source loop.
     def header_of(locations):
         for file, line in locations:
-            hits = [k for k, loop in enumerate(source_loops)
-                    if loop.file == _real(file) and loop.header <= line <= loop.header_last]
+            hits = [
+                k
+                for k, loop in enumerate(source_loops)
+                if loop.file == _real(file) and loop.header <= line <= loop.header_last
+            ]
             if hits:
                 return min(hits, key=lambda k: source_loops[k].last - source_loops[k].first)
         return None
@@ -243,20 +274,28 @@ def dynamic_counts(code, launch):
         a, b = source_loops[outer], source_loops[inner]
         return outer != inner and a.file == b.file and a.first <= b.first and b.last <= a.last
 
-    own_votes = [Counter(assoc[i] for i in range(len(instructions)) if owner[i] == k and assoc[i] is not None)
-                 for k in range(len(sass_loops))]
+    own_votes = [
+        Counter(assoc[i] for i in range(len(instructions)) if owner[i] == k and assoc[i] is not None)
+        for k in range(len(sass_loops))
+    ]
     mapped = []
     for k, (first, last, _) in enumerate(sass_loops):
         latch = header_of(instructions[last][1])
-        mapped.append(latch if latch is not None else
-                      own_votes[k].most_common(1)[0][0] if own_votes[k] else None)
+        mapped.append(latch if latch is not None else own_votes[k].most_common(1)[0][0] if own_votes[k] else None)
     for k in sorted(range(len(sass_loops)), key=lambda k: sass_loops[k][0] - sass_loops[k][1], reverse=True):
         parent = sass_loops[k][2]  # innermost loops first, so a fix propagates outwards
-        if parent >= 0 and mapped[k] is not None and mapped[parent] is not None and not encloses(mapped[parent], mapped[k]):
+        if (
+            parent >= 0
+            and mapped[k] is not None
+            and mapped[parent] is not None
+            and not encloses(mapped[parent], mapped[k])
+        ):
             outer = [s for s in range(len(source_loops)) if encloses(s, mapped[k])]
             if outer:
                 voted = [s for s, _ in own_votes[parent].most_common() if s in outer]
-                mapped[parent] = voted[0] if voted else min(outer, key=lambda s: source_loops[s].last - source_loops[s].first)
+                mapped[parent] = (
+                    voted[0] if voted else min(outer, key=lambda s: source_loops[s].last - source_loops[s].first)
+                )
     unroll = []
     for k, source in enumerate(mapped):
         factor = 1
@@ -268,9 +307,14 @@ def dynamic_counts(code, launch):
             candidates = []
             for i in range(len(instructions)):
                 opcode, locations, _, text = instructions[i]
-                if owner[i] == k and text and any(_real(f) == header.file and header.header <= l <= header.header_last
-                                                  for f, l in locations):
-                    candidates += [v // step for v in _immediates(text.split(None, 1)[-1]) if v % step == 0 and 0 < v // step <= 64]
+                if (
+                    owner[i] == k
+                    and text
+                    and any(_real(f) == header.file and header.header <= l <= header.header_last for f, l in locations)
+                ):
+                    candidates += [
+                        v // step for v in _immediates(text.split(None, 1)[-1]) if v % step == 0 and 0 < v // step <= 64
+                    ]
             factor = min(candidates) if candidates else 1
         unroll.append(factor)
     # the main SASS loop of a source loop takes trips // unroll; other SASS loops of the same
@@ -355,15 +399,18 @@ def dynamic_counts(code, launch):
     for k, (first, last, parent) in enumerate(sass_loops):
         source = mapped[k]
         calls = trips_by_loop.get(source, [])
-        loops.append({
-            "sass_instructions": last - first + 1,
-            "source": f"{os.path.basename(source_loops[source].file)}:{source_loops[source].header}" if source is not None else None,
-            "unroll": unroll[k],
-            "trips_per_entry": (sum(n for n, _ in calls) / len(calls)) if calls else None,
-            "iterations_per_program": iterations[k] / programs,
-            "parent": parent,
-        })
-    return DynamicCounts(total[0] * warps, total[1] * warps, outside[0] * warps, outside[1] * warps, loops,
-                         total[2], outside[2])
-
-
+        loops.append(
+            {
+                "sass_instructions": last - first + 1,
+                "source": f"{os.path.basename(source_loops[source].file)}:{source_loops[source].header}"
+                if source is not None
+                else None,
+                "unroll": unroll[k],
+                "trips_per_entry": (sum(n for n, _ in calls) / len(calls)) if calls else None,
+                "iterations_per_program": iterations[k] / programs,
+                "parent": parent,
+            }
+        )
+    return DynamicCounts(
+        total[0] * warps, total[1] * warps, outside[0] * warps, outside[1] * warps, loops, total[2], outside[2]
+    )

@@ -124,8 +124,9 @@ def sigmoid_loss(pred, target, dense, w, reduction, avg_factor, *, alpha, gamma,
     return reduce_sum(total, pred.numel(), reduction, avg_factor)
 
 
-def softmax_loss(pred, target, weigh, reduction, avg_factor, *, alpha, class_weight, gamma, ignore_index,
-                 avg_non_ignore, backend):
+def softmax_loss(
+    pred, target, weigh, reduction, avg_factor, *, alpha, class_weight, gamma, ignore_index, avg_non_ignore, backend
+):
     """The softmax focal loss of ``pred`` ``(N, C, ...)`` against class indices with ``CrossEntropyLoss``'s
     reductions. ``weigh``: None, or a function multiplying the per-label loss by the caller's weight."""
     c = pred.shape[1]

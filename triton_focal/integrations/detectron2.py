@@ -157,8 +157,14 @@ def sigmoid_focal_loss_from_labels(
     if normalizer is not None:
         reduction = "sum"
     return functional.sigmoid_focal_loss(
-        logits, labels.to(logits.device), alpha=alpha, gamma=gamma, reduction=reduction, ignore_index=ignore_label,
-        normalizer=normalizer, backend=backend,
+        logits,
+        labels.to(logits.device),
+        alpha=alpha,
+        gamma=gamma,
+        reduction=reduction,
+        ignore_index=ignore_label,
+        normalizer=normalizer,
+        backend=backend,
     )
 
 

@@ -181,8 +181,18 @@ class TritonFocalLoss(nn.Module):
             w = cw if w is None else w * cw
         if self.activated:
             return self._activated(pred, target, dense, w, reduction, avg_factor, ignore_index)
-        return mm.sigmoid_loss(pred, target, dense, w, reduction, avg_factor, alpha=self.alpha, gamma=self.gamma,
-                               ignore_index=ignore_index, backend=self.backend)
+        return mm.sigmoid_loss(
+            pred,
+            target,
+            dense,
+            w,
+            reduction,
+            avg_factor,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            ignore_index=ignore_index,
+            backend=self.backend,
+        )
 
     def _activated(self, pred, target, dense, w, reduction, avg_factor, ignore_index):
         """mmdet's ``py_focal_loss_with_prob`` (``pred`` holds probabilities)."""
@@ -223,9 +233,19 @@ class TritonFocalLoss(nn.Module):
                 )
             return loss * weight.reshape(loss.shape).float()
 
-        return mm.softmax_loss(pred, target, None if weight is None else weigh, reduction, avg_factor, alpha=alpha,
-                               class_weight=self.class_weight, gamma=self.gamma, ignore_index=ignore_index,
-                               avg_non_ignore=self.avg_non_ignore, backend=self.backend)
+        return mm.softmax_loss(
+            pred,
+            target,
+            None if weight is None else weigh,
+            reduction,
+            avg_factor,
+            alpha=alpha,
+            class_weight=self.class_weight,
+            gamma=self.gamma,
+            ignore_index=ignore_index,
+            avg_non_ignore=self.avg_non_ignore,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return (

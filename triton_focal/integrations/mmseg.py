@@ -165,8 +165,9 @@ class TritonFocalLoss(nn.Module):
         if pred.dim() < 2:
             raise ValueError(f"pred must be (N, C, ...) logits, got shape {tuple(pred.shape)}")
         dense = target.shape == pred.shape
-        if not dense and (target.dim() != pred.dim() - 1 or target.shape[0] != pred.shape[0]
-                          or target.shape[1:] != pred.shape[2:]):
+        if not dense and (
+            target.dim() != pred.dim() - 1 or target.shape[0] != pred.shape[0] or target.shape[1:] != pred.shape[2:]
+        ):
             raise ValueError(
                 f"target of shape {tuple(target.shape)} does not match pred {tuple(pred.shape)}: it must be "
                 f"class indices {(pred.shape[0], *pred.shape[2:])} or dense {tuple(pred.shape)}"
@@ -202,8 +203,18 @@ class TritonFocalLoss(nn.Module):
             alpha_t = a * positive + (1 - a) * (1 - positive)
             w = alpha_t if w is None else w * alpha_t
             alpha = -1.0
-        return mm.sigmoid_loss(pred, target, dense, w, reduction, avg_factor, alpha=alpha, gamma=self.gamma,
-                               ignore_index=ignore_index, backend=self.backend)
+        return mm.sigmoid_loss(
+            pred,
+            target,
+            dense,
+            w,
+            reduction,
+            avg_factor,
+            alpha=alpha,
+            gamma=self.gamma,
+            ignore_index=ignore_index,
+            backend=self.backend,
+        )
 
     def _softmax(self, pred, target, dense, w, reduction, avg_factor, ignore_index):
         if dense or target.is_floating_point():
@@ -214,9 +225,19 @@ class TritonFocalLoss(nn.Module):
                 raise ValueError("weight for use_sigmoid=False must be per pixel, not per class")
             return loss * w.squeeze(1)
 
-        return mm.softmax_loss(pred, target, None if w is None else weigh, reduction, avg_factor, alpha=self.alpha,
-                               class_weight=self.class_weight, gamma=self.gamma, ignore_index=ignore_index,
-                               avg_non_ignore=self.avg_non_ignore, backend=self.backend)
+        return mm.softmax_loss(
+            pred,
+            target,
+            None if w is None else weigh,
+            reduction,
+            avg_factor,
+            alpha=self.alpha,
+            class_weight=self.class_weight,
+            gamma=self.gamma,
+            ignore_index=ignore_index,
+            avg_non_ignore=self.avg_non_ignore,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return (

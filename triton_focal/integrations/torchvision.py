@@ -90,8 +90,14 @@ def retinanet_classification_loss(
     num_foreground = (torch.stack(list(matched_idxs)) >= 0).sum(dim=1).clamp(min=1)
     weight = (1.0 / (num_foreground.to(cls_logits.dtype) * n)).repeat_interleave(a).unsqueeze(1)  # (N * A, 1)
     return sigmoid_focal_loss(
-        cls_logits.reshape(n * a, c), labels.reshape(-1), alpha=alpha, gamma=gamma, weight=weight, reduction="sum",
-        ignore_index=BETWEEN_THRESHOLDS, backend=backend,
+        cls_logits.reshape(n * a, c),
+        labels.reshape(-1),
+        alpha=alpha,
+        gamma=gamma,
+        weight=weight,
+        reduction="sum",
+        ignore_index=BETWEEN_THRESHOLDS,
+        backend=backend,
     )
 
 

@@ -97,8 +97,15 @@ def causal_lm_focal_loss(
     # As transformers does: the loss is taken from float32 logits.
     logits = logits.float().reshape(-1, vocab_size)
     target = _shifted_labels(labels, ignore_index, shift_labels).reshape(-1).to(logits.device)
-    settings = dict(gamma=gamma, alpha=alpha, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                    ignore_index=ignore_index, backend=backend)
+    settings = dict(
+        gamma=gamma,
+        alpha=alpha,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        ignore_index=ignore_index,
+        backend=backend,
+    )
     return _mean_or_normalized(focal_loss, logits, target, num_items_in_batch, settings)
 
 
@@ -156,9 +163,19 @@ def fused_causal_lm_focal_loss(
     reduction = "mean" if num_items_in_batch is None else "sum"
     rows, head_weight, head_bias = _head_projection(head, hidden.reshape(-1, hidden.shape[-1]))
     loss = fused_linear_focal_loss(
-        rows, head_weight, target, head_bias, chunk_size=chunk_size, gamma=gamma,
-        alpha=alpha, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, ignore_index=ignore_index,
-        reduction=reduction, backend=backend,
+        rows,
+        head_weight,
+        target,
+        head_bias,
+        chunk_size=chunk_size,
+        gamma=gamma,
+        alpha=alpha,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        backend=backend,
     ).float()
     return loss if num_items_in_batch is None else _normalize(loss, num_items_in_batch)
 
@@ -266,6 +283,12 @@ class _FusedHeadForward:
     def __call__(self, *args, **kwargs):
         return _fused_head_forward(self.model, *args, **kwargs)
 
+    @property
+    def __signature__(self):
+        # the model's own (Trainer's remove_unused_columns reads the forward's signature)
+        signature = inspect.signature(type(self.model).forward)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+
 
 _LOSS_ARGUMENTS = ("labels", "num_items_in_batch", "shift_labels")
 
@@ -278,11 +301,14 @@ def _fused_head_forward(self, *args, **kwargs):
     original_forward = type(self).forward
     if args:
         names = [
-            name for name, parameter in inspect.signature(original_forward).parameters.items()
+            name
+            for name, parameter in inspect.signature(original_forward).parameters.items()
             if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
         ][1:]  # without self
         if len(args) > len(names):
-            raise TypeError(f"{type(self).__name__}.forward takes at most {len(names)} positional arguments, got {len(args)}")
+            raise TypeError(
+                f"{type(self).__name__}.forward takes at most {len(names)} positional arguments, got {len(args)}"
+            )
         for name, value in zip(names, args):
             if name in kwargs:
                 raise TypeError(f"{type(self).__name__}.forward got multiple values for argument {name!r}")
@@ -319,7 +345,9 @@ def _classification_labels(labels):
 def _classification_logits(logits, name="logits"):
     logits = getattr(logits, "logits", logits)
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor or a model output with .logits, got {type(logits).__name__}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor or a model output with .logits, got {type(logits).__name__}"
+        )
     return logits.float()  # transformers takes classification losses on float32 logits too
 
 
@@ -429,6 +457,12 @@ def token_classification_focal_loss(
     rows, target = logits.reshape(-1, num_labels), labels.to(logits.device).reshape(-1)
     if target.numel() != rows.shape[0]:
         raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits of shape {tuple(logits.shape)}")
-    settings = dict(gamma=gamma, alpha=_on_device(alpha, logits), weight=_on_device(weight, logits),
-                    ignore_index=ignore_index, label_smoothing=label_smoothing, backend=backend)
+    settings = dict(
+        gamma=gamma,
+        alpha=_on_device(alpha, logits),
+        weight=_on_device(weight, logits),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        backend=backend,
+    )
     return _mean_or_normalized(focal_loss, rows, target, num_items_in_batch, settings)

@@ -49,8 +49,13 @@ class FusedClassificationLoss(nn.Module):
         backend: triton_focal's backend.
     """
 
-    def __init__(self, gamma: float = 0.0, alpha: float = -1.0, class_weight: Optional[torch.Tensor] = None,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        gamma: float = 0.0,
+        alpha: float = -1.0,
+        class_weight: Optional[torch.Tensor] = None,
+        backend: str = "auto",
+    ):
         super().__init__()
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < float("inf"):
             raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
@@ -71,8 +76,15 @@ class FusedClassificationLoss(nn.Module):
         weight = None
         if self.class_weight is not None:
             weight = self.class_weight.to(device=pred_scores.device, dtype=pred_scores.dtype)
-        return sigmoid_focal_loss(pred_scores, target_scores.to(pred_scores.dtype), alpha=self.alpha, gamma=self.gamma,
-                                  weight=weight, reduction="sum", backend=self.backend)
+        return sigmoid_focal_loss(
+            pred_scores,
+            target_scores.to(pred_scores.dtype),
+            alpha=self.alpha,
+            gamma=self.gamma,
+            weight=weight,
+            reduction="sum",
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={self.alpha}, backend={self.backend!r}"
@@ -127,8 +139,9 @@ def enable_focal_loss(model, *, gamma: float = 0.0, alpha: float = -1.0, backend
     if not hasattr(target, "init_criterion"):
         raise TypeError(f"model must be an ultralytics model (with init_criterion), got {type(model).__name__}")
     criterion = getattr(target, "criterion", None)
-    target.criterion = patch_criterion(criterion if criterion is not None else target.init_criterion(),
-                                       gamma=gamma, alpha=alpha, backend=backend)
+    target.criterion = patch_criterion(
+        criterion if criterion is not None else target.init_criterion(), gamma=gamma, alpha=alpha, backend=backend
+    )
     return model
 
 

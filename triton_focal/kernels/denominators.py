@@ -18,8 +18,13 @@ def _target_count_kernel(
     partial_ptr,  # (num_programs, 2) ACC
     ticket_ptr,  # (1,) int32, 0 between launches
     denom_ptr,  # (2,) ACC out: (sum of w_y, count), each times ``scale``
-    stride_t_n, stride_t_p,
-    P, num_p_blocks, C, ignore_index, scale,
+    stride_t_n,
+    stride_t_p,
+    P,
+    num_p_blocks,
+    C,
+    ignore_index,
+    scale,
     HAS_WEIGHT: tl.constexpr,
     ZERO_AS_ONE: tl.constexpr,  # a divisor of nothing is 1 (its sum is 0 anyway)
     BLOCK: tl.constexpr,

@@ -18,9 +18,16 @@ ROW_STATS_READ = tl.constexpr(2)
 
 
 @triton.jit
-def gradient_plan(policy_ptr, stored_ptr, grad_out_ptr, num_tiles,
-                  GRAD_MODE: tl.constexpr, GRAD_OUT_IS_SCALAR: tl.constexpr, SKIP_IF_STORED: tl.constexpr,
-                  ACC: tl.constexpr):
+def gradient_plan(
+    policy_ptr,
+    stored_ptr,
+    grad_out_ptr,
+    num_tiles,
+    GRAD_MODE: tl.constexpr,
+    GRAD_OUT_IS_SCALAR: tl.constexpr,
+    SKIP_IF_STORED: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """``(store_grad, grad_scale, tiles)`` of one launch, decided on the device (no host sync).
 
     ``store_grad``: whether the launch writes the gradient (a runtime value in GRAD_IF_POLICY

@@ -69,7 +69,11 @@ def sum_partials(partial_ptr, ticket_ptr, partial, WIDTH: tl.constexpr, ACC: tl.
     if is_last:
         for start in range(0, programs, SUM_BLOCK):
             rows = start + tl.arange(0, SUM_BLOCK).to(tl.int64)
-            total += tl.load(partial_ptr + rows[:, None] * WIDTH + cols[None, :], mask=(rows < programs)[:, None],
-                             other=0.0, cache_modifier=".cg")
+            total += tl.load(
+                partial_ptr + rows[:, None] * WIDTH + cols[None, :],
+                mask=(rows < programs)[:, None],
+                other=0.0,
+                cache_modifier=".cg",
+            )
         tl.atomic_xchg(ticket_ptr, 0)
     return is_last, tl.sum(total, axis=0)

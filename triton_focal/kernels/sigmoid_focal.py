@@ -24,14 +24,45 @@ from .reduce import store_total
 
 
 @triton.jit
-def _class_steps(x_row, t_row, w_row, l_row, g_row, go_row,  # [BLOCK_R] pointers of the tile's rows
-                 stride_x_c, stride_t_c, stride_w_c, stride_l_c, stride_g_c, stride_go_c,
-                 C, row_mask, row_keep, row_fill, label_in_step, alpha, gamma_hi, gamma_lo, gamma_ptr, grad_scale,
-                 loss_acc, offs_c,
-                 INDEX_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ALPHA: tl.constexpr,
-                 HAS_CLASS_GAMMA: tl.constexpr, GAMMA_INT: tl.constexpr, STAR: tl.constexpr, REDUCE: tl.constexpr,
-                 GRAD_OUT_IS_SCALAR: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
-                 WITH_LOSS: tl.constexpr, WITH_GRAD: tl.constexpr, SCALED: tl.constexpr):  # what to compute
+def _class_steps(
+    x_row,
+    t_row,
+    w_row,
+    l_row,
+    g_row,
+    go_row,  # [BLOCK_R] pointers of the tile's rows
+    stride_x_c,
+    stride_t_c,
+    stride_w_c,
+    stride_l_c,
+    stride_g_c,
+    stride_go_c,
+    C,
+    row_mask,
+    row_keep,
+    row_fill,
+    label_in_step,
+    alpha,
+    gamma_hi,
+    gamma_lo,
+    gamma_ptr,
+    grad_scale,
+    loss_acc,
+    offs_c,
+    INDEX_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    HAS_CLASS_GAMMA: tl.constexpr,
+    GAMMA_INT: tl.constexpr,
+    STAR: tl.constexpr,
+    REDUCE: tl.constexpr,
+    GRAD_OUT_IS_SCALAR: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+    WITH_LOSS: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
+    SCALED: tl.constexpr,
+):  # what to compute
     """One tile's rows, stepping over the classes: the loss (into ``loss_acc``, or stored) and
     the gradient (times ``grad_scale``, and ``grad_output`` per element where ``SCALED``)."""
     for c0 in range(0, C, BLOCK_C):
@@ -105,18 +136,36 @@ def _sigmoid_focal_kernel(
     policy_ptr,  # (1,) int32 device flag: forwards store the gradient
     stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
     # strides
-    stride_x_n, stride_x_c, stride_x_p,
-    stride_t_n, stride_t_c, stride_t_p,  # stride_t_c unused for class indices
-    stride_w_n, stride_w_c, stride_w_p,
-    stride_l_n, stride_l_c, stride_l_p,
-    stride_g_n, stride_g_c, stride_g_p,
-    stride_go_n, stride_go_c, stride_go_p,
+    stride_x_n,
+    stride_x_c,
+    stride_x_p,
+    stride_t_n,
+    stride_t_c,
+    stride_t_p,  # stride_t_c unused for class indices
+    stride_w_n,
+    stride_w_c,
+    stride_w_p,
+    stride_l_n,
+    stride_l_c,
+    stride_l_p,
+    stride_g_n,
+    stride_g_c,
+    stride_g_p,
+    stride_go_n,
+    stride_go_c,
+    stride_go_p,
     # sizes
-    C, P, num_p_blocks, num_tiles,
+    C,
+    P,
+    num_p_blocks,
+    num_tiles,
     # scalars: float32 (hi, lo) halves, so float64 math gets them unrounded (ops/scalars.py)
-    alpha_hi, alpha_lo,
-    gamma_hi, gamma_lo,
-    denom_hi, denom_lo,  # the divisor where it is a number (not HAS_DENOM); 1.0 for none
+    alpha_hi,
+    alpha_lo,
+    gamma_hi,
+    gamma_lo,
+    denom_hi,
+    denom_lo,  # the divisor where it is a number (not HAS_DENOM); 1.0 for none
     ignore_index,
     # constants
     BLOCK_R: tl.constexpr,  # rows (positions) per tile
@@ -141,8 +190,9 @@ def _sigmoid_focal_kernel(
 
     # 0. What this launch writes, decided on the device (no host sync).
     compute_loss = GRAD_MODE != GRAD_BACKWARD
-    store_grad, grad_scale, tiles = gradient_plan(policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE,
-                                                  GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC)
+    store_grad, grad_scale, tiles = gradient_plan(
+        policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
+    )
     # The reduced loss's divisor: a tensor on the device (a count, a normalizer tensor) or a
     # number (the element count of a dense mean, a normalizer given as a number).
     if HAS_DENOM:
@@ -189,23 +239,84 @@ def _sigmoid_focal_kernel(
 
         # 2-5. The class steps of this tile. A forward that may store the gradient picks, per
         # launch and on the device, the variant with or without the gradient's arithmetic.
-        steps = (x_row, target_ptr + n * stride_t_n + p * stride_t_p, weight_ptr + n * stride_w_n + p * stride_w_p,
-                 loss_ptr + n * stride_l_n + p * stride_l_p, grad_ptr + n * stride_g_n + p * stride_g_p,
-                 grad_out_ptr + n * stride_go_n + p * stride_go_p,
-                 stride_x_c, stride_t_c, stride_w_c, stride_l_c, stride_g_c, stride_go_c,
-                 C, row_mask, row_keep, row_fill, label_in_step, alpha, gamma_hi, gamma_lo, gamma_ptr, grad_scale,
-                 loss_acc, offs_c)
+        steps = (
+            x_row,
+            target_ptr + n * stride_t_n + p * stride_t_p,
+            weight_ptr + n * stride_w_n + p * stride_w_p,
+            loss_ptr + n * stride_l_n + p * stride_l_p,
+            grad_ptr + n * stride_g_n + p * stride_g_p,
+            grad_out_ptr + n * stride_go_n + p * stride_go_p,
+            stride_x_c,
+            stride_t_c,
+            stride_w_c,
+            stride_l_c,
+            stride_g_c,
+            stride_go_c,
+            C,
+            row_mask,
+            row_keep,
+            row_fill,
+            label_in_step,
+            alpha,
+            gamma_hi,
+            gamma_lo,
+            gamma_ptr,
+            grad_scale,
+            loss_acc,
+            offs_c,
+        )
         if GRAD_MODE == GRAD_IF_POLICY:
             if store_grad:
-                loss_acc = _class_steps(*steps, INDEX_TARGET, HAS_WEIGHT, HAS_ALPHA, HAS_CLASS_GAMMA, GAMMA_INT, STAR,
-                                        REDUCE, GRAD_OUT_IS_SCALAR, BLOCK_C, ACC, True, True, False)
+                loss_acc = _class_steps(
+                    *steps,
+                    INDEX_TARGET,
+                    HAS_WEIGHT,
+                    HAS_ALPHA,
+                    HAS_CLASS_GAMMA,
+                    GAMMA_INT,
+                    STAR,
+                    REDUCE,
+                    GRAD_OUT_IS_SCALAR,
+                    BLOCK_C,
+                    ACC,
+                    True,
+                    True,
+                    False,
+                )
             else:
-                loss_acc = _class_steps(*steps, INDEX_TARGET, HAS_WEIGHT, HAS_ALPHA, HAS_CLASS_GAMMA, GAMMA_INT, STAR,
-                                        REDUCE, GRAD_OUT_IS_SCALAR, BLOCK_C, ACC, True, False, False)
+                loss_acc = _class_steps(
+                    *steps,
+                    INDEX_TARGET,
+                    HAS_WEIGHT,
+                    HAS_ALPHA,
+                    HAS_CLASS_GAMMA,
+                    GAMMA_INT,
+                    STAR,
+                    REDUCE,
+                    GRAD_OUT_IS_SCALAR,
+                    BLOCK_C,
+                    ACC,
+                    True,
+                    False,
+                    False,
+                )
         else:
-            loss_acc = _class_steps(*steps, INDEX_TARGET, HAS_WEIGHT, HAS_ALPHA, HAS_CLASS_GAMMA, GAMMA_INT, STAR,
-                                    REDUCE, GRAD_OUT_IS_SCALAR, BLOCK_C, ACC, compute_loss, GRAD_MODE != GRAD_NONE,
-                                    GRAD_MODE == GRAD_BACKWARD)
+            loss_acc = _class_steps(
+                *steps,
+                INDEX_TARGET,
+                HAS_WEIGHT,
+                HAS_ALPHA,
+                HAS_CLASS_GAMMA,
+                GAMMA_INT,
+                STAR,
+                REDUCE,
+                GRAD_OUT_IS_SCALAR,
+                BLOCK_C,
+                ACC,
+                compute_loss,
+                GRAD_MODE != GRAD_NONE,
+                GRAD_MODE == GRAD_BACKWARD,
+            )
 
     if REDUCED:
         # The programs' partial sums, added in a fixed order by the last one (bit-identical

@@ -92,8 +92,7 @@ def _lanes(row_value, ROWS: tl.constexpr, SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _class_params(gamma_ptr, weight_ptr, cls, mask, gamma,
-                  HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+def _class_params(gamma_ptr, weight_ptr, cls, mask, gamma, HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     """``gamma_c`` and ``w_c`` of a block (scalars when shared by every class)."""
     if HAS_CLASS_GAMMA:
         gamma_c = tl.load(gamma_ptr + cls, mask=mask, other=0.0)
@@ -129,8 +128,17 @@ def _class_terms(x, log_p, p, big, gamma_c, GAMMA_INT: tl.constexpr):
 
 
 @triton.jit
-def _dominant_class(has_big, big_cls, p_small, gamma_ptr, weight_ptr, gamma,
-                    HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr, GAMMA_INT: tl.constexpr):
+def _dominant_class(
+    has_big,
+    big_cls,
+    p_small,
+    gamma_ptr,
+    weight_ptr,
+    gamma,
+    HAS_CLASS_GAMMA: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    GAMMA_INT: tl.constexpr,
+):
     """``(w f, w g, g)`` of each row's class with ``p > 1/2`` where ``has_big`` (its index
     ``big_cls`` is needed, and tracked, only for per-class gamma or weights), from
     ``1 - p = p_small``, the sum of the other classes' ``p``: no cancellation."""
@@ -159,17 +167,36 @@ def _softmax_focal_kernel(
     stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
     stats_ptr,  # (3, N * P) ACC per-row (m, s_other, x_y): written (ROW_STATS_WRITE) or read
     # strides
-    stride_x_n, stride_x_c, stride_x_p,
-    stride_t_n, stride_t_p,
-    stride_l_n, stride_l_p,
-    stride_g_n, stride_g_c, stride_g_p,
-    stride_go_n, stride_go_p,
+    stride_x_n,
+    stride_x_c,
+    stride_x_p,
+    stride_t_n,
+    stride_t_p,
+    stride_l_n,
+    stride_l_p,
+    stride_g_n,
+    stride_g_c,
+    stride_g_p,
+    stride_go_n,
+    stride_go_p,
     # sizes
-    C, P, num_p_blocks, num_tiles, num_rows,
+    C,
+    P,
+    num_p_blocks,
+    num_tiles,
+    num_rows,
     # scalars (runtime values: a new gamma or alpha does not recompile), floats as float32
     # (hi, lo) halves so that float64 logits get them unrounded
-    gamma_hi, gamma_lo, alpha_hi, alpha_lo, smoothing_hi, smoothing_lo,
-    z_loss_hi, z_loss_lo, softcap_hi, softcap_lo,
+    gamma_hi,
+    gamma_lo,
+    alpha_hi,
+    alpha_lo,
+    smoothing_hi,
+    smoothing_lo,
+    z_loss_hi,
+    z_loss_lo,
+    softcap_hi,
+    softcap_lo,
     ignore_index,
     # constants
     BLOCK_C: tl.constexpr,  # classes per lane per step
@@ -212,8 +239,9 @@ def _softmax_focal_kernel(
 
     # 0. What this launch writes, decided on the device (no host sync).
     compute_loss = GRAD_MODE != GRAD_BACKWARD
-    store_grad, grad_scale, tiles = gradient_plan(policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE,
-                                                  GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC)
+    store_grad, grad_scale, tiles = gradient_plan(
+        policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
+    )
     mean_scale = 1.0
     z_scale = 1.0
     if MEAN:
@@ -337,8 +365,9 @@ def _softmax_focal_kernel(
             sum_w_g = _row_total(sum_w_g, ROWS, SPLIT, False)
             p_small = _row_total(p_small, ROWS, SPLIT, False)
             big_cls = _row_total(big_cls, ROWS, SPLIT, True)
-            w_f_big, w_g_big, g_big = _dominant_class(has_big & row_ok, big_cls, p_small, gamma_ptr, weight_ptr,
-                                                      gamma, HAS_CLASS_GAMMA, HAS_WEIGHT, GAMMA_INT)
+            w_f_big, w_g_big, g_big = _dominant_class(
+                has_big & row_ok, big_cls, p_small, gamma_ptr, weight_ptr, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT, GAMMA_INT
+            )
             sum_w_f += w_f_big
             sum_w_g += w_g_big
             # The target's 1 - p_y: the others' p if it dominates, else exact to an ulp.

@@ -35,8 +35,9 @@ def _load_row_block(x_row, cols, stride_v, V, softcap, HAS_SOFTCAP: tl.constexpr
 
 
 @triton.jit
-def _class_focal(z, lse, gamma_ptr, weight_ptr, cols, V, gamma,
-                 HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+def _class_focal(
+    z, lse, gamma_ptr, weight_ptr, cols, V, gamma, HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr
+):
     """``(p, w f, w g)`` of a block; a class at ``-inf`` (masked) gives ``f = g = 0``."""
     log_p = z - lse
     p = tl.exp2(log_p * LOG2E)
@@ -55,9 +56,20 @@ def _class_focal(z, lse, gamma_ptr, weight_ptr, cols, V, gamma,
 
 @triton.jit
 def _shard_stats_kernel(
-    x_ptr, target_ptr, m_ptr, s_ptr, s_other_ptr, z_target_ptr,  # (T, V_r), (T,) local target or -1, 4 x (T,)
-    stride_x_t, stride_x_v, V, softcap_hi, softcap_lo,  # floats as float32 (hi, lo) halves (ops/scalars.py)
-    BLOCK_V: tl.constexpr, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr,
+    x_ptr,
+    target_ptr,
+    m_ptr,
+    s_ptr,
+    s_other_ptr,
+    z_target_ptr,  # (T, V_r), (T,) local target or -1, 4 x (T,)
+    stride_x_t,
+    stride_x_v,
+    V,
+    softcap_hi,
+    softcap_lo,  # floats as float32 (hi, lo) halves (ops/scalars.py)
+    BLOCK_V: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     softcap = join_float(softcap_hi, softcap_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
@@ -89,9 +101,23 @@ def _shard_stats_kernel(
 
 @triton.jit
 def _shard_smoothing_kernel(
-    x_ptr, lse_ptr, gamma_ptr, weight_ptr, sum_wf_ptr, sum_wg_ptr,
-    stride_x_t, stride_x_v, V, softcap_hi, softcap_lo, gamma_hi, gamma_lo,
-    BLOCK_V: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    x_ptr,
+    lse_ptr,
+    gamma_ptr,
+    weight_ptr,
+    sum_wf_ptr,
+    sum_wg_ptr,
+    stride_x_t,
+    stride_x_v,
+    V,
+    softcap_hi,
+    softcap_lo,
+    gamma_hi,
+    gamma_lo,
+    BLOCK_V: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_CLASS_GAMMA: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
     ACC: tl.constexpr,
 ):
     softcap = join_float(softcap_hi, softcap_lo, ACC)
@@ -115,10 +141,30 @@ def _shard_smoothing_kernel(
 
 @triton.jit
 def _shard_grad_kernel(
-    x_ptr, target_ptr, lse_ptr, p_coef_ptr, target_coef_ptr, smooth_coef_ptr, gamma_ptr, weight_ptr, grad_ptr,
-    stride_x_t, stride_x_v, stride_g_t, stride_g_v, V, softcap_hi, softcap_lo, gamma_hi, gamma_lo,
-    BLOCK_V: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
-    HAS_CLASS_GAMMA: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
+    x_ptr,
+    target_ptr,
+    lse_ptr,
+    p_coef_ptr,
+    target_coef_ptr,
+    smooth_coef_ptr,
+    gamma_ptr,
+    weight_ptr,
+    grad_ptr,
+    stride_x_t,
+    stride_x_v,
+    stride_g_t,
+    stride_g_v,
+    V,
+    softcap_hi,
+    softcap_lo,
+    gamma_hi,
+    gamma_lo,
+    BLOCK_V: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    HAS_CLASS_GAMMA: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     softcap = join_float(softcap_hi, softcap_lo, ACC)
     gamma = join_float(gamma_hi, gamma_lo, ACC)

@@ -17,18 +17,33 @@ def target_denominators(target, weight, ignore_index, num_classes, *, dtype, sca
     and times the count, over the elements of ``target`` (``(N, P)`` class indices) that are not
     ``ignore_index``. ``zero_as_one``: a divisor of nothing is 1 instead of 0."""
     if target.shape[1] == 1:  # rows ((T, V) logits): one long line of targets, not T lines of one
-        target = target.view(1, -1) if target.shape[0] == 1 else target.as_strided((1, target.shape[0]),
-                                                                                    (0, target.stride(0)))
+        target = (
+            target.view(1, -1)
+            if target.shape[0] == 1
+            else target.as_strided((1, target.shape[0]), (0, target.stride(0)))
+        )
     n, p = target.shape
     denom = target.new_empty(2, dtype=dtype)
     block = BLOCK  # one configuration for every size: a short line leaves lanes masked, and compiles nothing new
     num_p_blocks = triton.cdiv(p, block)
     programs = n * num_p_blocks
     _target_count_kernel[(programs,)](
-        target, weight if weight is not None else denom, partials(programs, 2, dtype, target.device),
-        ticket_counter(target.device), denom, target.stride(0), target.stride(1),
-        p, num_p_blocks, num_classes, int(ignore_index), float(scale),
-        HAS_WEIGHT=weight is not None, ZERO_AS_ONE=zero_as_one, BLOCK=block, ACC=acc_dtype(dtype),
+        target,
+        weight if weight is not None else denom,
+        partials(programs, 2, dtype, target.device),
+        ticket_counter(target.device),
+        denom,
+        target.stride(0),
+        target.stride(1),
+        p,
+        num_p_blocks,
+        num_classes,
+        int(ignore_index),
+        float(scale),
+        HAS_WEIGHT=weight is not None,
+        ZERO_AS_ONE=zero_as_one,
+        BLOCK=block,
+        ACC=acc_dtype(dtype),
         num_warps=NUM_WARPS,
     )
     return denom

@@ -158,7 +158,7 @@ def save_options(ctx, tensors, options):
 def saved_options(ctx):
     """``(tensors, options)`` as given to ``save_options``."""
     saved = ctx.saved_tensors
-    tensors, option_tensors = saved[:ctx.num_tensors], iter(saved[ctx.num_tensors:])
+    tensors, option_tensors = saved[: ctx.num_tensors], iter(saved[ctx.num_tensors :])
     options = [next(option_tensors) if is_tensor else o for o, is_tensor in zip(ctx.options, ctx.option_is_tensor)]
     return tensors, options
 
@@ -194,8 +194,10 @@ def is_dense(tensor):
     """Whether the elements fill one span of memory from ``data_ptr``, without gaps or
     overlaps, in any dimension order (channels_last too). Read from the strides alone."""
     expected = 1
-    for size, stride in sorted(((size, stride) for size, stride in zip(tensor.shape, tensor.stride()) if size != 1),
-                               key=lambda dim: (dim[1], dim[0])):
+    for size, stride in sorted(
+        ((size, stride) for size, stride in zip(tensor.shape, tensor.stride()) if size != 1),
+        key=lambda dim: (dim[1], dim[0]),
+    ):
         if stride != expected:
             return False
         expected *= size
@@ -208,7 +210,12 @@ def _scale_stored_grad_op(grad: torch.Tensor, grad_output: torch.Tensor) -> None
         return
     with launch_device(grad):
         _scale_grad_by_scalar_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
-            grad, grad_output, grad.numel(), BLOCK=SCALE_BLOCK, ACC=acc_dtype(grad.dtype), num_warps=SCALE_NUM_WARPS,
+            grad,
+            grad_output,
+            grad.numel(),
+            BLOCK=SCALE_BLOCK,
+            ACC=acc_dtype(grad.dtype),
+            num_warps=SCALE_NUM_WARPS,
         )
 
 

@@ -17,11 +17,12 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
-from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from .. import reference
 from .._autograd_state import functorch_active
+from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
+from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from ..reference import compute_dtype
+from .denominators import target_denominators
 from .grad_policy import (
     PersistentGrid,
     acc_dtype,
@@ -35,7 +36,6 @@ from .grad_policy import (
     saved_options,
     stored_flag,
 )
-from .denominators import target_denominators
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -73,8 +73,24 @@ def _fold_rows(shape, *strides):
 
 
 @on_input_device
-def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ignore_index, denominator, reduce,
-                         star, grad_mode, grad=None, grad_output=None, stored=None, skip_if_stored=False):
+def sigmoid_focal_launch(
+    input,
+    target,
+    *,
+    weight,
+    class_gamma,
+    gamma,
+    alpha,
+    ignore_index,
+    denominator,
+    reduce,
+    star,
+    grad_mode,
+    grad=None,
+    grad_output=None,
+    stored=None,
+    skip_if_stored=False,
+):
     """Launch the kernel once.
 
     Args:
@@ -112,12 +128,14 @@ def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ig
     if grad_output is not None and not go_scalar:
         grad_output = grad_output.expand(input.shape)  # stride 0 where it was broadcast
     no_strides = (0, 0, 0)
-    strides = [input.stride(),
-               (target.stride(0), 0, target.stride(1)) if index_target else target.stride(),
-               weight.stride() if weight is not None else no_strides,
-               loss.stride() if loss is not None else no_strides,
-               grad.stride() if grad is not None else no_strides,
-               grad_output.stride() if grad_output is not None and not go_scalar else no_strides]
+    strides = [
+        input.stride(),
+        (target.stride(0), 0, target.stride(1)) if index_target else target.stride(),
+        weight.stride() if weight is not None else no_strides,
+        loss.stride() if loss is not None else no_strides,
+        grad.stride() if grad is not None else no_strides,
+        grad_output.stride() if grad_output is not None and not go_scalar else no_strides,
+    ]
     n_launch, p_launch, strides = _fold_rows(input.shape, *strides)
     block_r, block_c = _tile(num_classes, p_launch, strides[0][1], input.element_size())
     num_p_blocks = triton.cdiv(p_launch, block_r)
@@ -132,7 +150,8 @@ def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ig
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
     _sigmoid_focal_kernel[(num_programs,)](
-        input, target,
+        input,
+        target,
         weight if weight is not None else dummy,
         class_gamma if class_gamma is not None else dummy,
         denominator if denom_tensor else dummy,
@@ -141,18 +160,32 @@ def sigmoid_focal_launch(input, target, *, weight, class_gamma, gamma, alpha, ig
         ticket_counter(input.device) if reduced else dummy,
         grad if grad is not None else dummy,
         grad_output if grad_output is not None else dummy,
-        flag, stored if stored is not None else dummy,
+        flag,
+        stored if stored is not None else dummy,
         *(s for stride in strides for s in stride),
-        num_classes, p_launch, num_p_blocks, num_tiles,
-        *split_float(alpha), *split_float(gamma),
-        *split_float(1.0 if denom_tensor or denominator is None else float(denominator)), int(ignore_index),
-        BLOCK_R=block_r, BLOCK_C=block_c,
-        INDEX_TARGET=index_target, HAS_WEIGHT=weight is not None, HAS_ALPHA=alpha >= 0,
+        num_classes,
+        p_launch,
+        num_p_blocks,
+        num_tiles,
+        *split_float(alpha),
+        *split_float(gamma),
+        *split_float(1.0 if denom_tensor or denominator is None else float(denominator)),
+        int(ignore_index),
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        INDEX_TARGET=index_target,
+        HAS_WEIGHT=weight is not None,
+        HAS_ALPHA=alpha >= 0,
         HAS_CLASS_GAMMA=class_gamma is not None,
         GAMMA_INT=-1 if class_gamma is not None or star else integer_gamma(gamma),
-        STAR=star, REDUCE=reduce, HAS_DENOM=denom_tensor,
-        GRAD_MODE=grad_mode, GRAD_OUT_IS_SCALAR=go_scalar, SKIP_IF_STORED=skip_if_stored,
-        ACC=acc_dtype(input.dtype), num_warps=NUM_WARPS,
+        STAR=star,
+        REDUCE=reduce,
+        HAS_DENOM=denom_tensor,
+        GRAD_MODE=grad_mode,
+        GRAD_OUT_IS_SCALAR=go_scalar,
+        SKIP_IF_STORED=skip_if_stored,
+        ACC=acc_dtype(input.dtype),
+        num_warps=NUM_WARPS,
     )
     return loss
 
@@ -167,8 +200,15 @@ def _count_divisor(input, target, normalizer, normalizer_number, ignore_index, r
         return input.new_empty(0, dtype=compute_dtype(input.dtype))
     if target.numel() == 0:
         return input.new_ones(2, dtype=compute_dtype(input.dtype))
-    return target_denominators(target, None, ignore_index, input.shape[1], dtype=compute_dtype(input.dtype),
-                               scale=input.shape[1], zero_as_one=True)
+    return target_denominators(
+        target,
+        None,
+        ignore_index,
+        input.shape[1],
+        dtype=compute_dtype(input.dtype),
+        scale=input.shape[1],
+        zero_as_one=True,
+    )
 
 
 def _divisor(input, target, normalizer, normalizer_number, reduction, counted):
@@ -192,15 +232,31 @@ def _divisor(input, target, normalizer, normalizer_number, reduction, counted):
 
 
 def _launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
-    return dict(weight=weight, class_gamma=class_gamma, alpha=alpha, gamma=gamma, ignore_index=ignore_index,
-                reduce=reduction != "none", star=star)
+    return dict(
+        weight=weight,
+        class_gamma=class_gamma,
+        alpha=alpha,
+        gamma=gamma,
+        ignore_index=ignore_index,
+        reduce=reduction != "none",
+        star=star,
+    )
 
 
 @torch.library.custom_op("triton_focal::sigmoid_focal_fwd", mutates_args=())
 def _forward_op(
-    input: torch.Tensor, target: torch.Tensor, normalizer: Optional[torch.Tensor], normalizer_number: Optional[float],
-    weight: Optional[torch.Tensor], class_gamma: Optional[torch.Tensor], alpha: float, gamma: float,
-    ignore_index: int, reduction: str, star: bool, store_grad: bool,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    normalizer: Optional[torch.Tensor],
+    normalizer_number: Optional[float],
+    weight: Optional[torch.Tensor],
+    class_gamma: Optional[torch.Tensor],
+    alpha: float,
+    gamma: float,
+    ignore_index: int,
+    reduction: str,
+    star: bool,
+    store_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad, stored, counted)``. With ``store_grad`` the gradient for ``grad_output ==
     1`` goes to ``grad`` where the device policy says so (``stored``); ``counted``: the mean's
@@ -209,16 +265,33 @@ def _forward_op(
     counted = _count_divisor(input, target, normalizer, normalizer_number, ignore_index, reduction)
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     stored = stored_flag(input.device, store_grad)
-    loss = sigmoid_focal_launch(input, target, **options,
-                                denominator=_divisor(input, target, normalizer, normalizer_number, reduction, counted),
-                                grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
-                                grad=grad if store_grad else None, stored=stored)
+    loss = sigmoid_focal_launch(
+        input,
+        target,
+        **options,
+        denominator=_divisor(input, target, normalizer, normalizer_number, reduction, counted),
+        grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
+        grad=grad if store_grad else None,
+        stored=stored,
+    )
     return loss, grad, stored, counted
 
 
 @_forward_op.register_fake
-def _(input, target, normalizer, normalizer_number, weight, class_gamma, alpha, gamma, ignore_index, reduction, star,
-      store_grad):
+def _(
+    input,
+    target,
+    normalizer,
+    normalizer_number,
+    weight,
+    class_gamma,
+    alpha,
+    gamma,
+    ignore_index,
+    reduction,
+    star,
+    store_grad,
+):
     loss = torch.empty_like(input) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     counts = reduction == "mean" and normalizer is None and normalizer_number is None and not target.is_floating_point()
@@ -228,17 +301,31 @@ def _(input, target, normalizer, normalizer_number, weight, class_gamma, alpha, 
 
 @torch.library.custom_op("triton_focal::sigmoid_focal_bwd", mutates_args=())
 def _backward_op(
-    grad_output: torch.Tensor, input: torch.Tensor, target: torch.Tensor, normalizer: Optional[torch.Tensor],
-    normalizer_number: Optional[float], counted: torch.Tensor,
-    weight: Optional[torch.Tensor], class_gamma: Optional[torch.Tensor], alpha: float, gamma: float,
-    ignore_index: int, reduction: str, star: bool,
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    normalizer: Optional[torch.Tensor],
+    normalizer_number: Optional[float],
+    counted: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    class_gamma: Optional[torch.Tensor],
+    alpha: float,
+    gamma: float,
+    ignore_index: int,
+    reduction: str,
+    star: bool,
 ) -> torch.Tensor:
     """The gradient times ``grad_output``, recomputed from the logits into a new buffer."""
     grad = torch.empty_like(input)
-    sigmoid_focal_launch(input, target, **_launch_options(weight, class_gamma, alpha, gamma, ignore_index,
-                                                          reduction, star),
-                         denominator=_divisor(input, target, normalizer, normalizer_number, reduction, counted),
-                         grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_output)
+    sigmoid_focal_launch(
+        input,
+        target,
+        **_launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, star),
+        denominator=_divisor(input, target, normalizer, normalizer_number, reduction, counted),
+        grad_mode=GRAD_BACKWARD,
+        grad=grad,
+        grad_output=grad_output,
+    )
     return grad
 
 
@@ -255,8 +342,9 @@ def _setup_context(ctx, inputs, output):
     ctx.normalizer_number = normalizer_number
     # A normalizer that requires grad gets d (sum / normalizer) / d normalizer = -loss / normalizer.
     ctx.normalizer_grad = normalizer is not None and normalizer.requires_grad
-    save_options(ctx, (input, target, normalizer, grad, stored, counted, loss if ctx.normalizer_grad else None),
-                 options)
+    save_options(
+        ctx, (input, target, normalizer, grad, stored, counted, loss if ctx.normalizer_grad else None), options
+    )
 
 
 def _backward(ctx, grad_loss, *_):
@@ -275,10 +363,17 @@ def _backward(ctx, grad_loss, *_):
         return (grad, None, grad_normalizer) + unused
     reduction = options[5]
     if backward_in_place(grad):
-        sigmoid_focal_launch(input, target, **_launch_options(*options),
-                             denominator=_divisor(input, target, normalizer, ctx.normalizer_number, reduction, counted),
-                             grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_loss, stored=stored,
-                             skip_if_stored=True)
+        sigmoid_focal_launch(
+            input,
+            target,
+            **_launch_options(*options),
+            denominator=_divisor(input, target, normalizer, ctx.normalizer_number, reduction, counted),
+            grad_mode=GRAD_BACKWARD,
+            grad=grad,
+            grad_output=grad_loss,
+            stored=stored,
+            skip_if_stored=True,
+        )
     else:
         grad = _backward_op(grad_loss, input, target, normalizer, ctx.normalizer_number, counted, *options)
     return (grad, None, grad_normalizer) + unused
@@ -293,24 +388,43 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 def _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
     """The loss as the eager reference computes it, a function of the logits."""
     if star:
-        return lambda input: reference.sigmoid_focal_loss_star(input, target, alpha=alpha, gamma=gamma,
-                                                               reduction=reduction)
+        return lambda input: reference.sigmoid_focal_loss_star(
+            input, target, alpha=alpha, gamma=gamma, reduction=reduction
+        )
     return lambda input: reference.sigmoid_focal_loss(
-        input, target, alpha=alpha, gamma=gamma if class_gamma is None else class_gamma, weight=weight,
-        ignore_index=ignore_index, reduction=reduction, normalizer=normalizer)
+        input,
+        target,
+        alpha=alpha,
+        gamma=gamma if class_gamma is None else class_gamma,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        normalizer=normalizer,
+    )
 
 
 def _call(input, target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
     if functorch_active():  # torch.func transforms: see grad_policy.py
-        return _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction,
-                          star)(input)
+        return _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     # Traced graphs never store a gradient in the forward: their backward recomputes it.
     store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
     tensor = normalizer if isinstance(normalizer, torch.Tensor) else None
     number = None if normalizer is None or tensor is not None else float(normalizer)
-    loss, *_ = _forward_op(input, target, tensor, number, weight, class_gamma, float(alpha), float(gamma),
-                           int(ignore_index), reduction, star, store_grad)
+    loss, *_ = _forward_op(
+        input,
+        target,
+        tensor,
+        number,
+        weight,
+        class_gamma,
+        float(alpha),
+        float(gamma),
+        int(ignore_index),
+        reduction,
+        star,
+        store_grad,
+    )
     return loss
 
 
@@ -334,8 +448,18 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     class_gamma = None
     if isinstance(gamma, torch.Tensor):
         class_gamma = gamma.to(device=input.device, dtype=compute_dtype(input.dtype)).contiguous()
-    return _call(input, target, normalizer, weight, class_gamma, alpha,
-                 0.0 if class_gamma is not None else gamma, ignore_index, reduction, False)
+    return _call(
+        input,
+        target,
+        normalizer,
+        weight,
+        class_gamma,
+        alpha,
+        0.0 if class_gamma is not None else gamma,
+        ignore_index,
+        reduction,
+        False,
+    )
 
 
 def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):

@@ -22,11 +22,12 @@ from typing import Optional
 import torch
 import triton
 
-from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, ROW_STATS_READ, ROW_STATS_WRITE
-from ..kernels.softmax_focal import _softmax_focal_kernel
 from .. import reference
 from .._autograd_state import functorch_active
+from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, ROW_STATS_READ, ROW_STATS_WRITE
+from ..kernels.softmax_focal import _softmax_focal_kernel
 from ..reference import compute_dtype
+from .denominators import target_denominators
 from .grad_policy import (
     PersistentGrid,
     acc_dtype,
@@ -39,10 +40,9 @@ from .grad_policy import (
     policy_flag,
     save_options,
     saved_options,
-    stored_flag,
     scale_stored_grad,
+    stored_flag,
 )
-from .denominators import target_denominators
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -118,9 +118,26 @@ def _dummy_strides(n):
 
 
 @on_input_device
-def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
-                         z_loss, softcap, denominators, grad_mode, *, grad=None, grad_output=None,
-                         stored=None, skip_if_stored=False, row_stats=None):
+def softmax_focal_launch(
+    input,
+    target,
+    gamma,
+    alpha,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    softcap,
+    denominators,
+    grad_mode,
+    *,
+    grad=None,
+    grad_output=None,
+    stored=None,
+    skip_if_stored=False,
+    row_stats=None,
+):
     """Launch the kernel once.
 
     Args:
@@ -159,10 +176,13 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
     go_scalar = grad_output is not None and grad_output.dim() == 0
     if grad_output is not None and not go_scalar:
         grad_output = grad_output.expand(target.shape)  # stride 0 where it was broadcast
-    strides = [input.stride(), target.stride(),
-               loss.stride() if loss is not None else _dummy_strides(2),
-               grad.stride() if grad is not None else _dummy_strides(3),
-               grad_output.stride() if grad_output is not None and not go_scalar else _dummy_strides(2)]
+    strides = [
+        input.stride(),
+        target.stride(),
+        loss.stride() if loss is not None else _dummy_strides(2),
+        grad.stride() if grad is not None else _dummy_strides(3),
+        grad_output.stride() if grad_output is not None and not go_scalar else _dummy_strides(2),
+    ]
     n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s) = _fold_rows(input.shape, *strides)
     block_c, block_p, split, num_warps, footprint = _plan(num_classes, p_launch, x_s[1], input.element_size())
     num_p_blocks = triton.cdiv(p_launch, block_p // split)
@@ -177,7 +197,8 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
     _softmax_focal_kernel[(num_programs,)](
-        input, target,
+        input,
+        target,
         gamma if class_gamma else dummy,
         alpha if class_alpha else dummy,
         weight if weight is not None else dummy,
@@ -187,19 +208,43 @@ def softmax_focal_launch(input, target, gamma, alpha, weight, ignore_index, redu
         ticket_counter(input.device) if reduced else dummy,
         grad if grad is not None else dummy,
         grad_output if grad_output is not None else dummy,
-        flag, stored if stored is not None else dummy, row_stats if row_stats is not None else dummy,
-        *x_s, *t_s, *l_s, *g_s, *go_s,
-        num_classes, p_launch, num_p_blocks, num_tiles, n_launch * p_launch,
-        *split_float(0.0 if class_gamma else float(gamma)), *split_float(1.0 if class_alpha else float(alpha)),
-        *split_float(label_smoothing), *split_float(z_loss), *split_float(softcap or 1.0),
+        flag,
+        stored if stored is not None else dummy,
+        row_stats if row_stats is not None else dummy,
+        *x_s,
+        *t_s,
+        *l_s,
+        *g_s,
+        *go_s,
+        num_classes,
+        p_launch,
+        num_p_blocks,
+        num_tiles,
+        n_launch * p_launch,
+        *split_float(0.0 if class_gamma else float(gamma)),
+        *split_float(1.0 if class_alpha else float(alpha)),
+        *split_float(label_smoothing),
+        *split_float(z_loss),
+        *split_float(softcap or 1.0),
         int(ignore_index),
-        BLOCK_C=block_c, BLOCK_P=block_p, SPLIT=split,
-        HAS_CLASS_GAMMA=class_gamma, GAMMA_INT=integer_gamma(gamma), HAS_CLASS_ALPHA=class_alpha, HAS_WEIGHT=weight is not None,
-        HAS_SMOOTHING=label_smoothing > 0, HAS_Z_LOSS=z_loss > 0, HAS_SOFTCAP=softcap is not None,
-        PER_ELEMENT=per_element, MEAN=reduction == "mean", GRAD_MODE=grad_mode,
-        GRAD_OUT_IS_SCALAR=go_scalar, SKIP_IF_STORED=skip_if_stored,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+        SPLIT=split,
+        HAS_CLASS_GAMMA=class_gamma,
+        GAMMA_INT=integer_gamma(gamma),
+        HAS_CLASS_ALPHA=class_alpha,
+        HAS_WEIGHT=weight is not None,
+        HAS_SMOOTHING=label_smoothing > 0,
+        HAS_Z_LOSS=z_loss > 0,
+        HAS_SOFTCAP=softcap is not None,
+        PER_ELEMENT=per_element,
+        MEAN=reduction == "mean",
+        GRAD_MODE=grad_mode,
+        GRAD_OUT_IS_SCALAR=go_scalar,
+        SKIP_IF_STORED=skip_if_stored,
         ROW_STATS=0 if row_stats is None else ROW_STATS_READ if grad_mode == GRAD_BACKWARD else ROW_STATS_WRITE,
-        ACC=acc_dtype(input.dtype), num_warps=num_warps,
+        ACC=acc_dtype(input.dtype),
+        num_warps=num_warps,
     )
     return loss
 
@@ -212,70 +257,143 @@ def mean_denominators(target, weight, ignore_index, reduction, dtype):
         return target.new_empty(0, dtype=dtype)
     if target.numel() == 0:
         return target.new_zeros(2, dtype=dtype)
-    return target_denominators(target, weight, ignore_index, weight.shape[0] if weight is not None else 0,
-                               dtype=dtype)
+    return target_denominators(target, weight, ignore_index, weight.shape[0] if weight is not None else 0, dtype=dtype)
 
 
 # --- torch.library ops ----------------------------------------------------------------
 # The loss's options travel as one list, OPTIONS, in every op and in the autograd context.
-OPTIONS = ("class_gamma", "gamma", "class_alpha", "alpha", "weight", "ignore_index", "reduction",
-           "label_smoothing", "z_loss", "softcap")
+OPTIONS = (
+    "class_gamma",
+    "gamma",
+    "class_alpha",
+    "alpha",
+    "weight",
+    "ignore_index",
+    "reduction",
+    "label_smoothing",
+    "z_loss",
+    "softcap",
+)
 
 
-def _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing,
-                    z_loss, softcap):
-    return dict(gamma=gamma if class_gamma is None else class_gamma,
-                alpha=alpha if class_alpha is None else class_alpha, weight=weight,
-                ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                z_loss=z_loss, softcap=softcap)
+def _launch_options(
+    class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+):
+    return dict(
+        gamma=gamma if class_gamma is None else class_gamma,
+        alpha=alpha if class_alpha is None else class_alpha,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
 
 
 @torch.library.custom_op("triton_focal::softmax_focal_fwd", mutates_args=())
 def _forward_op(
-    input: torch.Tensor, target: torch.Tensor,
-    class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
-    weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
-    z_loss: float, softcap: Optional[float], store_grad: bool, needs_grad: bool,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    class_gamma: Optional[torch.Tensor],
+    gamma: float,
+    class_alpha: Optional[torch.Tensor],
+    alpha: float,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: Optional[float],
+    store_grad: bool,
+    needs_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad, stored, denominators, row_stats)``. With ``store_grad`` the gradient for
     ``grad_output == 1`` goes to ``grad`` where the device policy says so (``stored``); with
     ``needs_grad``, the per-row statistics go to ``row_stats`` where they pay (else it is empty)."""
-    opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
-                           label_smoothing, z_loss, softcap)
+    opts = _launch_options(
+        class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+    )
     denominators = mean_denominators(target, weight, ignore_index, reduction, compute_dtype(input.dtype))
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     stored = stored_flag(input.device, store_grad)
     row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
-    loss = softmax_focal_launch(input, target, **opts, denominators=denominators,
-                                grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
-                                grad=grad if store_grad else None, stored=stored, row_stats=row_stats)
+    loss = softmax_focal_launch(
+        input,
+        target,
+        **opts,
+        denominators=denominators,
+        grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
+        grad=grad if store_grad else None,
+        stored=stored,
+        row_stats=row_stats,
+    )
     return loss, grad, stored, denominators, input.new_empty(0) if row_stats is None else row_stats
 
 
 @_forward_op.register_fake
-def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing,
-      z_loss, softcap, store_grad, needs_grad):
+def _(
+    input,
+    target,
+    class_gamma,
+    gamma,
+    class_alpha,
+    alpha,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    softcap,
+    store_grad,
+    needs_grad,
+):
     loss = input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
     denominators = input.new_empty(2 if reduction == "mean" else 0, dtype=compute_dtype(input.dtype))
-    return (loss, grad, input.new_empty(1, dtype=torch.int32), denominators,
-            input.new_empty(0) if row_stats is None else row_stats)
+    return (
+        loss,
+        grad,
+        input.new_empty(1, dtype=torch.int32),
+        denominators,
+        input.new_empty(0) if row_stats is None else row_stats,
+    )
 
 
 @torch.library.custom_op("triton_focal::softmax_focal_bwd", mutates_args=())
 def _backward_op(
-    grad_output: torch.Tensor, input: torch.Tensor, target: torch.Tensor, denominators: torch.Tensor,
-    row_stats: torch.Tensor, class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
-    weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
-    z_loss: float, softcap: Optional[float],
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    denominators: torch.Tensor,
+    row_stats: torch.Tensor,
+    class_gamma: Optional[torch.Tensor],
+    gamma: float,
+    class_alpha: Optional[torch.Tensor],
+    alpha: float,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: Optional[float],
 ) -> torch.Tensor:
     """The gradient times ``grad_output``, recomputed from the logits into a new buffer."""
     grad = torch.empty_like(input)
-    opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
-                           label_smoothing, z_loss, softcap)
-    softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_BACKWARD,
-                         grad=grad, grad_output=grad_output, row_stats=_saved(row_stats))
+    opts = _launch_options(
+        class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+    )
+    softmax_focal_launch(
+        input,
+        target,
+        **opts,
+        denominators=denominators,
+        grad_mode=GRAD_BACKWARD,
+        grad=grad,
+        grad_output=grad_output,
+        row_stats=_saved(row_stats),
+    )
     return grad
 
 
@@ -303,9 +421,18 @@ def _backward(ctx, grad_loss, *_):
     if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
         return (differentiable_grad(_reference(options, target), input, grad_loss),) + (None,) * 13
     if backward_in_place(grad):
-        softmax_focal_launch(input, target, **_launch_options(*options), denominators=denominators,
-                             grad_mode=GRAD_BACKWARD, grad=grad, grad_output=grad_loss, stored=stored,
-                             skip_if_stored=True, row_stats=_saved(row_stats))
+        softmax_focal_launch(
+            input,
+            target,
+            **_launch_options(*options),
+            denominators=denominators,
+            grad_mode=GRAD_BACKWARD,
+            grad=grad,
+            grad_output=grad_loss,
+            stored=stored,
+            skip_if_stored=True,
+            row_stats=_saved(row_stats),
+        )
     else:
         grad = _backward_op(grad_loss, input, target, denominators, row_stats, *options)
     return (grad,) + (None,) * 13
@@ -325,21 +452,41 @@ def _reference(options, target):
 
 @torch.library.custom_op("triton_focal::softmax_focal_fwd_inplace", mutates_args=("input",))
 def _forward_inplace_op(
-    input: torch.Tensor, target: torch.Tensor,
-    class_gamma: Optional[torch.Tensor], gamma: float, class_alpha: Optional[torch.Tensor], alpha: float,
-    weight: Optional[torch.Tensor], ignore_index: int, reduction: str, label_smoothing: float,
-    z_loss: float, softcap: Optional[float],
+    input: torch.Tensor,
+    target: torch.Tensor,
+    class_gamma: Optional[torch.Tensor],
+    gamma: float,
+    class_alpha: Optional[torch.Tensor],
+    alpha: float,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: Optional[float],
 ) -> torch.Tensor:
-    opts = _launch_options(class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction,
-                           label_smoothing, z_loss, softcap)
+    opts = _launch_options(
+        class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+    )
     denominators = mean_denominators(target, weight, ignore_index, reduction, compute_dtype(input.dtype))
-    return softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_ALWAYS,
-                                grad=input)
+    return softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_ALWAYS, grad=input)
 
 
 @_forward_inplace_op.register_fake
-def _(input, target, class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing,
-      z_loss, softcap):
+def _(
+    input,
+    target,
+    class_gamma,
+    gamma,
+    class_alpha,
+    alpha,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    softcap,
+):
     return input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
 
 
@@ -378,8 +525,21 @@ def _inplace_allowed(logits, input):
         return False
 
 
-def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing,
-                       z_loss=0.0, softcap=None, inplace_grad=False, logits=None):
+def softmax_focal_loss(
+    input,
+    target,
+    *,
+    gamma,
+    alpha,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss=0.0,
+    softcap=None,
+    inplace_grad=False,
+    logits=None,
+):
     """Softmax focal loss of ``(N, C, P)`` logits, the Triton backend (canonical arguments).
 
     Args:
@@ -406,9 +566,15 @@ def softmax_focal_loss(input, target, *, gamma, alpha, weight, ignore_index, red
     class_gamma = as_acc(gamma) if isinstance(gamma, torch.Tensor) else None
     class_alpha = as_acc(alpha) if isinstance(alpha, torch.Tensor) else None
     options = (
-        class_gamma, 0.0 if class_gamma is not None else float(gamma),
-        class_alpha, 1.0 if alpha is None or class_alpha is not None else float(alpha),
-        as_acc(weight), int(ignore_index), reduction, float(label_smoothing), float(z_loss),
+        class_gamma,
+        0.0 if class_gamma is not None else float(gamma),
+        class_alpha,
+        1.0 if alpha is None or class_alpha is not None else float(alpha),
+        as_acc(weight),
+        int(ignore_index),
+        reduction,
+        float(label_smoothing),
+        float(z_loss),
         None if softcap is None else float(softcap),
     )
     if functorch_active():  # torch.func transforms: see grad_policy.py

@@ -32,9 +32,18 @@ def shard_softmax_stats(x, local_target, softcap):
     out = torch.empty(4, rows, dtype=x.dtype, device=x.device)
     if rows and num_classes:
         _shard_stats_kernel[(rows,)](
-            x, local_target.contiguous(), out[0], out[1], out[2], out[3], *x.stride(), num_classes,
+            x,
+            local_target.contiguous(),
+            out[0],
+            out[1],
+            out[2],
+            out[3],
+            *x.stride(),
+            num_classes,
             *split_float(softcap or 1.0),
-            BLOCK_V=_block(num_classes), HAS_SOFTCAP=softcap is not None, ACC=acc_dtype(x.dtype),
+            BLOCK_V=_block(num_classes),
+            HAS_SOFTCAP=softcap is not None,
+            ACC=acc_dtype(x.dtype),
             num_warps=NUM_WARPS,
         )
     else:  # no class in this shard: the sums are empty
@@ -51,10 +60,22 @@ def shard_smoothing_sums(x, lse, softcap, gamma, weight):
     if rows and num_classes:
         gamma_arg, gamma_value, class_gamma = _per_class(gamma, x)
         _shard_smoothing_kernel[(rows,)](
-            x, lse.contiguous(), gamma_arg, weight.contiguous() if weight is not None else x, out[0], out[1],
-            *x.stride(), num_classes, *split_float(softcap or 1.0), *split_float(gamma_value),
-            BLOCK_V=_block(num_classes), HAS_SOFTCAP=softcap is not None, HAS_CLASS_GAMMA=class_gamma,
-            HAS_WEIGHT=weight is not None, ACC=acc_dtype(x.dtype), num_warps=NUM_WARPS,
+            x,
+            lse.contiguous(),
+            gamma_arg,
+            weight.contiguous() if weight is not None else x,
+            out[0],
+            out[1],
+            *x.stride(),
+            num_classes,
+            *split_float(softcap or 1.0),
+            *split_float(gamma_value),
+            BLOCK_V=_block(num_classes),
+            HAS_SOFTCAP=softcap is not None,
+            HAS_CLASS_GAMMA=class_gamma,
+            HAS_WEIGHT=weight is not None,
+            ACC=acc_dtype(x.dtype),
+            num_warps=NUM_WARPS,
         )
     return out[0], out[1]
 
@@ -67,12 +88,26 @@ def shard_focal_grad(x, lse, p_coef, target_coef, smooth_coef, local_target, sof
     if rows and num_classes:
         gamma_arg, gamma_value, class_gamma = _per_class(gamma, x)
         _shard_grad_kernel[(rows,)](
-            x, local_target.contiguous(), lse.contiguous(), p_coef.contiguous(), target_coef.contiguous(),
-            smooth_coef.contiguous() if smooth_coef is not None else x, gamma_arg,
-            weight.contiguous() if weight is not None else x, grad,
-            *x.stride(), *grad.stride(), num_classes, *split_float(softcap or 1.0), *split_float(gamma_value),
-            BLOCK_V=_block(num_classes), HAS_SOFTCAP=softcap is not None, HAS_SMOOTHING=smooth_coef is not None,
-            HAS_CLASS_GAMMA=class_gamma, HAS_WEIGHT=weight is not None, ACC=acc_dtype(x.dtype),
+            x,
+            local_target.contiguous(),
+            lse.contiguous(),
+            p_coef.contiguous(),
+            target_coef.contiguous(),
+            smooth_coef.contiguous() if smooth_coef is not None else x,
+            gamma_arg,
+            weight.contiguous() if weight is not None else x,
+            grad,
+            *x.stride(),
+            *grad.stride(),
+            num_classes,
+            *split_float(softcap or 1.0),
+            *split_float(gamma_value),
+            BLOCK_V=_block(num_classes),
+            HAS_SOFTCAP=softcap is not None,
+            HAS_SMOOTHING=smooth_coef is not None,
+            HAS_CLASS_GAMMA=class_gamma,
+            HAS_WEIGHT=weight is not None,
+            ACC=acc_dtype(x.dtype),
             num_warps=NUM_WARPS,
         )
     return grad
