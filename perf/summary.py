@@ -5,6 +5,7 @@ python -m perf.summary perf/results/cpu/results.json     # rewrites summary.md b
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .cases import MODES
@@ -68,8 +69,35 @@ def family_tables(result, family):
     return lines
 
 
-def headline_table(result):
-    """The headline cases, one block per case: ms, GB/s, % of floor, extra peak memory."""
+MODEL_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "model", "model.json")
+
+
+def modeled_cases(path=MODEL_JSON):
+    """The cost model's forward + ``loss.backward()`` cases (``perf/results/model/model.json``),
+    keyed by (shape, kind, dtype); empty where the file is absent."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        results = json.load(f)
+    out = {}
+    for r in results:
+        if r["grad_output"] == 1 and not r["options"] and not r["compiled"]:
+            kind = "dense" if "dense" in r["family"] else "index"
+            out[(tuple(r["shape"]), kind, r["dtype"])] = r
+    return out
+
+
+def _modeled(point, modeled):
+    if point["provider"] != "triton":
+        return None
+    return modeled.get((tuple(point["shape"]), point.get("target", "index"), point["dtype"]))
+
+
+def headline_table(result, modeled=None):
+    """The headline cases, one block per case: ms, GB/s, % of floor, extra peak memory, and for
+    the Triton kernels the cost model's prediction (its fitted value and pessimistic end) and
+    measured / modeled."""
+    modeled = modeled_cases() if modeled is None else modeled
     points = [p for p in result["points"] if p["family"] == "table"]
     lines = []
     for shape in _ordered(_shape(p) for p in points):
@@ -79,20 +107,29 @@ def headline_table(result):
             f"**{head['series']} {shape}**, {head['dtype']} {MODE_TITLES[head['mode']]}, "
             f"floor {head['floor_ms']:.3f} ms",
             "",
-            "| implementation | ms (p20-p80) | GB/s | % of floor | extra peak MiB |",
-            "|---|---:|---:|---:|---:|",
+            "| implementation | ms (p20-p80) | GB/s | % of floor | extra peak MiB | modeled ms (worst) "
+            "| measured / modeled |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for p in rows:
             if p["status"] != "ok":
-                lines.append(f"| {p['label']} | {p['status']} | | | |")
+                lines.append(f"| {p['label']} | {p['status']} | | | | | |")
                 continue
             memory = "n/a" if p["extra_peak_mb"] is None else f"{p['extra_peak_mb']:.0f}"
             pct = "cache" if p.get("above_floor") else f"{p['pct_of_floor']:.1f}"
+            model = _modeled(p, modeled)
+            predicted = f"{model['calibrated_ms']:.3f} ({model['calibrated_worst_ms']:.3f})" if model else ""
+            ratio = f"{p['ms'] / model['calibrated_ms']:.2f}" if model else ""
             lines.append(
                 f"| {p['label']} | {p['ms']:.3f} ({p['ms_p20']:.3f}-{p['ms_p80']:.3f}) | {p['gbs']:.1f} | "
-                f"{pct} | {memory} |"
+                f"{pct} | {memory} | {predicted} | {ratio} |"
             )
         lines.append("")
+    if modeled:
+        lines.append(
+            "modeled: `python -m perf.model` for an H100 SXM (perf/results/model/model.json); on another device "
+            "the ratio says how far that device is from the modeled one, not only the model's error."
+        )
     return "\n".join(lines)
 
 

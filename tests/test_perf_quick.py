@@ -306,3 +306,31 @@ def test_cpu_figures_have_spread_load_and_no_empty_panels(sweep_dir, monkeypatch
         points=[dict(p, load=None) for p in result["points"]],
     )
     assert "Warning" not in summary.render(idle)
+
+
+def test_headline_table_puts_the_model_beside_the_measured_triton_time():
+    from perf.summary import headline_table
+
+    model = {"calibrated_ms": 0.25, "calibrated_worst_ms": 0.4}
+    point = {
+        "family": "table",
+        "series": "seg",
+        "shape": [8, 19, 512, 1024],
+        "target": "index",
+        "dtype": "bf16",
+        "mode": "fwd+bwd",
+        "label": "triton_focal",
+        "status": "ok",
+        "ms": 0.2,
+        "ms_p20": 0.19,
+        "ms_p80": 0.21,
+        "gbs": 1000.0,
+        "pct_of_floor": 50.0,
+        "extra_peak_mb": 1.0,
+        "floor_ms": 0.117,
+    }
+    modeled = {((8, 19, 512, 1024), "index", "bf16"): model}
+    rows = headline_table({"points": [dict(point, provider="triton"), dict(point, provider="compile")]}, modeled)
+    triton_row, compile_row = [line for line in rows.splitlines() if line.startswith("| triton_focal")]
+    assert triton_row.endswith("| 0.250 (0.400) | 0.80 |")
+    assert compile_row.endswith("|  |  |")
