@@ -67,7 +67,7 @@ def count_points(rows, cache_dir, log):
     """Count and compile each row's workload (this process has the row's Liger version)."""
     from perf.calibration import runners
 
-    from .capture import Workload, count_workload  # noqa: F401  (the runners return Workloads)
+    from .capture import count_workload
     from .cost import LaunchCounts, check_same_path
     from .machine_code import compile_launches, spec_key
 
@@ -158,15 +158,17 @@ def _repo():
 
 
 def predict(feature, launch_s, round_latency_s, issue_factor):
-    """Modeled seconds of one point at these constants (the formula of ``perf/model/cost.py``)."""
+    """Modeled seconds of one point at these constants (the formula of ``perf/model/cost.py``);
+    the constants may be numpy arrays (the fit's grid), and the result broadcasts with them."""
+    import numpy as np
+
     total = 0.0
     for launch in feature["launches"]:
         serial = launch["waves"] * (
             launch["rounds"] * round_latency_s + issue_factor * launch["instructions_s"] + launch["transfer_s"]
         )
-        total += launch_s + max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"], serial)
-    total += sum(calls * launch_s + seconds for _, seconds, calls in feature["torch_ops"])
-    return total
+        total = total + launch_s + np.maximum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]), serial)
+    return total + sum(calls * launch_s + seconds for _, seconds, calls in feature["torch_ops"])
 
 
 def uncalibrated(feature):
@@ -192,13 +194,7 @@ def _error_grid(features):
     k = np.array(GRID["issue_factor"])[None, None, :]
     error = np.zeros((t0.shape[0], lat.shape[1], k.shape[2]))
     for feature in features:
-        total = np.zeros_like(error)
-        for launch in feature["launches"]:
-            serial = launch["waves"] * (launch["rounds"] * lat + k * launch["instructions_s"] + launch["transfer_s"])
-            total = total + t0 + np.maximum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]), serial)
-        for _, seconds, calls in feature["torch_ops"]:
-            total = total + calls * t0 + seconds
-        error += np.log(feature["row"]["measured_ms"] / 1e3 / total) ** 2
+        error += np.log(feature["row"]["measured_ms"] / 1e3 / predict(feature, t0, lat, k)) ** 2
     return error
 
 

@@ -17,11 +17,7 @@ def target_denominators(target, weight, ignore_index, num_classes, *, dtype, sca
     and times the count, over the elements of ``target`` (``(N, P)`` class indices) that are not
     ``ignore_index``. ``zero_as_one``: a divisor of nothing is 1 instead of 0."""
     if target.shape[1] == 1:  # rows ((T, V) logits): one long line of targets, not T lines of one
-        target = (
-            target.view(1, -1)
-            if target.shape[0] == 1
-            else target.as_strided((1, target.shape[0]), (0, target.stride(0)))
-        )
+        target = target.view(1, -1)  # a view whatever the row stride (the class dimension has size 1)
     n, p = target.shape
     denom = target.new_empty(2, dtype=dtype)
     block = BLOCK  # one configuration for every size: a short line leaves lanes masked, and compiles nothing new

@@ -190,13 +190,16 @@ def sigmoid_focal_launch(
     return loss
 
 
+def _counts_targets(target, normalizer, normalizer_number, reduction):
+    """Whether the divisor is the count of the targets: a class-index ``"mean"`` without a normalizer."""
+    return reduction == "mean" and normalizer is None and normalizer_number is None and not target.is_floating_point()
+
+
 def _count_divisor(input, target, normalizer, normalizer_number, ignore_index, reduction):
     """For a class-index ``"mean"``: ``target_denominators``' ``(2,)``, whose second entry is the
     count of non-ignored elements (``C`` per row), from one launch over the targets (a count of
     0 divides by 1: the mean of nothing is 0, with a zero gradient); else an unread ``(0,)``."""
-    if reduction != "mean" or normalizer is not None or normalizer_number is not None:
-        return input.new_empty(0, dtype=compute_dtype(input.dtype))
-    if target.is_floating_point():
+    if not _counts_targets(target, normalizer, normalizer_number, reduction):
         return input.new_empty(0, dtype=compute_dtype(input.dtype))
     if target.numel() == 0:
         return input.new_ones(2, dtype=compute_dtype(input.dtype))
@@ -294,7 +297,7 @@ def _(
 ):
     loss = torch.empty_like(input) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
-    counts = reduction == "mean" and normalizer is None and normalizer_number is None and not target.is_floating_point()
+    counts = _counts_targets(target, normalizer, normalizer_number, reduction)
     counted = input.new_empty(2 if counts else 0, dtype=compute_dtype(input.dtype))
     return loss, grad, input.new_empty(1, dtype=torch.int32), counted
 
