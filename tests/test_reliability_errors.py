@@ -164,3 +164,17 @@ def test_help_of_a_module_describes_it(module):
         assert part in own, f"{part!r} missing from help({module.__name__})"
     for method in ("__init__", "forward", "extra_repr"):
         assert getattr(module, method).__doc__ != getattr(torch.nn.Module, method).__doc__, f"{method} has torch's doc"
+
+
+@pytest.mark.parametrize(
+    "build, keyword",
+    [
+        (lambda: triton_focal.FocalLoss(2.0), r"gamma=2\.0"),
+        (lambda: triton_focal.SigmoidFocalLoss(0.25, 2.0), r"alpha=0\.25, gamma=2\.0"),
+    ],
+)
+def test_module_constructors_take_keywords_only(build, keyword):
+    # FocalLoss(gamma, alpha) and SigmoidFocalLoss(alpha, gamma) took their options in opposite
+    # orders; a positional value is refused with the keyword it meant.
+    with pytest.raises(TypeError, match=rf"keyword arguments only.*{keyword}"):
+        build()

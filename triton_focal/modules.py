@@ -28,6 +28,23 @@ def _describe(value):
     return f"<tensor of shape {tuple(value.shape)}>"
 
 
+def refuse_positional(module, args, order):
+    """Module constructors take keywords only (``FocalLoss(gamma=2.0)``): the losses' options
+    come in different orders in every peer library, so a positional value would silently
+    land on the wrong one. ``order`` names what positional values used to mean, for the hint.
+
+    Raises:
+        TypeError: ``args`` is not empty; the message names the keyword each value meant.
+    """
+    if not args:
+        return
+    meant = ", ".join(f"{name}={value!r}" for name, value in zip(order, args))
+    raise TypeError(
+        f"{module} takes keyword arguments only: got {len(args)} positional "
+        f"(pass {meant}{', ...' if len(args) > len(order) else ''})"
+    )
+
+
 class _TensorArgs(nn.Module):
     """Stores tensor-or-scalar arguments, tensors as buffers."""
 
@@ -79,8 +96,9 @@ class FocalLoss(_TensorArgs):
         - output: a scalar, or ``target``'s shape with ``reduction="none"``.
 
     Raises:
-        TypeError: an argument has the wrong kind (``alpha`` a list, ``weight`` not a tensor,
-            ``inplace_grad`` not a bool).
+        TypeError: an argument is given by position (the constructor takes keywords only;
+            the message names the keyword) or has the wrong kind (``alpha`` a list,
+            ``weight`` not a tensor, ``inplace_grad`` not a bool).
         ValueError: an argument is out of range (``gamma``, ``alpha`` or ``weight`` negative,
             inf or NaN; ``label_smoothing`` outside ``[0, 1]``; an unknown ``reduction`` or
             ``backend``; a tensor that requires grad: buffers are not learned), at
@@ -94,6 +112,7 @@ class FocalLoss(_TensorArgs):
 
     def __init__(
         self,
+        *args,
         gamma: Union[float, torch.Tensor] = 2.0,
         alpha: Optional[Union[float, torch.Tensor]] = None,
         weight: Optional[torch.Tensor] = None,
@@ -106,6 +125,7 @@ class FocalLoss(_TensorArgs):
         inplace_grad: bool = False,
     ):
         """Check the arguments (see the class docstring) and keep tensors as buffers."""
+        refuse_positional("FocalLoss", args, ("gamma", "alpha", "weight", "ignore_index", "reduction"))
         super().__init__()
         # The class count is known only at the first forward; everything else is checked now.
         _validation.check_per_class("gamma", gamma, None, None, validate=True)
@@ -195,8 +215,9 @@ class SigmoidFocalLoss(_TensorArgs):
         - output: a scalar, or ``input``'s shape with ``reduction="none"``.
 
     Raises:
-        TypeError: an argument has the wrong kind (``alpha`` not a number, ``weight`` not a
-            tensor).
+        TypeError: an argument is given by position (the constructor takes keywords only;
+            the message names the keyword) or has the wrong kind (``alpha`` not a number,
+            ``weight`` not a tensor).
         ValueError: an argument is out of range (``alpha`` inf or NaN; ``gamma`` or
             ``weight`` negative, inf or NaN; ``normalizer`` not finite and positive, or set
             with ``reduction="none"``; an unknown ``reduction`` or ``backend``; a ``gamma`` or
@@ -211,6 +232,7 @@ class SigmoidFocalLoss(_TensorArgs):
 
     def __init__(
         self,
+        *args,
         alpha: float = 0.25,
         gamma: Union[float, torch.Tensor] = 2.0,
         reduction: str = "none",
@@ -220,6 +242,7 @@ class SigmoidFocalLoss(_TensorArgs):
         backend: str = "auto",
     ):
         """Check the arguments (see the class docstring) and keep tensors as buffers."""
+        refuse_positional("SigmoidFocalLoss", args, ("alpha", "gamma", "reduction", "weight"))
         super().__init__()
         _validation.check_sigmoid_alpha(alpha)
         _validation.check_per_class("gamma", gamma, None, None, validate=True)
