@@ -17,7 +17,7 @@ IGNORED_FRACTION = 0.02
 BACKGROUND_FRACTION = 0.9
 DET_CLASSES = 80  # COCO
 
-FAMILIES = ("seg", "vocab", "det", "table", "cpu")
+FAMILIES = ("seg", "vocab", "det", "table", "cpu", "family")
 MODES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -32,8 +32,9 @@ class Case:
         x_name: the swept quantity ("C", "H*W", "V", "T", "anchors").
         x: its value, the plots' x axis.
         shape: the logits' shape; class dimension 1.
-        target: "index" (integer class indices) or "dense" (float, the logits' shape).
-        loss: "softmax" or "sigmoid".
+        target: "index" (integer class indices), "index+score" (class indices and a float score
+            per row, as a pair) or "dense" (float, the logits' shape).
+        loss: "softmax", "sigmoid", or a focal-family loss (``FAMILY_LOSSES``).
     """
 
     family: str
@@ -59,6 +60,22 @@ def _vocab(series, x_name, x, shape):
 
 def _det(target, anchors, classes=DET_CLASSES):
     return Case("det", target, "anchors", anchors, (anchors, classes), target, "sigmoid")
+
+
+# The focal family's sigmoid losses and the shapes they train at: QFL / VFL on COCO's 80 classes
+# with an IoU score per anchor, ASL on 1000 multi-label tags.
+FAMILY_LOSSES = ("quality", "varifocal", "asymmetric")
+POSITIVE_FRACTION = 0.01  # share of ASL's tags that are present
+
+
+def _family(gpu, quick):
+    anchors = 1_600_000 if gpu else (4_000 if quick else 16_000)
+    rows = 65536 if gpu else (256 if quick else 1024)
+    return [
+        Case("family", "qfl", "anchors", anchors, (anchors, DET_CLASSES), "index+score", "quality"),
+        Case("family", "vfl", "anchors", anchors, (anchors, DET_CLASSES), "index+score", "varifocal"),
+        Case("family", "asl", "rows", rows, (rows, 1000), "dense", "asymmetric"),
+    ]
 
 
 def family_cases(family, gpu, quick=False):
@@ -107,6 +124,8 @@ def family_cases(family, gpu, quick=False):
         return [replace(case, family="table") for case in _headline_cases(gpu)]
     if family == "cpu":
         return [replace(case, family="cpu") for case in cpu_cases(quick)]
+    if family == "family":
+        return _family(gpu, quick)
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
@@ -145,7 +164,8 @@ def make_inputs(case, dtype, device, seed=0):
 
     Returns:
         x: logits, ``case.shape``, ``dtype``, requires_grad.
-        target: int64 ``(N, d1..dk)`` class indices, or dense ``case.shape`` in ``dtype``.
+        target: int64 ``(N, d1..dk)`` class indices, dense ``case.shape`` in ``dtype``, or for
+            "index+score" the pair (class indices, float32 scores in ``[0, 1]``).
     """
     # Drawn on the device itself: fast at GPU sizes, and the same values on every call, so
     # each provider gets fresh, identical inputs (Liger overwrites its logits in place).
@@ -156,6 +176,8 @@ def make_inputs(case, dtype, device, seed=0):
     classes = case.shape[1]
     index_shape = (case.shape[0],) + tuple(case.shape[2:])
     labels = torch.randint(0, classes, index_shape, generator=gen, device=device)
+    if case.loss == "asymmetric":
+        return x, (torch.rand(case.shape, generator=gen, device=device) < POSITIVE_FRACTION).to(dtype)
     if case.loss == "softmax":
         ignored = torch.rand(index_shape, generator=gen, device=device) < IGNORED_FRACTION
         target = labels.masked_fill_(ignored, IGNORE_INDEX)
@@ -164,6 +186,8 @@ def make_inputs(case, dtype, device, seed=0):
         target = labels.masked_fill_(background, classes)
         if case.target == "dense":
             target = torch.nn.functional.one_hot(target, classes + 1)[:, :classes].to(dtype)
+        if case.target == "index+score":
+            target = (target, torch.rand(index_shape, generator=gen, device=device))
     return x, target
 
 
@@ -184,5 +208,7 @@ def bytes_moved(case, dtype, mode):
         target = numel * elem
     else:
         target = (numel // case.shape[1]) * 8  # int64 class indices, one per row/pixel
+    if case.target == "index+score":
+        target += (numel // case.shape[1]) * 4  # and a float32 score per row
     grad = logits if mode in ("bwd", "fwd+bwd") else 0
     return logits + target + grad

@@ -2,10 +2,12 @@
 
 Softmax families (seg, vocab) compute ``focal_loss(gamma=2, reduction="mean")`` with
 ``ignore_index``; the detection family computes ``sigmoid_focal_loss(alpha=0.25, gamma=2,
-reduction="sum")``. Other libraries are called with their own arguments and converted to
-these reductions with scalar operations (README: the conventions table). ``F.cross_entropy``
-/ ``F.binary_cross_entropy_with_logits`` are the gamma = 0 baselines: what the same bytes
-cost without the focal term. Liger's cross entropy is plain CE too and is labelled so.
+reduction="sum")``; the focal family computes QFL, VFL and ASL with their sources' defaults,
+summed, against each source's own composition ("source", eager and compiled). Other libraries
+are called with their own arguments and converted to these reductions with scalar operations
+(README: the conventions table). ``F.cross_entropy`` / ``F.binary_cross_entropy_with_logits``
+are the gamma = 0 baselines: what the same bytes cost without the focal term. Liger's cross
+entropy is plain CE too and is labelled so.
 """
 
 import importlib
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .cases import DET_ALPHA, GAMMA, IGNORE_INDEX
+from .cases import DET_ALPHA, FAMILY_LOSSES, GAMMA, IGNORE_INDEX
 
 
 @dataclass
@@ -53,6 +55,11 @@ def _triton_focal_builder(backend):
     def build(case):
         import triton_focal
 
+        if case.loss in ("quality", "varifocal"):
+            fn = triton_focal.quality_focal_loss if case.loss == "quality" else triton_focal.varifocal_loss
+            return lambda x, t: fn(x, *t, reduction="sum", backend=backend)
+        if case.loss == "asymmetric":
+            return lambda x, t: triton_focal.asymmetric_loss(x, t, backend=backend)
         if case.loss == "softmax":
             return lambda x, t: triton_focal.focal_loss(
                 x, t, gamma=GAMMA, ignore_index=IGNORE_INDEX, reduction="mean", backend=backend
@@ -86,10 +93,78 @@ def _compiled(fn):
 
 
 def _dense(x, t):
-    # Class indices (target == C: background) to the one-hot a dense-target API needs.
+    # Class indices (target == C: background) to the one-hot a dense-target API needs; with a
+    # score per row, the one-hot times the score (the dense soft target of QFL and VFL).
+    if isinstance(t, tuple):
+        label, score = t
+        return _dense(x, label) * score.to(x.dtype).unsqueeze(1)
     if t.is_floating_point():
         return t
     return F.one_hot(t, x.shape[1] + 1)[:, : x.shape[1]].to(x.dtype)
+
+
+# --- the focal family as its sources write it ----------------------------------------------
+
+
+def _mmdet_quality_focal_loss(pred, target, beta=2.0):
+    # mmdetection mmdet/models/losses/gfocal_loss.py quality_focal_loss, (label, score) targets.
+    label, score = target
+    pred_sigmoid = pred.sigmoid()
+    scale_factor = pred_sigmoid
+    zerolabel = scale_factor.new_zeros(pred.shape)
+    loss = F.binary_cross_entropy_with_logits(pred, zerolabel, reduction="none") * scale_factor.pow(beta)
+    bg_class_ind = pred.size(1)
+    pos = ((label >= 0) & (label < bg_class_ind)).nonzero().squeeze(1)
+    pos_label = label[pos].long()
+    scale_factor = score[pos] - pred_sigmoid[pos, pos_label]
+    loss[pos, pos_label] = F.binary_cross_entropy_with_logits(
+        pred[pos, pos_label], score[pos].to(pred.dtype), reduction="none"
+    ) * scale_factor.abs().pow(beta)
+    return loss.sum(dim=1).sum()
+
+
+def _ultralytics_varifocal_loss(pred_score, target, alpha=0.75, gamma=2.0):
+    # ultralytics/utils/loss.py VarifocalLoss.forward (its autocast-off float32 BCE), summed
+    # instead of .mean(1).sum(): this suite's reduction. It takes the one-hot label and the
+    # dense score, built here from the class indices as its assigner does.
+    label = _dense(pred_score, target[0])
+    gt_score = _dense(pred_score, target)
+    weight = alpha * pred_score.sigmoid().pow(gamma) * (1 - label) + gt_score * label
+    return (F.binary_cross_entropy_with_logits(pred_score.float(), gt_score.float(), reduction="none") * weight).sum()
+
+
+def _asymmetric_loss(x, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
+    # Alibaba-MIIL ASL src/loss_functions/losses.py AsymmetricLoss.forward.
+    xs_pos = torch.sigmoid(x)
+    xs_neg = 1 - xs_pos
+    if clip is not None and clip > 0:
+        xs_neg = (xs_neg + clip).clamp(max=1)
+    los_pos = y * torch.log(xs_pos.clamp(min=eps))
+    los_neg = (1 - y) * torch.log(xs_neg.clamp(min=eps))
+    loss = los_pos + los_neg
+    if gamma_neg > 0 or gamma_pos > 0:
+        pt0 = xs_pos * y
+        pt1 = xs_neg * (1 - y)
+        pt = pt0 + pt1
+        one_sided_gamma = gamma_pos * y + gamma_neg * (1 - y)
+        one_sided_w = torch.pow(1 - pt, one_sided_gamma)
+        loss *= one_sided_w
+    return -loss.sum()
+
+
+SOURCES = {
+    "quality": _mmdet_quality_focal_loss,
+    "varifocal": _ultralytics_varifocal_loss,
+    "asymmetric": _asymmetric_loss,
+}
+
+
+def _build_source(case):
+    return SOURCES[case.loss]
+
+
+def _build_source_compiled(case):
+    return _compiled(SOURCES[case.loss])
 
 
 def _torchvision_formula(x, t):
@@ -181,10 +256,16 @@ def _build_liger(case):
     return lambda x, t: loss(x, t)
 
 
+OURS = ("softmax", "sigmoid") + FAMILY_LOSSES
+
 PROVIDERS = {
-    "triton": Provider("triton", "triton_focal (triton)", ("softmax", "sigmoid"), _triton_focal_builder("triton")),
-    "compile": Provider("compile", "triton_focal (compile)", ("softmax", "sigmoid"), _triton_focal_builder("compile")),
-    "reference": Provider("reference", "eager reference", ("softmax", "sigmoid"), _triton_focal_builder("reference")),
+    "triton": Provider("triton", "triton_focal (triton)", OURS, _triton_focal_builder("triton")),
+    "compile": Provider("compile", "triton_focal (compile)", OURS, _triton_focal_builder("compile")),
+    "reference": Provider("reference", "eager reference", OURS, _triton_focal_builder("reference")),
+    "source": Provider("source", "the source's composition, eager", FAMILY_LOSSES, _build_source),
+    "source_compiled": Provider(
+        "source_compiled", "torch.compile(the source's composition)", FAMILY_LOSSES, _build_source_compiled
+    ),
     "blog": Provider("blog", "eager CE + exp(-ce)", ("softmax",), _build_blog),
     "blog_compiled": Provider("blog_compiled", "torch.compile(CE + exp(-ce))", ("softmax",), _build_blog_compiled),
     "torchvision": Provider("torchvision", "torchvision.ops", ("sigmoid",), _build_torchvision),
@@ -199,7 +280,7 @@ PROVIDERS = {
     "cross_entropy": Provider(
         "cross_entropy", "F.cross_entropy (gamma=0)", ("softmax",), _build_cross_entropy, focal=False
     ),
-    "bce": Provider("bce", "F.bce_with_logits (gamma=0)", ("sigmoid",), _build_bce, focal=False),
+    "bce": Provider("bce", "F.bce_with_logits (gamma=0)", ("sigmoid",) + FAMILY_LOSSES, _build_bce, focal=False),
     # Liger's kernel takes 2-D (T, V) logits only: the vocabulary family.
     "liger": Provider(
         "liger", "Liger (plain CE)", ("softmax",), _build_liger, focal=False, families=("vocab", "table")
@@ -208,7 +289,18 @@ PROVIDERS = {
 
 # What a plain sweep measures; the CPU comparison (--cpu-table) adds the other libraries and
 # the compositions compiled by the user (each compiles once per shape).
-DEFAULT_PROVIDERS = ("triton", "compile", "reference", "blog", "torchvision", "cross_entropy", "bce", "liger")
+DEFAULT_PROVIDERS = (
+    "triton",
+    "compile",
+    "reference",
+    "blog",
+    "torchvision",
+    "source",
+    "source_compiled",
+    "cross_entropy",
+    "bce",
+    "liger",
+)
 CPU_TABLE_PROVIDERS = (
     "cross_entropy",
     "bce",
@@ -222,7 +314,7 @@ CPU_TABLE_PROVIDERS = (
     "smp",
 )
 # The gamma = 0 baseline each loss kind's ratios are taken against.
-BASELINE = {"softmax": "cross_entropy", "sigmoid": "bce"}
+BASELINE = {"softmax": "cross_entropy", "sigmoid": "bce", **{loss: "bce" for loss in FAMILY_LOSSES}}
 
 
 def _importable(module):
@@ -267,7 +359,7 @@ def unavailable_reason(name, device):
     ):
         if name == peer and not _importable(module):
             return f'{module} is not importable (pip install -e ".[peers]")'
-    if name in ("blog_compiled", "tv_formula_compiled") and not hasattr(torch, "compile"):
+    if name in ("blog_compiled", "tv_formula_compiled", "source_compiled") and not hasattr(torch, "compile"):
         return "torch.compile is not available"
     if name == "liger":
         if not _importable("liger_kernel.transformers"):

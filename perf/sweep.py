@@ -155,7 +155,10 @@ def reference_value(case, dtype, device):
         x, target = make_inputs(case, dtype, device)
         with torch.no_grad():
             wide = x.detach().double()
-            wide_target = target.double() if target.is_floating_point() else target
+            if isinstance(target, torch.Tensor) and target.is_floating_point():
+                wide_target = target.double()
+            else:
+                wide_target = target
             value = PROVIDERS["reference"].build(case)(wide, wide_target)
         return float(value)
     except Exception as err:  # out of memory at the largest GPU sizes: no check, not no run

@@ -82,7 +82,7 @@ class SigmoidConfig:
     term: str = "focal"  # sigmoid_term.KINDS, FL* aside (StarConfig)
     score: bool = False
     poly: bool = False
-    iou_weighted: bool = True
+    iou_weighted: bool = False
     detach_weight: bool = False
     clip: bool = False
     eps: bool = False
@@ -536,8 +536,8 @@ def sigmoid_loss(input, target, score=None, *, term, weight, ignore_index, reduc
         term=term.kind,
         score=score is not None,
         poly=term.poly_epsilon != 0,
-        iou_weighted=term.iou_weighted,
-        detach_weight=term.detach_weight,
+        iou_weighted=term.iou_weighting,
+        detach_weight=term.weight_detached,
         clip=term.clip > 0,
         eps=term.eps > 0,
     )

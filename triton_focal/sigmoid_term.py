@@ -20,9 +20,11 @@ comes from):
 ``detach_weight`` drops the gradient through the modulating weight (VFL's ``w``, ASL's
 ``(1 - p_t) ** gamma_t``), as RT-DETR and ASL's ``disable_torch_grad_focal_loss`` do.
 
-The object is frozen and hashable, so the compile backend keys its compiled functions on the
-structural part (:meth:`structure`) and passes the numbers as tensors; the Triton ops take it
-as :meth:`encode`'s list of floats (``torch.library`` schemas have no dataclasses).
+The object is frozen; the compile backend keys its compiled functions on the kind and flags and
+passes the numbers as tensors, and the Triton ops take it as :meth:`encode`'s list of floats
+(``torch.library`` schemas have no dataclasses). The flags of a term that has no use for them
+(``iou_weighted`` of the asymmetric loss) select no code: :attr:`iou_weighting` and
+:attr:`weight_detached` are what the kernels read.
 """
 
 import dataclasses
@@ -57,17 +59,15 @@ class SigmoidTerm:
         """``log(eps)``, the asymmetric term's clamp in log space (``-inf``: no clamp)."""
         return math.log(self.eps) if self.eps > 0 else -math.inf
 
-    def structure(self):
-        """What changes the code, not the numbers: the kind and the flags that select terms."""
-        return (
-            self.kind,
-            self.has_alpha,
-            self.poly_epsilon != 0,
-            self.iou_weighted,
-            self.detach_weight,
-            self.clip > 0,
-            self.eps > 0,
-        )
+    @property
+    def iou_weighting(self):
+        """Whether positives are weighted by their target (VFL's ``iou_weighted``)."""
+        return self.kind == "varifocal" and self.iou_weighted
+
+    @property
+    def weight_detached(self):
+        """Whether the modulating weight carries no gradient (VFL's and ASL's ``detach_weight``)."""
+        return self.kind in ("varifocal", "asymmetric") and self.detach_weight
 
     def encode(self):
         """The term as a list of floats, for a ``torch.library`` op (:meth:`decode` inverts it)."""

@@ -15,6 +15,12 @@ SEG_B = ("seg (8,19,512,1024)", "softmax", (8, 19, 512, 1024), (1, 19, 64, 128),
 VOCAB = ("vocab (8192,128256)", "softmax", (8192, 128256), (4, 128256), 80)
 DET_INDEX = ("det (1.6M,80) index", "sigmoid_index", (1_600_000, 80), (4096, 80), 85)
 DET_DENSE = ("det (1.6M,80) dense", "sigmoid_dense", (1_600_000, 80), (4096, 80), 85)
+# The focal family, bf16, loss.backward(): class indices with a score per anchor (QFL, VFL at
+# COCO's 80 classes), dense multi-label targets (ASL at 1000 tags).
+QFL = ("qfl (1.6M,80) index+score", "quality_index", (1_600_000, 80), (4096, 80), 80)
+VFL = ("vfl (1.6M,80) index+score", "varifocal_index", (1_600_000, 80), (4096, 80), 80)
+ASL = ("asl (65536,1000) dense", "asymmetric_dense", (65536, 1000), (128, 1000), 80)
+FAMILY = (QFL, VFL, ASL)
 SMOOTHING_TARGET = 55
 TRAFFIC_LIMIT, TRAFFIC_LIMIT_DENSE = 1.5, 1.7
 
@@ -22,7 +28,7 @@ TRAFFIC_LIMIT, TRAFFIC_LIMIT_DENSE = 1.5, 1.7
 @dataclasses.dataclass
 class Case:
     family: str  # the headline case's name
-    kind: str  # softmax, sigmoid_index, sigmoid_dense
+    kind: str  # softmax, sigmoid_index, sigmoid_dense, or a family loss (FAMILY)
     shape: tuple
     small_shape: tuple
     dtype: str  # bf16, fp32
@@ -31,7 +37,8 @@ class Case:
     compiled: bool = False
     target_pct_of_floor: object = None
     target_bytes_over_floor: object = None
-    headline: bool = False  # one of the bf16 loss.backward() targets
+    headline: bool = False  # one of the bf16 loss.backward() targets of the plain losses
+    family_loss: bool = False  # one of the focal family's bf16 loss.backward() targets
 
     @property
     def name(self):
@@ -57,6 +64,8 @@ def all_cases():
                 )
     for family, kind, shape, small, _ in (SEG_A, DET_INDEX):
         cases.append(Case(family, kind, shape, small, "bf16", "per-class gamma/alpha/weight"))
+    for family, kind, shape, small, target in FAMILY:
+        cases.append(Case(family, kind, shape, small, "bf16", target_pct_of_floor=target, family_loss=True))
     for family, kind, shape, small, _ in (SEG_A, SEG_B, VOCAB, DET_INDEX, DET_DENSE):
         limit = TRAFFIC_LIMIT_DENSE if kind == "sigmoid_dense" else TRAFFIC_LIMIT
         for compiled in (False, True):
@@ -103,6 +112,12 @@ def _inputs(case, shape, headline):
                 alpha=torch.rand(classes, generator=g) + 0.5,
                 weight=torch.rand(classes, generator=g) + 0.5,
             )
+    elif case.kind in ("quality_index", "varifocal_index"):
+        target = torch.randint(0, classes + 1, (shape[0],), generator=g)  # classes: background
+        kwargs = {"score": torch.rand(shape[0], generator=g), "reduction": "sum", "normalizer": 100.0}
+    elif case.kind == "asymmetric_dense":
+        target = torch.zeros(shape, dtype=dtype) if headline else (torch.rand(shape, generator=g) < 0.01).to(dtype)
+        kwargs = {}
     else:
         if case.kind == "sigmoid_index":
             target = torch.randint(0, classes + 1, (shape[0],), generator=g)  # classes: background
@@ -117,9 +132,13 @@ def _inputs(case, shape, headline):
 def _loss_fn(case):
     import triton_focal
 
-    if case.kind == "softmax":
-        return lambda x, t, kw: triton_focal.focal_loss(x, t, backend="triton", **kw)
-    return lambda x, t, kw: triton_focal.sigmoid_focal_loss(x, t, backend="triton", **kw)
+    fn = {
+        "softmax": triton_focal.focal_loss,
+        "quality_index": triton_focal.quality_focal_loss,
+        "varifocal_index": triton_focal.varifocal_loss,
+        "asymmetric_dense": triton_focal.asymmetric_loss,
+    }.get(case.kind, triton_focal.sigmoid_focal_loss)
+    return lambda x, t, kw: fn(x, t, backend="triton", **kw)
 
 
 def run_case(case, headline):
@@ -169,6 +188,9 @@ def run_case(case, headline):
         _Recorder.mode = "off"
         _Recorder.counting_graphs = False
     floor = x.numel() * x.element_size() * 2 + target.numel() * target.element_size()
+    score = kwargs.get("score")
+    if score is not None:
+        floor += score.numel() * score.element_size()
     return _Recorder.launches, torch_bytes, floor, x.numel()
 
 
@@ -179,7 +201,7 @@ def count_case(case):
     return Counted(big, small, torch_ops, numel, small_numel, floor)
 
 
-def select(cases, names="", dtypes="", headline_only=False):
+def select(cases, names="", dtypes="", headline_only=False, family_only=False):
     out = []
     for case in cases:
         if names and not any(n in case.family or n in case.kind for n in names.split(",")):
@@ -187,6 +209,8 @@ def select(cases, names="", dtypes="", headline_only=False):
         if dtypes and case.dtype not in dtypes.split(","):
             continue
         if headline_only and not case.headline:
+            continue
+        if family_only and not case.family_loss:
             continue
         out.append(case)
     return out
