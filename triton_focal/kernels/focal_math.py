@@ -132,6 +132,19 @@ def fast_reciprocal(x):
 
 
 @triton.jit
+def fast_divide(a, b):
+    """``a / b`` for ``|b|`` in ``[2**-126, 2**126]``: one MUFU ``rcp.approx`` and a multiply for
+    float32 on a CUDA GPU (``__fdividef``, 2 ulp); exact elsewhere. Where ``b`` is a clamped
+    probability (at least the smallest normal float) the range always holds."""
+    if a.dtype == tl.float32 and not INTERPRETED:
+        if not TARGET_KNOWN:
+            return libdevice.fast_dividef(a, b)
+        elif is_cuda():
+            return libdevice.fast_dividef(a, b)
+    return a / b
+
+
+@triton.jit
 def q_powers(q, gamma, GAMMA_INT: tl.constexpr):
     """``(q ** gamma, q ** (gamma - 1))`` for ``q = 1 - p`` in ``[0, 1]``.
 

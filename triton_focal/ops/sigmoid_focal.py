@@ -52,13 +52,17 @@ CONTIGUOUS_BLOCK_C = 16
 STRIDED_BLOCK_C = 8
 TILE_ELEMENTS = 2048
 NUM_WARPS = 4
+# The asymmetric term keeps about twice the focal term's intermediates live per element: at 16
+# elements a thread ptxas ran out of registers (255, spills) and issued the loads one by one,
+# a memory round each; half the rows per tile keeps them in flight (the cost model's rounds).
+HEAVY_TERMS = ("asymmetric",)
 
 
-def _tile(num_classes, num_positions, stride_c, element_size):
+def _tile(num_classes, num_positions, stride_c, element_size, term):
     """``(BLOCK_R, BLOCK_C)`` for ``(N, C, P)`` logits of ``num_positions`` rows per image."""
     if stride_c == 1 or num_classes == 1:
         block_c = min(CONTIGUOUS_BLOCK_C, triton.next_power_of_2(num_classes))
-        block_r = TILE_ELEMENTS // block_c
+        block_r = TILE_ELEMENTS // block_c // (2 if term.kind in HEAVY_TERMS else 1)
     else:
         block_c = min(STRIDED_BLOCK_C, triton.next_power_of_2(num_classes))
         block_r = max(16 // element_size, 1) * 32 * NUM_WARPS
@@ -141,7 +145,7 @@ def sigmoid_focal_launch(
         strides.append((score.stride(0), 0, score.stride(1)))
     n_launch, p_launch, strides = _fold_rows(input.shape, *strides)
     score_strides = (strides.pop()[0::2]) if score is not None else (0, 0)
-    block_r, block_c = _tile(num_classes, p_launch, strides[0][1], input.element_size())
+    block_r, block_c = _tile(num_classes, p_launch, strides[0][1], input.element_size(), term)
     num_p_blocks = triton.cdiv(p_launch, block_r)
     num_tiles = n_launch * num_p_blocks
     # An elementwise loss re-reads nothing: the grid fills the GPU.
