@@ -296,15 +296,25 @@ OPTIONS = (
     "label_smoothing",
     "z_loss",
     "softcap",
+)
+# The options added later, each with a default, at the end of every op's arguments (after the
+# forward's store_grad and needs_grad), so that a call without them is the call it was.
+EXTRA_OPTIONS = (
     "poly_epsilon",
     "element_weight",
     "normalizer",  # a tensor, or None
     "normalizer_number",  # a number, or None
 )
-NORMALIZER = OPTIONS.index("normalizer")
-# The ops' inputs before the options: the forward's (input, target); the in-place one's
-# (logits, shape, target).
-FORWARD_INPUTS = 2
+EXTRA_DEFAULTS = (0.0, None, None, None)
+# Where the forward op takes the normalizer tensor: after (input, target), the options and
+# (store_grad, needs_grad).
+NORMALIZER_INPUT = 2 + len(OPTIONS) + 2 + EXTRA_OPTIONS.index("normalizer")
+
+
+def _all_options(options, extras):
+    """The options and the extra options, the extras padded with their defaults (an op's
+    dispatcher drops trailing arguments equal to their defaults)."""
+    return (*options, *extras, *EXTRA_DEFAULTS[len(extras) :])
 
 
 def _launch_options(
@@ -318,10 +328,10 @@ def _launch_options(
     label_smoothing,
     z_loss,
     softcap,
-    poly_epsilon,
-    element_weight,
-    normalizer,
-    normalizer_number,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
+    normalizer_number=None,
 ):
     return dict(
         gamma=gamma if class_gamma is None else class_gamma,
@@ -369,12 +379,12 @@ def _forward_op(
     label_smoothing: float,
     z_loss: float,
     softcap: Optional[float],
-    poly_epsilon: float,
-    element_weight: Optional[torch.Tensor],
-    normalizer: Optional[torch.Tensor],
-    normalizer_number: Optional[float],
     store_grad: bool,
     needs_grad: bool,
+    poly_epsilon: float = 0.0,
+    element_weight: Optional[torch.Tensor] = None,
+    normalizer: Optional[torch.Tensor] = None,
+    normalizer_number: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad, stored, denominators, row_stats)``. With ``store_grad`` the gradient for
     ``grad_output == 1`` goes to ``grad`` where the device policy says so (``stored``); with
@@ -426,12 +436,12 @@ def _(
     label_smoothing,
     z_loss,
     softcap,
-    poly_epsilon,
-    element_weight,
-    normalizer,
-    normalizer_number,
     store_grad,
     needs_grad,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
+    normalizer_number=None,
 ):
     loss = input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
@@ -464,10 +474,10 @@ def _backward_op(
     label_smoothing: float,
     z_loss: float,
     softcap: Optional[float],
-    poly_epsilon: float,
-    element_weight: Optional[torch.Tensor],
-    normalizer: Optional[torch.Tensor],
-    normalizer_number: Optional[float],
+    poly_epsilon: float = 0.0,
+    element_weight: Optional[torch.Tensor] = None,
+    normalizer: Optional[torch.Tensor] = None,
+    normalizer_number: Optional[float] = None,
 ) -> torch.Tensor:
     """The gradient times ``grad_output``, recomputed from the logits into a new buffer."""
     grad = torch.empty_like(input)
@@ -510,26 +520,27 @@ def _(grad_output, input, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, *options, _store_grad, _needs_grad = inputs
+    input, target, *rest = inputs
+    options = _all_options(rest[: len(OPTIONS)], rest[len(OPTIONS) + 2 :])  # not store_grad, needs_grad
     loss, grad, stored, denominators, row_stats = output
     ctx.mark_non_differentiable(grad, stored, denominators, row_stats)
     ctx.set_materialize_grads(False)  # no logits-sized zeros for the other outputs' gradients
     # A normalizer that requires grad gets d (sum / normalizer) / d normalizer = -loss / normalizer.
-    normalizer = options[NORMALIZER]
+    normalizer = options[len(OPTIONS) + EXTRA_OPTIONS.index("normalizer")]
     ctx.normalizer_grad = normalizer is not None and normalizer.requires_grad
     saved = (input, target, grad, stored, denominators, row_stats, loss if ctx.normalizer_grad else None)
     save_options(ctx, saved, options)
 
 
 def _backward(ctx, grad_loss, *_):
-    count = FORWARD_INPUTS + len(OPTIONS) + 2  # and store_grad, needs_grad
+    count = len(ctx.needs_input_grad)  # the op's inputs, trailing defaults dropped
     if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
         return (None,) * count
     (input, target, grad, stored, denominators, row_stats, loss), options = saved_options(ctx)
     grads = [None] * count
     if ctx.normalizer_grad:
-        normalizer = options[NORMALIZER]
-        grads[FORWARD_INPUTS + NORMALIZER] = (-grad_loss * loss / normalizer).to(normalizer.dtype)
+        normalizer = options[len(OPTIONS) + EXTRA_OPTIONS.index("normalizer")]
+        grads[NORMALIZER_INPUT] = (-grad_loss * loss / normalizer).to(normalizer.dtype)
     if not ctx.needs_input_grad[0]:
         return tuple(grads)
     if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
@@ -580,10 +591,10 @@ def _forward_inplace_op(
     label_smoothing: float,
     z_loss: float,
     softcap: Optional[float],
-    poly_epsilon: float,
-    element_weight: Optional[torch.Tensor],
-    normalizer: Optional[torch.Tensor],
-    normalizer_number: Optional[float],
+    poly_epsilon: float = 0.0,
+    element_weight: Optional[torch.Tensor] = None,
+    normalizer: Optional[torch.Tensor] = None,
+    normalizer_number: Optional[float] = None,
 ) -> torch.Tensor:
     opts = _launch_options(
         class_gamma,
@@ -619,10 +630,10 @@ def _(
     label_smoothing,
     z_loss,
     softcap,
-    poly_epsilon,
-    element_weight,
-    normalizer,
-    normalizer_number,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
+    normalizer_number=None,
 ):
     return input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
 
@@ -638,12 +649,13 @@ class _InplaceSoftmaxFocal(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits)
         ctx.shape = shape
+        ctx.num_options = len(options)
         ctx.per_element = options[OPTIONS.index("reduction")] == "none"
         return loss, logits
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_logits):
-        unused = (None,) * (2 + len(OPTIONS))  # shape, target and the options
+        unused = (None,) * (2 + ctx.num_options)  # shape, target and the options
         if grad_loss is None:
             return (None,) + unused
         (grad,) = ctx.saved_tensors
@@ -723,19 +735,23 @@ def softmax_focal_loss(
         float(label_smoothing),
         float(z_loss),
         None if softcap is None else float(softcap),
+    )
+    extras = (
         float(poly_epsilon),
         element_weight,
         normalizer if isinstance(normalizer, torch.Tensor) else None,
         None if normalizer is None or isinstance(normalizer, torch.Tensor) else float(normalizer),
     )
+    if all(value is default for value, default in zip(extras[1:], EXTRA_DEFAULTS[1:])) and not poly_epsilon:
+        extras = ()  # the call without them, as it was
     if functorch_active():  # torch.func transforms: see grad_policy.py
-        return _reference(options, target)(input)
+        return _reference((*options, *extras), target)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     logits = input if logits is None else logits
     if inplace_grad and needs_grad and _inplace_allowed(logits, input, normalizer):
-        loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options)
+        loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options, *extras)
         return loss
     # Traced graphs never store a gradient in the forward: their backward recomputes it.
     store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
-    loss, *_ = _forward_op(input, target, *options, store_grad, needs_grad)
+    loss, *_ = _forward_op(input, target, *options, store_grad, needs_grad, *extras)
     return loss
