@@ -309,12 +309,25 @@ def test_normalizer_tensor_that_requires_grad_gets_its_gradient(backend):
         assert (xt.grad is not None) == logits_grad
 
 
-def test_normalizer_number_compiles_nothing_new():
-    # The Triton op takes a number as a float argument and the kernel reads it at run time.
+@pytest.mark.parametrize("backend", ["compile", "triton"])
+def test_normalizer_number_is_a_runtime_value(backend):
+    # The Triton kernel reads it as an argument; the compile backend passes it as a 0-dim tensor.
     x, t = rows()
-    a = triton_focal.focal_loss(x.float(), t, normalizer=2.0, reduction="sum", backend="triton")
-    b = triton_focal.focal_loss(x.float(), t, normalizer=4.0, reduction="sum", backend="triton")
-    torch.testing.assert_close(a, 2 * b)
+    for _ in range(2):  # the second call may recompile once for its thread count (compiled.py)
+        first = triton_focal.focal_loss(x.float(), t, normalizer=2.0, reduction="sum", backend=backend)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    second = triton_focal.focal_loss(x.float(), t, normalizer=4.0, reduction="sum", backend=backend)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(first, 2 * second)
+
+
+def test_row_statistics_path():
+    # Hundreds of classes: the forward saves each row's softmax statistics and a backward for
+    # grad_output != 1 reads them instead of the logits' first pass.
+    x, t = images(n=1, c=160, h=32, w=32)
+    assert softmax_ops.row_stats_buffer(x.float().flatten(2), 0.0) is not None
+    v = _element_weight("per_image", t.shape)
+    check("triton", x, t, gamma=0.5, poly_epsilon=0.5, element_weight=v, z_loss=1e-2, normalizer=torch.tensor(9.0))
 
 
 # --- edge cases -----------------------------------------------------------------------------
