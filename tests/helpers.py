@@ -1,5 +1,7 @@
 """Shared test helpers: the per-dtype tolerance table and a verbose comparison."""
 
+import contextlib
+import importlib.metadata
 import sys
 
 import torch
@@ -64,3 +66,24 @@ def hide_broken_torchvision():
         import torchvision  # noqa: F401
     except Exception:  # a broken build raises RuntimeError or ImportError
         sys.modules["torchvision"] = None
+
+
+@contextlib.contextmanager
+def torchvision_version_if_missing():
+    """ultralytics reads torchvision's installed version when imported; where torchvision is
+    absent, it reads "0.0" instead (ultralytics needs none of torchvision for these tests)."""
+    original = importlib.metadata.version
+
+    def version(name):
+        if name == "torchvision":
+            try:
+                return original(name)
+            except importlib.metadata.PackageNotFoundError:
+                return "0.0"
+        return original(name)
+
+    importlib.metadata.version = version
+    try:
+        yield
+    finally:
+        importlib.metadata.version = original

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 
-def load_focal_loss(scope, not_installed):
-    """``{scope}/models/losses/focal_loss.py`` as a module, or (None, why not).
+def load_focal_loss(scope, not_installed, name="focal_loss"):
+    """``{scope}/models/losses/{name}.py`` as a module, or (None, why not).
 
     ``{scope}.models`` imports mmcv's compiled ops; with an mmcv built without them the loss file is
     loaded by itself, with ``mmcv.ops`` (used only on CUDA tensors) stubbed during the load."""
     try:
-        return importlib.import_module(f"{scope}.models.losses.focal_loss"), None
+        return importlib.import_module(f"{scope}.models.losses.{name}"), None
     except ImportError as err:
         why = f"{type(err).__name__}: {err}"
     spec = importlib.util.find_spec(scope)
@@ -30,9 +30,9 @@ def load_focal_loss(scope, not_installed):
     if stubbed:  # mmcv without compiled ops: its CUDA focal loss is never called on CPU tensors
         sys.modules["mmcv.ops"] = types.SimpleNamespace(sigmoid_focal_loss=None)
     try:
-        return importlib.import_module(f"{package.__name__}.focal_loss"), None
+        return importlib.import_module(f"{package.__name__}.{name}"), None
     except Exception as err:  # noqa: BLE001 - the reason is reported in the skip
-        return None, f"{scope}.models does not import ({why}) and its focal_loss.py does not load alone ({err})"
+        return None, f"{scope}.models does not import ({why}) and its {name}.py does not load alone ({err})"
     finally:
         if stubbed:
             del sys.modules["mmcv.ops"]

@@ -10,39 +10,17 @@ is not installed (no CPU build of it matches this torch), that one lookup is ans
 while ultralytics is imported.
 """
 
-import contextlib
-import importlib.metadata
 import os
 import tempfile
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import assert_close
-
-
-@contextlib.contextmanager
-def _torchvision_version_if_missing():
-    original = importlib.metadata.version
-
-    def version(name):
-        if name == "torchvision":
-            try:
-                return original(name)
-            except importlib.metadata.PackageNotFoundError:
-                return "0.0"
-        return original(name)
-
-    importlib.metadata.version = version
-    try:
-        yield
-    finally:
-        importlib.metadata.version = original
-
+from helpers import assert_close, torchvision_version_if_missing
 
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-config-"))
 os.environ.setdefault("YOLO_VERBOSE", "False")
-with _torchvision_version_if_missing():
+with torchvision_version_if_missing():
     ultralytics = pytest.importorskip("ultralytics")
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
@@ -159,7 +137,7 @@ def test_trains_a_few_steps(backend, cfg):
 
 def test_yolo_wrapper_and_trainer_callback():
     """``YOLO('yolov8n.yaml')`` (no download) and the callback on a trainer's model and EMA."""
-    with _torchvision_version_if_missing():
+    with torchvision_version_if_missing():
         from ultralytics import YOLO
 
     yolo = YOLO("yolov8n.yaml")

@@ -21,6 +21,7 @@ sass.install_stand_in_driver()
 
 from triton_focal.kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from triton_focal.ops import denominators, grad_policy, sigmoid_focal, softmax_focal, vocab_shard
+from triton_focal.sigmoid_term import SigmoidTerm
 
 compiled = []
 
@@ -72,30 +73,42 @@ for shape, dtype, options, modes in [
             grad_output=grad_output, stored=torch.zeros(1, dtype=torch.int32), skip_if_stored=mode == GRAD_BACKWARD,
             **options)
 
-# Sigmoid: class indices with every option, dense targets with per-class gamma, FL*, float64.
-for shape, dtype, index, options, modes in [
-    ((64, 80, 1), torch.bfloat16, True, dict(weight=True, alpha=0.25, gamma=2.0, reduce=True),
+# Sigmoid: class indices with every option, dense targets with per-class gamma, FL*, float64, and
+# the focal family (QFL and VFL with class indices and scores, ASL, Poly-1).
+for shape, dtype, index, score, term, options, modes in [
+    ((64, 80, 1), torch.bfloat16, True, False, SigmoidTerm("focal", alpha=0.25, gamma=2.0),
+     dict(weight=True, reduce=True), (GRAD_IF_POLICY, GRAD_BACKWARD)),
+    ((2, 5, 64), torch.float16, False, False, SigmoidTerm("focal", alpha=-1.0, gamma=0.0),
+     dict(class_gamma=True, reduce=False), (GRAD_ALWAYS, GRAD_BACKWARD)),
+    ((16, 7, 1), torch.float32, False, False, SigmoidTerm("star", alpha=0.25, gamma=1.5), dict(reduce=True),
+     (GRAD_NONE,)),
+    ((16, 7, 1), torch.float64, True, False, SigmoidTerm("focal", alpha=0.25, gamma=0.5, poly_epsilon=1.0),
+     dict(reduce=True), (GRAD_IF_POLICY,)),
+    ((64, 80, 1), torch.bfloat16, True, True, SigmoidTerm("quality", gamma=2.0), dict(reduce=True),
      (GRAD_IF_POLICY, GRAD_BACKWARD)),
-    ((2, 5, 64), torch.float16, False, dict(class_gamma=True, alpha=-1.0, gamma=0.0, reduce=False),
-     (GRAD_ALWAYS, GRAD_BACKWARD)),
-    ((16, 7, 1), torch.float32, False, dict(star=True, alpha=0.25, gamma=1.5, reduce=True), (GRAD_NONE,)),
-    ((16, 7, 1), torch.float64, True, dict(alpha=0.25, gamma=0.5, reduce=True), (GRAD_IF_POLICY,)),
+    ((64, 80, 1), torch.bfloat16, True, True, SigmoidTerm("varifocal", alpha=0.75, gamma=2.0), dict(reduce=True),
+     (GRAD_IF_POLICY, GRAD_BACKWARD)),
+    ((64, 80, 1), torch.float32, False, False, SigmoidTerm("varifocal", alpha=0.75, gamma=1.5, detach_weight=True),
+     dict(reduce=False), (GRAD_ALWAYS,)),
+    ((64, 100, 1), torch.bfloat16, False, False,
+     SigmoidTerm("asymmetric", gamma=0.0, gamma_neg=4.0, clip=0.05, eps=1e-8), dict(reduce=True),
+     (GRAD_IF_POLICY, GRAD_BACKWARD)),
 ]:
     x = torch.randn(shape).to(dtype)
     target = torch.randint(0, shape[1] + 1, (shape[0], shape[2])) if index else torch.rand(shape).to(dtype)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     weight = torch.rand(shape[0], 1, 1).expand(shape) if options.pop("weight", False) else None
     class_gamma = torch.rand(shape[1], dtype=acc) if options.pop("class_gamma", False) else None
+    score = torch.rand(shape[0], shape[2]) if score else None
     for mode in modes:
         grad = torch.empty_like(x) if mode != GRAD_NONE else None
         grad_output = None
         if mode == GRAD_BACKWARD:
             grad_output = torch.ones(()) if options["reduce"] else torch.ones(shape)
         sigmoid_focal.sigmoid_focal_launch(
-            x, target, weight=weight, class_gamma=class_gamma, ignore_index=-100, denominator=torch.ones(()),
-            star=options.pop("star", False) if mode == modes[0] else False, grad_mode=mode, grad=grad,
-            grad_output=grad_output, stored=torch.zeros(1, dtype=torch.int32), skip_if_stored=mode == GRAD_BACKWARD,
-            **options)
+            x, target, score=score, weight=weight, class_gamma=class_gamma, term=term, ignore_index=-100,
+            denominator=torch.ones(()), grad_mode=mode, grad=grad, grad_output=grad_output,
+            stored=torch.zeros(1, dtype=torch.int32), skip_if_stored=mode == GRAD_BACKWARD, **options)
 
 # The in-place rescale of an inplace_grad gradient.
 for dtype in (torch.bfloat16, torch.float64):

@@ -11,6 +11,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from triton_focal.sigmoid_term import SigmoidTerm
+
 pytest.importorskip("triton")
 from triton_focal.ops import sigmoid_focal, softmax_focal  # noqa: E402
 
@@ -51,7 +53,17 @@ def test_sigmoid_forward_allocates_only_the_gradient(device, store_grad):
     weight = torch.rand(64, 1, 1, device=device).expand_as(x)  # per anchor, never expanded in memory
     with AllocationRecorder() as recorder:
         sigmoid_focal._forward_op._init_fn(
-            x, target, None, None, weight, None, 0.25, 2.0, -100, "sum", False, store_grad
+            x,
+            target,
+            None,
+            None,
+            None,
+            weight,
+            None,
+            SigmoidTerm("focal", alpha=0.25, gamma=2.0).encode(),
+            -100,
+            "sum",
+            store_grad,
         )
     assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if store_grad else [])
 

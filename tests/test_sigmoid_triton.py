@@ -14,6 +14,7 @@ import triton_focal
 from triton_focal import reference
 from triton_focal.kernels.grad_mode import GRAD_NONE
 from triton_focal.ops import sigmoid_focal as ops
+from triton_focal.sigmoid_term import SigmoidTerm
 
 DEFAULTS = dict(alpha=0.25, gamma=2.0, weight=None, ignore_index=-100, reduction="none", normalizer=None)
 
@@ -416,25 +417,28 @@ def test_opcheck(device, reduction):
     # recomputes it (the eager policy, which may store it, is tested above and in test_grad_policy.py).
     x = make_logits((4, 3, 5), device).requires_grad_(True)
     t = make_dense_target((4, 3, 5), device)
-    options = (None, None, 0.25, 2.0, -100, reduction, False)
+    focal = SigmoidTerm("focal", alpha=0.25, gamma=2.0).encode()
+    options = (None, None, None, focal, -100, reduction)
     torch.library.opcheck(ops._forward_op, (x, t, None, None, *options, False))
     grad_out = torch.rand(() if reduction == "mean" else x.shape, device=device)
     no_count = x.new_empty(0)
     torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), t, None, None, no_count, *options))
     index = make_index_target(4, 3, 5, device)
-    torch.library.opcheck(
-        ops._forward_op,
-        (x.detach(), index, torch.tensor(3.0, device=device), None, None, None, 0.25, 2.0, -100, "sum", False, False),
-    )
+    summed = (None, None, None, focal, -100, "sum", False)
+    torch.library.opcheck(ops._forward_op, (x.detach(), index, torch.tensor(3.0, device=device), None, *summed))
     # a normalizer given as a number, and a class-index mean whose count comes from the targets
-    torch.library.opcheck(
-        ops._forward_op, (x.detach(), index, None, 3.0, None, None, 0.25, 2.0, -100, "sum", False, False)
-    )
-    _, _, _, counted = ops._forward_op(x.detach(), index, None, None, None, None, 0.25, 2.0, -100, "mean", False, False)
+    torch.library.opcheck(ops._forward_op, (x.detach(), index, None, 3.0, *summed))
+    mean = (None, None, None, focal, -100, "mean", False)
+    _, _, _, counted = ops._forward_op(x.detach(), index, None, None, *mean)
     assert counted.shape == (2,) and counted[1].item() == (index != -100).sum().item() * 3
+    torch.library.opcheck(ops._forward_op, (x.detach(), index, None, None, *mean))
     torch.library.opcheck(
-        ops._forward_op, (x.detach(), index, None, None, None, None, 0.25, 2.0, -100, "mean", False, False)
+        ops._backward_op, (torch.rand((), device=device), x.detach(), index, None, None, counted, *mean[:-1])
     )
+    # class indices with a score per row (QFL, VFL)
+    score = torch.rand(4, 5, device=device)
+    varifocal = SigmoidTerm("varifocal", alpha=0.75, gamma=2.0).encode()
+    torch.library.opcheck(ops._forward_op, (x, index, None, 3.0, score, None, None, varifocal, -100, "sum", False))
     torch.library.opcheck(
         ops._backward_op,
         (
@@ -442,15 +446,14 @@ def test_opcheck(device, reduction):
             x.detach(),
             index,
             None,
+            3.0,
+            no_count,
+            score,
             None,
-            counted,
             None,
-            None,
-            0.25,
-            2.0,
+            varifocal,
             -100,
-            "mean",
-            False,
+            "sum",
         ),
     )
 

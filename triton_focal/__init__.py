@@ -1,8 +1,9 @@
 """triton_focal: fused focal loss for segmentation, detection and large vocabularies.
 
 Public names: :func:`focal_loss`, :func:`sigmoid_focal_loss`, :func:`sigmoid_focal_loss_star`,
-:func:`fused_linear_focal_loss`, :class:`FocalLoss`, :class:`SigmoidFocalLoss` and
-:func:`available_backends`. The contract they keep (the formulas and reductions, the errors,
+:func:`fused_linear_focal_loss`, :class:`FocalLoss`, :class:`SigmoidFocalLoss`, the focal
+family (:func:`quality_focal_loss`, :func:`varifocal_loss`, :func:`asymmetric_loss` and their
+modules) and :func:`available_backends`. The contract they keep (the formulas and reductions, the errors,
 which backend runs where, and the numerics every backend guarantees) is stated in the
 project's README.md, sections "Semantics", "Errors" and "Backends"; ``reference.py`` is its
 executable statement.
@@ -11,6 +12,14 @@ executable statement.
 from .backends import available_backends
 from .functional import focal_loss, sigmoid_focal_loss, sigmoid_focal_loss_star
 from .fused_linear import fused_linear_focal_loss
+from .losses import (
+    AsymmetricLoss,
+    QualityFocalLoss,
+    VarifocalLoss,
+    asymmetric_loss,
+    quality_focal_loss,
+    varifocal_loss,
+)
 from .modules import FocalLoss, SigmoidFocalLoss
 
 __version__ = "0.1.0"
@@ -23,4 +32,10 @@ __all__ = [
     "FocalLoss",
     "SigmoidFocalLoss",
     "available_backends",
+    "quality_focal_loss",
+    "varifocal_loss",
+    "asymmetric_loss",
+    "QualityFocalLoss",
+    "VarifocalLoss",
+    "AsymmetricLoss",
 ]

@@ -295,9 +295,10 @@ def softmax_forward_and_grad(
 # --- sigmoid focal loss ----------------------------------------------------------------------
 
 
-def _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg):
-    """Per element: the computation dtype's logits, the target ``t`` and the row mask (or None),
-    and for class-index targets the per-row class as a float (``-inf`` on ignored rows).
+def _sigmoid_terms(x, target, score, ignore_index, cfg):
+    """Per element: the computation dtype's logits, the target ``t``, which elements are
+    positive, and the row mask (or None); for class-index targets also the per-row class as a
+    float (``-inf`` on ignored rows).
 
     The per-element passes compare the class index with that per-row float, not with the
     int64 target: Inductor's vectorized int64 compare (and the ignore test redone for every
@@ -310,10 +311,14 @@ def _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg):
         index_dtype = torch.float32 if num_classes < 2**24 else torch.float64  # exact class indices
         row_class = torch.where(target != ignore_index, target.to(index_dtype), float("-inf"))
         column = row_class.unsqueeze(1)
-        t = (column == class_indices(num_classes, row_class)).to(x.dtype)
+        positive = column == class_indices(num_classes, row_class)
+        t = positive.to(x.dtype)
+        if score is not None:
+            t = t * score.to(x.dtype).unsqueeze(1)
         valid = column != float("-inf")
-        return x, t, valid, row_class
-    return x, target.to(x.dtype), None, None
+        return x, t, positive, valid, row_class
+    t = target.to(x.dtype)
+    return x, t, t > 0, None, None
 
 
 def bce_with_logits(x, t, softplus_rest):
@@ -327,41 +332,131 @@ def bce_with_logits(x, t, softplus_rest):
     return positive_part + negative_part + softplus_rest
 
 
+def _power_and_ratio(base, exponent):
+    """``base ** exponent`` and ``base ** (exponent - 1)`` for ``base`` in ``[0, 1]``, the base
+    clamped to the smallest normal float (``0 ** 0 == 1``, both finite for every exponent)."""
+    safe = torch.clamp_min(base, torch.finfo(base.dtype).tiny)
+    value = power(safe, exponent)
+    return value, value / safe
+
+
+# Each term below is ``(f, df/dx)`` per element, the closed form of ``sigmoid_term.py``'s formula
+# that ``kernels/sigmoid_terms.py`` computes too; ``s - t`` is ``s (1 - t) - s_neg t``, exact for
+# hard targets.
+
+
+def focal_term(x, t, p, one_minus_p, bce, numbers, cfg):
+    """``alpha_t (1 - p_t) ** g * bce`` (+ Poly-1's ``eps (1 - p_t) ** (g + 1)``)::
+
+    d/dx [(1 - p_t) ** g * bce] = g * (1 - p_t) ** g * (p (1 - p) / (1 - p_t)) * (1 - 2t) * bce
+                                  + (1 - p_t) ** g * (p - t)
+
+    ``p (1 - p) / (1 - p_t)`` is finite (``p`` or ``1 - p`` for hard targets) and taken as 0
+    where ``1 - p_t`` underflows to 0, where both terms vanish.
+    """
+    g = per_class(numbers["gamma"])
+    one_minus_p_t = one_minus_p * t + p * (1 - t)  # no cancellation
+    focal = power(one_minus_p_t, g)
+    ratio = _safe_ratio(p * one_minus_p, one_minus_p_t, torch.zeros_like(p))
+    d_one_minus_p_t = ratio * (1 - 2 * t)  # d(1 - p_t)/dx over (1 - p_t)
+    loss, grad = focal * bce, focal * (g * d_one_minus_p_t * bce + (p - t))
+    if cfg.alpha:
+        alpha = numbers["alpha"]
+        alpha_t = alpha * t + (1 - alpha) * (1 - t)
+        loss, grad = alpha_t * loss, alpha_t * grad
+    if cfg.poly:
+        eps = numbers["poly_epsilon"]
+        loss = loss + eps * focal * one_minus_p_t
+        grad = grad + eps * (g + 1) * focal * (p * one_minus_p) * (1 - 2 * t)
+    return loss, grad
+
+
+def quality_term(x, t, p, one_minus_p, bce, numbers, cfg):
+    """QFL: ``bce * |d| ** beta``, ``d = s - t``; ``d/dx |d| ** beta = beta |d| ** (beta - 1) sign(d) s (1 - s)``."""
+    beta = numbers["gamma"]
+    d = p * (1 - t) - one_minus_p * t
+    mod, mod_m1 = _power_and_ratio(d.abs(), beta)
+    sign = torch.where(d < 0, -1.0, 1.0)
+    return mod * bce, mod * d + beta * mod_m1 * sign * (p * one_minus_p) * bce
+
+
+def varifocal_term(x, t, positive, p, one_minus_p, softplus_rest, bce, numbers, cfg):
+    """VFL: ``bce * w``, ``w = t`` (or 1) on positives, ``alpha s ** gamma`` elsewhere, with
+    ``d/dx (alpha s ** gamma) = alpha gamma s ** gamma (1 - s)`` (dropped with ``detach_weight``)."""
+    gamma = numbers["gamma"]
+    log_s = -(torch.clamp_min(-x, 0) + softplus_rest)  # -softplus(-x): exact where s underflows
+    negative_weight = numbers["alpha"] * torch.where(gamma == 0, torch.ones_like(x), torch.exp(gamma * log_s))
+    w = torch.where(positive, t if cfg.iou_weighted else torch.ones_like(t), negative_weight)
+    grad = w * (p * (1 - t) - one_minus_p * t)
+    if not cfg.detach_weight:
+        grad = grad + torch.where(positive, torch.zeros_like(x), gamma * negative_weight * one_minus_p) * bce
+    return w * bce, grad
+
+
+def asymmetric_term(x, t, p, one_minus_p, softplus_rest, numbers, cfg):
+    """ASL: ``-(t L+ + (1 - t) L-) * (1 - p_t) ** gamma_t`` (see ``kernels/sigmoid_terms.py``:
+    the same logs, shift and clamps, and their derivatives)."""
+    ds = p * one_minus_p
+    log_s = -(torch.clamp_min(-x, 0) + softplus_rest)
+    zero = torch.zeros_like(x)
+    if cfg.clip:
+        clip = numbers["clip"]
+        shifted = p > clip
+        s_m = torch.where(shifted, p - clip, zero)
+        log_neg = torch.log1p(-s_m)
+        d_s_m = torch.where(shifted, ds, zero)
+        d_log_neg = -d_s_m / torch.where(shifted, one_minus_p + clip, torch.ones_like(x))
+    else:
+        s_m, d_s_m = p, ds
+        log_neg = -(torch.clamp_min(x, 0) + softplus_rest)
+        d_log_neg = -p
+    d_log_s = one_minus_p
+    if cfg.eps:
+        log_eps = numbers["log_eps"]
+        d_log_s = torch.where(log_s > log_eps, d_log_s, zero)
+        d_log_neg = torch.where(log_neg > log_eps, d_log_neg, zero)
+        log_s = torch.maximum(log_s, log_eps)
+        log_neg = torch.maximum(log_neg, log_eps)
+    base = -(t * log_s + (1 - t) * log_neg)
+    d_base = -(t * d_log_s + (1 - t) * d_log_neg)
+    exponent = numbers["gamma"] * t + numbers["gamma_neg"] * (1 - t)
+    mod, mod_m1 = _power_and_ratio(t * one_minus_p + (1 - t) * s_m, exponent)
+    grad = mod * d_base
+    if not cfg.detach_weight:
+        grad = grad + exponent * mod_m1 * (-t * ds + (1 - t) * d_s_m) * base
+    return mod * base, grad
+
+
+def _sigmoid_loss_and_grad(x, target, score, weight, ignore_index, numbers, cfg, with_grad):
+    """Per element, from one set of intermediates: the term's loss and (``with_grad``) its
+    derivative, times ``weight``. Returns ``(loss, grad, valid, row_class)``, 0 on ignored
+    rows; ``valid`` and ``row_class`` are None for dense targets."""
+    x, t, positive, valid, row_class = _sigmoid_terms(x, target, score, ignore_index, cfg)
+    p, one_minus_p, softplus_rest = sigmoid_parts(x)
+    bce = bce_with_logits(x, t, softplus_rest)
+    if cfg.term == "focal":
+        loss, grad = focal_term(x, t, p, one_minus_p, bce, numbers, cfg)
+    elif cfg.term == "quality":
+        loss, grad = quality_term(x, t, p, one_minus_p, bce, numbers, cfg)
+    elif cfg.term == "varifocal":
+        loss, grad = varifocal_term(x, t, positive, p, one_minus_p, softplus_rest, bce, numbers, cfg)
+    else:
+        loss, grad = asymmetric_term(x, t, p, one_minus_p, softplus_rest, numbers, cfg)
+    if weight is not None:
+        loss, grad = loss * weight.to(x.dtype), grad * weight.to(x.dtype)
+    if valid is not None:
+        zero = torch.zeros_like(loss)
+        loss = torch.where(valid, loss, zero)
+        grad = torch.where(valid, grad, zero)
+    return loss, (grad if with_grad else None), valid, row_class
+
+
 def _element_scale(t, alpha, weight, cfg):
     """``alpha_t * weight`` per element (1 where neither is given)."""
     scale = alpha * t + (1 - alpha) * (1 - t) if cfg.alpha else torch.ones_like(t)
     if weight is not None:
         scale = scale * weight.to(t.dtype)
     return scale
-
-
-def _sigmoid_loss_and_grad(x, target, gamma, alpha, weight, ignore_index, cfg, with_grad):
-    """Per element, from one set of intermediates: the loss and (``with_grad``) its derivative::
-
-        d/dx [(1 - p_t) ** g * bce] = g * (1 - p_t) ** g * (p (1 - p) / (1 - p_t)) * (1 - 2t) * bce
-                                      + (1 - p_t) ** g * (p - t)
-
-    ``p (1 - p) / (1 - p_t)`` is finite (``p`` or ``1 - p`` for hard targets) and taken as 0
-    where ``1 - p_t`` underflows to 0, where both terms vanish. Returns ``(loss, grad, valid,
-    row_class)``, 0 on ignored rows; ``valid`` and ``row_class`` are None for dense targets.
-    """
-    x, t, valid, row_class = _sigmoid_terms(x, target, gamma, alpha, ignore_index, cfg)
-    p, one_minus_p, softplus_rest = sigmoid_parts(x)
-    bce = bce_with_logits(x, t, softplus_rest)
-    one_minus_p_t = one_minus_p * t + p * (1 - t)  # no cancellation
-    g = per_class(gamma)
-    focal = power(one_minus_p_t, g)
-    scale = _element_scale(t, alpha, weight, cfg)
-    loss = scale * focal * bce
-    grad = None
-    if with_grad:
-        ratio = _safe_ratio(p * one_minus_p, one_minus_p_t, torch.zeros_like(p))
-        grad = scale * focal * (g * ratio * (1 - 2 * t) * bce + (p - t))
-    if valid is not None:
-        zero = torch.zeros_like(loss)
-        loss = torch.where(valid, loss, zero)
-        grad = torch.where(valid, grad, zero) if with_grad else None
-    return loss, grad, valid, row_class
 
 
 def accurate_sum(loss):
@@ -390,18 +485,18 @@ def _sigmoid_reduce(loss, valid, cfg):
     return total * scale, scale
 
 
-def sigmoid_forward(x, target, gamma, alpha, weight, ignore_index, *, cfg):
+def sigmoid_forward(x, target, score, weight, ignore_index, numbers, *, cfg):
     """``alpha_t * (1 - p_t) ** gamma * BCE(x, t) * weight``, reduced (``"mean"`` over the
     elements not ignored; a normalizer is applied by the caller to the ``"sum"``), and the
     per-row float class (None for dense targets), returned for the reason
     :func:`softmax_forward_and_grad` gives: so that Inductor computes it once per row."""
     loss, _, valid, row_class = _sigmoid_loss_and_grad(
-        x, target, gamma, alpha, weight, ignore_index, cfg, with_grad=False
+        x, target, score, weight, ignore_index, numbers, cfg, with_grad=False
     )
     return _sigmoid_reduce(loss, valid, cfg)[0].to(x.dtype), row_class
 
 
-def sigmoid_forward_and_grad(x, target, gamma, alpha, weight, ignore_index, grad_out, *, cfg):
+def sigmoid_forward_and_grad(x, target, score, weight, ignore_index, numbers, grad_out, *, cfg):
     """The reduced loss, and its gradient for ``grad_output == 1`` written into ``grad_out``
     (``x``'s shape and dtype), in one elementwise pass; and the per-row float class as in
     :func:`sigmoid_forward`.
@@ -411,7 +506,7 @@ def sigmoid_forward_and_grad(x, target, gamma, alpha, weight, ignore_index, grad
     backward only multiplies it by ``grad_output``.
     """
     loss, grad, valid, row_class = _sigmoid_loss_and_grad(
-        x, target, gamma, alpha, weight, ignore_index, cfg, with_grad=True
+        x, target, score, weight, ignore_index, numbers, cfg, with_grad=True
     )
     loss, scale = _sigmoid_reduce(loss, valid, cfg)
     if scale is not None:

@@ -493,3 +493,65 @@ def refuse_learnable(where, hint=LEARNABLE_HINT, **tensors):
     for name, value in tensors.items():
         if isinstance(value, torch.Tensor) and value.requires_grad:
             raise ValueError(f"{name} requires grad, but {where} does not differentiate {name}; {hint}")
+
+
+# --- the focal family's numbers (sigmoid_term.SigmoidTerm) -------------------------------------
+
+
+def check_exponent(name, value):
+    """A focusing exponent (``beta``, ``gamma``, ``gamma_pos``, ``gamma_neg``): a finite number ``>= 0``."""
+    if not is_real_number(value):
+        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
+    if not 0.0 <= float(value) < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def check_unit_interval(name, value, *, what):
+    """A number in ``[0, 1)`` (the asymmetric loss's ``clip`` and ``eps``)."""
+    if not is_real_number(value) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1) ({what}), got {value!r}")
+    return float(value)
+
+
+def check_poly_epsilon(poly_epsilon):
+    """Poly-1's coefficient: a finite number ``>= -1`` (0: off). Below -1 the loss of a
+    confident mistake turns negative (``CE + eps (1 - p_t) < 0`` as ``p_t -> 0``)."""
+    if not is_real_number(poly_epsilon) or not -1.0 <= float(poly_epsilon) < math.inf:
+        raise ValueError(f"poly_epsilon must be a finite number >= -1 (0 for off), got {poly_epsilon!r}")
+    return float(poly_epsilon)
+
+
+def check_flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return value
+
+
+def check_score(score, args, *, validate):
+    """The positive's target value of each row, for class-index targets: a float tensor shaped
+    like ``target``, values in ``[0, 1]``; returned in ``args``' canonical ``(N, P)`` form.
+
+    Raises:
+        TypeError: ``score`` is not a floating-point tensor.
+        ValueError: ``score`` is given with dense targets, has the wrong shape, is on another
+            device, or holds values outside ``[0, 1]`` (checked where known without a host sync).
+    """
+    if score is None:
+        return None
+    if not isinstance(score, torch.Tensor) or not score.is_floating_point():
+        kind = score.dtype if isinstance(score, torch.Tensor) else type(score).__name__
+        raise TypeError(f"score must be a floating-point tensor of quality values in [0, 1], got {kind}")
+    if args.target.is_floating_point():
+        raise ValueError(
+            "score goes with class-index targets; dense float targets carry the scores themselves (pass score=None)"
+        )
+    expected = args.loss_shape[:1] + args.loss_shape[2:]
+    if score.shape != expected:
+        raise ValueError(f"score shape {tuple(score.shape)} must equal the target's shape {tuple(expected)}")
+    check_same_device(args.input, "score", score)
+    if score.numel() and values_known(score, validate):
+        bad = ~((score >= 0) & (score <= 1))  # NaN fails both
+        if bool(bad.any()):
+            raise ValueError(f"score values must lie in [0, 1], got {first_bad_value(score, bad)}")
+    return score.reshape(args.target.shape)

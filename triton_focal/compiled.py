@@ -44,6 +44,7 @@ from ._autograd_state import functorch_active as _functorch_active
 from ._autograd_state import graph_is_kept
 from ._warnings import user_stacklevel
 from .reference import compute_dtype
+from .sigmoid_term import SigmoidTerm
 
 
 class CompileNotice(UserWarning):
@@ -81,6 +82,13 @@ class SigmoidConfig:
     alpha: bool
     weight: bool
     index_targets: bool
+    term: str = "focal"  # sigmoid_term.KINDS, FL* aside (StarConfig)
+    score: bool = False
+    poly: bool = False
+    iou_weighted: bool = True
+    detach_weight: bool = False
+    clip: bool = False
+    eps: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,9 +530,9 @@ class _SigmoidFocal(torch.autograd.Function):
     """The forward computes the gradient too (for ``grad_output == 1``); the backward scales it."""
 
     @staticmethod
-    def forward(x, target, gamma, alpha, weight, ignore_index, fn):
+    def forward(x, target, score, weight, ignore_index, numbers, fn):
         grad = _gradient_buffer(x)
-        return fn("forward_and_grad", x, target, gamma, alpha, weight, ignore_index, grad)[0], grad
+        return fn("forward_and_grad", x, target, score, weight, ignore_index, numbers, grad)[0], grad
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -538,17 +546,19 @@ class _SigmoidFocal(torch.autograd.Function):
         return (_scaled_grad(ctx, grad_loss),) + (None,) * 6
 
 
-def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
-    """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits against dense ``(N, C, P)`` or
+def sigmoid_loss(input, target, score=None, *, term, weight, ignore_index, reduction, normalizer):
+    """A one-vs-all sigmoid loss of ``(N, C, P)`` logits against dense ``(N, C, P)`` or
     class-index ``(N, P)`` targets (the reference's arguments and result)."""
+    if term.kind == "star":
+        return sigmoid_focal_loss_star(input, target, alpha=term.alpha, gamma=term.gamma, reduction=reduction)
     # Inside the user's torch.compile (see _traced_by_user), or an empty input (nothing to
     # compile for): the reference composition.
     if torch.compiler.is_compiling() or input.numel() == 0 or _tiny(input):
-        return reference.sigmoid_focal_loss(
+        return reference.sigmoid_loss(
             input,
             target,
-            alpha=alpha,
-            gamma=gamma,
+            score,
+            term=term,
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
@@ -556,29 +566,46 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
         )
     cfg = SigmoidConfig(
         reduction="sum" if normalizer is not None and reduction != "none" else reduction,
-        alpha=alpha >= 0,
+        alpha=term.has_alpha,
         weight=weight is not None,
         index_targets=not target.is_floating_point(),
+        term=term.kind,
+        score=score is not None,
+        poly=term.poly_epsilon != 0,
+        iou_weighted=term.iou_weighted,
+        detach_weight=term.detach_weight,
+        clip=term.clip > 0,
+        eps=term.eps > 0,
     )
-    gamma_t = _scalar(gamma, input)
-    extra = ("per-class gamma" if gamma_t.dim() else "", "normalizer" if normalizer is not None else "")
+    numbers = {
+        "gamma": _scalar(term.gamma, input),
+        "alpha": _scalar(term.alpha, input),
+        "poly_epsilon": _scalar(term.poly_epsilon, input),
+        "gamma_neg": _scalar(term.gamma_neg, input),
+        "clip": _scalar(term.clip, input),
+        "log_eps": _scalar(term.log_eps if term.eps > 0 else 0.0, input),
+    }
+    per_class_gamma = numbers["gamma"].dim() > 0
+    extra = ("per-class gamma" if per_class_gamma else "", "normalizer" if normalizer is not None else "")
     key = (
         "sigmoid",
         cfg,
         input.dtype,
         target.dtype,
         input.device.type,
-        gamma_t.dim(),
+        per_class_gamma,
         _layout(input),
         _layout(weight),
+        _layout(score),
         _rows(input),
     )
-    describe = lambda: _describe("sigmoid focal loss", cfg, input, extra)  # noqa: E731
+    name = {"focal": "sigmoid focal loss", "quality": "quality focal loss", "varifocal": "varifocal loss"}
+    describe = lambda: _describe(name.get(term.kind, "asymmetric loss"), cfg, input, extra)  # noqa: E731
     fn = _compiled_for(
         key, describe, cfg, input, forward=math_.sigmoid_forward, forward_and_grad=math_.sigmoid_forward_and_grad
     )
     ignore = torch.as_tensor(ignore_index, dtype=target.dtype, device=target.device) if cfg.index_targets else None
-    args = (gamma_t, _scalar(alpha, input), weight, ignore)
+    args = (score, weight, ignore, numbers)
     if input.requires_grad and torch.is_grad_enabled():
         loss = _SigmoidFocal.apply(input, target, *args, fn)[0]
     else:
@@ -586,6 +613,19 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     if normalizer is not None and reduction != "none":
         loss = (loss.to(compute_dtype(input.dtype)) / normalizer).to(input.dtype)
     return loss
+
+
+def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
+    """One-vs-all sigmoid focal loss (:func:`sigmoid_loss` of the focal term)."""
+    return sigmoid_loss(
+        input,
+        target,
+        term=SigmoidTerm("focal", alpha=alpha, gamma=gamma),
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        normalizer=normalizer,
+    )
 
 
 # --- FL* -------------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ user's shapes. Every backend gives the same result, including at the edges the R
 denominator is 0, zero classes.
 """
 
+import dataclasses
 from typing import Optional, Union
 
 import torch
 
 from . import _validation, backends
 from ._autograd_state import functorch_active
+from .sigmoid_term import SigmoidTerm
 
 
 def _autocast_to_float32(input):
@@ -212,13 +214,16 @@ def sigmoid_focal_loss(
     normalizer: Optional[Union[float, torch.Tensor]] = None,
     backend: str = "auto",
     validate: bool = False,
+    poly_epsilon: float = 0.0,
 ) -> torch.Tensor:
     """One-vs-all sigmoid focal loss (RetinaNet), equal to ``torchvision.ops.sigmoid_focal_loss``.
 
     With ``p = sigmoid(input)`` and a target ``t`` in ``[0, 1]``::
 
-        loss = alpha_t * (1 - p_t) ** gamma * BCE(input, t) * weight
+        loss = (alpha_t * (1 - p_t) ** gamma * BCE(input, t) + eps * (1 - p_t) ** (gamma + 1)) * weight
         p_t = p t + (1 - p)(1 - t),  alpha_t = alpha t + (1 - alpha)(1 - t)  (1 if alpha < 0)
+
+    ``eps`` is ``poly_epsilon`` (Poly-1, the PolyLoss paper's focal variant; 0 by default).
 
     Args:
         input: logits ``(N, C, d1, ..., dk)`` or ``(N, C)`` (any shape for dense targets).
@@ -239,6 +244,8 @@ def sigmoid_focal_loss(
         backend: ``"auto"``, ``"triton"``, ``"compile"`` or ``"reference"``.
         validate: check class indices, dense target values and a tensor ``normalizer`` on
             the GPU too (costs a device-to-host sync; CPU tensors are always checked).
+        poly_epsilon: Poly-1's ``eps``, a finite number ``>= -1``; not multiplied by
+            ``alpha_t``, as the paper adds it.
 
     Returns:
         The loss in ``input``'s dtype.
@@ -255,18 +262,45 @@ def sigmoid_focal_loss(
             negative, inf or NaN; ``normalizer`` is not a finite positive number, or is
             given with ``reduction="none"``; ``reduction`` or ``backend`` is unknown;
             tensors are on different devices; a ``gamma`` or ``weight`` tensor requires grad
-            on a backend other than ``"reference"`` (which differentiates them).
+            on a backend other than ``"reference"`` (which differentiates them);
+            ``poly_epsilon`` is below -1 or not finite.
     """
+    poly_epsilon = _validation.check_poly_epsilon(poly_epsilon)
+    alpha = _validation.check_sigmoid_alpha(alpha)
+    term = SigmoidTerm("focal", alpha=alpha, gamma=gamma, poly_epsilon=poly_epsilon)
+    return sigmoid_term_loss(
+        input,
+        target,
+        None,
+        term,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        normalizer=normalizer,
+        backend=backend,
+        validate=validate,
+    )
+
+
+def sigmoid_term_loss(input, target, score, term, *, weight, ignore_index, reduction, normalizer, backend, validate):
+    """What every one-vs-all sigmoid loss shares: check the arguments once, choose the backend,
+    compute ``term`` (a :class:`~triton_focal.sigmoid_term.SigmoidTerm` whose numbers the caller
+    checked) per element, restore the user's shape. ``term.gamma`` is checked here (a number or,
+    for the focal term, a per-class tensor)."""
     input = _autocast_to_float32(input)
-    args = _validation.sigmoid_args(input, target, alpha, gamma, weight, ignore_index, reduction, normalizer, validate)
+    args = _validation.sigmoid_args(
+        input, target, -1.0, term.gamma, weight, ignore_index, reduction, normalizer, validate
+    )
+    score = _validation.check_score(score, args, validate=validate)
+    term = dataclasses.replace(term, gamma=args.gamma)
     name = _backend_for(backend, input.device)
     if name != "reference":
-        _validation.refuse_learnable(f"backend={name!r}", weight=args.weight, gamma=args.gamma)
-    loss = backends.load(name).sigmoid_focal_loss(
+        _validation.refuse_learnable(f"backend={name!r}", weight=args.weight, gamma=args.gamma, score=score)
+    loss = backends.load(name).sigmoid_loss(
         args.input,
         args.target,
-        alpha=args.alpha,
-        gamma=args.gamma,
+        score,
+        term=term,
         weight=args.weight,
         ignore_index=args.ignore_index,
         reduction=args.reduction,

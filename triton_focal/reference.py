@@ -9,10 +9,13 @@ for every finite input, for masked (``-inf``) non-target logits, and for NaN or 
 ignored elements; a mean over a zero denominator is 0.
 """
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
+
+from .sigmoid_term import SigmoidTerm
 
 
 def compute_dtype(dtype):
@@ -196,25 +199,85 @@ def binary_cross_entropy_with_logits(x, t):
     return torch.where(t > 0, t * F.softplus(-x), zero) + torch.where(t < 1, (1 - t) * F.softplus(x), zero)
 
 
-def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
-    """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits.
+def _focal_term(x, t, term):
+    """The sigmoid focal loss (RetinaNet), and Poly-1's ``(1 - p_t) ** (gamma + 1)`` outside ``alpha_t``."""
+    # 1 - p_t = (1 - p) t + p (1 - t), with 1 - p = sigmoid(-x): no cancellation.
+    one_minus_p_t = torch.sigmoid(-x) * t + torch.sigmoid(x) * (1 - t)
+    gamma = per_class(term.gamma, x)
+    loss = focal_weight(one_minus_p_t, gamma) * binary_cross_entropy_with_logits(x, t)
+    if term.alpha >= 0:
+        loss = (term.alpha * t + (1 - term.alpha) * (1 - t)) * loss
+    if term.poly_epsilon:
+        loss = loss + term.poly_epsilon * focal_weight(one_minus_p_t, gamma + 1)
+    return loss
 
-    ``target`` is a dense float ``(N, C, P)`` tensor or class indices ``(N, P)``.
+
+def _quality_term(x, t, term):
+    """Quality Focal Loss (GFL; mmdetection's ``quality_focal_loss``): ``BCE(x, t) * |t - s| ** beta``,
+    negatives with ``t = 0``; ``beta`` is ``term.gamma``."""
+    return binary_cross_entropy_with_logits(x, t) * focal_weight((torch.sigmoid(x) - t).abs(), term.gamma)
+
+
+def _varifocal_term(x, t, positive, term):
+    """Varifocal Loss (VarifocalNet; mmdetection's ``varifocal_loss``, ultralytics, RT-DETR):
+    ``BCE(x, t) * w`` with ``w = t`` (or 1) on positives and ``alpha * s ** gamma`` elsewhere."""
+    s = torch.sigmoid(x)
+    if term.detach_weight:
+        s = s.detach()
+    negative_weight = term.alpha * focal_weight(s, term.gamma)
+    positive_weight = t if term.iou_weighted else torch.ones_like(t)
+    return binary_cross_entropy_with_logits(x, t) * torch.where(positive, positive_weight, negative_weight)
+
+
+def _asymmetric_term(x, t, term):
+    """Asymmetric Loss (Alibaba-MIIL's ``AsymmetricLoss``, timm's ``AsymmetricLossMultiLabel``), as
+    its source writes it: the negatives' probability shifted by ``clip``, both logs clamped at
+    ``eps`` (at the smallest normal float for ``eps = 0``), the weight ``(1 - p_t) ** gamma_t``."""
+    xs_pos = torch.sigmoid(x)
+    xs_neg = 1 - xs_pos
+    if term.clip > 0:
+        xs_neg = (xs_neg + term.clip).clamp(max=1)
+    eps = term.eps if term.eps > 0 else torch.finfo(x.dtype).tiny
+    loss = t * torch.log(xs_pos.clamp(min=eps)) + (1 - t) * torch.log(xs_neg.clamp(min=eps))
+    if term.gamma > 0 or term.gamma_neg > 0:
+        with torch.no_grad() if term.detach_weight else contextlib.nullcontext():
+            p_t = xs_pos * t + xs_neg * (1 - t)
+            weight = focal_weight(1 - p_t, term.gamma * t + term.gamma_neg * (1 - t))
+        loss = loss * weight
+    return -loss
+
+
+def sigmoid_loss(input, target, score=None, *, term, weight, ignore_index, reduction, normalizer):
+    """A one-vs-all sigmoid loss of ``(N, C, P)`` logits: ``term`` (a
+    :class:`~triton_focal.sigmoid_term.SigmoidTerm`) per element, times ``weight``, reduced.
+
+    ``target`` is a dense float ``(N, C, P)`` tensor or class indices ``(N, P)``; with class
+    indices, ``score`` ``(N, P)`` (or None for 1) is the positive's target value. An element is
+    positive where its class is the row's index, or, for dense targets, where ``t > 0``.
     """
     x = input.to(compute_dtype(input.dtype))
     if target.is_floating_point():
         t = target.to(x.dtype)
+        positive = t > 0
         valid = None
     else:
-        t, valid = dense_targets(input, target, ignore_index)
+        one_hot, valid = dense_targets(input, target, ignore_index)
+        positive = one_hot > 0
+        t = one_hot if score is None else one_hot * score.to(x.dtype).unsqueeze(1)
         x = ignored_to_zero(x, valid)
 
-    bce = binary_cross_entropy_with_logits(x, t)
-    # 1 - p_t = (1 - p) t + p (1 - t), with 1 - p = sigmoid(-x): no cancellation.
-    one_minus_p_t = torch.sigmoid(-x) * t + torch.sigmoid(x) * (1 - t)
-    loss = focal_weight(one_minus_p_t, per_class(gamma, x)) * bce
-    if alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    if term.kind == "focal":
+        loss = _focal_term(x, t, term)
+    elif term.kind == "star":
+        loss = F.softplus(-term.gamma * x * (2 * t - 1)) / term.gamma
+        if term.alpha >= 0:
+            loss = (term.alpha * t + (1 - term.alpha) * (1 - t)) * loss
+    elif term.kind == "quality":
+        loss = _quality_term(x, t, term)
+    elif term.kind == "varifocal":
+        loss = _varifocal_term(x, t, positive, term)
+    else:
+        loss = _asymmetric_term(x, t, term)
     if weight is not None:
         loss = loss * weight.to(x.dtype)
 
@@ -228,12 +291,18 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
     return reduce_loss(loss, reduction, count.to(x.dtype)).to(input.dtype)
 
 
+def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
+    """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits (:func:`sigmoid_loss` of the focal term).
+
+    ``target`` is a dense float ``(N, C, P)`` tensor or class indices ``(N, P)``.
+    """
+    term = SigmoidTerm("focal", alpha=alpha, gamma=gamma)
+    return sigmoid_loss(
+        input, target, term=term, weight=weight, ignore_index=ignore_index, reduction=reduction, normalizer=normalizer
+    )
+
+
 def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     """FL* (RetinaNet appendix): ``alpha_t * softplus(-gamma * x * (2t - 1)) / gamma``."""
-    x = input.to(compute_dtype(input.dtype))
-    t = target.to(x.dtype)
-    loss = F.softplus(-gamma * x * (2 * t - 1)) / gamma
-    if alpha >= 0:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
-    count = torch.tensor(loss.numel(), device=x.device, dtype=x.dtype)
-    return reduce_loss(loss, reduction, count).to(input.dtype)
+    term = SigmoidTerm("star", alpha=alpha, gamma=gamma)
+    return sigmoid_loss(input, target, term=term, weight=None, ignore_index=-100, reduction=reduction, normalizer=None)

@@ -1,4 +1,4 @@
-"""Triton kernel of the one-vs-all sigmoid focal loss (and FL*): loss and gradient per tile.
+"""Triton kernel of the one-vs-all sigmoid losses (focal, FL*, QFL, VFL, ASL): loss and gradient per tile.
 
 The logits are seen as ``(N, C, P)`` with explicit strides; a *row* is one ``(n, p)``. A
 program of the persistent grid walks tiles of ``BLOCK_R`` rows of one image and steps over the
@@ -21,6 +21,17 @@ import triton.language as tl
 from .focal_math import binary_sigmoid_focal_term, join_float, sigmoid_focal_star_term, sigmoid_focal_term
 from .grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, gradient_plan
 from .reduce import store_total
+from .sigmoid_terms import (
+    ASYMMETRIC,
+    FOCAL,
+    QUALITY,
+    STAR,
+    VARIFOCAL,
+    asymmetric_term,
+    poly_term,
+    quality_focal_term,
+    varifocal_term,
+)
 
 
 @triton.jit
@@ -42,19 +53,30 @@ def _class_steps(
     row_keep,
     row_fill,
     label_in_step,
+    score,  # [BLOCK_R] the positive's target value per row (HAS_SCORE)
     alpha,
     gamma_hi,
     gamma_lo,
     gamma_ptr,
+    gamma_neg,
+    clip,
+    log_eps,
+    poly,
     grad_scale,
     loss_acc,
     offs_c,
     INDEX_TARGET: tl.constexpr,
+    HAS_SCORE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     HAS_CLASS_GAMMA: tl.constexpr,
     GAMMA_INT: tl.constexpr,
-    STAR: tl.constexpr,
+    TERM: tl.constexpr,  # an index of sigmoid_term.KINDS (kernels/sigmoid_terms.py)
+    HAS_POLY: tl.constexpr,
+    IOU_WEIGHTED: tl.constexpr,
+    DETACH: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    HAS_EPS: tl.constexpr,
     REDUCE: tl.constexpr,
     GRAD_OUT_IS_SCALAR: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -76,22 +98,41 @@ def _class_steps(
             gamma = tl.load(gamma_ptr + c, mask=c < C, other=0.0)[None, :]
         else:
             gamma = join_float(gamma_hi, gamma_lo, ACC)
+        # The element's target: read, or from the row's class index (and the positive's score).
         if INDEX_TARGET:
             positive = (c0 + offs_c)[None, :] == label_in_step[:, None]
-            loss, dloss = binary_sigmoid_focal_term(x, positive, gamma, GAMMA_INT)
-            if HAS_ALPHA:
-                alpha_t = tl.where(positive, alpha, 1.0 - alpha)
+            if HAS_SCORE:
+                t = tl.where(positive, score[:, None], 0.0)
+            else:
+                t = positive.to(ACC)
         else:
             t = tl.load(t_row[:, None] + (c * stride_t_c)[None, :], mask=mask, other=0.0).to(ACC)
-            if STAR:
-                loss, dloss = sigmoid_focal_star_term(x, t, gamma)
+            positive = t > 0.0
+        if TERM == FOCAL:
+            if INDEX_TARGET:
+                loss, dloss = binary_sigmoid_focal_term(x, positive, gamma, GAMMA_INT)
             else:
                 loss, dloss = sigmoid_focal_term(x, t, gamma, GAMMA_INT)
-            if HAS_ALPHA:
-                alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
+        elif TERM == STAR:
+            loss, dloss = sigmoid_focal_star_term(x, t, gamma)
+        elif TERM == QUALITY:
+            loss, dloss = quality_focal_term(x, t, gamma, GAMMA_INT)
+        elif TERM == VARIFOCAL:
+            loss, dloss = varifocal_term(x, t, positive, alpha, gamma, GAMMA_INT, IOU_WEIGHTED, DETACH)
+        else:
+            tl.static_assert(TERM == ASYMMETRIC)
+            loss, dloss = asymmetric_term(x, t, gamma, gamma_neg, clip, log_eps, HAS_CLIP, HAS_EPS, DETACH)
         if HAS_ALPHA:
+            if INDEX_TARGET:
+                alpha_t = tl.where(positive, alpha, 1.0 - alpha)
+            else:
+                alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
             loss = alpha_t * loss
             dloss = alpha_t * dloss
+        if HAS_POLY:  # outside alpha_t, as Poly-1 adds it
+            poly_loss, poly_dloss = poly_term(x, t, gamma, GAMMA_INT)
+            loss += poly * poly_loss
+            dloss += poly * poly_dloss
         if HAS_WEIGHT:
             w = tl.load(w_row[:, None] + (c * stride_w_c)[None, :], mask=mask, other=0.0).to(ACC)
             loss = w * loss
@@ -135,6 +176,7 @@ def _sigmoid_focal_kernel(
     grad_out_ptr,  # () or (N, C, P) by strides: d total / d loss (GRAD_BACKWARD)
     policy_ptr,  # (1,) int32 device flag: forwards store the gradient
     stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
+    score_ptr,  # (N, P) the positive's target value per row (HAS_SCORE: class indices with scores)
     # strides
     stride_x_n,
     stride_x_c,
@@ -154,6 +196,8 @@ def _sigmoid_focal_kernel(
     stride_go_n,
     stride_go_c,
     stride_go_p,
+    stride_s_n,
+    stride_s_p,
     # sizes
     C,
     P,
@@ -166,16 +210,30 @@ def _sigmoid_focal_kernel(
     gamma_lo,
     denom_hi,
     denom_lo,  # the divisor where it is a number (not HAS_DENOM); 1.0 for none
+    gamma_neg_hi,
+    gamma_neg_lo,
+    clip_hi,
+    clip_lo,
+    log_eps_hi,
+    log_eps_lo,
+    poly_hi,
+    poly_lo,  # the term's other numbers (sigmoid_term.SigmoidTerm), 0 where unused
     ignore_index,
     # constants
     BLOCK_R: tl.constexpr,  # rows (positions) per tile
     BLOCK_C: tl.constexpr,  # classes per step
     INDEX_TARGET: tl.constexpr,
+    HAS_SCORE: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     HAS_CLASS_GAMMA: tl.constexpr,
     GAMMA_INT: tl.constexpr,  # gamma is this integer (powers as products), or -1
-    STAR: tl.constexpr,
+    TERM: tl.constexpr,  # which loss: an index of sigmoid_term.KINDS
+    HAS_POLY: tl.constexpr,
+    IOU_WEIGHTED: tl.constexpr,
+    DETACH: tl.constexpr,
+    HAS_CLIP: tl.constexpr,
+    HAS_EPS: tl.constexpr,
     REDUCE: tl.constexpr,
     HAS_DENOM: tl.constexpr,
     GRAD_MODE: tl.constexpr,  # GRAD_NONE, GRAD_ALWAYS, GRAD_IF_POLICY or GRAD_BACKWARD
@@ -185,6 +243,10 @@ def _sigmoid_focal_kernel(
 ):
     pid = tl.program_id(0)
     alpha = join_float(alpha_hi, alpha_lo, ACC)
+    gamma_neg = join_float(gamma_neg_hi, gamma_neg_lo, ACC)
+    clip = join_float(clip_hi, clip_lo, ACC)
+    log_eps = join_float(log_eps_hi, log_eps_lo, ACC)
+    poly = join_float(poly_hi, poly_lo, ACC)
     # a constexpr: an ``and`` of constants is not folded (see softmax_focal.py)
     REDUCED: tl.constexpr = GRAD_MODE != GRAD_BACKWARD and REDUCE
 
@@ -232,10 +294,15 @@ def _sigmoid_focal_kernel(
             row_keep = row_mask & labelled & ~out_of_range
             row_fill = tl.where(out_of_range, float("nan"), 0.0)
             label_in_step = label.to(tl.int32)
+            if HAS_SCORE:
+                score = tl.load(score_ptr + n * stride_s_n + p * stride_s_p, mask=row_mask, other=0.0).to(ACC)
+            else:
+                score = tl.zeros([BLOCK_R], dtype=ACC)  # unused
         else:
             row_keep = row_mask
             row_fill = tl.zeros([BLOCK_R], dtype=ACC)
             label_in_step = tl.zeros([BLOCK_R], dtype=tl.int32)  # unused
+            score = tl.zeros([BLOCK_R], dtype=ACC)  # unused
 
         # 2-5. The class steps of this tile. A forward that may store the gradient picks, per
         # launch and on the device, the variant with or without the gradient's arithmetic.
@@ -257,10 +324,15 @@ def _sigmoid_focal_kernel(
             row_keep,
             row_fill,
             label_in_step,
+            score,
             alpha,
             gamma_hi,
             gamma_lo,
             gamma_ptr,
+            gamma_neg,
+            clip,
+            log_eps,
+            poly,
             grad_scale,
             loss_acc,
             offs_c,
@@ -270,11 +342,17 @@ def _sigmoid_focal_kernel(
                 loss_acc = _class_steps(
                     *steps,
                     INDEX_TARGET,
+                    HAS_SCORE,
                     HAS_WEIGHT,
                     HAS_ALPHA,
                     HAS_CLASS_GAMMA,
                     GAMMA_INT,
-                    STAR,
+                    TERM,
+                    HAS_POLY,
+                    IOU_WEIGHTED,
+                    DETACH,
+                    HAS_CLIP,
+                    HAS_EPS,
                     REDUCE,
                     GRAD_OUT_IS_SCALAR,
                     BLOCK_C,
@@ -287,11 +365,17 @@ def _sigmoid_focal_kernel(
                 loss_acc = _class_steps(
                     *steps,
                     INDEX_TARGET,
+                    HAS_SCORE,
                     HAS_WEIGHT,
                     HAS_ALPHA,
                     HAS_CLASS_GAMMA,
                     GAMMA_INT,
-                    STAR,
+                    TERM,
+                    HAS_POLY,
+                    IOU_WEIGHTED,
+                    DETACH,
+                    HAS_CLIP,
+                    HAS_EPS,
                     REDUCE,
                     GRAD_OUT_IS_SCALAR,
                     BLOCK_C,
@@ -304,11 +388,17 @@ def _sigmoid_focal_kernel(
             loss_acc = _class_steps(
                 *steps,
                 INDEX_TARGET,
+                HAS_SCORE,
                 HAS_WEIGHT,
                 HAS_ALPHA,
                 HAS_CLASS_GAMMA,
                 GAMMA_INT,
-                STAR,
+                TERM,
+                HAS_POLY,
+                IOU_WEIGHTED,
+                DETACH,
+                HAS_CLIP,
+                HAS_EPS,
                 REDUCE,
                 GRAD_OUT_IS_SCALAR,
                 BLOCK_C,

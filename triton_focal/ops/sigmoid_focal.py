@@ -12,6 +12,7 @@ Layers, top to bottom:
 * ``sigmoid_focal_launch``: the launcher, which owns the block sizes, the grid and the strides.
 """
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -22,6 +23,7 @@ from .._autograd_state import functorch_active
 from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from ..reference import compute_dtype
+from ..sigmoid_term import KINDS, SigmoidTerm
 from .denominators import target_denominators
 from .grad_policy import (
     PersistentGrid,
@@ -77,14 +79,13 @@ def sigmoid_focal_launch(
     input,
     target,
     *,
+    score,
     weight,
     class_gamma,
-    gamma,
-    alpha,
+    term,
     ignore_index,
     denominator,
     reduce,
-    star,
     grad_mode,
     grad=None,
     grad_output=None,
@@ -96,14 +97,14 @@ def sigmoid_focal_launch(
     Args:
         input: ``(N, C, P)`` logits, any strides, float16/bfloat16/float32/float64.
         target: ``(N, C, P)`` floating targets, or ``(N, P)`` integer class indices.
+        score: ``None`` or ``(N, P)``: with class indices, the positive's target value.
         weight: ``None`` or an ``(N, C, P)`` view (stride 0 allowed), any float dtype.
-        class_gamma: ``None`` or a ``(C,)`` tensor in the compute dtype; then ``gamma`` is unused.
-        gamma, alpha: floats; ``alpha < 0`` means no alpha weighting.
+        class_gamma: ``None`` or a ``(C,)`` tensor in the compute dtype; then ``term.gamma`` is unused.
+        term: the :class:`~triton_focal.sigmoid_term.SigmoidTerm` each element computes.
         ignore_index: int, for class-index targets.
         denominator: ``None``, a number or a 0-dim tensor (any float dtype) dividing the loss
             and the gradient.
         reduce: return the sum instead of per-element losses.
-        star: FL* instead of the focal loss.
         grad_mode: ``GRAD_NONE``, ``GRAD_ALWAYS``, ``GRAD_IF_POLICY`` or ``GRAD_BACKWARD``.
         grad: the gradient buffer, like ``input`` (any mode but GRAD_NONE).
         grad_output: ``()`` or broadcastable to ``input`` (GRAD_BACKWARD).
@@ -136,7 +137,10 @@ def sigmoid_focal_launch(
         grad.stride() if grad is not None else no_strides,
         grad_output.stride() if grad_output is not None and not go_scalar else no_strides,
     ]
+    if score is not None:
+        strides.append((score.stride(0), 0, score.stride(1)))
     n_launch, p_launch, strides = _fold_rows(input.shape, *strides)
+    score_strides = (strides.pop()[0::2]) if score is not None else (0, 0)
     block_r, block_c = _tile(num_classes, p_launch, strides[0][1], input.element_size())
     num_p_blocks = triton.cdiv(p_launch, block_r)
     num_tiles = n_launch * num_p_blocks
@@ -162,23 +166,35 @@ def sigmoid_focal_launch(
         grad_output if grad_output is not None else dummy,
         flag,
         stored if stored is not None else dummy,
+        score if score is not None else dummy,
         *(s for stride in strides for s in stride),
+        *score_strides,
         num_classes,
         p_launch,
         num_p_blocks,
         num_tiles,
-        *split_float(alpha),
-        *split_float(gamma),
+        *split_float(term.alpha),
+        *split_float(term.gamma),
         *split_float(1.0 if denom_tensor or denominator is None else float(denominator)),
+        *split_float(term.gamma_neg),
+        *split_float(term.clip),
+        *split_float(term.log_eps if term.eps > 0 else 0.0),
+        *split_float(term.poly_epsilon),
         int(ignore_index),
         BLOCK_R=block_r,
         BLOCK_C=block_c,
         INDEX_TARGET=index_target,
+        HAS_SCORE=score is not None,
         HAS_WEIGHT=weight is not None,
-        HAS_ALPHA=alpha >= 0,
+        HAS_ALPHA=term.has_alpha,
         HAS_CLASS_GAMMA=class_gamma is not None,
-        GAMMA_INT=-1 if class_gamma is not None or star else integer_gamma(gamma),
-        STAR=star,
+        GAMMA_INT=-1 if class_gamma is not None or term.kind == "star" else integer_gamma(term.gamma),
+        TERM=KINDS.index(term.kind),
+        HAS_POLY=term.poly_epsilon != 0,
+        IOU_WEIGHTED=term.iou_weighted,
+        DETACH=term.detach_weight,
+        HAS_CLIP=term.clip > 0,
+        HAS_EPS=term.eps > 0,
         REDUCE=reduce,
         HAS_DENOM=denom_tensor,
         GRAD_MODE=grad_mode,
@@ -230,19 +246,18 @@ def _divisor(input, target, normalizer, normalizer_number, reduction, counted):
 
 
 # --- torch.library ops -------------------------------------------------------------
-# The loss's options, in every op and in the autograd context: (weight, class_gamma, alpha,
-# gamma, ignore_index, reduction, star).
+# The loss's options, in every op and in the autograd context: (score, weight, class_gamma,
+# term, ignore_index, reduction), ``term`` as ``SigmoidTerm.encode()``'s list of floats.
 
 
-def _launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
+def _launch_options(score, weight, class_gamma, term, ignore_index, reduction):
     return dict(
+        score=score,
         weight=weight,
         class_gamma=class_gamma,
-        alpha=alpha,
-        gamma=gamma,
+        term=SigmoidTerm.decode(term),
         ignore_index=ignore_index,
         reduce=reduction != "none",
-        star=star,
     )
 
 
@@ -252,19 +267,18 @@ def _forward_op(
     target: torch.Tensor,
     normalizer: Optional[torch.Tensor],
     normalizer_number: Optional[float],
+    score: Optional[torch.Tensor],
     weight: Optional[torch.Tensor],
     class_gamma: Optional[torch.Tensor],
-    alpha: float,
-    gamma: float,
+    term: list[float],
     ignore_index: int,
     reduction: str,
-    star: bool,
     store_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad, stored, counted)``. With ``store_grad`` the gradient for ``grad_output ==
     1`` goes to ``grad`` where the device policy says so (``stored``); ``counted``: the mean's
     count, where it comes from the targets (the backward reuses it)."""
-    options = _launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, star)
+    options = _launch_options(score, weight, class_gamma, term, ignore_index, reduction)
     counted = _count_divisor(input, target, normalizer, normalizer_number, ignore_index, reduction)
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     stored = stored_flag(input.device, store_grad)
@@ -282,18 +296,7 @@ def _forward_op(
 
 @_forward_op.register_fake
 def _(
-    input,
-    target,
-    normalizer,
-    normalizer_number,
-    weight,
-    class_gamma,
-    alpha,
-    gamma,
-    ignore_index,
-    reduction,
-    star,
-    store_grad,
+    input, target, normalizer, normalizer_number, score, weight, class_gamma, term, ignore_index, reduction, store_grad
 ):
     loss = torch.empty_like(input) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
@@ -310,20 +313,19 @@ def _backward_op(
     normalizer: Optional[torch.Tensor],
     normalizer_number: Optional[float],
     counted: torch.Tensor,
+    score: Optional[torch.Tensor],
     weight: Optional[torch.Tensor],
     class_gamma: Optional[torch.Tensor],
-    alpha: float,
-    gamma: float,
+    term: list[float],
     ignore_index: int,
     reduction: str,
-    star: bool,
 ) -> torch.Tensor:
     """The gradient times ``grad_output``, recomputed from the logits into a new buffer."""
     grad = torch.empty_like(input)
     sigmoid_focal_launch(
         input,
         target,
-        **_launch_options(weight, class_gamma, alpha, gamma, ignore_index, reduction, star),
+        **_launch_options(score, weight, class_gamma, term, ignore_index, reduction),
         denominator=_divisor(input, target, normalizer, normalizer_number, reduction, counted),
         grad_mode=GRAD_BACKWARD,
         grad=grad,
@@ -351,7 +353,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, *_):
-    unused = (None,) * 9  # target, normalizer_number and the options
+    unused = (None,) * 8  # target, normalizer_number and the options
     if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
         return (None, None, None) + unused
     (input, target, normalizer, grad, stored, counted, loss), options = saved_options(ctx)
@@ -364,7 +366,7 @@ def _backward(ctx, grad_loss, *_):
         reference_normalizer = normalizer if normalizer is not None else ctx.normalizer_number
         grad = differentiable_grad(_reference(target, reference_normalizer, *options), input, grad_loss)
         return (grad, None, grad_normalizer) + unused
-    reduction = options[5]
+    reduction = options[-1]
     if backward_in_place(grad):
         sigmoid_focal_launch(
             input,
@@ -388,17 +390,16 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 # --- canonical backend functions ---------------------------------------------------
 
 
-def _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
+def _reference(target, normalizer, score, weight, class_gamma, term, ignore_index, reduction):
     """The loss as the eager reference computes it, a function of the logits."""
-    if star:
-        return lambda input: reference.sigmoid_focal_loss_star(
-            input, target, alpha=alpha, gamma=gamma, reduction=reduction
-        )
-    return lambda input: reference.sigmoid_focal_loss(
+    term = SigmoidTerm.decode(term)
+    if class_gamma is not None:
+        term = dataclasses.replace(term, gamma=class_gamma)
+    return lambda input: reference.sigmoid_loss(
         input,
         target,
-        alpha=alpha,
-        gamma=gamma if class_gamma is None else class_gamma,
+        score,
+        term=term,
         weight=weight,
         ignore_index=ignore_index,
         reduction=reduction,
@@ -406,40 +407,17 @@ def _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_ind
     )
 
 
-def _call(input, target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star):
-    if functorch_active():  # torch.func transforms: see grad_policy.py
-        return _reference(target, normalizer, weight, class_gamma, alpha, gamma, ignore_index, reduction, star)(input)
-    needs_grad = input.requires_grad and torch.is_grad_enabled()
-    # Traced graphs never store a gradient in the forward: their backward recomputes it.
-    store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
-    tensor = normalizer if isinstance(normalizer, torch.Tensor) else None
-    number = None if normalizer is None or tensor is not None else float(normalizer)
-    loss, *_ = _forward_op(
-        input,
-        target,
-        tensor,
-        number,
-        weight,
-        class_gamma,
-        float(alpha),
-        float(gamma),
-        int(ignore_index),
-        reduction,
-        star,
-        store_grad,
-    )
-    return loss
-
-
-def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
-    """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits, fused in Triton.
+def sigmoid_loss(input, target, score=None, *, term, weight, ignore_index, reduction, normalizer):
+    """A one-vs-all sigmoid loss of ``(N, C, P)`` logits, fused in Triton (the reference's
+    arguments and result).
 
     Args:
         input: ``(N, C, P)`` logits, any strides, float16/bfloat16/float32/float64.
         target: dense floating ``(N, C, P)`` targets (soft values allowed, any strides) or
             integer ``(N, P)`` class indices (``C``: background, ``ignore_index``: ignored row).
-        alpha: float; ``alpha_t = alpha t + (1 - alpha) (1 - t)``, none if ``alpha < 0``.
-        gamma: float ``>= 0`` or a ``(C,)`` tensor.
+        score: ``None``, or with class indices ``(N, P)``: the positive's target value.
+        term: the :class:`~triton_focal.sigmoid_term.SigmoidTerm`; its ``gamma`` may be a
+            ``(C,)`` tensor (the focal term).
         weight: ``None`` or a tensor expanded to ``(N, C, P)`` (stride 0 allowed).
         ignore_index: int.
         reduction: ``"none"``, ``"sum"`` or ``"mean"``.
@@ -449,19 +427,26 @@ def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, red
         ``(N, C, P)`` for ``"none"``, else a 0-dim tensor, in the input's dtype.
     """
     class_gamma = None
-    if isinstance(gamma, torch.Tensor):
-        class_gamma = gamma.to(device=input.device, dtype=compute_dtype(input.dtype)).contiguous()
-    return _call(
-        input,
-        target,
-        normalizer,
-        weight,
-        class_gamma,
-        alpha,
-        0.0 if class_gamma is not None else gamma,
-        ignore_index,
-        reduction,
-        False,
+    if isinstance(term.gamma, torch.Tensor):
+        class_gamma = term.gamma.to(device=input.device, dtype=compute_dtype(input.dtype)).contiguous()
+        term = dataclasses.replace(term, gamma=0.0)
+    options = (score, weight, class_gamma, term.encode(), int(ignore_index), reduction)
+    if functorch_active():  # torch.func transforms: see grad_policy.py
+        return _reference(target, normalizer, *options)(input)
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
+    # Traced graphs never store a gradient in the forward: their backward recomputes it.
+    store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
+    tensor = normalizer if isinstance(normalizer, torch.Tensor) else None
+    number = None if normalizer is None or tensor is not None else float(normalizer)
+    loss, *_ = _forward_op(input, target, tensor, number, *options, store_grad)
+    return loss
+
+
+def sigmoid_focal_loss(input, target, *, alpha, gamma, weight, ignore_index, reduction, normalizer):
+    """One-vs-all sigmoid focal loss of ``(N, C, P)`` logits (:func:`sigmoid_loss` of the focal term)."""
+    term = SigmoidTerm("focal", alpha=float(alpha), gamma=gamma if isinstance(gamma, torch.Tensor) else float(gamma))
+    return sigmoid_loss(
+        input, target, term=term, weight=weight, ignore_index=ignore_index, reduction=reduction, normalizer=normalizer
     )
 
 
@@ -472,4 +457,5 @@ def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     Returns:
         ``(N, C, P)`` for ``"none"``, else a 0-dim tensor, in the input's dtype.
     """
-    return _call(input, target, None, None, None, alpha, gamma, -100, reduction, True)
+    term = SigmoidTerm("star", alpha=float(alpha), gamma=float(gamma))
+    return sigmoid_loss(input, target, term=term, weight=None, ignore_index=-100, reduction=reduction, normalizer=None)
