@@ -200,19 +200,21 @@ def check_softcap(softcap):
     return float(softcap)
 
 
-# Poly-1's epsilon: PolyLoss (Leng et al., 2022) searches eps in [-1, ...]. Since -log p >= 1 - p,
-# a softmax element's loss is at least (a_y (1 - label_smoothing) + eps) w_y (1 - p_y) ** (gamma + 1),
-# so eps >= -1 keeps every loss >= 0 without alpha; with alpha_y < 1 that needs eps >= -alpha_y, which is
-# the user's choice (a negative loss is still a valid objective), so only -1 is enforced.
+# Poly-1's epsilon (softmax and sigmoid losses): PolyLoss (Leng et al., 2022) searches eps in
+# [-1, ...]. Since -log p >= 1 - p, an element's loss is at least (a + eps) (1 - p_t) ** (gamma + 1)
+# (a its alpha factor times (1 - label_smoothing), w_y aside), so eps >= -1 keeps every loss >= 0
+# without alpha; below -1 an easy element (p_t -> 1, where -log p_t ~ 1 - p_t) turns negative.
+# With alpha < 1 that needs eps >= -alpha, which is left to the user (a negative loss still has
+# the intended gradient), so only -1 is enforced.
 POLY_EPSILON_MIN = -1.0
 
 
 def check_poly_epsilon(poly_epsilon):
-    """Poly-1's coefficient: a finite number ``>= -1`` (see ``POLY_EPSILON_MIN``)."""
+    """Poly-1's coefficient: a finite number ``>= -1`` (0: off; see ``POLY_EPSILON_MIN``)."""
     if not is_real_number(poly_epsilon) or not POLY_EPSILON_MIN <= float(poly_epsilon) < math.inf:
         raise ValueError(
-            f"poly_epsilon must be a finite number >= -1 (below -1 the loss of an easy element turns "
-            f"negative), got {poly_epsilon!r}"
+            f"poly_epsilon must be a finite number >= -1 (0 for off; below -1 the loss of an easy element "
+            f"turns negative), got {poly_epsilon!r}"
         )
     return float(poly_epsilon)
 
@@ -512,14 +514,6 @@ def check_unit_interval(name, value, *, what):
     if not is_real_number(value) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1) ({what}), got {value!r}")
     return float(value)
-
-
-def check_poly_epsilon(poly_epsilon):
-    """Poly-1's coefficient: a finite number ``>= -1`` (0: off). Below -1 the loss of a
-    confident mistake turns negative (``CE + eps (1 - p_t) < 0`` as ``p_t -> 0``)."""
-    if not is_real_number(poly_epsilon) or not -1.0 <= float(poly_epsilon) < math.inf:
-        raise ValueError(f"poly_epsilon must be a finite number >= -1 (0 for off), got {poly_epsilon!r}")
-    return float(poly_epsilon)
 
 
 def check_flag(name, value):
