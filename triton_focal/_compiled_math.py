@@ -28,7 +28,7 @@ Notation, per element with target ``y``, ``z`` the (softcapped) logits, ``l_c = 
 of a naive derivative is infinite there for ``g < 1``). A class masked with a ``-inf``
 logit has ``p = 0`` and ``f = inf``; its smoothing term and gradient are defined as 0.
 
-Poly-1 (``e_p`` its coefficient, ``q = 1 - p_y``), a per-element weight ``v`` and a divisor::
+The softmax loss's Poly-1 (``e_p`` its coefficient, ``q = 1 - p_y``), per-element weight ``v`` and divisor::
 
     loss  += e_p * w_y * q ** (g + 1)                        (after alpha, before v)
     d/dz_j [q ** (g + 1)] = (g + 1) * q ** g * p_y * (p_j - [j == y])
