@@ -330,6 +330,24 @@ def test_row_statistics_path():
     check("triton", x, t, gamma=0.5, poly_epsilon=0.5, element_weight=v, z_loss=1e-2, normalizer=torch.tensor(9.0))
 
 
+@pytest.mark.parametrize("normalizer", [None, 3.0, "learned"])
+def test_inplace_grad_with_the_options(normalizer):
+    # The gradient written into the logits' storage; a normalizer that requires grad needs a
+    # backward that differentiates it, so that call keeps the logits.
+    x, t = images()
+    v = _element_weight("per_image", t.shape)
+    learned = normalizer == "learned"
+    options = dict(gamma=0.5, poly_epsilon=0.5, element_weight=v, z_loss=1e-2, backend="triton")
+    options["normalizer"] = torch.tensor(3.0, requires_grad=True) if learned else normalizer
+    leaf = x.float().requires_grad_()
+    logits = leaf * 1.0
+    triton_focal.focal_loss(logits, t, inplace_grad=True, **options).backward(torch.tensor(2.0))
+    expected = x.float().requires_grad_()
+    triton_focal.focal_loss(expected, t, **options).backward(torch.tensor(2.0))
+    assert_close(leaf.grad, expected.grad, "in-place grad")
+    assert torch.equal(logits, leaf * 1.0) == learned
+
+
 # --- edge cases -----------------------------------------------------------------------------
 
 
