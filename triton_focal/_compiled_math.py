@@ -27,6 +27,17 @@ Notation, per element with target ``y``, ``z`` the (softcapped) logits, ``l_c = 
 ``p -> 1``, which keeps ``coef`` finite for every ``g >= 0`` (the ``(1 - p) ** (g - 1)``
 of a naive derivative is infinite there for ``g < 1``). A class masked with a ``-inf``
 logit has ``p = 0`` and ``f = inf``; its smoothing term and gradient are defined as 0.
+
+The softmax loss's Poly-1 (``e_p`` its coefficient, ``q = 1 - p_y``), per-element weight ``v`` and divisor::
+
+    loss  += e_p * w_y * q ** (g + 1)                        (after alpha, before v)
+    d/dz_j [q ** (g + 1)] = (g + 1) * q ** g * p_y * (p_j - [j == y])
+    loss_v = v * loss,  dloss_v/dz_j = v * dloss/dz_j
+
+so Poly-1 adds ``e_p * w_y * (g + 1) * q ** g * p_y`` to the target's coefficient (the one that
+multiplies ``p_j - [j == y]``; ``q ** g`` is finite for ``g >= 0``, no ``q ** (g - 1)``), and
+``v`` scales a row's coefficients like the mean's ``1 / sum(v * w_y)`` does (the z-loss part's
+``1 / sum(v)``). A ``normalizer`` replaces both divisors by itself.
 """
 
 import torch
@@ -121,7 +132,7 @@ def class_indices(num_classes, like):
     return torch.arange(num_classes, device=like.device, dtype=like.dtype).view(1, -1, 1)
 
 
-def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg):
+def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg, poly=None, extra=None):
     """The loss of the module docstring, reduced, and what its gradient needs per row.
 
     Everything the gradient needs per row is computed once per row, so that the gradient's
@@ -136,7 +147,12 @@ def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, so
     ignored rows, ``lse(z)``, ``target_coef``, which multiplies ``-[j == y]``,
     ``p_coef``, which multiplies ``p_j``, and ``smooth_coef``, which multiplies
     ``-w_j * coef(l_j)`` (label smoothing only, else None).
+
+    ``poly`` is Poly-1's coefficient (``cfg.poly``), ``extra`` the pair ``(element_weight,
+    normalizer)``: an ``(N, P)`` weight (``cfg.element_weight``) and a 0-dim divisor
+    (``cfg.normalizer``, with the reduction "sum"), each None where off.
     """
+    element_weight, normalizer = extra if extra is not None else (None, None)
     z = x.to(compute_dtype(x.dtype))
     if cfg.softcap:
         z = softcap_forward(z, softcap)
@@ -155,16 +171,34 @@ def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, so
     w_target = at_target(weight, safe_target) if cfg.weight else torch.ones_like(lse)
     a_target = at_target(alpha, safe_target) if cfg.alpha else 1.0
 
+    # Each element's weight, read on non-ignored rows only (NaN elsewhere reaches nothing).
+    v = torch.where(valid, element_weight.to(z.dtype), zero_row) if cfg.element_weight else None
     # The scale of each row's focal part and z-loss part in the reduced loss.
     if cfg.reduction == "mean":
-        focal_scale = mean_scale(torch.where(valid, w_target, zero_row).sum())
-        z_scale = mean_scale(valid.sum().to(z.dtype))
+        weighted = w_target if v is None else v * w_target
+        focal_scale = mean_scale(torch.where(valid, weighted, zero_row).sum())
+        z_scale = mean_scale(valid.sum().to(z.dtype) if v is None else v.sum())
+    elif cfg.normalizer:
+        focal_scale = z_scale = 1 / normalizer
     else:
         focal_scale = z_scale = 1.0
+    if v is not None:
+        focal_scale = focal_scale * v  # per row from here on
+        z_scale = z_scale * v
     row_scale = torch.where(valid, a_target * focal_scale + zero_row, zero_row)
 
     loss = w_target * focal_target
     target_coef = row_scale * w_target * coef_target
+    poly_loss = None
+    if cfg.poly:
+        # e_p * w_y * q ** (g + 1), q from expm1 as the focal term's; its coefficient joins the
+        # target's (outside alpha and smoothing).
+        gamma_y = at_target(gamma, safe_target)
+        q = -torch.expm1(log_p_target)
+        q_pow = power(q, gamma_y)
+        poly_loss = poly * w_target * q_pow * q
+        poly_coef = poly * w_target * (gamma_y + 1) * q_pow * torch.exp(log_p_target)
+        poly_coef = torch.where(valid, focal_scale * poly_coef + zero_row, zero_row)
     smooth_coef = None
     if cfg.smoothing:
         w = per_class(weight) if cfg.weight else 1.0
@@ -176,17 +210,28 @@ def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, so
         coef_sum = (w * torch.where(masked, zero, coef)).sum(dim=1)
         loss = (1 - eps) * loss + (eps / num_classes) * smooth
         target_coef = (1 - eps) * target_coef
+        if cfg.poly:
+            target_coef = target_coef + poly_coef
         smooth_coef = row_scale * (eps / num_classes)
         p_coef = target_coef + smooth_coef * coef_sum
     else:
+        if cfg.poly:
+            target_coef = target_coef + poly_coef
         p_coef = target_coef
-    loss = torch.where(valid, a_target * loss, zero_row)
+    loss = a_target * loss if poly_loss is None else a_target * loss + poly_loss
+    loss = torch.where(valid, loss, zero_row)
     if cfg.z_loss:
         z_part = torch.where(valid, z_loss * lse * lse, zero_row)
         p_coef = p_coef + torch.where(valid, z_scale * 2 * z_loss * lse, zero_row)
 
     if cfg.reduction == "none":
         total = loss + z_part if cfg.z_loss else loss
+        if v is not None:
+            total = v * total
+    elif v is not None:  # the scales hold v, per row
+        total = (loss * focal_scale).sum()
+        if cfg.z_loss:
+            total = total + (z_part * z_scale).sum()
     else:
         total = loss.sum() * focal_scale
         if cfg.z_loss:
@@ -194,17 +239,28 @@ def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, so
     return total.to(x.dtype), out_of_range, z, target_class, lse, target_coef, p_coef, smooth_coef
 
 
-def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *, cfg):
+def softmax_forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, *options, cfg):
     """The reduced loss and the number of out-of-range targets (see :func:`_softmax_rows`),
     and the per-row float target, returned for the reason :func:`softmax_forward_and_grad`
-    gives."""
+    gives. ``options``: ``(poly, element_weight, normalizer)`` where any is on (else none)."""
+    poly, extra = _softmax_options(options)
     loss, out_of_range, _, target_class, *_ = _softmax_rows(
-        x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg
+        x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg, poly, extra
     )
     return loss, out_of_range, target_class
 
 
-def softmax_forward_and_grad(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, grad_out, *, cfg):
+def _softmax_options(options):
+    """``(poly, (element_weight, normalizer))`` from the trailing arguments, None where absent."""
+    if not options:
+        return None, None
+    poly, element_weight, normalizer = options
+    return poly, (element_weight, normalizer)
+
+
+def softmax_forward_and_grad(
+    x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, grad_out, *options, cfg
+):
     """The reduced loss and the number of out-of-range targets, and the gradient for
     ``grad_output == 1`` written into ``grad_out`` (``x``'s shape and dtype), from one
     compiled function: Inductor writes the gradient in a pass right after the per-row one,
@@ -214,9 +270,11 @@ def softmax_forward_and_grad(x, target, gamma, alpha, weight, eps, ignore_index,
     with each row's target as a float, -1 on ignored rows (a compare of four bytes:
     Inductor's vectorized int64 compare cost a third of the pass on a CPU). That per-row
     float is returned too, unused, because Inductor computes a graph output once per row;
-    an intermediate it would recompute from the int64 target for every class."""
+    an intermediate it would recompute from the int64 target for every class. ``options``
+    as in :func:`softmax_forward`."""
+    poly, extra = _softmax_options(options)
     loss, out_of_range, z, target_class, lse, target_coef, p_coef, smooth_coef = _softmax_rows(
-        x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg
+        x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg, poly, extra
     )
     log_p = z - lse.unsqueeze(1)
     zero = torch.zeros_like(log_p)

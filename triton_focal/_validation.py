@@ -35,6 +35,9 @@ class SoftmaxArgs(NamedTuple):
     loss_shape: torch.Size  # shape of the unreduced loss: the target's
     z_loss: float = 0.0
     softcap: Optional[float] = None
+    poly_epsilon: float = 0.0
+    element_weight: Optional[torch.Tensor] = None  # (N, P), like target
+    normalizer: Optional[Union[float, torch.Tensor]] = None
 
 
 class SigmoidArgs(NamedTuple):
@@ -197,6 +200,54 @@ def check_softcap(softcap):
     return float(softcap)
 
 
+# Poly-1's epsilon (softmax and sigmoid losses): PolyLoss (Leng et al., 2022) searches eps in
+# [-1, ...]. Since -log p >= 1 - p, an element's loss is at least (a + eps) (1 - p_t) ** (gamma + 1)
+# (a its alpha factor times (1 - label_smoothing), w_y aside), so eps >= -1 keeps every loss >= 0
+# without alpha; below -1 an easy element (p_t -> 1, where -log p_t ~ 1 - p_t) turns negative.
+# With alpha < 1 that needs eps >= -alpha, which is left to the user (a negative loss still has
+# the intended gradient), so only -1 is enforced.
+POLY_EPSILON_MIN = -1.0
+
+
+def check_poly_epsilon(poly_epsilon):
+    """Poly-1's coefficient: a finite number ``>= -1`` (0: off; see ``POLY_EPSILON_MIN``)."""
+    if not is_real_number(poly_epsilon) or not POLY_EPSILON_MIN <= float(poly_epsilon) < math.inf:
+        raise ValueError(
+            f"poly_epsilon must be a finite number >= -1 (0 for off; below -1 the loss of an easy element "
+            f"turns negative), got {poly_epsilon!r}"
+        )
+    return float(poly_epsilon)
+
+
+def check_element_weight(element_weight, target, input, *, validate):
+    """A per-element weight shaped like ``target``: a float tensor of finite values ``>= 0``
+    (checked where they are known without a host sync). Any strides, stride 0 included: a
+    broadcast weight is passed ``expand``ed, never as a smaller shape, since broadcasting
+    aligns dimensions from the right and a per-image ``(N,)`` would silently meet ``W``."""
+    if element_weight is None:
+        return None
+    if not isinstance(element_weight, torch.Tensor):
+        raise TypeError(
+            f"element_weight must be a float tensor shaped like target, got {type(element_weight).__name__}"
+        )
+    if not element_weight.is_floating_point():
+        raise TypeError(f"element_weight must be a floating-point tensor, got {element_weight.dtype}")
+    if element_weight.shape != target.shape:
+        raise ValueError(
+            f"element_weight must have target's shape {tuple(target.shape)}, got {tuple(element_weight.shape)}; "
+            "for a weight shared along some dimensions pass element_weight.expand(target.shape)"
+        )
+    check_same_device(input, "element_weight", element_weight)
+    if element_weight.numel() and values_known(element_weight, validate):
+        low, high = torch.aminmax(element_weight)  # NaN propagates and fails the test
+        if not bool((low >= 0) & (high < math.inf)):
+            bad = ~((element_weight >= 0) & torch.isfinite(element_weight))
+            raise ValueError(
+                f"element_weight must be finite and non-negative, got {first_bad_value(element_weight, bad)}"
+            )
+    return element_weight
+
+
 def _target_shape_hint(input, target):
     """What a class-index shape mismatch most likely means, and its fix ("" if nothing fits).
 
@@ -230,9 +281,13 @@ def softmax_args(
     z_loss=0.0,
     softcap=None,
     check_indices=True,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
 ):
     """Check ``focal_loss`` arguments and return them in canonical form. ``check_indices=False``
-    leaves the class indices to a backend that checks them in its own pass over the targets."""
+    leaves the class indices to a backend that checks them in its own pass over the targets.
+    ``element_weight`` comes back as ``(N, P)``, like the target."""
     check_logits(input)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
@@ -260,13 +315,15 @@ def softmax_args(
             raise TypeError(f"weight must be a 1-D tensor of {num_classes} values, got {type(weight).__name__}")
         weight = check_per_class("weight", weight, num_classes, input, validate=validate)
     label_smoothing = check_label_smoothing(label_smoothing)
+    element_weight = check_element_weight(element_weight, target, input, validate=validate)
     target = target_for_ignore_index(target, ignore_index)
     if check_indices:
         check_class_indices(target, num_classes, ignore_index, validate=validate)
     n = 1 if input.dim() == 1 else input.shape[0]
+    rows = (n, -1) if target.numel() else (n, math.prod(input.shape[2:]))
     return SoftmaxArgs(
         input=as_ncp(input),
-        target=target.reshape(n, -1) if target.numel() else target.reshape(n, math.prod(input.shape[2:])),
+        target=target.reshape(rows),
         gamma=gamma,
         alpha=alpha,
         weight=weight,
@@ -276,6 +333,9 @@ def softmax_args(
         loss_shape=target.shape,
         z_loss=check_z_loss(z_loss),
         softcap=check_softcap(softcap),
+        poly_epsilon=check_poly_epsilon(poly_epsilon),
+        element_weight=None if element_weight is None else element_weight.reshape(rows),
+        normalizer=check_normalizer(normalizer, reduction, input, validate=validate),
     )
 
 
@@ -454,14 +514,6 @@ def check_unit_interval(name, value, *, what):
     if not is_real_number(value) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1) ({what}), got {value!r}")
     return float(value)
-
-
-def check_poly_epsilon(poly_epsilon):
-    """Poly-1's coefficient: a finite number ``>= -1`` (0: off). Below -1 the loss of a
-    confident mistake turns negative (``CE + eps (1 - p_t) < 0`` as ``p_t -> 0``)."""
-    if not is_real_number(poly_epsilon) or not -1.0 <= float(poly_epsilon) < math.inf:
-        raise ValueError(f"poly_epsilon must be a finite number >= -1 (0 for off), got {poly_epsilon!r}")
-    return float(poly_epsilon)
 
 
 def check_flag(name, value):

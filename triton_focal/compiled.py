@@ -71,6 +71,9 @@ class SoftmaxConfig:
     smoothing: bool
     z_loss: bool
     softcap: bool
+    poly: bool = False
+    element_weight: bool = False
+    normalizer: bool = False  # the reduction is then "sum", divided by it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,10 +394,10 @@ class _SoftmaxFocal(torch.autograd.Function):
     """The forward computes the gradient too (for ``grad_output == 1``); the backward scales it."""
 
     @staticmethod
-    def forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, fn):
+    def forward(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, fn, options=()):
         grad = _gradient_buffer(x)
         loss, out_of_range, target_class = fn(
-            "forward_and_grad", x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, grad
+            "forward_and_grad", x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, grad, *options
         )
         return loss, out_of_range, grad, target_class
 
@@ -407,11 +410,24 @@ class _SoftmaxFocal(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
-        return (_scaled_grad(ctx, grad_loss),) + (None,) * 9
+        return (_scaled_grad(ctx, grad_loss),) + (None,) * 10
 
 
 def softmax_focal_loss(
-    input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing, z_loss=0.0, softcap=None
+    input,
+    target,
+    *,
+    gamma,
+    alpha,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss=0.0,
+    softcap=None,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
 ):
     """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices (the
     reference's arguments and result, closed-form gradient)."""
@@ -431,15 +447,24 @@ def softmax_focal_loss(
             label_smoothing=label_smoothing,
             z_loss=z_loss,
             softcap=softcap,
+            poly_epsilon=poly_epsilon,
+            element_weight=element_weight,
+            normalizer=normalizer,
         )
+    divided = normalizer is not None and reduction != "none"
+    # A normalizer that requires grad divides outside, where autograd differentiates it.
+    outside = divided and isinstance(normalizer, torch.Tensor) and normalizer.requires_grad
     cfg = SoftmaxConfig(
-        reduction=reduction,
+        reduction="sum" if divided else reduction,
         rows=_rows(input) == "rows",
         alpha=alpha is not None,
         weight=weight is not None,
         smoothing=label_smoothing > 0,
         z_loss=z_loss > 0,
         softcap=softcap is not None,
+        poly=poly_epsilon != 0,
+        element_weight=element_weight is not None,
+        normalizer=divided and not outside,
     )
     gamma_t = _scalar(gamma, input)
     alpha_t = _scalar(alpha, input) if alpha is not None else None
@@ -459,6 +484,8 @@ def softmax_focal_loss(
         _layout(input),
         _rows(input),
     )
+    if cfg.poly or cfg.element_weight or cfg.normalizer:  # the keys of calls without them stay as they were
+        key += (None if element_weight is None else element_weight.dtype, _layout(element_weight))
     describe = lambda: _describe("softmax focal loss", cfg, input, extra)  # noqa: E731
     fn = _compiled_for(
         key, describe, cfg, input, forward=math_.softmax_forward, forward_and_grad=math_.softmax_forward_and_grad
@@ -472,12 +499,21 @@ def softmax_focal_loss(
         _scalar(z_loss, input),
         _scalar(softcap if softcap is not None else 1.0, input),
     )
+    options = ()
+    if cfg.poly or cfg.element_weight or cfg.normalizer:
+        options = (
+            _scalar(poly_epsilon, input),
+            element_weight,
+            _scalar(normalizer, input) if cfg.normalizer else None,
+        )
     if input.requires_grad and torch.is_grad_enabled():
-        loss, out_of_range, *_ = _SoftmaxFocal.apply(input, target, *args, fn)
+        loss, out_of_range, *_ = _SoftmaxFocal.apply(input, target, *args, fn, options)
     else:
-        loss, out_of_range, _ = fn("forward", input, target, *args)
+        loss, out_of_range, _ = fn("forward", input, target, *args, *options)
     if out_of_range.device.type == "cpu" and out_of_range.item():
         _check_class_indices(target, input.shape[1], ignore_index)
+    if outside:
+        loss = (loss.to(compute_dtype(input.dtype)) / normalizer).to(input.dtype)
     return loss
 
 

@@ -50,6 +50,9 @@ def focal_loss(
     inplace_grad: bool = False,
     z_loss: float = 0.0,
     softcap: Optional[float] = None,
+    poly_epsilon: float = 0.0,
+    element_weight: Optional[torch.Tensor] = None,
+    normalizer: Optional[Union[float, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Softmax focal loss over the class dimension, a drop-in for ``F.cross_entropy``.
 
@@ -62,6 +65,8 @@ def focal_loss(
     With ``gamma=0`` and ``alpha=None`` this equals ``F.cross_entropy`` (value and gradient).
     ``softcap`` replaces the logits by ``softcap * tanh(input / softcap)`` before all of
     this, and ``z_loss`` adds ``z_loss * logsumexp(z) ** 2`` to each non-ignored element.
+    ``poly_epsilon`` adds Poly-1's ``poly_epsilon * w_y * (1 - p_y) ** (gamma_y + 1)``, and
+    ``element_weight`` multiplies each element's whole loss (all of the above).
 
     Args:
         input: logits ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (classes in dimension 1,
@@ -91,6 +96,29 @@ def focal_loss(
             or smoothing; ``"mean"`` divides it by the number of non-ignored elements
             (Liger-Kernel's ``lse_square_scale``).
         softcap: ``c > 0`` caps the logits to ``c * tanh(input / c)`` (Gemma 2); None: off.
+        poly_epsilon: Poly-1's ``eps`` (PolyLoss, Leng et al. 2022; optax's
+            ``poly_loss_cross_entropy``): each non-ignored element gains
+            ``eps * w_y * (1 - p_y) ** (gamma_y + 1)``, not multiplied by alpha (the paper's
+            poly-1 focal loss adds it after alpha) nor changed by label smoothing. With
+            ``gamma=0`` it is Poly-1 cross entropy, ``CE + eps * (1 - p_y)``. A finite number
+            ``>= -1``: since ``-log p >= 1 - p``, an element's loss is then at least
+            ``(1 + eps) * w_y * (1 - p_y) ** (gamma + 1) >= 0`` without alpha and smoothing
+            (with ``alpha_y < 1`` that bound needs ``eps >= -alpha_y``, not enforced).
+            The mean's denominator does not change.
+        element_weight: a float tensor shaped like ``target`` (any strides; pass
+            ``w.expand(target.shape)`` for a broadcast weight, stride 0): multiplies each
+            element's whole loss (focal, smoothing, poly and z-loss parts). ``"mean"`` then
+            divides the focal part by the sum of ``element_weight * w_y`` and the z-loss by
+            the sum of ``element_weight`` over non-ignored elements, a weighted mean as
+            ``weight`` gives ``F.cross_entropy`` (0, with a zero gradient, where that sum is
+            0). mmseg's convention (divide by the element count) is ``reduction="sum",
+            normalizer=count``. Values finite and ``>= 0`` (checked for CPU tensors, or with
+            ``validate=True``); one that requires grad is differentiated by ``"reference"``
+            and refused elsewhere.
+        normalizer: divisor replacing the mean's (mmdet's ``avg_factor``): a finite positive
+            number or a 0-dim tensor, the result is the sum of everything (z-loss included)
+            divided by it; not with ``reduction="none"``. A tensor that requires grad gets
+            its gradient; a number compiles nothing new.
 
     Returns:
         The loss in ``input``'s dtype: a 0-dim tensor, or ``target``'s shape for
@@ -106,9 +134,13 @@ def focal_loss(
             ``label_smoothing`` is outside ``[0, 1]``; ``reduction`` or ``backend`` is
             unknown, or the backend cannot run here; a class index is outside ``[0, C)``
             (checked for CPU tensors, or with ``validate=True``); ``ignore_index`` does not
-            fit in int64; tensors are on different devices; a ``gamma``, ``alpha`` or
-            ``weight`` tensor requires grad on a backend other than ``"reference"`` (which
-            differentiates them; pass them detached elsewhere).
+            fit in int64; tensors are on different devices; a ``gamma``, ``alpha``,
+            ``weight`` or ``element_weight`` tensor requires grad on a backend other than
+            ``"reference"`` (which differentiates them; pass them detached elsewhere);
+            ``poly_epsilon`` is not a finite number ``>= -1``; ``element_weight`` does not
+            have ``target``'s shape, or holds a negative, inf or NaN value (checked where
+            known); ``normalizer`` is not a finite positive number, or is given with
+            ``reduction="none"``. ``element_weight`` not a float tensor is a ``TypeError``.
     """
     if not isinstance(inplace_grad, bool):
         raise TypeError(f"inplace_grad must be a bool (True or False), got {inplace_grad!r}")
@@ -126,10 +158,19 @@ def focal_loss(
         z_loss,
         softcap,
         check_indices=False,
+        poly_epsilon=poly_epsilon,
+        element_weight=element_weight,
+        normalizer=normalizer,
     )
     name = _backend_for(backend, input.device)
     if name != "reference":
-        _validation.refuse_learnable(f"backend={name!r}", alpha=args.alpha, weight=args.weight, gamma=args.gamma)
+        _validation.refuse_learnable(
+            f"backend={name!r}",
+            alpha=args.alpha,
+            weight=args.weight,
+            gamma=args.gamma,
+            element_weight=args.element_weight,
+        )
     # The compile backend counts out-of-range indices of CPU targets in its own forward pass
     # (a separate check costs more than a tenth of a small CPU loss).
     if name != "compile" or args.target.device.type != "cpu":
@@ -141,6 +182,12 @@ def focal_loss(
         extra["z_loss"] = args.z_loss
     if args.softcap is not None:
         extra["softcap"] = args.softcap
+    if args.poly_epsilon != 0:
+        extra["poly_epsilon"] = args.poly_epsilon
+    if args.element_weight is not None:
+        extra["element_weight"] = args.element_weight
+    if args.normalizer is not None:
+        extra["normalizer"] = args.normalizer
     loss = backends.load(name).softmax_focal_loss(
         args.input,
         args.target,

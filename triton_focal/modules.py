@@ -88,11 +88,19 @@ class FocalLoss(_TensorArgs):
         softcap: ``c > 0`` caps the logits to ``c * tanh(input / c)``; None: off.
         inplace_grad: Triton backend only: the gradient overwrites the logits' storage
             (no extra memory; the logits must not be used after the loss).
+        poly_epsilon: Poly-1's ``eps >= -1``: adds ``eps * w_y * (1 - p_y) ** (gamma + 1)``
+            per element (not multiplied by alpha).
+        normalizer: divisor replacing the mean's (mmdet's ``avg_factor``): the result is the
+            sum of every element's loss divided by it; ``forward`` can pass this batch's
+            value instead. A tensor is kept as a buffer (one that requires grad as given,
+            and it gets its gradient).
 
     Shape:
         - input: ``(N, C)``, ``(C,)`` or ``(N, C, d1, ..., dk)`` logits, classes in dimension 1.
         - target: ``(N,)``, ``()`` or ``(N, d1, ..., dk)`` class indices in ``[0, C)`` or
           ``ignore_index``.
+        - element_weight (``forward``, optional): floats ``>= 0`` shaped like ``target``,
+          multiplying each element's loss (the mean is then weighted by them).
         - output: a scalar, or ``target``'s shape with ``reduction="none"``.
 
     Raises:
@@ -100,9 +108,11 @@ class FocalLoss(_TensorArgs):
             the message names the keyword) or has the wrong kind (``alpha`` a list,
             ``weight`` not a tensor, ``inplace_grad`` not a bool).
         ValueError: an argument is out of range (``gamma``, ``alpha`` or ``weight`` negative,
-            inf or NaN; ``label_smoothing`` outside ``[0, 1]``; an unknown ``reduction`` or
-            ``backend``; a tensor that requires grad: buffers are not learned), at
-            construction. ``forward`` raises what :func:`triton_focal.focal_loss` raises.
+            inf or NaN; ``label_smoothing`` outside ``[0, 1]``; ``poly_epsilon`` below -1 or
+            not finite; ``normalizer`` not finite and positive, or set with
+            ``reduction="none"``; an unknown ``reduction`` or ``backend``; a per-class tensor
+            that requires grad: buffers are not learned), at construction. ``forward`` raises
+            what :func:`triton_focal.focal_loss` raises.
 
     Example::
 
@@ -123,6 +133,8 @@ class FocalLoss(_TensorArgs):
         z_loss: float = 0.0,
         softcap: Optional[float] = None,
         inplace_grad: bool = False,
+        poly_epsilon: float = 0.0,
+        normalizer: Optional[Union[float, torch.Tensor]] = None,
     ):
         """Check the arguments (see the class docstring) and keep tensors as buffers."""
         refuse_positional("FocalLoss", args, ("gamma", "alpha", "weight", "ignore_index", "reduction"))
@@ -141,6 +153,8 @@ class FocalLoss(_TensorArgs):
         _validation.check_softcap(softcap)
         if not isinstance(inplace_grad, bool):
             raise TypeError(f"inplace_grad must be a bool (True or False), got {inplace_grad!r}")
+        _validation.check_poly_epsilon(poly_epsilon)
+        _validation.check_normalizer(normalizer, reduction, None, validate=True)
         self._store("gamma", gamma)
         self._store("alpha", alpha)
         self._store("weight", weight)
@@ -151,10 +165,21 @@ class FocalLoss(_TensorArgs):
         self.z_loss = z_loss
         self.softcap = softcap
         self.inplace_grad = inplace_grad
+        self.poly_epsilon = poly_epsilon
+        # As SigmoidFocalLoss's: a tensor is a buffer, one that requires grad kept as given.
+        self._store("normalizer", normalizer, keep_graph=True)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        element_weight: Optional[torch.Tensor] = None,
+        normalizer: Optional[Union[float, torch.Tensor]] = None,
+    ) -> torch.Tensor:
         """The focal loss of ``input`` logits ``(N, C, ...)`` against class indices ``target``
-        ``(N, ...)``: a scalar, or ``target``'s shape with ``reduction="none"``."""
+        ``(N, ...)``: a scalar, or ``target``'s shape with ``reduction="none"``.
+        ``element_weight`` (shaped like ``target``) weights this batch's elements;
+        ``normalizer`` given here (this batch's divisor) overrides the stored one."""
         return functional.focal_loss(
             input,
             target,
@@ -168,6 +193,9 @@ class FocalLoss(_TensorArgs):
             z_loss=self.z_loss,
             softcap=self.softcap,
             inplace_grad=self.inplace_grad,
+            poly_epsilon=self.poly_epsilon,
+            element_weight=element_weight,
+            normalizer=self.normalizer if normalizer is None else normalizer,
         )
 
     def extra_repr(self) -> str:
@@ -188,6 +216,10 @@ class FocalLoss(_TensorArgs):
             fields.append(f"softcap={self.softcap}")
         if self.inplace_grad:
             fields.append("inplace_grad=True")
+        if self.poly_epsilon:
+            fields.append(f"poly_epsilon={self.poly_epsilon}")
+        if self.normalizer is not None:
+            fields.append(f"normalizer={_describe(self.normalizer)}")
         return ", ".join(fields)
 
 

@@ -99,19 +99,41 @@ def z_loss_term(x, valid, z_loss):
 
 
 def softmax_focal_loss(
-    input, target, *, gamma, alpha, weight, ignore_index, reduction, label_smoothing, z_loss=0.0, softcap=None
+    input,
+    target,
+    *,
+    gamma,
+    alpha,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss=0.0,
+    softcap=None,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
 ):
     """Softmax focal loss of ``(N, C, P)`` logits against ``(N, P)`` class indices.
 
     ``softcap`` caps the logits first (everything below sees the capped ones); ``z_loss``
     adds ``z_loss * lse ** 2`` per non-ignored row, outside alpha, weight and smoothing, and
     its mean divides by the number of non-ignored rows (Liger-Kernel's convention).
+
+    ``poly_epsilon`` adds Poly-1's ``eps * w_y * (1 - p_y) ** (gamma_y + 1)`` (after alpha, as
+    the PolyLoss paper's focal code does; smoothing leaves it alone). ``element_weight``
+    (``(N, P)``) multiplies each element's whole loss, and the mean divides by the sums of
+    ``element_weight * w_y`` (focal part) and of ``element_weight`` (z-loss) over the
+    non-ignored elements: a weighted mean. ``normalizer`` divides the sum of everything.
     """
     num_classes = input.shape[1]
     valid = target != ignore_index
     x = softcap_logits(ignored_to_zero(input.to(compute_dtype(input.dtype)), valid.unsqueeze(1)), softcap)
     if num_classes == 0:  # validation let through only ignored elements: nothing to sum
-        return reduce_loss(x.sum(dim=1), reduction, torch.zeros((), dtype=x.dtype, device=x.device)).to(input.dtype)
+        nothing = x.sum(dim=1)
+        if normalizer is not None and reduction != "none":
+            return (nothing.sum() / normalizer).to(input.dtype)
+        return reduce_loss(nothing, reduction, torch.zeros((), dtype=x.dtype, device=x.device)).to(input.dtype)
     safe_target = torch.where(valid, target, torch.zeros_like(target)).long()  # (N, P)
 
     log_p = F.log_softmax(x, dim=1)
@@ -129,12 +151,30 @@ def softmax_focal_loss(
         loss = loss + (label_smoothing / num_classes) * (w * focal_term(log_p, per_class(gamma, x))).sum(dim=1)
     if alpha is not None:
         loss = at_target(alpha, safe_target, x) * loss
+    if poly_epsilon != 0:
+        # Poly-1: eps * (1 - p_y) ** (gamma_y + 1), weighted like the target's term.
+        poly = focal_weight(-torch.expm1(log_p_target), at_target(gamma, safe_target, x) + 1)
+        loss = loss + poly_epsilon * at_target(weight, safe_target, x) * poly
 
     loss = torch.where(valid, loss, torch.zeros_like(loss))
-    denominator = softmax_mean_denominator(target, weight, ignore_index, x.dtype)
+    z_part = z_loss_term(x, valid, z_loss) if z_loss > 0 else None
+    if element_weight is not None:
+        # Read on non-ignored elements only, as their logits are.
+        element_weight = torch.where(valid, element_weight.to(x.dtype), torch.zeros_like(loss))
+        loss = element_weight * loss
+        z_part = None if z_part is None else element_weight * z_part
+        denominator = (element_weight * at_target(weight, safe_target, x)).sum()
+        z_denominator = element_weight.sum()
+    else:
+        denominator = softmax_mean_denominator(target, weight, ignore_index, x.dtype)
+        z_denominator = valid.sum(dtype=x.dtype)
+    if normalizer is not None and reduction != "none":
+        # mmdet's avg_factor: the sum of everything, z-loss included, over one divisor.
+        total = loss.sum() if z_part is None else loss.sum() + z_part.sum()
+        return (total / normalizer).to(input.dtype)
     loss = reduce_loss(loss, reduction, denominator)
-    if z_loss > 0:
-        loss = loss + reduce_loss(z_loss_term(x, valid, z_loss), reduction, valid.sum(dtype=x.dtype))
+    if z_part is not None:
+        loss = loss + reduce_loss(z_part, reduction, z_denominator)
     return loss.to(input.dtype)
 
 

@@ -2,7 +2,8 @@
 that are not ignored (``F.cross_entropy``'s mean; the sigmoid loss's count of elements).
 
 A loss whose forward writes the gradient needs them before its pass over the logits, so they
-cannot come from that pass; this reads the targets only (a few bytes a row).
+cannot come from that pass; this reads the targets only (a few bytes a row), and a per-element
+weight where one is given (``HAS_ELEMENT_WEIGHT``: ``sum v * w_y`` and ``sum v``, a weighted mean).
 """
 
 import triton
@@ -15,17 +16,21 @@ from .reduce import sum_partials
 def _target_count_kernel(
     target_ptr,  # (N, P) class indices, any int dtype
     weight_ptr,  # (C,) class weights in ACC (HAS_WEIGHT)
+    element_weight_ptr,  # (N, P) by strides, any float dtype (HAS_ELEMENT_WEIGHT)
     partial_ptr,  # (num_programs, 2) ACC
     ticket_ptr,  # (1,) int32, 0 between launches
     denom_ptr,  # (2,) ACC out: (sum of w_y, count), each times ``scale``
     stride_t_n,
     stride_t_p,
+    stride_v_n,
+    stride_v_p,
     P,
     num_p_blocks,
     C,
     ignore_index,
     scale,
     HAS_WEIGHT: tl.constexpr,
+    HAS_ELEMENT_WEIGHT: tl.constexpr,
     ZERO_AS_ONE: tl.constexpr,  # a divisor of nothing is 1 (its sum is 0 anyway)
     BLOCK: tl.constexpr,
     ACC: tl.constexpr,
@@ -36,11 +41,16 @@ def _target_count_kernel(
     mask = p < P
     target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=mask, other=ignore_index).to(tl.int64)
     valid = mask & (target != ignore_index)
-    count = tl.sum(valid.to(ACC), axis=0)
+    if HAS_ELEMENT_WEIGHT:
+        v = tl.load(element_weight_ptr + n * stride_v_n + p * stride_v_p, mask=valid, other=0.0).to(ACC)
+    else:
+        v = valid.to(ACC)
+    count = tl.sum(v, axis=0)
     if HAS_WEIGHT:
         # An out-of-range index weighs 0 here; the loss kernel turns its row into NaN.
         safe = valid & (target >= 0) & (target < C)
-        weighted = tl.sum(tl.load(weight_ptr + tl.where(safe, target, 0), mask=safe, other=0.0), axis=0)
+        w_y = tl.load(weight_ptr + tl.where(safe, target, 0), mask=safe, other=0.0)
+        weighted = tl.sum(v * w_y, axis=0)
     else:
         weighted = count
     cols = tl.arange(0, 2)

@@ -33,6 +33,9 @@ weight vectors, ``eps`` the label smoothing, ``k`` the z-loss coefficient)::
 ``p_y - 1`` is written as ``-q_y`` with ``q_y = s_other / s`` from the other classes' mass, so
 the target's gradient keeps its precision when ``p_y`` is close to 1 (Liger PR #1329). With a
 softcap ``c`` the logits are ``z = c tanh(x / c)`` and ``dloss/dx_j = dloss/dz_j (1 - (z_j/c)**2)``.
+Poly-1 (``HAS_POLY``, ``_compiled_math.py`` derives it) adds ``e_p w_y (gamma_y + 1) q_y ** gamma_y
+p_y`` to the coefficient of ``p_j - [j == y]``; a per-element weight (``HAS_ELEMENT_WEIGHT``, one
+load per row) scales a row's loss and coefficients like the mean's divisor does.
 
 Fast math: in float32, ``exp2``/``log2`` are the MUFU ``ex2.approx``/``lg2.approx`` (a few ulp,
 see ``focal_math.py``); the per-row terms that a cancellation would amplify (``log p_y`` near
@@ -42,9 +45,24 @@ see ``focal_math.py``); the per-row terms that a cancellation would amplify (``l
 import triton
 import triton.language as tl
 
-from .focal_math import FP32_MAX, LN2, LOG2E, fast_log2, focal_term, join_float, log1p, softcap_logits, target_log_prob
+from .focal_math import (
+    FP32_MAX,
+    LN2,
+    LOG2E,
+    fast_log2,
+    focal_term,
+    join_float,
+    log1p,
+    q_powers,
+    softcap_logits,
+    target_log_prob,
+)
 from .grad_mode import GRAD_BACKWARD, ROW_STATS_READ, ROW_STATS_WRITE, gradient_plan
 from .reduce import store_total
+
+# DIVISOR: what divides a reduced "sum" (a normalizer), read from denom_ptr or passed as a number.
+DIVIDE_BY_TENSOR = tl.constexpr(1)
+DIVIDE_BY_NUMBER = tl.constexpr(2)
 
 
 @triton.jit
@@ -150,6 +168,15 @@ def _dominant_class(
 
 
 @triton.jit
+def _poly_term(q, p, gamma, GAMMA_INT: tl.constexpr):
+    """Poly-1's ``q ** (gamma + 1)`` and its gradient coefficient ``(gamma + 1) q ** gamma p``
+    (``d q ** (gamma + 1) / d z_j = that * (p_j - [j == y])``), from the row's exact ``q = 1 - p``;
+    no ``q ** (gamma - 1)`` is formed, so both stay finite for every ``gamma >= 0``."""
+    q_pow_gamma, _ = q_powers(q, gamma, GAMMA_INT)
+    return q_pow_gamma * q, (gamma + 1.0) * q_pow_gamma * p
+
+
+@triton.jit
 def _softmax_focal_kernel(
     # pointers
     x_ptr,  # (N, C, P) logits, any float dtype
@@ -166,6 +193,7 @@ def _softmax_focal_kernel(
     policy_ptr,  # (1,) int32 device flag: forwards store the gradient (GRAD_IF_POLICY, GRAD_BACKWARD)
     stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
     stats_ptr,  # (3, N * P) ACC per-row (m, s_other, x_y): written (ROW_STATS_WRITE) or read
+    element_weight_ptr,  # (N, P) by strides (0 where broadcast), any float dtype (HAS_ELEMENT_WEIGHT)
     # strides
     stride_x_n,
     stride_x_c,
@@ -179,6 +207,8 @@ def _softmax_focal_kernel(
     stride_g_p,
     stride_go_n,
     stride_go_p,
+    stride_ew_n,
+    stride_ew_p,
     # sizes
     C,
     P,
@@ -197,6 +227,10 @@ def _softmax_focal_kernel(
     z_loss_lo,
     softcap_hi,
     softcap_lo,
+    poly_hi,
+    poly_lo,
+    divisor_hi,  # the normalizer where it is a number (DIVISOR == DIVIDE_BY_NUMBER)
+    divisor_lo,
     ignore_index,
     # constants
     BLOCK_C: tl.constexpr,  # classes per lane per step
@@ -211,6 +245,9 @@ def _softmax_focal_kernel(
     HAS_SOFTCAP: tl.constexpr,
     PER_ELEMENT: tl.constexpr,  # reduction="none"
     MEAN: tl.constexpr,  # reduction="mean"
+    DIVISOR: tl.constexpr,  # reduction="sum" divided by a normalizer: 0 none, DIVIDE_BY_TENSOR or _NUMBER
+    HAS_POLY: tl.constexpr,
+    HAS_ELEMENT_WEIGHT: tl.constexpr,
     GRAD_MODE: tl.constexpr,  # GRAD_NONE, GRAD_ALWAYS, GRAD_IF_POLICY or GRAD_BACKWARD
     GRAD_OUT_IS_SCALAR: tl.constexpr,  # GRAD_BACKWARD: grad_output is 0-dim
     ROW_STATS: tl.constexpr,  # 0, ROW_STATS_WRITE (forward) or ROW_STATS_READ (backward: no pass 1)
@@ -236,6 +273,7 @@ def _softmax_focal_kernel(
     label_smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
     z_loss = join_float(z_loss_hi, z_loss_lo, ACC)
     softcap = join_float(softcap_hi, softcap_lo, ACC)
+    poly_epsilon = join_float(poly_hi, poly_lo, ACC)
 
     # 0. What this launch writes, decided on the device (no host sync).
     compute_loss = GRAD_MODE != GRAD_BACKWARD
@@ -253,6 +291,12 @@ def _softmax_focal_kernel(
             z_scale = tl.where(z_denom > 0, 1.0 / tl.where(z_denom > 0, z_denom, 1.0), 0.0)
         else:
             z_scale = mean_scale
+    if DIVISOR == DIVIDE_BY_TENSOR:  # a normalizer (mmdet's avg_factor) divides every part alike
+        mean_scale = 1.0 / tl.load(denom_ptr).to(ACC)
+        z_scale = mean_scale
+    elif DIVISOR == DIVIDE_BY_NUMBER:
+        mean_scale = 1.0 / join_float(divisor_hi, divisor_lo, ACC)
+        z_scale = mean_scale
 
     lane = tl.arange(0, BLOCK_P)
     row_in_tile = lane // SPLIT
@@ -292,6 +336,8 @@ def _softmax_focal_kernel(
             w_y = tl.load(weight_ptr + safe_target)
         else:
             w_y = 1.0
+        if HAS_ELEMENT_WEIGHT:  # one load per row, of non-ignored rows only
+            v = tl.load(element_weight_ptr + n * stride_ew_n + p * stride_ew_p, mask=row_ok, other=0.0).to(ACC)
 
         # 2. Softmax statistics, per lane: running max m and s_other, the sum of exp(x - m)
         #    over every class but the target (so that 1 - p_y has no cancellation). With label
@@ -378,6 +424,8 @@ def _softmax_focal_kernel(
         p_y = tl.exp2(log_p_y * LOG2E)
         f_y, g_y = focal_term(log_p_y, p_y, q_y, gamma_y, GAMMA_INT)
         g_y = tl.where(p_y > 0, g_y, 1.0)  # a target at -inf: p log p -> 0 (F.cross_entropy's gradient)
+        if HAS_POLY:
+            poly_q, poly_g = _poly_term(q_y, p_y, gamma_y, GAMMA_INT)
 
         # 4. The loss of each row: stored, or summed into this program's partial sum.
         lse = m + log_s
@@ -385,9 +433,14 @@ def _softmax_focal_kernel(
             loss = (1.0 - label_smoothing) * w_y * f_y
             if HAS_SMOOTHING:
                 loss += (label_smoothing / C) * sum_w_f
-            loss = alpha_y * loss * mean_scale  # the mean divides per row: one sum does it all
+            loss = alpha_y * loss
+            if HAS_POLY:  # after alpha, as the PolyLoss paper's poly-1 focal loss
+                loss += poly_epsilon * w_y * poly_q
+            loss = loss * mean_scale  # the mean divides per row: one sum does it all
             if HAS_Z_LOSS:
                 loss += z_loss * lse * lse * z_scale
+            if HAS_ELEMENT_WEIGHT:
+                loss = loss * v
             loss = tl.where(row_ok, loss, 0.0)
             loss = tl.where(row_bad, float("nan"), loss)
             if PER_ELEMENT:
@@ -403,8 +456,12 @@ def _softmax_focal_kernel(
                 if not GRAD_OUT_IS_SCALAR:
                     go = tl.load(grad_out_ptr + n * stride_go_n + p * stride_go_p, mask=p_mask, other=0.0)
                     row_scale = row_scale * go.to(ACC)
+            if HAS_ELEMENT_WEIGHT:
+                row_scale = row_scale * v
             focal_scale = row_scale * mean_scale * alpha_y
             coef_y = focal_scale * (1.0 - label_smoothing) * w_y * g_y  # times (p_j - [j == y])
+            if HAS_POLY:
+                coef_y += row_scale * mean_scale * poly_epsilon * w_y * poly_g
             coef_p = coef_y
             if HAS_Z_LOSS:
                 coef_p += row_scale * z_scale * 2.0 * z_loss * lse

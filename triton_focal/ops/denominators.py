@@ -12,12 +12,16 @@ BLOCK = 2048
 NUM_WARPS = 4
 
 
-def target_denominators(target, weight, ignore_index, num_classes, *, dtype, scale=1.0, zero_as_one=False):
+def target_denominators(
+    target, weight, ignore_index, num_classes, *, dtype, scale=1.0, zero_as_one=False, element_weight=None
+):
     """``(2,)`` in ``dtype``: ``scale`` times the sum of ``w_y`` (the count without ``weight``)
     and times the count, over the elements of ``target`` (``(N, P)`` class indices) that are not
-    ``ignore_index``. ``zero_as_one``: a divisor of nothing is 1 instead of 0."""
+    ``ignore_index``. ``zero_as_one``: a divisor of nothing is 1 instead of 0. ``element_weight``
+    (``(N, P)``, any strides): the sums of ``element_weight * w_y`` and of ``element_weight`` instead."""
     if target.shape[1] == 1:  # rows ((T, V) logits): one long line of targets, not T lines of one
         target = target.view(1, -1)  # a view whatever the row stride (the class dimension has size 1)
+        element_weight = None if element_weight is None else element_weight.view(1, -1)
     n, p = target.shape
     denom = target.new_empty(2, dtype=dtype)
     block = BLOCK  # one configuration for every size: a short line leaves lanes masked, and compiles nothing new
@@ -26,17 +30,20 @@ def target_denominators(target, weight, ignore_index, num_classes, *, dtype, sca
     _target_count_kernel[(programs,)](
         target,
         weight if weight is not None else denom,
+        element_weight if element_weight is not None else denom,
         partials(programs, 2, dtype, target.device),
         ticket_counter(target.device),
         denom,
         target.stride(0),
         target.stride(1),
+        *(element_weight.stride() if element_weight is not None else (0, 0)),
         p,
         num_p_blocks,
         num_classes,
         int(ignore_index),
         float(scale),
         HAS_WEIGHT=weight is not None,
+        HAS_ELEMENT_WEIGHT=element_weight is not None,
         ZERO_AS_ONE=zero_as_one,
         BLOCK=block,
         ACC=acc_dtype(dtype),

@@ -25,7 +25,7 @@ import triton
 from .. import reference
 from .._autograd_state import functorch_active
 from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, ROW_STATS_READ, ROW_STATS_WRITE
-from ..kernels.softmax_focal import _softmax_focal_kernel
+from ..kernels.softmax_focal import DIVIDE_BY_NUMBER, DIVIDE_BY_TENSOR, _softmax_focal_kernel
 from ..reference import compute_dtype
 from .denominators import target_denominators
 from .grad_policy import (
@@ -137,6 +137,9 @@ def softmax_focal_launch(
     stored=None,
     skip_if_stored=False,
     row_stats=None,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
 ):
     """Launch the kernel once.
 
@@ -150,6 +153,7 @@ def softmax_focal_launch(
         reduction: ``"none"``, ``"sum"`` or ``"mean"``.
         label_smoothing, z_loss: floats (0 for none); softcap: float or None.
         denominators: ``(2,)`` mean divisors (focal, z-loss) for ``"mean"``, else None.
+            With a ``normalizer`` the launch divides by it instead (``"mean"`` and ``"sum"``).
         grad_mode: ``GRAD_NONE``, ``GRAD_ALWAYS``, ``GRAD_IF_POLICY`` or ``GRAD_BACKWARD``.
         grad: the gradient buffer, ``(N, C, P)`` in ``input``'s dtype (any mode but GRAD_NONE).
         grad_output: ``()`` or ``(N, P)`` (GRAD_BACKWARD).
@@ -157,6 +161,9 @@ def softmax_focal_launch(
             ``skip_if_stored``.
         row_stats: ``row_stats_buffer``'s buffer, or None: a forward writes the per-row
             softmax statistics there, a backward reads them instead of recomputing them.
+        poly_epsilon: Poly-1's coefficient (0 for none).
+        element_weight: None or ``(N, P)`` (any strides, 0 included), any float dtype.
+        normalizer: None, a number or a 0-dim tensor (any real dtype, on the device).
 
     Returns:
         The loss (``(N, P)`` for ``"none"``, else 0-dim, in ``input``'s dtype), or None for
@@ -172,6 +179,11 @@ def softmax_focal_launch(
         return input.new_zeros(target.shape) if reduction == "none" else input.new_zeros(())
 
     per_element = reduction == "none"
+    divisor = 0 if normalizer is None or per_element else DIVIDE_BY_TENSOR
+    if divisor and not isinstance(normalizer, torch.Tensor):
+        divisor = DIVIDE_BY_NUMBER
+    if divisor == DIVIDE_BY_TENSOR:
+        denominators = normalizer  # read where the mean's divisors would be
     loss = input.new_empty(target.shape) if per_element and compute_loss else None
     go_scalar = grad_output is not None and grad_output.dim() == 0
     if grad_output is not None and not go_scalar:
@@ -182,8 +194,9 @@ def softmax_focal_launch(
         loss.stride() if loss is not None else _dummy_strides(2),
         grad.stride() if grad is not None else _dummy_strides(3),
         grad_output.stride() if grad_output is not None and not go_scalar else _dummy_strides(2),
+        element_weight.stride() if element_weight is not None else _dummy_strides(2),
     ]
-    n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s) = _fold_rows(input.shape, *strides)
+    n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s, ew_s) = _fold_rows(input.shape, *strides)
     block_c, block_p, split, num_warps, footprint = _plan(num_classes, p_launch, x_s[1], input.element_size())
     num_p_blocks = triton.cdiv(p_launch, block_p // split)
     num_tiles = n_launch * num_p_blocks
@@ -211,11 +224,13 @@ def softmax_focal_launch(
         flag,
         stored if stored is not None else dummy,
         row_stats if row_stats is not None else dummy,
+        element_weight if element_weight is not None else dummy,
         *x_s,
         *t_s,
         *l_s,
         *g_s,
         *go_s,
+        *ew_s,
         num_classes,
         p_launch,
         num_p_blocks,
@@ -226,6 +241,8 @@ def softmax_focal_launch(
         *split_float(label_smoothing),
         *split_float(z_loss),
         *split_float(softcap or 1.0),
+        *split_float(poly_epsilon),
+        *split_float(float(normalizer) if divisor == DIVIDE_BY_NUMBER else 1.0),
         int(ignore_index),
         BLOCK_C=block_c,
         BLOCK_P=block_p,
@@ -238,7 +255,10 @@ def softmax_focal_launch(
         HAS_Z_LOSS=z_loss > 0,
         HAS_SOFTCAP=softcap is not None,
         PER_ELEMENT=per_element,
-        MEAN=reduction == "mean",
+        MEAN=reduction == "mean" and not divisor,
+        DIVISOR=divisor,
+        HAS_POLY=poly_epsilon != 0,
+        HAS_ELEMENT_WEIGHT=element_weight is not None,
         GRAD_MODE=grad_mode,
         GRAD_OUT_IS_SCALAR=go_scalar,
         SKIP_IF_STORED=skip_if_stored,
@@ -249,15 +269,18 @@ def softmax_focal_launch(
     return loss
 
 
-def mean_denominators(target, weight, ignore_index, reduction, dtype):
+def mean_denominators(target, weight, ignore_index, reduction, dtype, element_weight=None, normalizer=None):
     """``(2,)``: for ``"mean"``, the sum of ``w_y`` over non-ignored rows (``F.cross_entropy``'s
     divisor) and their count (the z-loss's divisor), from one launch over the targets (no host
-    sync); for the other reductions an empty placeholder."""
-    if reduction != "mean":
+    sync); with an ``element_weight``, the sums of ``element_weight * w_y`` and of
+    ``element_weight`` (a weighted mean); for the other reductions, or where a ``normalizer``
+    divides instead, an empty placeholder."""
+    if reduction != "mean" or normalizer is not None:
         return target.new_empty(0, dtype=dtype)
     if target.numel() == 0:
         return target.new_zeros(2, dtype=dtype)
-    return target_denominators(target, weight, ignore_index, weight.shape[0] if weight is not None else 0, dtype=dtype)
+    classes = weight.shape[0] if weight is not None else 0
+    return target_denominators(target, weight, ignore_index, classes, dtype=dtype, element_weight=element_weight)
 
 
 # --- torch.library ops ----------------------------------------------------------------
@@ -274,10 +297,41 @@ OPTIONS = (
     "z_loss",
     "softcap",
 )
+# The options added later, each with a default, at the end of every op's arguments (after the
+# forward's store_grad and needs_grad), so that a call without them is the call it was.
+EXTRA_OPTIONS = (
+    "poly_epsilon",
+    "element_weight",
+    "normalizer",  # a tensor, or None
+    "normalizer_number",  # a number, or None
+)
+EXTRA_DEFAULTS = (0.0, None, None, None)
+# Where the forward op takes the normalizer tensor: after (input, target), the options and
+# (store_grad, needs_grad).
+NORMALIZER_INPUT = 2 + len(OPTIONS) + 2 + EXTRA_OPTIONS.index("normalizer")
+
+
+def _all_options(options, extras):
+    """The options and the extra options, the extras padded with their defaults (an op's
+    dispatcher drops trailing arguments equal to their defaults)."""
+    return (*options, *extras, *EXTRA_DEFAULTS[len(extras) :])
 
 
 def _launch_options(
-    class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+    class_gamma,
+    gamma,
+    class_alpha,
+    alpha,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    softcap,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
+    normalizer_number=None,
 ):
     return dict(
         gamma=gamma if class_gamma is None else class_gamma,
@@ -288,7 +342,27 @@ def _launch_options(
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
+        poly_epsilon=poly_epsilon,
+        element_weight=element_weight,
+        normalizer=normalizer if normalizer is not None else normalizer_number,
     )
+
+
+def _denominators(input, target, opts):
+    """The mean's divisors of one call's options (``mean_denominators``)."""
+    return mean_denominators(
+        target,
+        opts["weight"],
+        opts["ignore_index"],
+        opts["reduction"],
+        compute_dtype(input.dtype),
+        element_weight=opts["element_weight"],
+        normalizer=opts["normalizer"],
+    )
+
+
+def _denominators_size(reduction, normalizer, normalizer_number):
+    return 2 if reduction == "mean" and normalizer is None and normalizer_number is None else 0
 
 
 @torch.library.custom_op("triton_focal::softmax_focal_fwd", mutates_args=())
@@ -307,14 +381,31 @@ def _forward_op(
     softcap: Optional[float],
     store_grad: bool,
     needs_grad: bool,
+    poly_epsilon: float = 0.0,
+    element_weight: Optional[torch.Tensor] = None,
+    normalizer: Optional[torch.Tensor] = None,
+    normalizer_number: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, grad, stored, denominators, row_stats)``. With ``store_grad`` the gradient for
     ``grad_output == 1`` goes to ``grad`` where the device policy says so (``stored``); with
     ``needs_grad``, the per-row statistics go to ``row_stats`` where they pay (else it is empty)."""
     opts = _launch_options(
-        class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+        class_gamma,
+        gamma,
+        class_alpha,
+        alpha,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        poly_epsilon,
+        element_weight,
+        normalizer,
+        normalizer_number,
     )
-    denominators = mean_denominators(target, weight, ignore_index, reduction, compute_dtype(input.dtype))
+    denominators = _denominators(input, target, opts)
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     stored = stored_flag(input.device, store_grad)
     row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
@@ -347,11 +438,16 @@ def _(
     softcap,
     store_grad,
     needs_grad,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
+    normalizer_number=None,
 ):
     loss = input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
-    denominators = input.new_empty(2 if reduction == "mean" else 0, dtype=compute_dtype(input.dtype))
+    size = _denominators_size(reduction, normalizer, normalizer_number)
+    denominators = input.new_empty(size, dtype=compute_dtype(input.dtype))
     return (
         loss,
         grad,
@@ -378,11 +474,28 @@ def _backward_op(
     label_smoothing: float,
     z_loss: float,
     softcap: Optional[float],
+    poly_epsilon: float = 0.0,
+    element_weight: Optional[torch.Tensor] = None,
+    normalizer: Optional[torch.Tensor] = None,
+    normalizer_number: Optional[float] = None,
 ) -> torch.Tensor:
     """The gradient times ``grad_output``, recomputed from the logits into a new buffer."""
     grad = torch.empty_like(input)
     opts = _launch_options(
-        class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+        class_gamma,
+        gamma,
+        class_alpha,
+        alpha,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        poly_epsilon,
+        element_weight,
+        normalizer,
+        normalizer_number,
     )
     softmax_focal_launch(
         input,
@@ -407,19 +520,32 @@ def _(grad_output, input, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, *options, _store_grad, _needs_grad = inputs
-    _, grad, stored, denominators, row_stats = output
+    input, target, *rest = inputs
+    options = _all_options(rest[: len(OPTIONS)], rest[len(OPTIONS) + 2 :])  # not store_grad, needs_grad
+    loss, grad, stored, denominators, row_stats = output
     ctx.mark_non_differentiable(grad, stored, denominators, row_stats)
     ctx.set_materialize_grads(False)  # no logits-sized zeros for the other outputs' gradients
-    save_options(ctx, (input, target, grad, stored, denominators, row_stats), options)
+    # A normalizer that requires grad gets d (sum / normalizer) / d normalizer = -loss / normalizer.
+    normalizer = options[len(OPTIONS) + EXTRA_OPTIONS.index("normalizer")]
+    ctx.normalizer_grad = normalizer is not None and normalizer.requires_grad
+    saved = (input, target, grad, stored, denominators, row_stats, loss if ctx.normalizer_grad else None)
+    save_options(ctx, saved, options)
 
 
 def _backward(ctx, grad_loss, *_):
+    count = len(ctx.needs_input_grad)  # the op's inputs, trailing defaults dropped
     if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
-        return (None,) * 14
-    (input, target, grad, stored, denominators, row_stats), options = saved_options(ctx)
+        return (None,) * count
+    (input, target, grad, stored, denominators, row_stats, loss), options = saved_options(ctx)
+    grads = [None] * count
+    if ctx.normalizer_grad:
+        normalizer = options[len(OPTIONS) + EXTRA_OPTIONS.index("normalizer")]
+        grads[NORMALIZER_INPUT] = (-grad_loss * loss / normalizer).to(normalizer.dtype)
+    if not ctx.needs_input_grad[0]:
+        return tuple(grads)
     if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
-        return (differentiable_grad(_reference(options, target), input, grad_loss),) + (None,) * 13
+        grads[0] = differentiable_grad(_reference(options, target), input, grad_loss)
+        return tuple(grads)
     if backward_in_place(grad):
         softmax_focal_launch(
             input,
@@ -435,7 +561,8 @@ def _backward(ctx, grad_loss, *_):
         )
     else:
         grad = _backward_op(grad_loss, input, target, denominators, row_stats, *options)
-    return (grad,) + (None,) * 13
+    grads[0] = grad
+    return tuple(grads)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -464,11 +591,28 @@ def _forward_inplace_op(
     label_smoothing: float,
     z_loss: float,
     softcap: Optional[float],
+    poly_epsilon: float = 0.0,
+    element_weight: Optional[torch.Tensor] = None,
+    normalizer: Optional[torch.Tensor] = None,
+    normalizer_number: Optional[float] = None,
 ) -> torch.Tensor:
     opts = _launch_options(
-        class_gamma, gamma, class_alpha, alpha, weight, ignore_index, reduction, label_smoothing, z_loss, softcap
+        class_gamma,
+        gamma,
+        class_alpha,
+        alpha,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        poly_epsilon,
+        element_weight,
+        normalizer,
+        normalizer_number,
     )
-    denominators = mean_denominators(target, weight, ignore_index, reduction, compute_dtype(input.dtype))
+    denominators = _denominators(input, target, opts)
     return softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_ALWAYS, grad=input)
 
 
@@ -486,6 +630,10 @@ def _(
     label_smoothing,
     z_loss,
     softcap,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
+    normalizer_number=None,
 ):
     return input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
 
@@ -501,22 +649,27 @@ class _InplaceSoftmaxFocal(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits)
         ctx.shape = shape
+        ctx.num_options = len(options)
         ctx.per_element = options[OPTIONS.index("reduction")] == "none"
         return loss, logits
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_logits):
+        unused = (None,) * (2 + ctx.num_options)  # shape, target and the options
         if grad_loss is None:
-            return (None,) * 13
+            return (None,) + unused
         (grad,) = ctx.saved_tensors
         scaled = scale_stored_grad(grad.view(ctx.shape), grad_loss.unsqueeze(1) if ctx.per_element else grad_loss)
-        return (scaled.view(grad.shape),) + (None,) * 12
+        return (scaled.view(grad.shape),) + unused
 
 
-def _inplace_allowed(logits, input):
+def _inplace_allowed(logits, input, normalizer):
     """In place needs a grad-requiring non-leaf whose elements do not overlap, in eager mode,
-    that ``input`` views (not a copy made by reshaping)."""
+    that ``input`` views (not a copy made by reshaping), and no normalizer that requires grad
+    (the in-place backward only rescales the logits' gradient)."""
     base = logits if logits._base is None else logits._base
+    if isinstance(normalizer, torch.Tensor) and normalizer.requires_grad:
+        return False
     if base.is_leaf or torch.compiler.is_compiling() or not is_dense(logits):
         return False
     try:
@@ -539,6 +692,9 @@ def softmax_focal_loss(
     softcap=None,
     inplace_grad=False,
     logits=None,
+    poly_epsilon=0.0,
+    element_weight=None,
+    normalizer=None,
 ):
     """Softmax focal loss of ``(N, C, P)`` logits, the Triton backend (canonical arguments).
 
@@ -557,6 +713,9 @@ def softmax_focal_loss(
             the gradient gets its own buffer.
         logits: the user's tensor that ``input`` views (for ``inplace_grad``, which must mark
             that tensor, not a view made of it here, as modified).
+        poly_epsilon: Poly-1's coefficient (0 for none).
+        element_weight: None or an ``(N, P)`` float tensor (any strides) scaling each element.
+        normalizer: None, a number or a 0-dim tensor: the result is the sum over it.
 
     Returns:
         ``(N, P)`` for ``"none"``, else a 0-dim tensor, in ``input``'s dtype.
@@ -577,14 +736,22 @@ def softmax_focal_loss(
         float(z_loss),
         None if softcap is None else float(softcap),
     )
+    extras = (
+        float(poly_epsilon),
+        element_weight,
+        normalizer if isinstance(normalizer, torch.Tensor) else None,
+        None if normalizer is None or isinstance(normalizer, torch.Tensor) else float(normalizer),
+    )
+    if all(value is default for value, default in zip(extras[1:], EXTRA_DEFAULTS[1:])) and not poly_epsilon:
+        extras = ()  # the call without them, as it was
     if functorch_active():  # torch.func transforms: see grad_policy.py
-        return _reference(options, target)(input)
+        return _reference((*options, *extras), target)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     logits = input if logits is None else logits
-    if inplace_grad and needs_grad and _inplace_allowed(logits, input):
-        loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options)
+    if inplace_grad and needs_grad and _inplace_allowed(logits, input, normalizer):
+        loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options, *extras)
         return loss
     # Traced graphs never store a gradient in the forward: their backward recomputes it.
     store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
-    loss, *_ = _forward_op(input, target, *options, store_grad, needs_grad)
+    loss, *_ = _forward_op(input, target, *options, store_grad, needs_grad, *extras)
     return loss
