@@ -169,3 +169,29 @@ def test_row_statistics_stand_in_for_a_dram_reread(monkeypatch, shape, options, 
         assert_close(xt.grad, xr.grad, "grad", dtype=dtype)
     assert seen and all(seen)
     grad_policy.policy_flag(x.device).fill_(1)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_recompute_policy_stores_nothing_in_the_forward(device, loss):
+    # set_gradient_policy("recompute"): no forward may store its gradient, and the backward
+    # recomputes the same gradient as the default policy gives.
+    x = torch.randn(6, 5, device=device)
+    t = torch.randint(0, 5, (6,), device=device)
+    fn = triton_focal.focal_loss if loss == "softmax" else triton_focal.sigmoid_focal_loss
+
+    def gradient():
+        leaf = x.clone().requires_grad_(True)
+        return torch.autograd.grad(fn(leaf, t, reduction="sum", backend="triton") * 2.0, leaf)[0]
+
+    expected = gradient()
+    assert grad_policy.forward_may_store(True, "sum")
+    previous = triton_focal.set_gradient_policy("recompute")
+    try:
+        assert previous == "auto" and triton_focal.gradient_policy() == "recompute"
+        assert not grad_policy.forward_may_store(True, "sum")
+        got = gradient()
+    finally:
+        triton_focal.set_gradient_policy(previous)
+    assert_close(got, expected)
+    with pytest.raises(ValueError, match="policy must be one of"):
+        triton_focal.set_gradient_policy("forward")

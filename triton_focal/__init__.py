@@ -12,6 +12,7 @@ executable statement.
 from .backends import available_backends
 from .functional import focal_loss, sigmoid_focal_loss, sigmoid_focal_loss_star
 from .fused_linear import fused_linear_focal_loss
+from .gradient_policy import gradient_policy, set_gradient_policy
 from .losses import (
     AsymmetricLoss,
     QualityFocalLoss,
@@ -32,6 +33,8 @@ __all__ = [
     "FocalLoss",
     "SigmoidFocalLoss",
     "available_backends",
+    "set_gradient_policy",
+    "gradient_policy",
     "quality_focal_loss",
     "varifocal_loss",
     "asymmetric_loss",

@@ -16,6 +16,13 @@ instead (times ``grad_output``), and the forward stops storing it:
   because a later backward must still find the forward's buffer untouched.
 
 Nothing is decided on the host, so nothing waits for the GPU.
+
+The user's switch, ``triton_focal.set_gradient_policy`` (``triton_focal/gradient_policy.py``):
+``"auto"`` (the default) is the policy above;
+``"recompute"`` makes every forward compute the loss only and every backward recompute the
+gradient. That costs a read of the logits more per step, and saves holding a logits-sized
+gradient from the forward to the backward: the choice where memory between them is what
+runs out (many losses summed before one backward, long forwards after the loss).
 """
 
 import contextlib
@@ -25,6 +32,7 @@ import torch
 import triton
 
 from .._autograd_state import graph_is_kept
+from ..gradient_policy import gradient_policy
 from ..kernels.grad_mode import GRAD_IF_POLICY
 from ..kernels.scale_grad import _scale_grad_by_scalar_kernel
 
@@ -101,6 +109,14 @@ class PersistentGrid:
 
 
 # --- the gradient policy ---------------------------------------------------------------------
+
+
+def forward_may_store(needs_grad, reduction):
+    """Whether a forward may store its gradient for ``grad_output == 1``: it needs a gradient,
+    its loss is reduced, it is not traced (traced graphs always recompute), and the user's
+    policy is ``"auto"``."""
+    return needs_grad and reduction != "none" and not torch.compiler.is_compiling() and gradient_policy() == "auto"
+
 
 _policy_flags = {}
 

@@ -31,6 +31,7 @@ from .grad_policy import (
     backward_in_place,
     differentiable_grad,
     finish_empty_launch,
+    forward_may_store,
     integer_gamma,
     on_input_device,
     policy_flag,
@@ -438,8 +439,7 @@ def sigmoid_loss(input, target, score=None, *, term, weight, ignore_index, reduc
     if functorch_active():  # torch.func transforms: see grad_policy.py
         return _reference(target, normalizer, *options)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
-    # Traced graphs never store a gradient in the forward: their backward recomputes it.
-    store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
+    store_grad = forward_may_store(needs_grad, reduction)
     tensor = normalizer if isinstance(normalizer, torch.Tensor) else None
     number = None if normalizer is None or tensor is not None else float(normalizer)
     loss, *_ = _forward_op(input, target, tensor, number, *options, store_grad)

@@ -34,6 +34,7 @@ from .grad_policy import (
     backward_in_place,
     differentiable_grad,
     finish_empty_launch,
+    forward_may_store,
     integer_gamma,
     is_dense,
     on_input_device,
@@ -751,7 +752,6 @@ def softmax_focal_loss(
     if inplace_grad and needs_grad and _inplace_allowed(logits, input, normalizer):
         loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options, *extras)
         return loss
-    # Traced graphs never store a gradient in the forward: their backward recomputes it.
-    store_grad = needs_grad and reduction != "none" and not torch.compiler.is_compiling()
+    store_grad = forward_may_store(needs_grad, reduction)
     loss, *_ = _forward_op(input, target, *options, store_grad, needs_grad, *extras)
     return loss
