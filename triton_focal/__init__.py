@@ -1,16 +1,17 @@
 """triton_focal: fused focal loss for segmentation, detection and large vocabularies.
 
 Public names: :func:`focal_loss`, :func:`sigmoid_focal_loss`, :func:`sigmoid_focal_loss_star`,
-:func:`fused_linear_focal_loss`, :class:`FocalLoss`, :class:`SigmoidFocalLoss` and
-:func:`available_backends`. The contract they keep (the formulas and reductions, the errors,
-which backend runs where, and the numerics every backend guarantees) is stated in the
-project's README.md, sections "Semantics", "Errors" and "Backends"; ``reference.py`` is its
-executable statement.
+:func:`fused_linear_focal_loss`, :func:`distribution_focal_loss`, :class:`FocalLoss`,
+:class:`SigmoidFocalLoss`, :class:`DistributionFocalLoss` and :func:`available_backends`. The
+contract they keep (the formulas and reductions, the errors, which backend runs where, and the
+numerics every backend guarantees) is stated in the project's README.md, sections "Semantics",
+"Errors" and "Backends"; ``reference.py`` is its executable statement.
 """
 
 from .backends import available_backends
 from .functional import focal_loss, sigmoid_focal_loss, sigmoid_focal_loss_star
 from .fused_linear import fused_linear_focal_loss
+from .losses import DistributionFocalLoss, distribution_focal_loss
 from .modules import FocalLoss, SigmoidFocalLoss
 
 __version__ = "0.1.0"
@@ -20,7 +21,9 @@ __all__ = [
     "sigmoid_focal_loss",
     "sigmoid_focal_loss_star",
     "fused_linear_focal_loss",
+    "distribution_focal_loss",
     "FocalLoss",
     "SigmoidFocalLoss",
+    "DistributionFocalLoss",
     "available_backends",
 ]
