@@ -150,6 +150,7 @@ _WHAT = {
     "forward_and_grad": "loss and gradient (logits that require grad)",
     "forward": "loss only (logits without grad, or under torch.no_grad())",
     "backward": "its backward",
+    "loss_and_expectation": "loss and expectation (their gradient in the backward)",
 }
 
 
@@ -628,7 +629,7 @@ class _DistributionFocalWithExpectation(torch.autograd.Function):
 
     @staticmethod
     def forward(x, target, mask, weight, fn):
-        return fn("forward", x, target, mask, weight)
+        return fn("loss_and_expectation", x, target, mask, weight)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -690,6 +691,7 @@ def distribution_focal_loss(input, target, *, mask, weight, reduction, normalize
         input.unsqueeze(-1),  # (R, n, 1): rows, for the threading plan
         forward=math_.dfl_forward,
         forward_and_grad=math_.dfl_forward_and_grad,
+        loss_and_expectation=math_.dfl_forward,  # with grad: a compilation (and notice) of its own
         backward=math_.dfl_backward,
     )
     needs_grad = input.requires_grad and torch.is_grad_enabled()
