@@ -444,6 +444,54 @@ def test_triton_under_torch_compile_fullgraph():
     assert_close(xg.grad, xe.grad, "gradient")
 
 
+@pytest.mark.skipif("triton" not in EAGER_BACKENDS, reason="the Triton backend cannot run here")
+def test_opcheck():
+    """The ops as a traced graph runs them (the forward stores no gradient): masked mean with a
+    grouped weight, a normalizer tensor or number with the expectation, ``"none"``; the backward
+    against either cotangent or both."""
+    from triton_focal.ops import distribution_focal as ops
+
+    x, t, mask = inputs((12, 16), seed=17)
+    x.requires_grad_()
+    weight = torch.rand(3, 1, device=DEVICE).expand(3, 4)
+    for args in [
+        (x, t, mask, weight, None, None, "mean", False, False),
+        (x, t, None, None, torch.tensor(3.0, device=DEVICE), None, "sum", True, False),
+        (x, t, mask, None, None, 2.0, "sum", True, False),
+        (x, t, None, weight, None, None, "none", True, False),
+    ]:
+        torch.library.opcheck(ops._forward_op, args)
+    x = x.detach()
+    count = ops._count_divisor(x, mask, None, None, "mean")
+    rows = torch.rand(12, device=DEVICE)
+    for args in [
+        (torch.rand((), device=DEVICE), None, x, t, mask, weight, None, None, count, "mean"),
+        (None, rows, x, t, None, weight, torch.tensor(2.0, device=DEVICE), None, x.new_empty(0), "sum"),
+        (rows, rows, x, t, None, None, None, None, x.new_empty(0), "none"),
+    ]:
+        torch.library.opcheck(ops._backward_op, args)
+
+
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
+def test_second_derivatives_and_torch_func(backend):
+    """``create_graph=True`` (a Hessian-vector product through loss and expectation) and
+    ``torch.func.grad`` give the reference's values."""
+    x, t, mask = inputs((12, 16), seed=18)
+
+    def hvp(name):
+        xg = x.detach().clone().requires_grad_()
+        loss, expectation = triton_focal.distribution_focal_loss(
+            xg, t, mask=mask, return_expectation=True, backend=name
+        )
+        (grad,) = torch.autograd.grad(loss + expectation.sum(), xg, create_graph=True)
+        return torch.autograd.grad((grad * grad).sum(), xg)[0]
+
+    assert_close(hvp(backend), hvp("reference"), "Hessian-vector product")
+    grad = torch.func.grad(lambda x: triton_focal.distribution_focal_loss(x, t, mask=mask, backend=backend))(x)
+    _, expected = run("reference", x, t, mask=mask)
+    assert_close(grad, expected, "torch.func.grad")
+
+
 # --- ultralytics ---------------------------------------------------------------------------
 
 

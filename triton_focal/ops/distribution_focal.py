@@ -297,9 +297,10 @@ def _(grad_output, grad_expectation, input, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, mask, weight, normalizer, normalizer_number, reduction, _expect, _store = inputs
-    loss, _expectation, grad, stored, counted = output
-    ctx.mark_non_differentiable(grad, stored, counted)
+    input, target, mask, weight, normalizer, normalizer_number, reduction, return_expectation, _store = inputs
+    loss, expectation, grad, stored, counted = output
+    # Without return_expectation the expectation output is an empty placeholder: no gradient.
+    ctx.mark_non_differentiable(grad, stored, counted, *(() if return_expectation else (expectation,)))
     ctx.set_materialize_grads(False)  # no row-sized zeros for an unused output's gradient
     ctx.normalizer_number = normalizer_number
     ctx.reduction = reduction
@@ -313,6 +314,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, grad_expectation, *_):
     unused = (None,) * 7  # target, mask, weight; normalizer_number and the three options
     input, target, mask, weight, normalizer, grad, stored, counted, loss = ctx.saved_tensors
+    if grad_expectation is not None and grad_expectation.shape != input.shape[:1]:
+        grad_expectation = None  # the placeholder of a call without return_expectation
     grad_normalizer = None
     if ctx.normalizer_grad and grad_loss is not None:
         grad_normalizer = (-grad_loss * loss / normalizer).to(normalizer.dtype)
