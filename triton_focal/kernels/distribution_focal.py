@@ -4,16 +4,15 @@ gradient of short rows of bin logits, in one read of each row.
 A *row* is one box side's ``n`` bin logits (``n`` = 16 or 17 in practice), so a whole row fits
 in registers: a program takes tiles of ``BLOCK_R`` rows by ``BLOCK_N = next_pow2(n)`` bins (the
 padded bins masked to ``-inf``), computes each row's softmax statistics once
-(``focal_math.row_softmax``) and from them, per row::
+(``focal_math.row_softmax``: ``m``, ``e = exp(x - m)``, ``s``) and from them, per row::
 
-    left = min(floor(y), n - 2), right = left + 1, w_l = right - y, w_r = y - left
-    loss = w_l * (-log p_left) + w_r * (-log p_right)             (a weight-0 bin adds 0)
-    E    = sum_j j p_j                                             (the decoded side)
-    d loss / d x_j = p_j - w_l [j == left] - w_r [j == right]     (softmax minus the two-hot)
-    d E / d x_j    = p_j (j - E)
+    w_j  = max(0, 1 - |j - y|)                   (the two-hot: w_l at left, w_r at right)
+    loss = sum_j w_j (m - x_j) + log s            (= w_l (-log p_left) + w_r (-log p_right))
+    E    = sum_j j p_j                            (the decoded side)
+    d loss / d x_j = p_j - w_j,   d E / d x_j = p_j (j - E)
 
-The target bins' ``p_j - w`` are formed from the other bins' mass (``p_left - w_l = (w_r e_left -
-w_l sum_{j != left} e_j) / s``), never as ``p - 1``, which cancels in float32 where ``p`` is near 1.
+Three row reductions (max, sum, the weighted ``m - x``), one more with the expectation: rows
+of 16 bins span two threads, and each reduction costs a shuffle.
 
 Who writes the gradient is the package's policy (``grad_mode.py``, ``ops/grad_policy.py``): the
 forward stores it for ``grad_output == 1`` when the device flag says so; the backward recomputes
@@ -53,10 +52,10 @@ def _dfl_tile(
     stride_ge,
     r,  # [BLOCK_R] int64 row indices of this tile
     R,
-    N,
     w_group,
     grad_scale,
     loss_acc,
+    N: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     W_GROUP: tl.constexpr,
@@ -79,6 +78,7 @@ def _dfl_tile(
         keep = keep & (tl.load(mask_ptr + r * stride_m, mask=in_rows, other=0) != 0)
 
     # 2. The row's logits, read once; padded bins at -inf (no mass), skipped rows at 0 (finite).
+    # N is a constant: at N == BLOCK_N (16 bins) the bin masks fold away.
     j = tl.arange(0, BLOCK_N)
     bin_ok = j < N
     x = tl.load(
@@ -91,33 +91,28 @@ def _dfl_tile(
     inv_s = 1.0 / s
     bins = j.to(ACC)[None, :]
 
-    # 3. The two bins around the target. A position outside [0, n - 1] (or NaN) on a kept row
-    # makes that row NaN: a silently extrapolated loss would train on a wrong target (a check
-    # on the GPU would cost a host sync; validate=True makes one).
+    # 3. The two-hot target: max(0, 1 - |j - y|) is w_l = right - y at left = min(floor(y), n - 2),
+    # w_r = y - left at right, 0 elsewhere (the last bin takes all at y = n - 1), with no floor.
+    # A position outside [0, n - 1] (or NaN) on a kept row makes that row NaN: a silently
+    # extrapolated loss would train on a wrong target (a check on the GPU would cost a host
+    # sync; validate=True makes one).
     y = tl.load(target_ptr + r * stride_t, mask=keep, other=0.0).to(ACC)
-    in_range = (y >= 0.0) & (y <= tl.cast(N - 1, ACC))
+    in_range = (y >= 0.0) & (y <= N - 1.0)
     good = keep & in_range
     fill = tl.where(keep & ~in_range, float("nan"), 0.0)
-    y = tl.where(in_range, y, 0.0)
-    left = tl.minimum(tl.floor(y), tl.cast(N - 2, ACC))
-    w_left = left + 1.0 - y
-    w_right = y - left
-    is_left = j[None, :] == left.to(tl.int32)[:, None]
-    is_right = j[None, :] == left.to(tl.int32)[:, None] + 1
+    two_hot = tl.maximum(1.0 - tl.abs(bins - y[:, None]), 0.0)
     if HAS_WEIGHT:
         if W_GROUP > 0:
             w_row = tl.load(weight_ptr + (r // W_GROUP) * stride_w, mask=good, other=0.0).to(ACC)
         else:
             w_row = tl.load(weight_ptr + (r // w_group) * stride_w, mask=good, other=0.0).to(ACC)
 
-    # 4. The loss, -log p = (m - x) + log s per target bin, and the expectation.
+    # 4. The loss, sum_j w_j (-log p_j) = sum_j w_j (m - x_j) + log s (the two weights add up to
+    # 1), and the expectation. m - x_j is exact where p_j is near 1; a bin of weight 0 adds 0
+    # even at a -inf logit (0 * inf would be NaN).
     if WITH_LOSS:
         log_s = fast_log2(s) * LN2  # s in [1, n]: lg2.approx is exact to 2**-22 there
-        x_left = tl.sum(tl.where(is_left, x, 0.0), axis=1)
-        x_right = tl.sum(tl.where(is_right, x, 0.0), axis=1)
-        # A bin of weight 0 adds 0 even at a -inf logit (0 * inf would be NaN).
-        loss = tl.where(w_left > 0.0, w_left * ((m - x_left) + log_s), 0.0)
-        loss += tl.where(w_right > 0.0, w_right * ((m - x_right) + log_s), 0.0)
+        loss = tl.sum(tl.where(two_hot > 0.0, two_hot * (m[:, None] - x), 0.0), axis=1) + log_s
         if HAS_WEIGHT:
             loss = loss * w_row
         loss = tl.where(good, loss, fill)
@@ -129,26 +124,20 @@ def _dfl_tile(
             expectation = tl.where(good, tl.sum(bins * e, axis=1) * inv_s, fill)
             tl.store(expect_ptr + r * stride_e, expectation.to(expect_ptr.dtype.element_ty), mask=in_rows)
 
-    # 5. The gradient: softmax minus the two-hot, times grad_output, the weight and the divisor;
-    # plus the expectation's p_j (j - E) times its own grad_output.
+    # 5. The gradient: softmax minus the two-hot (in float32, rounded once), times grad_output,
+    # the weight and the divisor; plus the expectation's p_j (j - E) times its own grad_output.
     if WITH_GRAD:
-        rest_left = tl.sum(tl.where(is_left, 0.0, e), axis=1)
-        rest_right = tl.sum(tl.where(is_right, 0.0, e), axis=1)
-        numerator = tl.where(
-            is_left,
-            w_right[:, None] * e - (w_left * rest_left)[:, None],
-            tl.where(is_right, w_left[:, None] * e - (w_right * rest_right)[:, None], e),
-        )
-        row_scale = grad_scale * inv_s
+        row_scale = tl.zeros_like(s) + grad_scale  # per row from here
         if HAS_WEIGHT:
             row_scale = row_scale * w_row
         if SCALED and not GRAD_OUT_IS_SCALAR:
             row_scale = row_scale * tl.load(grad_out_ptr + r * stride_go, mask=good, other=0.0).to(ACC)
-        grad = numerator * row_scale[:, None]
+        p = e * inv_s[:, None]
+        grad = (p - two_hot) * row_scale[:, None]
         if HAS_GRAD_EXPECT:
             g_e = tl.load(grad_exp_ptr + r * stride_ge, mask=good, other=0.0).to(ACC)
-            expectation = tl.sum(bins * e, axis=1) * inv_s
-            grad += (g_e * inv_s)[:, None] * e * (bins - expectation[:, None])
+            expectation = tl.sum(bins * p, axis=1)
+            grad += g_e[:, None] * p * (bins - expectation[:, None])
         grad = tl.where(good[:, None], grad, fill[:, None])
         tl.store(
             grad_ptr + r[:, None] * stride_g_r + (j * stride_g_n)[None, :],
@@ -189,13 +178,13 @@ def _distribution_focal_kernel(
     stride_ge,
     # sizes
     R,
-    N,
     w_group,  # rows per weight where W_GROUP is 0
     num_tiles,
     # scalars: float32 (hi, lo) halves (ops/scalars.py)
     denom_hi,
     denom_lo,  # the divisor where it is a number (not HAS_DENOM); 1.0 for none
     # constants
+    N: tl.constexpr,  # bins per row (a handful of values in practice: 16, 17)
     BLOCK_R: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # next_pow2(N) bins
     HAS_MASK: tl.constexpr,
@@ -256,7 +245,6 @@ def _distribution_focal_kernel(
             stride_ge,
             r,
             R,
-            N,
             w_group,
             grad_scale,
             loss_acc,
@@ -267,6 +255,7 @@ def _distribution_focal_kernel(
             if store_grad:
                 loss_acc = _dfl_tile(
                     *tile_args,
+                    N,
                     HAS_MASK,
                     HAS_WEIGHT,
                     W_GROUP,
@@ -283,6 +272,7 @@ def _distribution_focal_kernel(
             else:
                 loss_acc = _dfl_tile(
                     *tile_args,
+                    N,
                     HAS_MASK,
                     HAS_WEIGHT,
                     W_GROUP,
@@ -299,6 +289,7 @@ def _distribution_focal_kernel(
         else:
             loss_acc = _dfl_tile(
                 *tile_args,
+                N,
                 HAS_MASK,
                 HAS_WEIGHT,
                 W_GROUP,
