@@ -374,6 +374,7 @@ def test_out_of_range_targets_poison_their_rows_where_not_checked(backend):
         (dict(target=torch.zeros(2, 6, 4, dtype=torch.long)), TypeError, r"target.float\(\)"),
         (dict(input=torch.randn(2, 6, 4, 1), target=torch.zeros(2, 6, 4)), ValueError, "at least 2 bins"),
         (dict(input=torch.randn(2, 6, 4, 16).long()), TypeError, "input must be"),
+        (dict(input=torch.tensor(1.0), target=torch.tensor(0.0)), ValueError, r"bin logits \(\.\.\., n\)"),
         (dict(mask=torch.ones(2, 6, 4, dtype=torch.uint8)), TypeError, r"mask must be a bool.*mask.bool\(\)"),
         (dict(mask=torch.ones(2, 6, 1, dtype=torch.bool)), ValueError, "mask shape"),
         (dict(weight=torch.rand(2, 6, 3)), ValueError, "weight shape"),

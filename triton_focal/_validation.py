@@ -482,6 +482,8 @@ def distribution_args(input, target, mask, weight, reduction, normalizer, valida
     """Check ``distribution_focal_loss`` arguments and return them in canonical form: rows of
     ``n`` bin logits ``(R, n)`` (a view where the leading dimensions allow), and ``(R,)``
     targets and mask."""
+    if isinstance(input, torch.Tensor) and input.dim() == 0:
+        raise ValueError("input must hold bin logits (..., n), bins last, got a 0-dim tensor")
     check_logits(input)
     num_bins = input.shape[-1]
     if num_bins < 2:
