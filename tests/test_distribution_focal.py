@@ -134,6 +134,31 @@ def test_reductions_with_random_grad_output(backend, reduction):
     assert_close(grad, x64.grad, "gradient")
 
 
+@pytest.mark.skipif("triton" not in EAGER_BACKENDS, reason="the Triton backend cannot run here")
+def test_programs_that_walk_many_tiles(monkeypatch):
+    """A persistent grid smaller than the tiles (on a GPU, any batch beyond 2112 tiles): each
+    program walks several tiles and sums them; reruns are bit-identical."""
+    from triton_focal.ops import distribution_focal as ops
+
+    class TwoPrograms:
+        @staticmethod
+        def for_device(device):
+            return TwoPrograms()
+
+        def programs(self, num_tiles, num_warps, footprint):
+            return min(2, num_tiles)
+
+    monkeypatch.setattr(ops, "PersistentGrid", TwoPrograms)
+    x, t, mask = inputs((700, 16), seed=19)  # 6 tiles of 128 rows
+    first, grad = run("triton", x, t, mask=mask, reduction="sum")
+    again, _ = run("triton", x, t, mask=mask, reduction="sum")
+    x64, expected, _ = gold(x, t, mask=mask, reduction="sum")
+    expected.backward()
+    assert_close(first, expected, "loss")
+    assert_close(grad, x64.grad, "gradient")
+    assert torch.equal(first, again)
+
+
 @pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_seventeen_bins_and_a_stride_zero_grad_output(backend):
     """GFL's 17 bins (padded to 32 in the kernel), ``reduction="none"`` summed (``grad_output``
