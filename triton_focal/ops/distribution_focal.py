@@ -38,12 +38,14 @@ from .grad_policy import (
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
-# Tile table, from the bytes a row moves, not from GPU timings (none has run this kernel). A
-# row is short (16 bins in YOLOv8, 17 in GFL) and its bins contiguous, so a tile is whole rows:
-# BLOCK_N = next_pow2(n) bins (17 pads to 32; its rows are not 16-byte aligned anyway) by
-# TILE_ELEMENTS / BLOCK_N rows. 2048 elements over 4 warps is 16 per thread: at 16 bins of
-# bf16 two 16-byte loads per row half, enough bytes in flight per thread for the DRAM latency,
-# and registers for the row's e, x and gradient without spills (the sigmoid kernel's tile).
+# Tile table, from the sm_90 cost model (perf.model's machinery), not from GPU timings (none
+# has run this kernel). A row is short (16 bins in YOLOv8, 17 in GFL) and its bins contiguous,
+# so a tile is whole rows: BLOCK_N = next_pow2(n) bins (17 pads to 32; its rows are not 16-byte
+# aligned anyway) by TILE_ELEMENTS / BLOCK_N rows. 2048 elements over 4 warps is 16 per thread:
+# at 16 bins a row spans two threads, each holding 8 bins (one 16-byte load of bf16, two of
+# float32), and each thread two rows: enough bytes in flight for the DRAM latency, 63-80
+# registers, no spills; modeled at 47-52 instructions per element, 92-94% of the memory floor
+# for the kernel alone at (16 * 8400 * 4, 16) bf16.
 TILE_ELEMENTS = 2048
 NUM_WARPS = 4
 # A weight shared by up to this many consecutive rows (4 box sides of an anchor) is indexed by
