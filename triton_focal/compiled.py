@@ -129,6 +129,7 @@ class _Compiled:
             )
         if self.rows:
             _mark_rows_static(args)
+        _mark_bins_static(args, self.cfg)
         _hint_sizes(args, self.rows)
         try:
             # The first call compiles: on every planned thread, so that nothing of the plan
@@ -232,6 +233,19 @@ def _mark_rows_static(args):
     for arg in args:
         if isinstance(arg, torch.Tensor) and arg.dim() >= 2 and arg.shape[-1] == 1:
             torch._dynamo.mark_static(arg, arg.dim() - 1)
+
+
+def _mark_bins_static(args, cfg):
+    """A configuration that fixes a row length (the distribution loss's ``bins``): dimension 1 of
+    the ``(R, bins)`` arguments is static, so that Inductor unrolls and vectorizes the short row
+    loops. As a dynamic size it left them scalar: forward + backward of (2, 8400, 4, 16) float32
+    took 21.5 ms against 2.7 ms static (2 busy CPU cores, best of 12)."""
+    bins = getattr(cfg, "bins", None)
+    if bins is None:
+        return
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.dim() == 2 and arg.shape[1] == bins:
+            torch._dynamo.mark_static(arg, 1)
 
 
 # How Inductor splits the loops across CPU threads. Its code for dynamic sizes is right for
@@ -598,6 +612,7 @@ def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
 @dataclasses.dataclass(frozen=True)
 class DistributionConfig:
     reduction: str
+    bins: int  # static: one compilation per row length (16 and 17 in practice)
     mask: bool
     weight: bool
     expectation: bool
@@ -669,6 +684,7 @@ def distribution_focal_loss(input, target, *, mask, weight, reduction, normalize
         )
     cfg = DistributionConfig(
         reduction="sum" if normalizer is not None and reduction != "none" else reduction,
+        bins=input.shape[1],
         mask=mask is not None,
         weight=weight is not None,
         expectation=return_expectation,
@@ -683,7 +699,7 @@ def distribution_focal_loss(input, target, *, mask, weight, reduction, normalize
         _layout(target),
         _layout(weight),
     )
-    describe = lambda: _describe("distribution focal loss", cfg, input.unsqueeze(-1), ())  # noqa: E731
+    describe = lambda: _describe("distribution focal loss", cfg, input.unsqueeze(-1), (f"{cfg.bins} bins",))  # noqa: E731
     fn = _compiled_for(
         key,
         describe,
