@@ -313,7 +313,14 @@ def record_launches():
 
     import triton_focal
     from triton_focal import backends
-    from triton_focal.ops import denominators, grad_policy, sigmoid_focal, softmax_focal, vocab_shard
+    from triton_focal.ops import (
+        denominators,
+        distribution_focal,
+        grad_policy,
+        sigmoid_focal,
+        softmax_focal,
+        vocab_shard,
+    )
 
     launches = []
     for module, name in [
@@ -324,6 +331,7 @@ def record_launches():
         (vocab_shard, "_shard_stats_kernel"),
         (vocab_shard, "_shard_smoothing_kernel"),
         (vocab_shard, "_shard_grad_kernel"),
+        (distribution_focal, "_distribution_focal_kernel"),
     ]:
         setattr(module, name, RecordInsteadOfLaunch(getattr(module, name), launches))
     # The Triton backend on CPU tensors outside the interpreter: nothing is launched here.
@@ -417,6 +425,29 @@ def record_launches():
     backward(
         triton_focal.sigmoid_focal_loss(x, torch.randint(0, 8, (16,)), gamma=0.5, reduction="mean", backend="triton")
     )
+
+    # Distribution focal loss: YOLOv8's (B, A, 4, 16) with a mask, a per-anchor weight and a
+    # normalizer tensor (forward may store; backward skips, then rescales); GFL's 17 bins with
+    # the expectation (the backward against both cotangents); a weight over many rows; float64.
+    x = leaf(2, 8, 4, 16, dtype=torch.bfloat16)
+    t = torch.rand(2, 8, 4) * 15
+    fg = torch.rand(2, 8, 4) > 0.5
+    w = torch.rand(2, 8, 1)
+    for grad_output in (None, torch.tensor(2.0)):
+        loss = triton_focal.distribution_focal_loss(
+            x, t, mask=fg, weight=w, reduction="sum", normalizer=torch.tensor(4.0), backend="triton"
+        )
+        backward(loss, grad_output)
+    backward(triton_focal.distribution_focal_loss(x, t, mask=fg, backend="triton"))
+    x = leaf(40, 17, dtype=torch.float16)
+    loss, expectation = triton_focal.distribution_focal_loss(
+        x, torch.rand(40) * 16, weight=torch.rand(40), reduction="none", return_expectation=True, backend="triton"
+    )
+    (loss.sum() + expectation.sum()).backward()
+    x = leaf(2, 8, 4, 16)
+    backward(triton_focal.distribution_focal_loss(x, t, weight=torch.rand(2, 1, 1), reduction="sum", backend="triton"))
+    x = leaf(8, 4, 16, dtype=torch.float64)
+    backward(triton_focal.distribution_focal_loss(x, torch.rand(8, 4) * 15, backend="triton"))
 
     # The vocabulary-parallel steps, through the fused linear head and the launchers.
     hidden = leaf(6, 16)

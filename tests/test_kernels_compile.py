@@ -20,7 +20,7 @@ from perf import sass
 sass.install_stand_in_driver()
 
 from triton_focal.kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
-from triton_focal.ops import denominators, grad_policy, sigmoid_focal, softmax_focal, vocab_shard
+from triton_focal.ops import denominators, distribution_focal, grad_policy, sigmoid_focal, softmax_focal, vocab_shard
 from triton_focal.sigmoid_term import SigmoidTerm
 
 compiled = []
@@ -43,6 +43,7 @@ softmax_focal._softmax_focal_kernel = CompileInsteadOfLaunch(softmax_focal._soft
 sigmoid_focal._sigmoid_focal_kernel = CompileInsteadOfLaunch(sigmoid_focal._sigmoid_focal_kernel)
 grad_policy._scale_grad_by_scalar_kernel = CompileInsteadOfLaunch(grad_policy._scale_grad_by_scalar_kernel)
 denominators._target_count_kernel = CompileInsteadOfLaunch(denominators._target_count_kernel)
+distribution_focal._distribution_focal_kernel = CompileInsteadOfLaunch(distribution_focal._distribution_focal_kernel)
 for name in ("_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"):
     setattr(vocab_shard, name, CompileInsteadOfLaunch(getattr(vocab_shard, name)))
 
@@ -110,6 +111,31 @@ for shape, dtype, index, score, term, options, modes in [
             denominator=torch.ones(()), grad_mode=mode, grad=grad, grad_output=grad_output,
             stored=torch.zeros(1, dtype=torch.int32), skip_if_stored=mode == GRAD_BACKWARD, **options)
 
+# Distribution focal loss: YOLOv8's 16 bins (mask, per-anchor weight, sum over a normalizer tensor),
+# GFL's 17 (weight per row, expectation, mean), float64; every gradient mode, both cotangents.
+for shape, dtype, options, modes in [
+    ((64, 16), torch.bfloat16, dict(mask=True, weight=4, reduce=True, denominator=torch.ones(())),
+     (GRAD_IF_POLICY, GRAD_BACKWARD)),
+    ((64, 17), torch.float16, dict(weight=1, reduce=False, denominator=None, with_expectation=True),
+     (GRAD_NONE, GRAD_BACKWARD)),
+    ((64, 16), torch.float32, dict(weight=32, reduce=True, denominator=64.0), (GRAD_ALWAYS,)),
+    ((16, 16), torch.float64, dict(mask=True, reduce=True, denominator=torch.ones(())), (GRAD_IF_POLICY,)),
+]:
+    x = torch.randn(shape).to(dtype)
+    target = torch.rand(shape[0]) * (shape[1] - 1)
+    mask = torch.rand(shape[0]) > 0.5 if options.pop("mask", False) else None
+    group = options.pop("weight", 0)
+    weight = torch.rand(shape[0] // group, 1).expand(-1, group) if group else None
+    expect = options.pop("with_expectation", False)
+    for mode in modes:
+        grad = torch.empty_like(x) if mode != GRAD_NONE else None
+        backward = mode == GRAD_BACKWARD
+        grad_output = (torch.ones(()) if options["reduce"] else torch.ones(shape[0])) if backward else None
+        distribution_focal.distribution_focal_launch(
+            x, target, mask=mask, weight=weight, with_expectation=expect and not backward, grad_mode=mode, grad=grad,
+            grad_output=grad_output, grad_expectation=torch.ones(shape[0]) if backward and expect else None,
+            stored=torch.zeros(1, dtype=torch.int32), skip_if_stored=backward and not expect, **options)
+
 # The in-place rescale of an inplace_grad gradient.
 for dtype in (torch.bfloat16, torch.float64):
     grad_policy._scale_stored_grad_op._init_fn(torch.randn(4, 3, 5).to(dtype), torch.tensor(2.0))
@@ -128,7 +154,10 @@ for dtype, gamma, weighted, softcap in [(torch.float32, 2.0, False, None), (torc
 
 names = {name for name, _, _ in compiled}
 assert names == {"_softmax_focal_kernel", "_sigmoid_focal_kernel", "_scale_grad_by_scalar_kernel",
-                 "_target_count_kernel", "_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"}, names
+                 "_target_count_kernel", "_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel",
+                 "_distribution_focal_kernel"}, names
+spilled = {(name, local) for name, _, local in compiled if name == "_distribution_focal_kernel" and local}
+assert not spilled, spilled
 print("compiled", len(compiled))
 """
 

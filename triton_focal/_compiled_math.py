@@ -543,3 +543,114 @@ def star_backward(grad_loss, x, target, gamma, alpha, *, cfg):
     if cfg.reduction == "mean":
         grad_loss = grad_loss * mean_scale(x.new_tensor(x.numel()))
     return (grad * grad_loss).to(x_dtype)
+
+
+# --- distribution focal loss -----------------------------------------------------------------
+# Rows of n bin logits x against a position y in [0, n - 1], left = min(floor(y), n - 2),
+# right = left + 1, w_l = right - y, w_r = y - left, m the row max, s = sum_j exp(x_j - m):
+#
+#     loss = lse - w_l x_l - w_r x_r = w_l (m - x_l + log s) + w_r (m - x_r + log s)
+#     dloss/dx_j = p_j - w_l [j == left] - w_r [j == right]         (softmax minus the two-hot)
+#     E = sum_j j p_j,  dE/dx_j = p_j (j - E)
+#
+# A bin of weight 0 adds 0 even at a -inf logit; a masked row is replaced by zeros before
+# anything reads it; a position outside [0, n - 1] (or NaN) on a kept row makes the row NaN.
+
+
+def _dfl_rows(x, target, mask, weight, cfg):
+    """Per row, from one softmax: ``(loss, e, s, two_hot, keep, fill)`` with ``e = exp(x - m)``,
+    ``s`` its row sum and ``two_hot`` the ``(R, n)`` target weights; the loss is weighted and 0
+    (or NaN, ``fill``) where the row does not count."""
+    x = x.to(compute_dtype(x.dtype))
+    num_bins = x.shape[1]
+    y = target.to(x.dtype)
+    zero = torch.zeros_like(y)
+    if cfg.mask:
+        y = torch.where(mask, y, zero)
+        x = torch.where(mask.unsqueeze(1), x, torch.zeros_like(x))
+    in_range = (y >= 0) & (y <= num_bins - 1)
+    keep = in_range & mask if cfg.mask else in_range
+    fill = torch.where(in_range, zero, torch.full_like(y, float("nan")))
+    if cfg.mask:
+        fill = torch.where(mask, fill, zero)
+    y = torch.where(in_range, y, zero)
+    left = torch.clamp(torch.floor(y), max=num_bins - 2)
+    w_left, w_right = left + 1 - y, y - left
+    bins = class_indices(num_bins, x).view(1, -1)
+    is_left = bins == left.unsqueeze(1)
+    is_right = bins == (left + 1).unsqueeze(1)
+    two_hot = torch.where(is_left, w_left.unsqueeze(1), torch.where(is_right, w_right.unsqueeze(1), 0.0))
+
+    m = x.amax(dim=1, keepdim=True)
+    e = torch.exp(x - m)
+    s = e.sum(dim=1)
+    log_s = torch.log(s)
+    x_left = torch.where(is_left, x, torch.zeros_like(x)).sum(dim=1)
+    x_right = torch.where(is_right, x, torch.zeros_like(x)).sum(dim=1)
+    m = m.squeeze(1)
+    loss = torch.where(w_left > 0, w_left * (m - x_left + log_s), zero)
+    loss = loss + torch.where(w_right > 0, w_right * (m - x_right + log_s), zero)
+    if cfg.weight:
+        loss = loss * weight.reshape(-1).to(x.dtype)
+    return torch.where(keep, loss, fill), e, s, two_hot, keep, fill
+
+
+def _dfl_reduce(loss, mask, cfg):
+    """The reduced loss and the factor its reduction applies to each row (None for "none")."""
+    if cfg.reduction == "none":
+        return loss, None
+    total = loss.to(torch.float64).sum() if loss.dtype == torch.float32 and loss.device.type != "mps" else loss.sum()
+    total = total.to(loss.dtype)
+    if cfg.reduction == "sum":
+        return total, None
+    count = mask.sum().to(loss.dtype) if cfg.mask else loss.new_tensor(loss.numel())
+    scale = mean_scale(count)
+    return total * scale, scale
+
+
+def _dfl_expectation(e, s, keep, fill):
+    bins = class_indices(e.shape[1], e).view(1, -1)
+    return torch.where(keep, (e * bins).sum(dim=1) / s, fill)
+
+
+def _dfl_grad(e, s, two_hot, keep, fill, weight, row_scale, cfg):
+    """``(p - two_hot) * row_scale`` per row (times the weight), NaN or 0 where the row does not count."""
+    if cfg.weight:
+        row_scale = row_scale * weight.reshape(-1).to(e.dtype)
+    # row_scale: 0-dim (a reduced loss's factor), or one per row ("none", grad_output per row)
+    grad = (e / s.unsqueeze(1) - two_hot) * (row_scale.unsqueeze(-1) if row_scale.dim() else row_scale)
+    return torch.where(keep.unsqueeze(1), grad, fill.unsqueeze(1))
+
+
+def dfl_forward(x, target, mask, weight, *, cfg):
+    """The reduced loss (``"mean"`` over the unmasked rows; a normalizer is applied by the caller
+    to the ``"sum"``) and the ``(R,)`` expectation where ``cfg.expectation`` (else None)."""
+    loss, e, s, _, keep, fill = _dfl_rows(x, target, mask, weight, cfg)
+    expectation = _dfl_expectation(e, s, keep, fill).to(x.dtype) if cfg.expectation else None
+    return _dfl_reduce(loss, mask, cfg)[0].to(x.dtype), expectation
+
+
+def dfl_forward_and_grad(x, target, mask, weight, grad_out, *, cfg):
+    """:func:`dfl_forward`'s loss, and its gradient for ``grad_output == 1`` written into
+    ``grad_out`` (``x``'s shape and dtype), from the same softmax."""
+    loss, e, s, two_hot, keep, fill = _dfl_rows(x, target, mask, weight, cfg)
+    loss, scale = _dfl_reduce(loss, mask, cfg)
+    row_scale = scale if scale is not None else torch.ones((), dtype=e.dtype, device=e.device)
+    grad_out.copy_(_dfl_grad(e, s, two_hot, keep, fill, weight, row_scale, cfg))
+    return loss.to(x.dtype), None
+
+
+def dfl_backward(grad_loss, grad_expectation, x, target, mask, weight, *, cfg):
+    """The gradient against both cotangents: ``grad_loss`` (0-dim, or ``(R,)`` for ``"none"``)
+    times the loss's, plus ``grad_expectation`` ``(R,)`` times ``p_j (j - E)``."""
+    loss, e, s, two_hot, keep, fill = _dfl_rows(x, target, mask, weight, cfg)
+    _, scale = _dfl_reduce(loss, mask, cfg)
+    row_scale = grad_loss.to(e.dtype) if scale is None else grad_loss.to(e.dtype) * scale
+    grad = _dfl_grad(e, s, two_hot, keep, fill, weight, row_scale, cfg)
+    p = e / s.unsqueeze(1)
+    expectation = _dfl_expectation(e, s, keep, fill)
+    bins = class_indices(e.shape[1], e).view(1, -1)
+    grad = grad + torch.where(
+        keep.unsqueeze(1), grad_expectation.to(e.dtype).unsqueeze(1) * p * (bins - expectation.unsqueeze(1)), 0.0
+    )
+    return grad.to(x.dtype)

@@ -549,3 +549,113 @@ def check_score(score, args, *, validate):
         if bool(bad.any()):
             raise ValueError(f"score values must lie in [0, 1], got {first_bad_value(score, bad)}")
     return score.reshape(args.target.shape)
+
+
+class DistributionArgs(NamedTuple):
+    input: torch.Tensor  # (R, n) rows of bin logits
+    target: torch.Tensor  # (R,) float positions
+    mask: Optional[torch.Tensor]  # (R,) bool, True = the row counts
+    weight: Optional[torch.Tensor]  # (R // G, G), stride 0 along G: G rows share one value
+    reduction: str
+    normalizer: Optional[Union[float, torch.Tensor]]
+    loss_shape: torch.Size  # shape of the unreduced loss and of the expectation: the target's
+
+
+def _row_weight(weight, shape):
+    """``weight`` broadcast to the target's ``shape``, as ``(R // G, G)`` with stride 0 along ``G``:
+    ``G`` is the product of the trailing dimensions it is broadcast over (4 for a per-anchor
+    weight of ``(B, A, 4)`` box sides), so the kernels read one value per ``G`` rows and no
+    ``(R,)`` copy is made of it. Only the un-broadcast part is made contiguous, where it is not."""
+    expanded = weight.expand(shape)
+    if expanded.numel() == 0:
+        return expanded.reshape(-1, 1)
+    k = len(shape)
+    while k > 0 and (expanded.stride(k - 1) == 0 or shape[k - 1] == 1):
+        k -= 1
+    group = math.prod(shape[k:])
+    head = expanded[(Ellipsis,) + (0,) * (len(shape) - k)] if k < len(shape) else expanded
+    return head.reshape(-1).unsqueeze(1).expand(-1, group)
+
+
+def check_positions(target, num_bins, mask, validate):
+    """Distribution targets are positions in ``[0, n - 1]`` (NaN refused), on the rows the mask
+    keeps, checked where the values are known without a host sync."""
+    if target.numel() == 0 or not values_known(target, validate):
+        return
+    bad = ~((target >= 0) & (target <= num_bins - 1))  # NaN fails both
+    if mask is not None:
+        bad = bad & mask
+    if bool(bad.any()):
+        raise ValueError(
+            f"target must hold positions in [0, n - 1] = [0, {num_bins - 1}] (n = input.shape[-1] bins), got "
+            f"{first_bad_value(target, bad)}; clamp it first (target.clamp(0, {num_bins - 1})) or mask the row out"
+        )
+
+
+def distribution_args(input, target, mask, weight, reduction, normalizer, validate=False):
+    """Check ``distribution_focal_loss`` arguments and return them in canonical form: rows of
+    ``n`` bin logits ``(R, n)`` (a view where the leading dimensions allow), and ``(R,)``
+    targets and mask."""
+    if isinstance(input, torch.Tensor) and input.dim() == 0:
+        raise ValueError("input must hold bin logits (..., n), bins last, got a 0-dim tensor")
+    check_logits(input)
+    num_bins = input.shape[-1]
+    if num_bins < 2:
+        raise ValueError(
+            f"input must have at least 2 bins in its last dimension (the distribution over 0, ..., n - 1), "
+            f"got shape {tuple(input.shape)}"
+        )
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor of float positions, got {type(target).__name__}")
+    if not target.is_floating_point():
+        raise TypeError(
+            f"target must hold float positions in [0, n - 1], got {target.dtype}"
+            + ("" if target.dtype == torch.bool or target.is_complex() else "; pass target.float()")
+        )
+    expected = input.shape[:-1]
+    if target.shape != expected:
+        if target.numel() == math.prod(expected):
+            hint = f" It holds as many positions as input has rows: pass target.reshape({tuple(expected)})."
+        elif target.shape == input.shape:
+            hint = " It has input's shape: the target is one position per row, not one value per bin."
+        else:
+            hint = ""
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match input shape {tuple(input.shape)}: expected "
+            f"{tuple(expected)} (input's shape without the bins, its last dimension).{hint}"
+        )
+    check_same_device(input, "target", target)
+    check_reduction(reduction)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a bool tensor shaped like target, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = the row counts), got {mask.dtype}; pass mask.bool()")
+        if mask.shape != target.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} must equal target shape {tuple(target.shape)}")
+        check_same_device(input, "mask", mask)
+    check_positions(target, num_bins, mask, validate)
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            kind = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise TypeError(f"weight must be a float tensor broadcastable to target, got {kind}")
+        check_same_device(input, "weight", weight)
+        try:
+            broadcast = torch.broadcast_shapes(weight.shape, target.shape)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != target.shape:
+            raise ValueError(
+                f"weight shape {tuple(weight.shape)} is not broadcastable to target shape {tuple(target.shape)}"
+            )
+        check_weight_values(weight, validate)
+        weight = _row_weight(weight, target.shape)
+    return DistributionArgs(
+        input=input.reshape(-1, num_bins),
+        target=target.reshape(-1),
+        mask=mask.reshape(-1) if mask is not None else None,
+        weight=weight,
+        reduction=reduction,
+        normalizer=check_normalizer(normalizer, reduction, input, validate=validate),
+        loss_shape=target.shape,
+    )

@@ -140,6 +140,7 @@ class _Compiled:
             )
         if self.rows:
             _mark_rows_static(args)
+        _mark_bins_static(args, self.cfg)
         _hint_sizes(args, self.rows)
         try:
             # The first call compiles: on every planned thread, so that nothing of the plan
@@ -161,6 +162,7 @@ _WHAT = {
     "forward_and_grad": "loss and gradient (logits that require grad)",
     "forward": "loss only (logits without grad, or under torch.no_grad())",
     "backward": "its backward",
+    "loss_and_expectation": "loss and expectation (their gradient in the backward)",
 }
 
 
@@ -242,6 +244,19 @@ def _mark_rows_static(args):
     for arg in args:
         if isinstance(arg, torch.Tensor) and arg.dim() >= 2 and arg.shape[-1] == 1:
             torch._dynamo.mark_static(arg, arg.dim() - 1)
+
+
+def _mark_bins_static(args, cfg):
+    """A configuration that fixes a row length (the distribution loss's ``bins``): dimension 1 of
+    the ``(R, bins)`` arguments is static, so that Inductor unrolls and vectorizes the short row
+    loops. As a dynamic size it left them scalar: forward + backward of (2, 8400, 4, 16) float32
+    took 21.5 ms against 2.7 ms static (2 busy CPU cores, best of 12)."""
+    bins = getattr(cfg, "bins", None)
+    if bins is None:
+        return
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.dim() == 2 and arg.shape[1] == bins:
+            torch._dynamo.mark_static(arg, 1)
 
 
 # How Inductor splits the loops across CPU threads. Its code for dynamic sizes is right for
@@ -665,3 +680,119 @@ def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     else:
         loss = fn("forward", x, t, *args)
     return loss.reshape(input.shape) if reduction == "none" else loss
+
+
+# --- distribution focal loss -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionConfig:
+    reduction: str
+    bins: int  # static: one compilation per row length (16 and 17 in practice)
+    mask: bool
+    weight: bool
+    expectation: bool
+
+
+class _DistributionFocal(torch.autograd.Function):
+    """The forward computes the gradient too (for ``grad_output == 1``); the backward scales it."""
+
+    @staticmethod
+    def forward(x, target, mask, weight, fn):
+        grad = _gradient_buffer(x)
+        return fn("forward_and_grad", x, target, mask, weight, grad)[0], grad
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, grad = output
+        ctx.save_for_backward(inputs[0], grad)
+        ctx.mark_non_differentiable(grad)
+        ctx.set_materialize_grads(False)  # no logits-sized zeros for the gradient output's gradient
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_grad):
+        return (_scaled_grad(ctx, grad_loss),) + (None,) * 4
+
+
+class _DistributionFocalWithExpectation(torch.autograd.Function):
+    """Loss and expectation; the backward recomputes the gradient against both cotangents (the
+    expectation's, a decoder's, is rarely absent, so a stored gradient would need a read more)."""
+
+    @staticmethod
+    def forward(x, target, mask, weight, fn):
+        return fn("loss_and_expectation", x, target, mask, weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, target, mask, weight, fn = inputs
+        ctx.save_for_backward(x, target, mask, weight)
+        ctx.fn = fn
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_expectation):
+        x, target, mask, weight = ctx.saved_tensors  # once: checkpointing allows one unpack
+        if grad_loss is None and grad_expectation is None:
+            return (None,) * 5
+        with torch.no_grad():
+            if grad_loss is None:
+                grad_loss = x.new_zeros(() if ctx.fn.cfg.reduction != "none" else x.shape[:1])
+            if grad_expectation is None:
+                grad_expectation = x.new_zeros(x.shape[:1])
+            grad = ctx.fn("backward", grad_loss, grad_expectation, x, target, mask, weight)
+        return (_first_order_only(grad, x),) + (None,) * 4
+
+
+def distribution_focal_loss(input, target, *, mask, weight, reduction, normalizer, return_expectation=False):
+    """Distribution Focal Loss of ``(R, n)`` bin logits against ``(R,)`` positions (the
+    reference's arguments and result, closed-form gradient)."""
+    # Inside the user's torch.compile (see _traced_by_user), or nothing to compile for: the
+    # reference composition.
+    if torch.compiler.is_compiling() or input.numel() == 0 or _tiny(input):
+        return reference.distribution_focal_loss(
+            input,
+            target,
+            mask=mask,
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            return_expectation=return_expectation,
+        )
+    cfg = DistributionConfig(
+        reduction="sum" if normalizer is not None and reduction != "none" else reduction,
+        bins=input.shape[1],
+        mask=mask is not None,
+        weight=weight is not None,
+        expectation=return_expectation,
+    )
+    key = (
+        "distribution",
+        cfg,
+        input.dtype,
+        target.dtype,
+        input.device.type,
+        _layout(input),
+        _layout(target),
+        _layout(weight),
+    )
+    describe = lambda: _describe("distribution focal loss", cfg, input.unsqueeze(-1), (f"{cfg.bins} bins",))  # noqa: E731
+    fn = _compiled_for(
+        key,
+        describe,
+        cfg,
+        input.unsqueeze(-1),  # (R, n, 1): rows, for the threading plan
+        forward=math_.dfl_forward,
+        forward_and_grad=math_.dfl_forward_and_grad,
+        loss_and_expectation=math_.dfl_forward,  # with grad: a compilation (and notice) of its own
+        backward=math_.dfl_backward,
+    )
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
+    if return_expectation and needs_grad:
+        loss, expectation = _DistributionFocalWithExpectation.apply(input, target, mask, weight, fn)
+    elif needs_grad:
+        loss, expectation = _DistributionFocal.apply(input, target, mask, weight, fn)[0], None
+    else:
+        loss, expectation = fn("forward", input, target, mask, weight)
+    if normalizer is not None and reduction != "none":
+        loss = (loss.to(compute_dtype(input.dtype)) / normalizer).to(input.dtype)
+    return (loss, expectation) if return_expectation else loss

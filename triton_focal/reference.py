@@ -306,3 +306,59 @@ def sigmoid_focal_loss_star(input, target, *, alpha, gamma, reduction):
     """FL* (RetinaNet appendix): ``alpha_t * softplus(-gamma * x * (2t - 1)) / gamma``."""
     term = SigmoidTerm("star", alpha=alpha, gamma=gamma)
     return sigmoid_loss(input, target, term=term, weight=None, ignore_index=-100, reduction=reduction, normalizer=None)
+
+
+def distribution_bins(target, num_bins):
+    """The two bins around each position and their weights, ``(left, right, w_left, w_right)``:
+    ``left = min(floor(y), n - 2)``, ``right = left + 1``, ``w_left = right - y``, ``w_right =
+    y - left``. At ``y = n - 1`` the right bin has the whole weight (``floor`` alone would point
+    past the last bin); at any other integer ``y`` the left bin has it, as in mmdet."""
+    left = torch.clamp(torch.floor(target), 0, num_bins - 2)
+    return left.long(), left.long() + 1, left + 1 - target, target - left
+
+
+def distribution_focal_loss(input, target, *, mask, weight, reduction, normalizer, return_expectation=False):
+    """Distribution Focal Loss (GFL) of ``(R, n)`` bin logits against ``(R,)`` positions,
+    written as mmdet's ``distribution_focal_loss`` writes it::
+
+        loss = CE(x, left) * (right - y) + CE(x, right) * (y - left)
+
+    with :func:`distribution_bins` choosing the bins. ``mask`` ``(R,)`` (True = counts, None =
+    all): a masked row's logits and target are replaced by 0 before anything reads them, its
+    loss and expectation are 0. ``weight`` ``(R // G, G)`` multiplies the loss. ``"mean"``
+    divides by the number of unmasked rows (0 for none, with a zero gradient); a ``normalizer``
+    divides the sum instead. A target outside ``[0, n - 1]`` (or NaN) on an unmasked row makes
+    that row's loss, expectation and gradient NaN (validation refuses it where it can see it).
+
+    Returns:
+        The loss (``(R,)`` for ``"none"``, else 0-dim), and with ``return_expectation`` the
+        ``(R,)`` expectation ``sum_j j softmax(x)_j`` too, in the input's dtype.
+    """
+    num_bins = input.shape[1]
+    x = input.to(compute_dtype(input.dtype))
+    valid = torch.ones_like(target, dtype=torch.bool) if mask is None else mask
+    y = torch.where(valid, target.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+    x = ignored_to_zero(x, valid.unsqueeze(1))
+    # An out-of-range position poisons its row (loss, gradient and expectation), where a
+    # silently extrapolated loss would train on a wrong target.
+    in_range = (y >= 0) & (y <= num_bins - 1)
+    x = x + torch.where(in_range, 0.0, math.nan).unsqueeze(1)
+    left, right, w_left, w_right = distribution_bins(torch.where(in_range, y, torch.zeros_like(y)), num_bins)
+
+    # A bin of weight 0 adds 0, even where its logit is -inf (CE = inf there).
+    zero = torch.zeros_like(y)
+    ce_left = F.cross_entropy(x, left, reduction="none")
+    ce_right = F.cross_entropy(x, right, reduction="none")
+    loss = torch.where(w_left > 0, ce_left * w_left, zero) + torch.where(w_right > 0, ce_right * w_right, zero)
+    if weight is not None:
+        loss = loss * weight.reshape(-1).to(x.dtype)
+    loss = torch.where(valid, loss, zero)
+    if normalizer is not None and reduction != "none":
+        loss = loss.sum() / normalizer
+    else:
+        loss = reduce_loss(loss, reduction, valid.sum(dtype=x.dtype))
+    if not return_expectation:
+        return loss.to(input.dtype)
+    bins = torch.arange(num_bins, device=x.device, dtype=x.dtype)
+    expectation = torch.where(valid, (F.softmax(x, dim=1) * bins).sum(dim=1), zero)
+    return loss.to(input.dtype), expectation.to(input.dtype)

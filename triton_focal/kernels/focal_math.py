@@ -299,3 +299,15 @@ def sigmoid_focal_star_term(x, t, gamma):
     z = gamma * x * s
     _, sigmoid_neg_z, log1p_e = sigmoid_parts(z)
     return (tl.maximum(-z, 0.0) + log1p_e) / gamma, -s * sigmoid_neg_z
+
+
+@triton.jit
+def row_softmax(x):
+    """Softmax statistics of each row of a ``[ROWS, COLS]`` tile held whole in registers (short
+    rows: distribution bins), whose padded columns are ``-inf``: ``(m, e, s)`` with ``m`` the row
+    max, ``e = exp(x - m)`` per column (0 at ``-inf``) and ``s`` the row sum of ``e``, in
+    ``[1, COLS]``. Then ``p = e / s`` and ``log-sum-exp = m + log s``; ``-log p_j = (m - x_j) +
+    log s`` keeps full precision where ``p_j`` is near 1 (``m - x_j`` is then exact)."""
+    m = tl.max(x, axis=1)
+    e = tl.exp2((x - m[:, None]) * LOG2E)
+    return m, e, tl.sum(e, axis=1)
