@@ -33,7 +33,8 @@ class Case:
         x: its value, the plots' x axis.
         shape: the logits' shape; class dimension 1.
         target: "index" (integer class indices), "index+score" (class indices and a float score
-            per row, as a pair) or "dense" (float, the logits' shape).
+            per row, as a pair), "positions" (DFL's float positions and a foreground mask per
+            row, as a pair) or "dense" (float, the logits' shape).
         loss: "softmax", "sigmoid", or a focal-family loss (``FAMILY_LOSSES``).
     """
 
@@ -64,17 +65,21 @@ def _det(target, anchors, classes=DET_CLASSES):
 
 # The focal family's sigmoid losses and the shapes they train at: QFL / VFL on COCO's 80 classes
 # with an IoU score per anchor, ASL on 1000 multi-label tags.
-FAMILY_LOSSES = ("quality", "varifocal", "asymmetric")
+FAMILY_LOSSES = ("quality", "varifocal", "asymmetric", "distribution")
+DFL_BINS = 16  # YOLOv8's reg_max
+FOREGROUND_FRACTION = 0.1  # share of DFL's anchors that are foreground
 POSITIVE_FRACTION = 0.01  # share of ASL's tags that are present
 
 
 def _family(gpu, quick):
     anchors = 1_600_000 if gpu else (4_000 if quick else 16_000)
     rows = 65536 if gpu else (256 if quick else 1024)
+    sides = 16 * 8400 * 4 if gpu else (4 * 8400 if quick else 4 * 8400 * 4)  # YOLOv8 at 640 px: batch 16
     return [
         Case("family", "qfl", "anchors", anchors, (anchors, DET_CLASSES), "index+score", "quality"),
         Case("family", "vfl", "anchors", anchors, (anchors, DET_CLASSES), "index+score", "varifocal"),
         Case("family", "asl", "rows", rows, (rows, 1000), "dense", "asymmetric"),
+        Case("family", "dfl", "box sides", sides, (sides, DFL_BINS), "positions", "distribution"),
     ]
 
 
@@ -178,6 +183,13 @@ def make_inputs(case, dtype, device, seed=0):
     labels = torch.randint(0, classes, index_shape, generator=gen, device=device)
     if case.loss == "asymmetric":
         return x, (torch.rand(case.shape, generator=gen, device=device) < POSITIVE_FRACTION).to(dtype)
+    if case.loss == "distribution":
+        # Positions inside ultralytics' clamp (n - 1.01), so that its DFL and ours agree; one
+        # foreground flag per anchor, shared by its 4 box sides.
+        rows = case.shape[0]
+        positions = torch.rand(rows, generator=gen, device=device) * (DFL_BINS - 1.01)
+        foreground = torch.rand(rows // 4, 1, generator=gen, device=device) < FOREGROUND_FRACTION
+        return x, (positions, foreground.expand(-1, 4).reshape(rows))
     if case.loss == "softmax":
         ignored = torch.rand(index_shape, generator=gen, device=device) < IGNORED_FRACTION
         target = labels.masked_fill_(ignored, IGNORE_INDEX)
@@ -210,5 +222,7 @@ def bytes_moved(case, dtype, mode):
         target = (numel // case.shape[1]) * 8  # int64 class indices, one per row/pixel
     if case.target == "index+score":
         target += (numel // case.shape[1]) * 4  # and a float32 score per row
+    if case.target == "positions":
+        target = (numel // case.shape[1]) * 5  # a float32 position and a bool flag per row
     grad = logits if mode in ("bwd", "fwd+bwd") else 0
     return logits + target + grad

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from .cases import DET_ALPHA, FAMILY_LOSSES, GAMMA, IGNORE_INDEX
 
+SIGMOID_FAMILY = tuple(loss for loss in FAMILY_LOSSES if loss != "distribution")
+
 
 @dataclass
 class Provider:
@@ -60,6 +62,10 @@ def _triton_focal_builder(backend):
             return lambda x, t: fn(x, *t, reduction="sum", backend=backend)
         if case.loss == "asymmetric":
             return lambda x, t: triton_focal.asymmetric_loss(x, t, backend=backend)
+        if case.loss == "distribution":
+            return lambda x, t: triton_focal.distribution_focal_loss(
+                x, t[0], mask=t[1], reduction="sum", backend=backend
+            )
         if case.loss == "softmax":
             return lambda x, t: triton_focal.focal_loss(
                 x, t, gamma=GAMMA, ignore_index=IGNORE_INDEX, reduction="mean", backend=backend
@@ -152,11 +158,36 @@ def _asymmetric_loss(x, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
     return -loss.sum()
 
 
+def _ultralytics_distribution_focal_loss(pred_dist, target, reg_max=16):
+    # ultralytics/utils/loss.py DFLoss.__call__ on the foreground rows its BboxLoss gathers with
+    # the boolean mask, summed instead of its mean over the 4 sides: this suite's reduction.
+    positions, foreground = target
+    pred_dist, positions = pred_dist[foreground], positions[foreground]
+    positions = positions.clamp(0, reg_max - 1 - 0.01)
+    tl = positions.long()
+    tr = tl + 1
+    wl = tr - positions
+    wr = 1 - wl
+    left = F.cross_entropy(pred_dist, tl, reduction="none") * wl
+    return (left + F.cross_entropy(pred_dist, tr, reduction="none") * wr).sum()
+
+
 SOURCES = {
     "quality": _mmdet_quality_focal_loss,
     "varifocal": _ultralytics_varifocal_loss,
     "asymmetric": _asymmetric_loss,
+    "distribution": _ultralytics_distribution_focal_loss,
 }
+
+
+def _build_dfl_cross_entropy(case):
+    # DFL's baseline: a plain cross entropy of each foreground row against its nearest bin (the
+    # other rows ignored), what the same rows cost with a one-hot target.
+    def loss(x, t):
+        nearest = torch.where(t[1], t[0].round().long(), IGNORE_INDEX)
+        return F.cross_entropy(x, nearest, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    return loss
 
 
 def _build_source(case):
@@ -280,7 +311,14 @@ PROVIDERS = {
     "cross_entropy": Provider(
         "cross_entropy", "F.cross_entropy (gamma=0)", ("softmax",), _build_cross_entropy, focal=False
     ),
-    "bce": Provider("bce", "F.bce_with_logits (gamma=0)", ("sigmoid",) + FAMILY_LOSSES, _build_bce, focal=False),
+    "bce": Provider("bce", "F.bce_with_logits (gamma=0)", ("sigmoid",) + SIGMOID_FAMILY, _build_bce, focal=False),
+    "dfl_cross_entropy": Provider(
+        "dfl_cross_entropy",
+        "F.cross_entropy of the nearest bin",
+        ("distribution",),
+        _build_dfl_cross_entropy,
+        focal=False,
+    ),
     # Liger's kernel takes 2-D (T, V) logits only: the vocabulary family.
     "liger": Provider(
         "liger", "Liger (plain CE)", ("softmax",), _build_liger, focal=False, families=("vocab", "table")
@@ -299,6 +337,7 @@ DEFAULT_PROVIDERS = (
     "source_compiled",
     "cross_entropy",
     "bce",
+    "dfl_cross_entropy",
     "liger",
 )
 CPU_TABLE_PROVIDERS = (
@@ -314,7 +353,12 @@ CPU_TABLE_PROVIDERS = (
     "smp",
 )
 # The gamma = 0 baseline each loss kind's ratios are taken against.
-BASELINE = {"softmax": "cross_entropy", "sigmoid": "bce", **{loss: "bce" for loss in FAMILY_LOSSES}}
+BASELINE = {
+    "softmax": "cross_entropy",
+    "sigmoid": "bce",
+    "distribution": "dfl_cross_entropy",
+    **{loss: "bce" for loss in SIGMOID_FAMILY},
+}
 
 
 def _importable(module):

@@ -20,7 +20,10 @@ DET_DENSE = ("det (1.6M,80) dense", "sigmoid_dense", (1_600_000, 80), (4096, 80)
 QFL = ("qfl (1.6M,80) index+score", "quality_index", (1_600_000, 80), (4096, 80), 80)
 VFL = ("vfl (1.6M,80) index+score", "varifocal_index", (1_600_000, 80), (4096, 80), 80)
 ASL = ("asl (65536,1000) dense", "asymmetric_dense", (65536, 1000), (128, 1000), 80)
-FAMILY = (QFL, VFL, ASL)
+# DFL: YOLOv8 at 640 px, batch 16: 8400 anchors x 4 box sides of 16 bins, called as its box loss
+# calls it (foreground mask, a weight per anchor, the sum over the score total).
+DFL = ("dfl (537600,16) positions", "distribution", (16 * 8400 * 4, 16), (4096, 16), 80)
+FAMILY = (QFL, VFL, ASL, DFL)
 SMOOTHING_TARGET = 55
 TRAFFIC_LIMIT, TRAFFIC_LIMIT_DENSE = 1.5, 1.7
 
@@ -115,6 +118,16 @@ def _inputs(case, shape, headline):
     elif case.kind in ("quality_index", "varifocal_index"):
         target = torch.randint(0, classes + 1, (shape[0],), generator=g)  # classes: background
         kwargs = {"score": torch.rand(shape[0], generator=g), "reduction": "sum", "normalizer": 100.0}
+    elif case.kind == "distribution":
+        rows = shape[0]
+        target = torch.rand(rows, generator=g) * (classes - 1)
+        anchors = rows // 4
+        kwargs = {
+            "mask": (torch.rand(anchors, 1, generator=g) < 0.1).expand(anchors, 4).reshape(rows),
+            "weight": torch.rand(anchors, 1, generator=g).expand(anchors, 4).reshape(rows),
+            "reduction": "sum",
+            "normalizer": 100.0,
+        }
     elif case.kind == "asymmetric_dense":
         target = torch.zeros(shape, dtype=dtype) if headline else (torch.rand(shape, generator=g) < 0.01).to(dtype)
         kwargs = {}
@@ -137,6 +150,7 @@ def _loss_fn(case):
         "quality_index": triton_focal.quality_focal_loss,
         "varifocal_index": triton_focal.varifocal_loss,
         "asymmetric_dense": triton_focal.asymmetric_loss,
+        "distribution": triton_focal.distribution_focal_loss,
     }.get(case.kind, triton_focal.sigmoid_focal_loss)
     return lambda x, t, kw: fn(x, t, backend="triton", **kw)
 
@@ -188,9 +202,9 @@ def run_case(case, headline):
         _Recorder.mode = "off"
         _Recorder.counting_graphs = False
     floor = x.numel() * x.element_size() * 2 + target.numel() * target.element_size()
-    score = kwargs.get("score")
-    if score is not None:
-        floor += score.numel() * score.element_size()
+    for name in ("score", "mask"):  # read once too (a weight shared by 4 box sides: a quarter of it)
+        if kwargs.get(name) is not None:
+            floor += kwargs[name].numel() * kwargs[name].element_size()
     return _Recorder.launches, torch_bytes, floor, x.numel()
 
 
