@@ -68,6 +68,12 @@ def rt_detr_criterion(**config):
     return RTDetrLoss(RTDetrConfig(num_labels=NC, **config)).to(DEVICE)
 
 
+def runs_fused(criterion):
+    """Whether ``criterion.get_loss("vfl", ...)`` reaches the fused method (the patch's partialmethod)."""
+    method = getattr(criterion.loss_labels_vfl, "func", None)
+    return getattr(method, "__func__", None) is hf.rt_detr_varifocal_loss_labels
+
+
 def rt_detr_batch(seed, dtype, batch=3, queries=9):
     """Logits, boxes, targets and matcher indices; image 1 has no targets, and one matched query's
     box lies away from its target (IoU 0: a positive with score 0)."""
@@ -160,8 +166,9 @@ def test_transformers_patch_through_get_loss_and_forward():
         got = criterion(full(), targets)
         grads = grad(sum(got.values()), outputs["logits"])
         fresh = rt_detr_criterion()  # a criterion built inside the block (the model builds one per forward)
+        assert runs_fused(criterion) and runs_fused(fresh)
         assert_close(fresh.get_loss("vfl", outputs, targets, indices, num_boxes)["loss_vfl"], expected_get)
-    assert RTDetrLoss.__dict__["loss_labels_vfl"] is original
+    assert RTDetrLoss.__dict__["loss_labels_vfl"] is original and not runs_fused(criterion)
     assert_close(got_get, expected_get, "get_loss")
     assert got.keys() == expected.keys() and "loss_vfl_aux_0" in got
     for key in expected:
@@ -180,7 +187,8 @@ def test_transformers_enable_disable():
         got = criterion.get_loss("vfl", outputs, targets, indices, num_boxes)["loss_vfl"]
         with hf.fused_rt_detr_varifocal("reference"):
             pass
-        assert RTDetrLoss.__dict__["loss_labels_vfl"] is not original  # the block restores the patch it found
+        # the block restores the patch it found, backend included
+        assert runs_fused(criterion) and criterion.loss_labels_vfl.keywords == {"backend": BACKENDS[-1]}
     finally:
         hf.disable_fused_rt_detr_varifocal()
     assert RTDetrLoss.__dict__["loss_labels_vfl"] is original
@@ -188,6 +196,23 @@ def test_transformers_enable_disable():
     assert_close(got, expected, "loss_vfl")
     hf.disable_fused_rt_detr_varifocal()  # nothing to undo
     assert RTDetrLoss.__dict__["loss_labels_vfl"] is original
+
+
+@needs_transformers
+def test_transformers_patch_reaches_d_fine():
+    """DFineLoss inherits loss_labels_vfl: the class-level patch gives it the fused method, same value."""
+    try:
+        from transformers import DFineConfig
+        from transformers.loss.loss_d_fine import DFineLoss
+    except ImportError:
+        pytest.skip("this transformers has no D-FINE")
+    criterion = DFineLoss(DFineConfig(num_labels=NC)).to(DEVICE)
+    outputs, targets, indices, num_boxes = rt_detr_batch(4, torch.float32)
+    expected = criterion.get_loss("vfl", outputs, targets, indices, num_boxes)["loss_vfl"]
+    with hf.fused_rt_detr_varifocal("reference"):
+        assert runs_fused(criterion)
+        got = criterion.get_loss("vfl", outputs, targets, indices, num_boxes)["loss_vfl"]
+    assert_close(got, expected, "loss_vfl")
 
 
 # --- ultralytics -------------------------------------------------------------------------------
