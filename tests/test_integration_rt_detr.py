@@ -38,6 +38,7 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 try:
     with torchvision_version_if_missing():
         from ultralytics.models.utils.loss import DETRLoss, RTDETRDetectionLoss
+        from ultralytics.nn.tasks import RTDETRDetectionModel
         from ultralytics.utils.loss import VarifocalLoss
 
     from triton_focal.integrations.ultralytics import FusedVarifocalLoss, enable_fused_varifocal, patch_detr_loss
@@ -335,3 +336,52 @@ def test_ultralytics_enable_on_model_without_building_it():
     assert isinstance(model.criterion.vfl, FusedVarifocalLoss)
     with pytest.raises(TypeError, match="init_criterion"):
         enable_fused_varifocal(torch.nn.Linear(1, 1))
+
+
+@needs_ultralytics
+@pytest.mark.slow  # two forward and backward passes of a 32M-parameter model (about 20 s on 2 cores)
+def test_ultralytics_rt_detr_model_loss_and_gradients():
+    """An RT-DETR built from rtdetr-l.yaml (no weights): the model's loss (denoising queries included,
+    seeded alike) and every parameter's gradient, ultralytics' criterion against the patched one."""
+    pytest.importorskip("scipy")  # the Hungarian matcher
+    torch.manual_seed(0)
+    model = RTDETRDetectionModel("rtdetr-l.yaml", nc=3, verbose=False).to(DEVICE).train()
+    model.nc = 3  # the trainer sets it from the data set
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "img": torch.rand(2, 3, 64, 64, generator=g),
+        "batch_idx": torch.tensor([0.0, 0.0, 1.0]),
+        "cls": torch.tensor([[0.0], [2.0], [1.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.5]]),
+    }
+    batch = {key: value.to(DEVICE) for key, value in batch.items()}
+
+    def loss_and_grads():
+        model.zero_grad()
+        torch.manual_seed(2)  # the denoising queries' noise
+        loss, items = model.loss(batch)
+        loss.sum().backward()
+        items = items if isinstance(items, dict) else {"items": items}
+        return {"loss": loss.detach(), **items}, {
+            name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
+        }
+
+    expected, grads_expected = loss_and_grads()
+    enable_fused_varifocal(model, backend=BACKENDS[-1])
+    assert isinstance(model.criterion.vfl, FusedVarifocalLoss)
+    got, grads = loss_and_grads()
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert_close(got[key], expected[key], key)
+    assert grads.keys() == grads_expected.keys()
+    # The classification heads, next to the loss, element by element; the whole model by the norm of
+    # the difference: float32 rounding of the loss's gradient grows through the backbone (its stem's
+    # gradient reaches 600) and leaves noise in gradients that cancel to about 0 (the BN biases).
+    heads = [name for name in grads if "score_head" in name]
+    assert heads
+    for name in heads:
+        scale = float(grads_expected[name].abs().max())
+        assert_close(grads[name], grads_expected[name], name, rtol=1e-4, atol=1e-6 * scale)
+    flat = torch.cat([grads[name].flatten() for name in grads])
+    flat_expected = torch.cat([grads_expected[name].flatten() for name in grads])
+    assert float((flat - flat_expected).norm()) <= 1e-5 * float(flat_expected.norm())
