@@ -2,9 +2,11 @@
 
 * transformers: ``rt_detr_varifocal_loss_labels`` against ``RTDetrLoss.loss_labels_vfl`` on a
   criterion built from a tiny ``RTDetrConfig``, float32 and bfloat16, and the class-level patch
-  through ``get_loss`` and the criterion's forward (matcher, auxiliary and denoising outputs).
+  through ``get_loss``, the criterion's forward (matcher, auxiliary outputs), D-FINE's inherited
+  method and a tiny ``RTDetrForObjectDetection``'s training loss (denoising layers included).
 * ultralytics: ``FusedVarifocalLoss`` against ``ultralytics.utils.loss.VarifocalLoss`` on
-  ``DETRLoss``-style one-hot labels, and ``patch_detr_loss`` on ``RTDETRDetectionLoss``.
+  ``DETRLoss``-style one-hot labels, ``patch_detr_loss`` on ``RTDETRDetectionLoss``, and an RT-DETR
+  built from ``rtdetr-l.yaml``.
 
 Each half is skipped where its package does not import. ultralytics is imported as in
 tests/test_integration_ultralytics.py (torchvision's version supplied where it is missing).
@@ -60,6 +62,22 @@ def relative(dtype):
     """Both sides round in bfloat16 at different steps (transformers rounds every intermediate,
     ultralytics the weight): compare at a few bfloat16 ulps."""
     return dict(rtol=3e-2, atol=3e-3) if dtype == torch.bfloat16 else {}
+
+
+def assert_gradients_match(grads, grads_expected, heads):
+    """A model's parameter gradients: the classification heads (names containing one of ``heads``),
+    next to the loss, element by element; the whole model by the norm of the difference. float32
+    rounding of the loss's gradient grows through a backbone (ultralytics' stem gradient reaches 600)
+    and leaves noise in gradients that cancel to about 0 (normalization biases: 1e-10 against 0)."""
+    assert grads.keys() == grads_expected.keys()
+    names = [name for name in grads if any(head in name for head in heads)]
+    assert names
+    for name in names:
+        scale = float(grads_expected[name].abs().max())
+        assert_close(grads[name], grads_expected[name], name, rtol=1e-4, atol=1e-6 * scale)
+    flat = torch.cat([grads[name].flatten() for name in grads])
+    flat_expected = torch.cat([grads_expected[name].flatten() for name in grads])
+    assert float((flat - flat_expected).norm()) <= 1e-5 * float(flat_expected.norm())
 
 
 # --- transformers ------------------------------------------------------------------------------
@@ -214,6 +232,73 @@ def test_transformers_patch_reaches_d_fine():
         assert runs_fused(criterion)
         got = criterion.get_loss("vfl", outputs, targets, indices, num_boxes)["loss_vfl"]
     assert_close(got, expected, "loss_vfl")
+
+
+def tiny_rt_detr():
+    """An RTDetrForObjectDetection of 57k parameters (a 4-stage ResNet of 8-16 channels, d_model 16)."""
+    from transformers import RTDetrForObjectDetection, RTDetrResNetConfig
+
+    backbone = RTDetrResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"]
+    )
+    config = RTDetrConfig(
+        backbone_config=backbone,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        num_labels=4,
+        d_model=16,
+        encoder_hidden_dim=16,
+        encoder_in_channels=[16, 16, 16],
+        decoder_in_channels=[16, 16, 16],
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        decoder_layers=2,
+        decoder_n_points=2,
+        num_queries=12,
+        num_denoising=6,
+    )
+    torch.manual_seed(0)
+    return RTDetrForObjectDetection(config).to(DEVICE).train()
+
+
+@needs_transformers
+@pytest.mark.slow  # two training steps' forward and backward through the Triton interpreter (about 7 s)
+def test_transformers_model_loss_and_gradients(monkeypatch):
+    """The model's loss (the criterion it builds per forward: last, auxiliary and denoising layers) and
+    every parameter's gradient, transformers' label loss against the patched one."""
+    pytest.importorskip("scipy")  # the Hungarian matcher
+    from triton_focal.losses import quality_focal
+
+    model = tiny_rt_detr()
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.rand(2, 3, 64, 64, generator=g).to(DEVICE)
+    boxes = [[[0.5, 0.5, 0.4, 0.4], [0.3, 0.3, 0.2, 0.2]], [[0.6, 0.6, 0.3, 0.5]]]
+    labels = [
+        {"class_labels": torch.tensor(classes, device=DEVICE), "boxes": torch.tensor(b, device=DEVICE)}
+        for classes, b in zip(([0, 3], [1]), boxes)
+    ]
+
+    def loss_and_grads():
+        model.zero_grad()
+        torch.manual_seed(2)  # the denoising queries' noise
+        out = model(pixel_values=pixels, labels=labels)
+        out.loss.backward()
+        losses = {key: value.detach() for key, value in out.loss_dict.items()}
+        return losses, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    expected, grads_expected = loss_and_grads()
+    calls = []
+    fused = quality_focal.varifocal_loss
+    monkeypatch.setattr(quality_focal, "varifocal_loss", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    with hf.fused_rt_detr_varifocal(BACKENDS[-1]):
+        got, grads = loss_and_grads()
+    assert {"loss_vfl", "loss_vfl_aux_0", "loss_vfl_dn_0"} <= got.keys() == expected.keys()
+    assert len(calls) == sum(key.startswith("loss_vfl") for key in got)
+    for key in expected:
+        assert_close(got[key], expected[key], key)
+    assert_gradients_match(grads, grads_expected, heads=("class_embed", "score_head"))
 
 
 # --- ultralytics -------------------------------------------------------------------------------
@@ -374,14 +459,4 @@ def test_ultralytics_rt_detr_model_loss_and_gradients():
     for key in expected:
         assert_close(got[key], expected[key], key)
     assert grads.keys() == grads_expected.keys()
-    # The classification heads, next to the loss, element by element; the whole model by the norm of
-    # the difference: float32 rounding of the loss's gradient grows through the backbone (its stem's
-    # gradient reaches 600) and leaves noise in gradients that cancel to about 0 (the BN biases).
-    heads = [name for name in grads if "score_head" in name]
-    assert heads
-    for name in heads:
-        scale = float(grads_expected[name].abs().max())
-        assert_close(grads[name], grads_expected[name], name, rtol=1e-4, atol=1e-6 * scale)
-    flat = torch.cat([grads[name].flatten() for name in grads])
-    flat_expected = torch.cat([grads_expected[name].flatten() for name in grads])
-    assert float((flat - flat_expected).norm()) <= 1e-5 * float(flat_expected.norm())
+    assert_gradients_match(grads, grads_expected, heads=("score_head",))
