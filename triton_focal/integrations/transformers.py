@@ -28,8 +28,19 @@ their loss inline, so the way in is ``Trainer``'s ``compute_loss_func``::
 
 With ``gamma=0`` they equal the model's own loss (``CrossEntropyLoss``, ``BCEWithLogitsLoss`` for
 multi-label), and ``num_items_in_batch`` divides the sum as ``Trainer`` expects.
+
+RT-DETR (``RTDetrForObjectDetection``, ``RTDetrV2ForObjectDetection``) scores its classes with the
+Varifocal Loss, ``RTDetrLoss.loss_labels_vfl``; :func:`rt_detr_varifocal_loss_labels` is that method
+fused (same signature, same result, no one-hot or dense ``(B, Q, C)`` targets), and
+:func:`enable_fused_rt_detr_varifocal` (or ``with fused_rt_detr_varifocal(): ...``) installs it::
+
+    from triton_focal.integrations.transformers import enable_fused_rt_detr_varifocal
+
+    enable_fused_rt_detr_varifocal()      # every RTDetrLoss, including the one the model builds per forward
 """
 
+import contextlib
+import functools
 import inspect
 from typing import Optional, Union
 
@@ -466,3 +477,142 @@ def token_classification_focal_loss(
         backend=backend,
     )
     return _mean_or_normalized(focal_loss, rows, target, num_items_in_batch, settings)
+
+
+# --- RT-DETR's label loss ----------------------------------------------------------------------
+
+
+def _rt_detr_num_boxes(num_boxes, logits):
+    """``num_boxes`` as the normalizer: a number, or a one-element tensor (as a 0-dim one on the logits' device)."""
+    if isinstance(num_boxes, torch.Tensor):
+        if num_boxes.numel() != 1:
+            raise ValueError(f"num_boxes must be a number or a one-element tensor, got shape {tuple(num_boxes.shape)}")
+        return num_boxes.reshape(()).to(logits.device)
+    return num_boxes
+
+
+def rt_detr_varifocal_loss_labels(self, outputs, targets, indices, num_boxes, log=True, *, backend: str = "auto"):
+    """``RTDetrLoss.loss_labels_vfl`` (transformers' RT-DETR and RT-DETRv2 label loss), fused.
+
+    The same signature and result, ``{"loss_vfl": loss}``: the matched queries' targets are their
+    ground-truth class with the IoU of their (detached) box as the score, every other query is
+    background, and the loss is::
+
+        varifocal_loss(logits.flatten(0, 1), classes.flatten(), iou.flatten(), alpha=self.alpha,
+                       gamma=self.gamma, detach_weight=True, reduction="sum", normalizer=num_boxes)
+
+    which is transformers' ``BCE(logits, iou * one_hot) * w`` with the detached weight
+    ``w = alpha * sigmoid(logits) ** gamma`` off the target class and the IoU on it, then
+    ``.mean(1).sum() * num_queries / num_boxes`` (the sum over num_boxes). ``classes`` and ``iou``
+    are ``(B, Q)``, built as transformers builds its target classes; neither the one-hot nor the
+    dense ``(B, Q, C)`` score and weight tensors are made. The IoU is rounded to the logits' dtype,
+    as transformers rounds it; the loss comes back in that dtype.
+
+    Args:
+        self: the ``RTDetrLoss`` (or subclass, or any object with ``num_classes``, ``alpha``,
+            ``gamma`` and ``_get_source_permutation_idx``).
+        outputs: a dict with ``"logits"`` ``(B, Q, num_classes)`` and ``"pred_boxes"`` ``(B, Q, 4)``
+            (center format).
+        targets: one dict per image with ``"class_labels"`` and ``"boxes"``.
+        indices: the matcher's ``(query indices, target indices)`` per image.
+        num_boxes: the normalizer, a positive number (or a one-element tensor).
+        log: unused, as in transformers.
+        backend: triton_focal's backend.
+
+    Raises:
+        KeyError: ``outputs`` lacks ``"pred_boxes"`` or ``"logits"`` (as transformers does).
+        ValueError: the logits' last size is not ``self.num_classes``, or ``num_boxes`` is not positive.
+    """
+    from transformers.image_transforms import center_to_corners_format
+    from transformers.loss.loss_for_object_detection import box_iou
+
+    from ..losses.quality_focal import varifocal_loss
+
+    if "pred_boxes" not in outputs:
+        raise KeyError("No predicted boxes found in outputs")
+    if "logits" not in outputs:
+        raise KeyError("No predicted logits found in outputs")
+    src_logits = outputs["logits"]
+    if src_logits.dim() != 3 or src_logits.shape[-1] != self.num_classes:
+        raise ValueError(
+            f"outputs['logits'] must be (batch, queries, num_classes={self.num_classes}), "
+            f"got shape {tuple(src_logits.shape)}"
+        )
+    idx = self._get_source_permutation_idx(indices)
+    src_boxes = outputs["pred_boxes"][idx]
+    target_boxes = torch.cat([_target["boxes"][i] for _target, (_, i) in zip(targets, indices)], dim=0)
+    ious, _ = box_iou(center_to_corners_format(src_boxes.detach()), center_to_corners_format(target_boxes))
+    ious = torch.diag(ious)
+
+    dtype = src_logits.dtype
+    target_classes_original = torch.cat([_target["class_labels"][i] for _target, (_, i) in zip(targets, indices)])
+    # transformers' target classes, num_classes (background) off the matched queries
+    target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device)
+    target_classes[idx] = target_classes_original.to(target_classes.device)
+    target_score = torch.zeros(src_logits.shape[:2], dtype=dtype, device=src_logits.device)
+    # detached: transformers' target and weight carry no gradient (the boxes are detached above)
+    target_score[idx] = ious.detach().to(device=target_score.device, dtype=dtype)
+
+    loss = varifocal_loss(
+        src_logits.flatten(0, 1),
+        target_classes.flatten(),
+        target_score.flatten(),
+        alpha=self.alpha,
+        gamma=self.gamma,
+        detach_weight=True,
+        reduction="sum",
+        normalizer=_rt_detr_num_boxes(num_boxes, src_logits),
+        backend=backend,
+    )
+    return {"loss_vfl": loss}
+
+
+_RT_DETR_ORIGINAL = {}
+
+
+def _rt_detr_loss_class():
+    from transformers.loss.loss_rt_detr import RTDetrLoss
+
+    return RTDetrLoss
+
+
+def enable_fused_rt_detr_varifocal(backend: str = "auto"):
+    """Make every ``RTDetrLoss`` compute its ``"vfl"`` loss with :func:`rt_detr_varifocal_loss_labels`.
+
+    Replaces ``RTDetrLoss.loss_labels_vfl`` on the class: ``RTDetrLoss.get_loss`` looks the method
+    up on the instance each call, so existing criteria and the ones ``RTDetrForObjectDetection`` /
+    ``RTDetrV2ForObjectDetection`` build per forward use it. ``DFineLoss`` (and ``Deimv2Loss``, whose
+    default losses do not include ``"vfl"``) inherit the method and get it too: it computes what
+    theirs computes. Calling it again changes the backend; :func:`disable_fused_rt_detr_varifocal`
+    restores transformers' method. See :func:`fused_rt_detr_varifocal` for a scoped patch.
+    """
+    from .. import backends
+
+    backends.check_name(backend)
+    cls = _rt_detr_loss_class()
+    _RT_DETR_ORIGINAL.setdefault(cls, cls.__dict__["loss_labels_vfl"])
+    cls.loss_labels_vfl = functools.partialmethod(rt_detr_varifocal_loss_labels, backend=backend)
+
+
+def disable_fused_rt_detr_varifocal():
+    """Give ``RTDetrLoss`` back transformers' own ``loss_labels_vfl`` (nothing to do if it has it)."""
+    cls = _rt_detr_loss_class()
+    original = _RT_DETR_ORIGINAL.pop(cls, None)
+    if original is not None:
+        cls.loss_labels_vfl = original
+
+
+@contextlib.contextmanager
+def fused_rt_detr_varifocal(backend: str = "auto"):
+    """:func:`enable_fused_rt_detr_varifocal` inside a ``with`` block; on leaving it ``RTDetrLoss``
+    has the method it had on entering (transformers' own, or an earlier patch)."""
+    cls = _rt_detr_loss_class()
+    before = cls.__dict__["loss_labels_vfl"]
+    patched_before = cls in _RT_DETR_ORIGINAL
+    enable_fused_rt_detr_varifocal(backend)
+    try:
+        yield
+    finally:
+        cls.loss_labels_vfl = before
+        if not patched_before:
+            _RT_DETR_ORIGINAL.pop(cls, None)

@@ -23,6 +23,11 @@ Training with ``YOLO(...).train()`` (the trainer builds its own model)::
 A model you train yourself: ``enable_focal_loss(model, gamma=1.5, alpha=0.25)`` (a ``DetectionModel``
 or a ``YOLO``). Only the model's ``criterion`` is replaced (the attribute ultralytics strips before
 saving a checkpoint), so saved checkpoints do not need triton_focal to load.
+
+RT-DETR (``RTDETRDetectionModel``, whose ``DETRLoss`` has ``use_vfl=True``): :class:`FusedVarifocalLoss`
+stands in for ultralytics' ``VarifocalLoss`` (same signature and result, no dense weight), installed
+by ``patch_detr_loss(criterion)``, ``enable_fused_varifocal(model)`` or, with ``RTDETR(...).train()``,
+``model.add_callback("on_pretrain_routine_end", varifocal_loss_callback())``.
 """
 
 import numbers
@@ -155,5 +160,171 @@ def focal_loss_callback(*, gamma: float = 0.0, alpha: float = -1.0, backend: str
         ema = getattr(getattr(trainer, "ema", None), "ema", None)
         if ema is not None:
             enable_focal_loss(ema, gamma=gamma, alpha=alpha, backend=backend)
+
+    return callback
+
+
+# --- RT-DETR: DETRLoss's Varifocal Loss --------------------------------------------------------
+
+
+class FusedVarifocalLoss(nn.Module):
+    """Stands in for ``ultralytics.utils.loss.VarifocalLoss`` (``DETRLoss.vfl``): the same
+    ``(gamma, alpha)`` constructor, ``forward(pred_score, gt_score, label)`` and result.
+
+    ultralytics computes ``(BCE(pred, gt_score) * w).mean(1).sum()`` with
+    ``w = alpha * sigmoid(pred) ** gamma * (1 - label) + gt_score * label`` (not detached). For
+    ``(..., C)`` inputs whose rows hold at most one positive (``DETRLoss``'s one-hot of the matched
+    class) this is::
+
+        varifocal_loss(pred.reshape(-1, C), classes, score, alpha=alpha, gamma=gamma,
+                       reduction="sum", normalizer=pred.shape[1])
+
+    with ``classes`` each row's positive (``C``, background, for rows without one) and ``score`` its
+    ``gt_score``, both read from ``label`` and ``gt_score`` without a one-hot or dense weight. The
+    positives are the ones ``label`` marks: one whose ``gt_score`` is 0 (a matched box that does not
+    overlap its target) has weight 0, as in ultralytics.
+
+    ``gt_score`` must be 0 where ``label`` is 0, as ``DETRLoss`` builds it (``iou * one_hot``):
+    there ultralytics' BCE target is ``gt_score`` but the class-index (and dense) forms take 0. Rows
+    with several positives need ``multi_label=True``: the dense form, ``varifocal_loss(pred,
+    gt_score, weight=...)`` with a 0 weight on positives whose ``gt_score`` is 0, equal to
+    ultralytics' under the same assumption. Both assumptions are checked where the values are known
+    without a host sync (CPU tensors, or ``validate=True``).
+
+    The loss is taken from float32 logits and returned in float32, as ultralytics does; the gradient
+    flows to ``pred_score`` only (``gt_score`` and ``label`` are targets).
+
+    Args:
+        gamma: the negatives' exponent, a finite number ``>= 0``.
+        alpha: weight of the negatives, a finite number ``>= 0``.
+        multi_label: rows may hold several positives (the dense form, which makes an ``(N, C)`` weight).
+        backend: triton_focal's backend.
+        validate: check ``label`` and ``gt_score`` on the GPU too (a host sync).
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: float = 0.75,
+        *,
+        multi_label: bool = False,
+        backend: str = "auto",
+        validate: bool = False,
+    ):
+        super().__init__()
+        self.gamma = _validation.check_exponent("gamma", gamma)
+        self.alpha = _validation.check_exponent("alpha", alpha)
+        self.multi_label = _validation.check_flag("multi_label", multi_label)
+        self.validate = _validation.check_flag("validate", validate)
+        backends.check_name(backend)
+        self.backend = backend
+
+    def forward(self, pred_score: torch.Tensor, gt_score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        from ..losses.quality_focal import varifocal_loss
+
+        pred, gt_score, label = self._check(pred_score, gt_score, label)
+        settings = dict(alpha=self.alpha, gamma=self.gamma, reduction="sum", normalizer=pred_score.shape[1])
+        num_classes = pred.shape[-1]
+        if self.multi_label:
+            # ultralytics gives a labelled element with gt_score 0 weight 0; the dense form calls it a negative
+            weight = ((label == 0) | (gt_score > 0)).to(pred.dtype)
+            return varifocal_loss(pred, gt_score, weight=weight, backend=self.backend, **settings)
+        positive = label != 0
+        has_positive = positive.any(-1)
+        column = positive.to(torch.uint8).argmax(-1)  # the row's positive (0 where it has none)
+        classes = torch.where(has_positive, column, num_classes)
+        score = gt_score.gather(-1, column.unsqueeze(-1)).squeeze(-1) * has_positive
+        return varifocal_loss(pred, classes, score, backend=self.backend, **settings)
+
+    def _check(self, pred_score, gt_score, label):
+        """``(pred, gt_score, label)`` as ``(N, C)`` rows (float32 logits and scores), checked."""
+        if not isinstance(pred_score, torch.Tensor) or not pred_score.is_floating_point():
+            raise TypeError(f"pred_score must be a floating-point tensor of logits, got {type(pred_score).__name__}")
+        if pred_score.dim() < 2:
+            raise ValueError(
+                f"pred_score must have at least 2 dimensions ((batch, queries, classes)), got shape "
+                f"{tuple(pred_score.shape)}"
+            )
+        for name, value in (("gt_score", gt_score), ("label", label)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a tensor shaped like pred_score, got {type(value).__name__}")
+            if value.shape != pred_score.shape:
+                raise ValueError(
+                    f"{name} shape {tuple(value.shape)} must equal pred_score's shape {tuple(pred_score.shape)}"
+                )
+            _validation.check_same_device(pred_score, name, value)
+        if not gt_score.is_floating_point():
+            raise TypeError(f"gt_score must be a floating-point tensor of scores in [0, 1], got {gt_score.dtype}")
+        num_classes = pred_score.shape[-1]
+        pred = pred_score.float().reshape(-1, num_classes)  # ultralytics takes the BCE of float32 logits
+        gt_score = gt_score.detach().float().reshape(-1, num_classes)
+        label = label.detach().reshape(-1, num_classes)
+        if label.numel() and _validation.values_known(label, self.validate):
+            self._check_values(gt_score, label)
+        return pred, gt_score, label
+
+    def _check_values(self, gt_score, label):
+        bad = (label != 0) & (label != 1)
+        if bool(bad.any()):
+            raise ValueError(f"label must hold 0 and 1 (a one-hot mask), got {_validation.first_bad_value(label, bad)}")
+        bad = (gt_score != 0) & (label == 0)
+        if bool(bad.any()):
+            raise ValueError(
+                "gt_score must be 0 where label is 0 (DETRLoss passes iou * one_hot), got "
+                f"{_validation.first_bad_value(gt_score, bad)}"
+            )
+        if not self.multi_label:
+            counts = (label != 0).sum(-1)
+            bad = counts > 1
+            if bool(bad.any()):
+                raise ValueError(
+                    "label rows must hold at most one positive (DETRLoss's one-hot), got "
+                    f"{_validation.first_bad_value(counts, bad)} positives; pass multi_label=True for "
+                    "rows with several"
+                )
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, alpha={self.alpha}, multi_label={self.multi_label}, backend={self.backend!r}"
+
+
+def patch_detr_loss(criterion, *, backend: str = "auto"):
+    """Replace the Varifocal Loss of an ultralytics ``DETRLoss`` (``RTDETRDetectionLoss``, as
+    ``RTDETRDetectionModel.init_criterion`` builds it with ``use_vfl=True``) by
+    :class:`FusedVarifocalLoss` with its ``gamma`` and ``alpha``, in place; returns ``criterion``."""
+    from ultralytics.models.utils.loss import DETRLoss
+
+    if not isinstance(criterion, DETRLoss):
+        raise TypeError(f"criterion must be an ultralytics DETRLoss (RT-DETR's), got {type(criterion).__name__}")
+    vfl = getattr(criterion, "vfl", None)
+    if vfl is None:
+        raise ValueError(
+            "criterion has no Varifocal Loss to replace (DETRLoss(use_vfl=False) scores classes with FocalLoss)"
+        )
+    criterion.vfl = FusedVarifocalLoss(gamma=vfl.gamma, alpha=vfl.alpha, backend=backend)
+    return criterion
+
+
+def enable_fused_varifocal(model, *, backend: str = "auto"):
+    """Give an ultralytics RT-DETR model (``RTDETRDetectionModel``, an ``RTDETR``, a wrapped one)
+    the fused Varifocal Loss: its criterion is built now if it has none and patched with
+    :func:`patch_detr_loss`. Returns ``model``."""
+    target = _unwrap(model)
+    if not hasattr(target, "init_criterion"):
+        raise TypeError(f"model must be an ultralytics model (with init_criterion), got {type(model).__name__}")
+    criterion = getattr(target, "criterion", None)
+    target.criterion = patch_detr_loss(criterion if criterion is not None else target.init_criterion(), backend=backend)
+    return model
+
+
+def varifocal_loss_callback(*, backend: str = "auto"):
+    """A trainer callback (``model.add_callback("on_pretrain_routine_end", ...)``) that enables the fused
+    Varifocal Loss on the RT-DETR model being trained and on its EMA copy."""
+    backends.check_name(backend)
+
+    def callback(trainer):
+        enable_fused_varifocal(trainer.model, backend=backend)
+        ema = getattr(getattr(trainer, "ema", None), "ema", None)
+        if ema is not None:
+            enable_fused_varifocal(ema, backend=backend)
 
     return callback
