@@ -316,7 +316,7 @@ def record_launches():
     from triton_focal.ops import (
         denominators,
         distribution_focal,
-        grad_policy,
+        inplace_grad,
         sigmoid_focal,
         softmax_focal,
         vocab_shard,
@@ -326,7 +326,7 @@ def record_launches():
     for module, name in [
         (softmax_focal, "_softmax_focal_kernel"),
         (sigmoid_focal, "_sigmoid_focal_kernel"),
-        (grad_policy, "_scale_grad_by_scalar_kernel"),
+        (inplace_grad, "_scale_grad_by_scalar_kernel"),
         (denominators, "_target_count_kernel"),
         (vocab_shard, "_shard_stats_kernel"),
         (vocab_shard, "_shard_smoothing_kernel"),

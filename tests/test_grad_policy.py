@@ -6,7 +6,8 @@ import torch
 from helpers import assert_close
 
 import triton_focal
-from triton_focal.ops import grad_policy, sigmoid_focal, softmax_focal
+from triton_focal.ops import grad_policy, inplace_grad, sigmoid_focal, softmax_focal
+from triton_focal.ops.launch import PersistentGrid
 
 
 def _launches(monkeypatch, module, name):
@@ -92,7 +93,7 @@ def test_retained_graph_recomputes_into_a_new_buffer(monkeypatch, loss_fn, modul
 def test_scale_in_place(device, scale, dtype):
     grad = torch.randn(3, 5, 7, device=device).to(dtype)
     expected = (grad.double() * scale).to(dtype)
-    grad_policy._scale_stored_grad_op(grad, torch.tensor(scale, device=device))
+    inplace_grad._scale_stored_grad_op(grad, torch.tensor(scale, device=device))
     # The interpreter rounds to bfloat16 by truncation, a GPU to nearest: one ulp apart.
     assert_close(grad, expected, "scaled gradient", rtol=2**-7 if dtype == torch.bfloat16 else 0, atol=0)
 
@@ -100,13 +101,13 @@ def test_scale_in_place(device, scale, dtype):
 def test_scale_covers_a_permuted_dense_buffer(device):
     grad = torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last)
     expected = grad * 2
-    grad_policy._scale_stored_grad_op(grad, torch.tensor(2.0, device=device))
+    inplace_grad._scale_stored_grad_op(grad, torch.tensor(2.0, device=device))
     assert torch.equal(grad, expected)
 
 
 def test_scale_opcheck(device):
     torch.library.opcheck(
-        grad_policy._scale_stored_grad_op, (torch.randn(4, 3, 5, device=device), torch.tensor(2.0, device=device))
+        inplace_grad._scale_stored_grad_op, (torch.randn(4, 3, 5, device=device), torch.tensor(2.0, device=device))
     )
 
 
@@ -114,11 +115,11 @@ def test_scale_per_element_and_broadcast_grad_output(device):
     grad = torch.randn(2, 3, 4, device=device)
     grad_output = torch.randn(2, 1, 4, device=device).expand(2, 3, 4)  # stride 0 along classes
     expected = grad * grad_output
-    assert torch.equal(grad_policy.scale_stored_grad(grad.clone(), grad_output), expected)
+    assert torch.equal(inplace_grad.scale_stored_grad(grad.clone(), grad_output), expected)
 
 
 def test_persistent_grid_keeps_rereads_in_l2_or_fills_the_gpu():
-    grid = grad_policy.PersistentGrid(num_sms=132, l2_bytes=50 * 2**20)
+    grid = PersistentGrid(num_sms=132, l2_bytes=50 * 2**20)
     # 256 KB rows (a 128k bf16 vocabulary): 90 rows in flight stay in 45% of the L2.
     assert grid.programs(8192, 16, 256 * 1024) == 90
     # 600 KB tiles: too few programs would fit, so the grid fills the GPU instead.
@@ -139,7 +140,7 @@ def test_persistent_grid_keeps_rereads_in_l2_or_fills_the_gpu():
 def test_row_statistics_stand_in_for_a_dram_reread(monkeypatch, shape, options, dtype):
     # Where the re-read of the logits would come from DRAM (many classes), the forward saves
     # per-row statistics and a recomputing backward reads them instead of a statistics pass.
-    monkeypatch.setattr(grad_policy.PersistentGrid, "rereads_in_l2", lambda self, num_warps, footprint: False)
+    monkeypatch.setattr(PersistentGrid, "rereads_in_l2", lambda self, num_warps, footprint: False)
     seen = []
     launch = softmax_focal.softmax_focal_launch
     monkeypatch.setattr(

@@ -20,7 +20,7 @@ from perf import sass
 sass.install_stand_in_driver()
 
 from triton_focal.kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
-from triton_focal.ops import denominators, distribution_focal, grad_policy, sigmoid_focal, softmax_focal, vocab_shard
+from triton_focal.ops import denominators, distribution_focal, inplace_grad, sigmoid_focal, softmax_focal, vocab_shard
 from triton_focal.sigmoid_term import SigmoidTerm
 
 compiled = []
@@ -41,7 +41,7 @@ class CompileInsteadOfLaunch:
 
 softmax_focal._softmax_focal_kernel = CompileInsteadOfLaunch(softmax_focal._softmax_focal_kernel)
 sigmoid_focal._sigmoid_focal_kernel = CompileInsteadOfLaunch(sigmoid_focal._sigmoid_focal_kernel)
-grad_policy._scale_grad_by_scalar_kernel = CompileInsteadOfLaunch(grad_policy._scale_grad_by_scalar_kernel)
+inplace_grad._scale_grad_by_scalar_kernel = CompileInsteadOfLaunch(inplace_grad._scale_grad_by_scalar_kernel)
 denominators._target_count_kernel = CompileInsteadOfLaunch(denominators._target_count_kernel)
 distribution_focal._distribution_focal_kernel = CompileInsteadOfLaunch(distribution_focal._distribution_focal_kernel)
 for name in ("_shard_stats_kernel", "_shard_smoothing_kernel", "_shard_grad_kernel"):
@@ -138,7 +138,7 @@ for shape, dtype, options, modes in [
 
 # The in-place rescale of an inplace_grad gradient.
 for dtype in (torch.bfloat16, torch.float64):
-    grad_policy._scale_stored_grad_op._init_fn(torch.randn(4, 3, 5).to(dtype), torch.tensor(2.0))
+    inplace_grad._scale_stored_grad_op._init_fn(torch.randn(4, 3, 5).to(dtype), torch.tensor(2.0))
 
 # The vocabulary-parallel steps: every option, float32 and float64.
 for dtype, gamma, weighted, softcap in [(torch.float32, 2.0, False, None), (torch.float64, "class", True, 30.0)]:

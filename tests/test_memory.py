@@ -96,7 +96,7 @@ def test_softmax_forward_and_backward_allocate_one_gradient(device, inplace_grad
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
 def test_is_dense_reads_strides_only(layout):
-    from triton_focal.ops.grad_policy import is_dense
+    from triton_focal.ops.inplace_grad import is_dense
 
     x = torch.empty(2, 3, 4, 5)
     view = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "transposed": x.transpose(1, 3)}[

@@ -1,6 +1,7 @@
 """What a fused-loss launch does with the gradient (the kernels' ``GRAD_MODE`` constant).
 
-The policy that picks a mode lives in ``triton_focal/ops/grad_policy.py``.
+The policy that picks a mode lives in ``triton_focal/ops/grad_policy.py``; the user chooses it
+with ``triton_focal.set_gradient_policy``.
 """
 
 import triton

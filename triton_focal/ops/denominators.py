@@ -3,7 +3,7 @@
 import triton
 
 from ..kernels.denominators import _target_count_kernel
-from .grad_policy import acc_dtype
+from .launch import acc_dtype
 from .workspace import partials, ticket_counter
 
 # Targets per program: 16 KB of int64 indices, enough bytes in flight per program; the grid is

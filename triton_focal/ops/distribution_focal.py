@@ -25,17 +25,10 @@ from .._autograd_state import functorch_active
 from ..kernels.distribution_focal import _distribution_focal_kernel
 from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..reference import compute_dtype
+from .autograd import backward_in_place
 from .denominators import target_denominators
-from .grad_policy import (
-    PersistentGrid,
-    acc_dtype,
-    backward_in_place,
-    finish_empty_launch,
-    forward_may_store,
-    on_input_device,
-    policy_flag,
-    stored_flag,
-)
+from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
+from .launch import PersistentGrid, acc_dtype, on_input_device
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -382,7 +375,7 @@ def distribution_focal_loss(input, target, *, mask, weight, reduction, normalize
         The loss (``(R,)`` for ``"none"``, else 0-dim), and with ``return_expectation`` the
         ``(R,)`` expectation, in the input's dtype.
     """
-    if functorch_active():  # torch.func transforms: see grad_policy.py
+    if functorch_active():  # torch.func transforms: see autograd.py
         return reference.distribution_focal_loss(
             input,
             target,

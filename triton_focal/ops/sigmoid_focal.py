@@ -24,21 +24,10 @@ from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from ..reference import compute_dtype
 from ..sigmoid_term import KINDS, SigmoidTerm
+from .autograd import backward_in_place, differentiable_grad, save_options, saved_options
 from .denominators import target_denominators
-from .grad_policy import (
-    PersistentGrid,
-    acc_dtype,
-    backward_in_place,
-    differentiable_grad,
-    finish_empty_launch,
-    forward_may_store,
-    integer_gamma,
-    on_input_device,
-    policy_flag,
-    save_options,
-    saved_options,
-    stored_flag,
-)
+from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
+from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -436,7 +425,7 @@ def sigmoid_loss(input, target, score=None, *, term, weight, ignore_index, reduc
         class_gamma = term.gamma.to(device=input.device, dtype=compute_dtype(input.dtype)).contiguous()
         term = dataclasses.replace(term, gamma=0.0)
     options = (score, weight, class_gamma, term.encode(), int(ignore_index), reduction)
-    if functorch_active():  # torch.func transforms: see grad_policy.py
+    if functorch_active():  # torch.func transforms: see autograd.py
         return _reference(target, normalizer, *options)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     store_grad = forward_may_store(needs_grad, reduction)

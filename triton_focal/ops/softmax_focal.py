@@ -27,23 +27,11 @@ from .._autograd_state import functorch_active
 from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, ROW_STATS_READ, ROW_STATS_WRITE
 from ..kernels.softmax_focal import DIVIDE_BY_NUMBER, DIVIDE_BY_TENSOR, _softmax_focal_kernel
 from ..reference import compute_dtype
+from .autograd import backward_in_place, differentiable_grad, save_options, saved_options
 from .denominators import target_denominators
-from .grad_policy import (
-    PersistentGrid,
-    acc_dtype,
-    backward_in_place,
-    differentiable_grad,
-    finish_empty_launch,
-    forward_may_store,
-    integer_gamma,
-    is_dense,
-    on_input_device,
-    policy_flag,
-    save_options,
-    saved_options,
-    scale_stored_grad,
-    stored_flag,
-)
+from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
+from .inplace_grad import is_dense, scale_stored_grad
+from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -745,7 +733,7 @@ def softmax_focal_loss(
     )
     if all(value is default for value, default in zip(extras[1:], EXTRA_DEFAULTS[1:])) and not poly_epsilon:
         extras = ()  # the call without them, as it was
-    if functorch_active():  # torch.func transforms: see grad_policy.py
+    if functorch_active():  # torch.func transforms: see autograd.py
         return _reference((*options, *extras), target)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     logits = input if logits is None else logits

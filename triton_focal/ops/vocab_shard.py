@@ -6,7 +6,7 @@ import torch
 import triton
 
 from ..kernels.vocab_shard import _shard_grad_kernel, _shard_smoothing_kernel, _shard_stats_kernel
-from .grad_policy import acc_dtype, on_input_device
+from .launch import acc_dtype, on_input_device
 from .scalars import split_float
 
 # One program per row, stepping over its classes: 4096 classes (16 per thread at 8 warps) a step.
