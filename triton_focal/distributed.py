@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from . import _validation, backends, reference
+from ._compiled_math import mean_scale
 from ._warnings import user_stacklevel
 
 # --- the per-shard math: statistics, smoothing sums, gradient -------------------------------
@@ -226,10 +227,6 @@ def _per_class_at(value, index, like):
     return value[index] if isinstance(value, torch.Tensor) else torch.full_like(like, value)
 
 
-def _inverse_or_zero(value):
-    return torch.where(value > 0, 1.0 / torch.where(value > 0, value, torch.ones_like(value)), torch.zeros_like(value))
-
-
 def _slice(value, start, end):
     return value[start:end] if isinstance(value, torch.Tensor) else value
 
@@ -328,7 +325,7 @@ def mean_scales(reduction, denominator, count):
     mean (0 for a mean over nothing: every row ignored, or every present class weighted 0)."""
     if reduction != "mean":
         return 1.0, 1.0
-    return _inverse_or_zero(denominator), _inverse_or_zero(count)
+    return mean_scale(denominator), mean_scale(count)
 
 
 class _VocabParallelFocal(torch.autograd.Function):
