@@ -345,7 +345,7 @@ def _power_and_ratio(base, exponent):
 # hard targets.
 
 
-def focal_term(x, t, p, one_minus_p, bce, numbers, cfg):
+def sigmoid_focal_term(x, t, p, one_minus_p, bce, numbers, cfg):
     """``alpha_t (1 - p_t) ** g * bce`` (+ Poly-1's ``eps (1 - p_t) ** (g + 1)``)::
 
     d/dx [(1 - p_t) ** g * bce] = g * (1 - p_t) ** g * (p (1 - p) / (1 - p_t)) * (1 - 2t) * bce
@@ -435,7 +435,7 @@ def _sigmoid_loss_and_grad(x, target, score, weight, ignore_index, numbers, cfg,
     p, one_minus_p, softplus_rest = sigmoid_parts(x)
     bce = bce_with_logits(x, t, softplus_rest)
     if cfg.term == "focal":
-        loss, grad = focal_term(x, t, p, one_minus_p, bce, numbers, cfg)
+        loss, grad = sigmoid_focal_term(x, t, p, one_minus_p, bce, numbers, cfg)
     elif cfg.term == "quality":
         loss, grad = quality_term(x, t, p, one_minus_p, bce, numbers, cfg)
     elif cfg.term == "varifocal":

@@ -55,7 +55,7 @@ def focal_weight(one_minus_p, gamma):
     return one_minus_p.clamp_min(torch.finfo(one_minus_p.dtype).tiny) ** gamma
 
 
-def focal_term(log_p, gamma):
+def class_focal_loss(log_p, gamma):
     """``f = (1 - p) ** gamma * (-log p)`` from ``log p``; ``1 - p = -expm1(log p)`` is exact
     near ``p = 1``, where ``1 - exp(log p)`` cancels."""
     return focal_weight(-torch.expm1(log_p), gamma) * -log_p
@@ -140,7 +140,7 @@ def softmax_focal_loss(
     # The target's term is taken from its own log p: a masked (-inf) logit elsewhere never
     # enters it, and a -inf target logit gives an infinite loss, as in F.cross_entropy.
     log_p_target = log_p.gather(1, safe_target.unsqueeze(1)).squeeze(1)
-    focal_target = focal_term(log_p_target, at_target(gamma, safe_target, x))
+    focal_target = class_focal_loss(log_p_target, at_target(gamma, safe_target, x))
     loss = (1.0 - label_smoothing) * at_target(weight, safe_target, x) * focal_target
     if label_smoothing > 0:
         # A class with p = 0 (a -inf, masked logit) adds 0 to the smoothing sum, where
@@ -148,7 +148,7 @@ def softmax_focal_loss(
         # 0, and the where sends the masked class no gradient.
         log_p = torch.where(log_p == -math.inf, torch.zeros_like(log_p), log_p)
         w = per_class(weight, x) if weight is not None else 1.0
-        loss = loss + (label_smoothing / num_classes) * (w * focal_term(log_p, per_class(gamma, x))).sum(dim=1)
+        loss = loss + (label_smoothing / num_classes) * (w * class_focal_loss(log_p, per_class(gamma, x))).sum(dim=1)
     if alpha is not None:
         loss = at_target(alpha, safe_target, x) * loss
     if poly_epsilon != 0:

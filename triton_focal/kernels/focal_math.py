@@ -1,5 +1,19 @@
 """Focal-loss math shared by every Triton kernel, stated once.
 
+Names, in every math module of the package (these kernels, ``_compiled_math.py``,
+``distributed.py``, ``reference.py``):
+
+* ``x`` the logits as given; ``z`` a softmax row's logits after the softcap; ``lse`` its
+  log-sum-exp; ``log_p`` (``l`` in formulas) and ``p`` a class's log-probability and
+  probability; ``q = 1 - p`` (for a sigmoid element, ``1 - p_t``).
+* ``gamma`` the focusing exponent; ``f = q ** gamma * (-log p)`` one class's focal loss (the
+  reference's ``class_focal_loss``); ``g`` its gradient coefficient, ``d f / d z_j = g (p_j -
+  [j == c])`` (``focal_term`` returns ``(f, g)``; the compile backend's row math calls ``g``
+  ``coef``, as ``g`` is gamma in its derivation).
+* a *row* is one ``(n, p)`` of ``(N, C, P)`` logits: one pixel's or token's classes; a *tile*
+  the rows one program handles at a time; a sigmoid *term* one element's loss
+  (``triton_focal/sigmoid_term.py``).
+
 All helpers work on float32 tensors of any shape (the kernels pass tiles) and are
 written so that no finite input produces NaN or inf:
 
