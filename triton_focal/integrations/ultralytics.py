@@ -204,8 +204,11 @@ class FusedBboxLoss(nn.Module):
     sides is the 4 of the normalizer). No copy of the foreground logits is gathered and no
     log-softmax of them is kept for the backward; the background anchors' logits are not read; the
     term needs no host sync (the IoU term's gather has ultralytics' own). The result has
-    ultralytics' dtype (``pred_dist``'s promoted with ``target_scores``'), computed in float32 for
-    half-precision logits where ultralytics takes the log-softmax in their dtype.
+    ultralytics' dtype (``pred_dist``'s promoted with ``target_scores``'). Half-precision logits
+    outside autocast (under autocast both take float32 logits) differ by rounding: ultralytics takes
+    the log-softmax in their dtype and sums in float32, the fused loss computes in float32 and
+    rounds the sum once to the logits' dtype (at most 2^-9 relative for bfloat16) before that cast;
+    its gradient is as close to the float64 one as ultralytics'.
 
     ``reg_max <= 1`` has no DFL: ultralytics' own ``BboxLoss`` computes both terms (its L1 distance
     loss in ultralytics 8.4, a 0 ``loss_dfl`` before).
