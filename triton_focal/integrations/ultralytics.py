@@ -201,14 +201,14 @@ class FusedBboxLoss(nn.Module):
                                 reduction="sum", normalizer=4 * target_scores_sum)
 
     with ``target_ltrb = bbox2dist(anchor_points, target_bboxes)`` (``DFLoss``'s mean over the four
-    sides is the 4 of the normalizer). No copy of the foreground logits is gathered and no
-    log-softmax of them is kept for the backward; the background anchors' logits are not read; the
-    term needs no host sync (the IoU term's gather has ultralytics' own). The result has
+    sides is the 4 of the normalizer). The foreground logits are not gathered (no copy of them, no
+    scatter of their gradient into a zero-filled one), the background anchors' logits are not read,
+    and the term needs no host sync (the IoU term's gather keeps ultralytics' own). The result has
     ultralytics' dtype (``pred_dist``'s promoted with ``target_scores``'). Half-precision logits
-    outside autocast (under autocast both take float32 logits) differ by rounding: ultralytics takes
-    the log-softmax in their dtype and sums in float32, the fused loss computes in float32 and
-    rounds the sum once to the logits' dtype (at most 2^-9 relative for bfloat16) before that cast;
-    its gradient is as close to the float64 one as ultralytics'.
+    outside CUDA autocast (ultralytics' AMP, where both take float32 logits) differ by rounding:
+    ultralytics takes the log-softmax in their dtype and sums in float32, the fused loss computes
+    in float32 and rounds the sum once to the logits' dtype (at most 2^-9 relative for bfloat16)
+    before that cast; its gradient is as close to the float64 one as ultralytics'.
 
     ``reg_max <= 1`` has no DFL: ultralytics' own ``BboxLoss`` computes both terms (its L1 distance
     loss in ultralytics 8.4, a 0 ``loss_dfl`` before).
