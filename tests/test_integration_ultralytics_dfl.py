@@ -148,6 +148,31 @@ def test_background_logits_are_not_read():
     assert not ours_dist[~inputs["fg_mask"]].any()
 
 
+@pytest.mark.parametrize("backend", [name for name in ALL_BACKENDS if name != "compile"])
+def test_pred_dist_is_never_indexed(backend):
+    """ultralytics gathers ``pred_dist[fg_mask]``; the drop-in indexes neither the logits nor a
+    view of them (only the IoU term's boxes and scores are gathered)."""
+    inputs = box_inputs(seed=4)
+    pred_dist = inputs["pred_dist"].detach().clone().requires_grad_()
+    indexed = []
+
+    def is_pred_dist(value):
+        return isinstance(value, torch.Tensor) and (value is pred_dist or value._base is pred_dist)
+
+    class Watch(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.Tensor.__getitem__, torch.Tensor.index_select, torch.Tensor.masked_select):
+                if is_pred_dist(args[0]):
+                    indexed.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    for module, expect_indexed in ((BboxLoss(16), True), (FusedBboxLoss(16, backend=backend), False)):
+        indexed.clear()
+        with Watch():
+            module(**{**inputs, "pred_dist": pred_dist})
+        assert bool(indexed) == expect_indexed, indexed
+
+
 def test_empty_foreground_gives_zero_and_keeps_the_graph():
     """No foreground anchor (``target_scores_sum`` clamped to 1): both terms 0, the gradients 0."""
     inputs = box_inputs(seed=2)
