@@ -21,7 +21,11 @@ Training with ``YOLO(...).train()`` (the trainer builds its own model)::
     model.train(data="coco8.yaml", epochs=1)
 
 A model you train yourself: ``enable_focal_loss(model, gamma=1.5, alpha=0.25)`` (a ``DetectionModel``
-or a ``YOLO``). Only the model's ``criterion`` is replaced (the attribute ultralytics strips before
+or a ``YOLO``). ``fuse_dfl=True`` (on ``enable_focal_loss``, ``focal_loss_callback`` and
+``patch_criterion``) also replaces the box loss, ``BboxLoss``, by :class:`FusedBboxLoss`: its
+Distribution Focal Loss term is one masked :func:`triton_focal.distribution_focal_loss` over every
+anchor (no gather of the foreground logits), its IoU term ultralytics' own; ``patch_bbox_loss(criterion)``
+replaces the box loss alone. Only the model's ``criterion`` is replaced (the attribute ultralytics strips before
 saving a checkpoint), so saved checkpoints do not need triton_focal to load.
 
 RT-DETR (``RTDETRDetectionModel``, whose ``DETRLoss`` has ``use_vfl=True``): :class:`FusedVarifocalLoss`
@@ -38,6 +42,7 @@ from torch import nn
 
 from .. import _validation, backends
 from ..functional import sigmoid_focal_loss
+from ..losses.distribution_focal import distribution_focal_loss
 
 
 class FusedClassificationLoss(nn.Module):
@@ -95,7 +100,7 @@ class FusedClassificationLoss(nn.Module):
         return f"gamma={self.gamma}, alpha={self.alpha}, backend={self.backend!r}"
 
 
-def _detection_losses(criterion):
+def _detection_losses(criterion, replaced="a BCE classification loss"):
     """The ``v8DetectionLoss`` instances inside a criterion (itself, or an E2E loss's two branches)."""
     from ultralytics.utils.loss import v8DetectionLoss
 
@@ -106,18 +111,24 @@ def _detection_losses(criterion):
     if not found:
         raise TypeError(
             f"{type(criterion).__name__} is not a v8DetectionLoss (or an end-to-end loss made of them): "
-            "there is no BCE classification loss to replace"
+            f"there is no {replaced} to replace"
         )
     return found
 
 
-def patch_criterion(criterion, *, gamma: float = 0.0, alpha: float = -1.0, backend: str = "auto"):
+def patch_criterion(
+    criterion, *, gamma: float = 0.0, alpha: float = -1.0, fuse_dfl: bool = False, backend: str = "auto"
+):
     """Replace the classification BCE of an ultralytics detection criterion in place; returns it.
 
     Works on ``v8DetectionLoss`` and its subclasses (segmentation, pose, OBB) and on the end-to-end
     losses built of two of them (``E2ELoss``, ``E2EDetectLoss``). ``criterion.class_weights`` moves into
-    the fused loss (and is set to None there, so it is applied once).
+    the fused loss (and is set to None there, so it is applied once). ``fuse_dfl=True`` also replaces
+    the box loss (:func:`patch_bbox_loss`).
     """
+    _validation.check_flag("fuse_dfl", fuse_dfl)
+    if fuse_dfl:
+        patch_bbox_loss(criterion, backend=backend)
     for loss in _detection_losses(criterion):
         class_weight = getattr(loss, "class_weights", None)
         if isinstance(loss.bce, FusedClassificationLoss):  # patched before: keep its class weights
@@ -136,32 +147,151 @@ def _unwrap(model):
     return getattr(model, "student_model", model)  # distillation: the student builds the criterion
 
 
-def enable_focal_loss(model, *, gamma: float = 0.0, alpha: float = -1.0, backend: str = "auto"):
+def enable_focal_loss(model, *, gamma: float = 0.0, alpha: float = -1.0, fuse_dfl: bool = False, backend: str = "auto"):
     """Give an ultralytics detection model (``DetectionModel``, a ``YOLO``, a wrapped one) the fused
-    classification loss: its criterion is built now (reading ``model.class_weights`` and
-    ``model.args``) and patched. Returns ``model``."""
+    classification loss (and with ``fuse_dfl=True`` the fused box loss, :class:`FusedBboxLoss`): its
+    criterion is built now (reading ``model.class_weights`` and ``model.args``) and patched.
+    Returns ``model``."""
     target = _unwrap(model)
     if not hasattr(target, "init_criterion"):
         raise TypeError(f"model must be an ultralytics model (with init_criterion), got {type(model).__name__}")
     criterion = getattr(target, "criterion", None)
     target.criterion = patch_criterion(
-        criterion if criterion is not None else target.init_criterion(), gamma=gamma, alpha=alpha, backend=backend
+        criterion if criterion is not None else target.init_criterion(),
+        gamma=gamma,
+        alpha=alpha,
+        fuse_dfl=fuse_dfl,
+        backend=backend,
     )
     return model
 
 
-def focal_loss_callback(*, gamma: float = 0.0, alpha: float = -1.0, backend: str = "auto"):
+def focal_loss_callback(*, gamma: float = 0.0, alpha: float = -1.0, fuse_dfl: bool = False, backend: str = "auto"):
     """A trainer callback (``model.add_callback("on_pretrain_routine_end", ...)``) that enables the fused
     loss on the model being trained and on its EMA copy (the validation loss)."""
     FusedClassificationLoss(gamma=gamma, alpha=alpha, backend=backend)  # bad settings fail now, not in training
+    _validation.check_flag("fuse_dfl", fuse_dfl)
+    settings = dict(gamma=gamma, alpha=alpha, fuse_dfl=fuse_dfl, backend=backend)
 
     def callback(trainer):
-        enable_focal_loss(trainer.model, gamma=gamma, alpha=alpha, backend=backend)
+        enable_focal_loss(trainer.model, **settings)
         ema = getattr(getattr(trainer, "ema", None), "ema", None)
         if ema is not None:
-            enable_focal_loss(ema, gamma=gamma, alpha=alpha, backend=backend)
+            enable_focal_loss(ema, **settings)
 
     return callback
+
+
+# --- the box loss: BboxLoss's Distribution Focal Loss ------------------------------------------
+
+
+class FusedBboxLoss(nn.Module):
+    """Stands in for ``ultralytics.utils.loss.BboxLoss`` (``v8DetectionLoss.bbox_loss``): the same
+    ``(reg_max)`` constructor, ``forward`` arguments and ``(loss_iou, loss_dfl)`` result, values and
+    gradients.
+
+    The IoU term is ultralytics' own: the CIoU of the foreground boxes, gathered, weighted by each
+    anchor's summed target scores and divided by ``target_scores_sum``. ultralytics' DFL term,
+    ``(DFLoss(reg_max)(pred_dist[fg].view(-1, reg_max), target_ltrb[fg]) * weight).sum() / target_scores_sum``,
+    is one masked call over all anchors::
+
+        distribution_focal_loss(pred_dist.view(B, A, 4, reg_max), target_ltrb.clamp(0, reg_max - 1.01),
+                                mask=fg_mask[..., None].expand(B, A, 4),
+                                weight=target_scores.sum(-1, keepdim=True),
+                                reduction="sum", normalizer=4 * target_scores_sum)
+
+    with ``target_ltrb = bbox2dist(anchor_points, target_bboxes)`` (``DFLoss``'s mean over the four
+    sides is the 4 of the normalizer). The foreground logits are not gathered (no copy of them, no
+    scatter of their gradient into a zero-filled one), the background anchors' logits are not read,
+    and the term needs no host sync (the IoU term's gather keeps ultralytics' own). The result has
+    ultralytics' dtype (``pred_dist``'s promoted with ``target_scores``'). Half-precision logits
+    outside CUDA autocast (ultralytics' AMP, where both take float32 logits) differ by rounding:
+    ultralytics takes the log-softmax in their dtype and sums in float32, the fused loss computes
+    in float32 and rounds the sum once to the logits' dtype (at most 2^-9 relative for bfloat16)
+    before that cast; its gradient is as close to the float64 one as ultralytics'.
+
+    ``reg_max <= 1`` has no DFL: ultralytics' own ``BboxLoss`` computes both terms (its L1 distance
+    loss in ultralytics 8.4, a 0 ``loss_dfl`` before).
+
+    Args:
+        reg_max: bins per box side (``Detect.reg_max``, 16 for YOLOv8 / YOLO11).
+        backend: triton_focal's backend for the DFL term.
+    """
+
+    def __init__(self, reg_max: int = 16, *, backend: str = "auto"):
+        super().__init__()
+        if isinstance(reg_max, bool) or not isinstance(reg_max, numbers.Integral) or reg_max < 1:
+            raise ValueError(f"reg_max must be an int >= 1, got {reg_max!r}")
+        backends.check_name(backend)
+        self.reg_max = int(reg_max)
+        self.backend = backend
+        self.unfused = None
+        if self.reg_max <= 1:
+            from ultralytics.utils.loss import BboxLoss
+
+            self.unfused = BboxLoss(self.reg_max)
+
+    def forward(
+        self,
+        pred_dist: torch.Tensor,
+        pred_bboxes: torch.Tensor,
+        anchor_points: torch.Tensor,
+        target_bboxes: torch.Tensor,
+        target_scores: torch.Tensor,
+        target_scores_sum,
+        fg_mask: torch.Tensor,
+        imgsz: Optional[torch.Tensor] = None,
+        stride: Optional[torch.Tensor] = None,
+    ):
+        if self.unfused is not None:
+            # ultralytics before 8.4 takes neither imgsz nor stride
+            extra = () if imgsz is None and stride is None else (imgsz, stride)
+            return self.unfused(
+                pred_dist, pred_bboxes, anchor_points, target_bboxes, target_scores, target_scores_sum, fg_mask, *extra
+            )
+        from ultralytics.utils.metrics import bbox_iou
+        from ultralytics.utils.tal import bbox2dist
+
+        # ultralytics' IoU term, as ultralytics writes it
+        fg = fg_mask.nonzero(as_tuple=True)
+        weight = target_scores[fg].sum(-1, keepdim=True)
+        iou = bbox_iou(pred_bboxes[fg], target_bboxes[fg], xywh=False, CIoU=True)
+        loss_iou = ((1.0 - iou) * weight).sum() / target_scores_sum
+
+        n = self.reg_max
+        logits = pred_dist.unflatten(-1, (4, n))
+        target_ltrb = bbox2dist(anchor_points, target_bboxes).clamp(0, n - 1.01)  # DFLoss's clamp
+        loss_dfl = distribution_focal_loss(
+            logits,
+            target_ltrb,
+            mask=fg_mask[..., None].expand(target_ltrb.shape),
+            weight=target_scores.sum(-1, keepdim=True),
+            reduction="sum",
+            normalizer=4 * target_scores_sum,
+            backend=self.backend,
+        )
+        return loss_iou, loss_dfl.to(torch.promote_types(pred_dist.dtype, target_scores.dtype))
+
+    def extra_repr(self) -> str:
+        return f"reg_max={self.reg_max}, backend={self.backend!r}"
+
+
+def patch_bbox_loss(criterion, *, backend: str = "auto"):
+    """Replace the ``BboxLoss`` of an ultralytics detection criterion by :class:`FusedBboxLoss` in
+    place; returns ``criterion``.
+
+    Works on ``v8DetectionLoss`` and its segmentation and pose subclasses and on the end-to-end
+    losses built of two of them. The OBB loss's ``RotatedBboxLoss`` (ProbIoU, rotated targets) is
+    left as it is.
+    """
+    from ultralytics.utils.loss import BboxLoss
+
+    backends.check_name(backend)
+    for loss in _detection_losses(criterion, "box loss"):
+        box = getattr(loss, "bbox_loss", None)
+        if isinstance(box, FusedBboxLoss) or type(box) is BboxLoss:
+            loss.bbox_loss = FusedBboxLoss(loss.reg_max, backend=backend)
+    return criterion
 
 
 # --- RT-DETR: DETRLoss's Varifocal Loss --------------------------------------------------------
