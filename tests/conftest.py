@@ -44,7 +44,7 @@ def device():
 # Node id prefix -> why it is slow.
 SLOW = {
     "tests/test_model.py": "compiles the kernels for sm_90 and reads their machine code",
-    "tests/test_kernels_compile.py::test_kernels_compile_for_a_gpu_target": "compiles every kernel for GPU targets",
+    "tests/test_kernels_build_for_sm90.py": "compiles every kernel for GPU targets",
     "tests/test_focal_loss.py::test_gradcheck[triton": "gradcheck through the Triton interpreter",
     "tests/test_distributed.py::test_matches_unsharded_loss": "starts gloo process groups",
     "tests/test_distributed.py::test_non_finite_logits": "starts gloo process groups",

@@ -7,7 +7,7 @@ import subprocess
 
 try:
     import tomllib
-except ImportError:  # Python 3.10: the same parser, from PyPI (pytest depends on it there)
+except ImportError:  # Python 3.10: the same parser, from PyPI (the [dev] extra declares it)
     import tomli as tomllib
 from pathlib import Path
 
