@@ -30,8 +30,7 @@ os.environ.setdefault(
 )
 
 import pytest  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from helpers import BACKENDS, DEVICE  # noqa: E402
 
 
 @pytest.fixture
@@ -76,15 +75,7 @@ def _compile_small_inputs(request, monkeypatch):
         monkeypatch.setattr(compiled, "EAGER_BELOW", 0)
 
 
-def _eager_backends():
-    """Backends the contract tests run on: the reference, and the Triton kernels where they
-    can run (a GPU, or the interpreter on the CPU). The compile fallback has its own tests,
-    since each configuration costs a compilation."""
-    import triton_focal
-
-    return [name for name in triton_focal.available_backends(DEVICE) if name != "compile"]
-
-
-@pytest.fixture(params=_eager_backends())
+@pytest.fixture(params=BACKENDS)
 def backend(request):
+    """Each backend that runs here (``helpers.BACKENDS``); the compile cases are slow."""
     return request.param
