@@ -42,7 +42,7 @@ def gold_mean(x, target, *, weight=None, ignore_index=-100, **kwargs):
     return rows.sum() / weight[target[valid]].sum()
 
 
-# Item 1: masked logits --------------------------------------------------------------------
+# masked logits ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
@@ -132,7 +132,7 @@ def test_masked_target_logit_follows_cross_entropy(backend):
     assert_close(x_ours.grad, x_ce.grad, "grad", dtype=torch.float32)
 
 
-# Item 3: NaN in an ignored element -------------------------------------------------------
+# NaN in an ignored element ----------------------------------------------------------------
 
 
 def test_nan_in_ignored_elements_gives_zero_gradient(backend):
@@ -179,7 +179,7 @@ def test_nan_in_ignored_sigmoid_rows_gives_zero_gradient(backend):
     assert_close(x_padded.grad[kept], x_kept.grad, "grad", dtype=torch.float32)
 
 
-# Item 5: a mean over a zero denominator ---------------------------------------------------
+# a mean over a zero denominator -----------------------------------------------------------
 
 
 def test_mean_with_zero_denominator_is_zero_with_zero_gradient(backend):
@@ -195,7 +195,7 @@ def test_mean_with_zero_denominator_is_zero_with_zero_gradient(backend):
         assert (x.grad == 0).all()
 
 
-# Item 6: backends agree ------------------------------------------------------------------
+# backends agree ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

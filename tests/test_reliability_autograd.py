@@ -74,7 +74,7 @@ def inputs(seed=0, num_classes=5):
     return x.to(DEVICE), v.to(DEVICE), weight.to(DEVICE)
 
 
-# Item 4: second derivatives and torch.func ------------------------------------------------
+# second derivatives and torch.func --------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
@@ -97,7 +97,7 @@ def test_torch_func_grad(backend, kind):
     assert_close(grad, gold_gradient(loss_fn, x, weight), "torch.func.grad", dtype=torch.float32)
 
 
-# Item 7: the in-place gradient through the public API -------------------------------------
+# the in-place gradient through the public API ---------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 5, 3), (2, 5, 3, 2)], ids=["C", "NC", "NCL", "NCHW"])
@@ -122,7 +122,7 @@ def test_inplace_grad_through_the_public_api(backend, api, shape):
     assert_close(weights.grad, gold_weights.grad, "grad", dtype=torch.float32)
 
 
-# Item 10 and item 4: the fused linear head ------------------------------------------------
+# the fused linear head --------------------------------------------------------------------
 
 FUSED_CASE = dict(gamma=2.0, label_smoothing=0.1)
 
