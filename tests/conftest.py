@@ -30,8 +30,7 @@ os.environ.setdefault(
 )
 
 import pytest  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from helpers import BACKENDS, DEVICE  # noqa: E402
 
 
 @pytest.fixture
@@ -44,7 +43,7 @@ def device():
 # Node id prefix -> why it is slow.
 SLOW = {
     "tests/test_model.py": "compiles the kernels for sm_90 and reads their machine code",
-    "tests/test_kernels_compile.py::test_kernels_compile_for_a_gpu_target": "compiles every kernel for GPU targets",
+    "tests/test_kernels_build_for_sm90.py": "compiles every kernel for GPU targets",
     "tests/test_focal_loss.py::test_gradcheck[triton": "gradcheck through the Triton interpreter",
     "tests/test_distributed.py::test_matches_unsharded_loss": "starts gloo process groups",
     "tests/test_distributed.py::test_non_finite_logits": "starts gloo process groups",
@@ -76,15 +75,7 @@ def _compile_small_inputs(request, monkeypatch):
         monkeypatch.setattr(compiled, "EAGER_BELOW", 0)
 
 
-def _eager_backends():
-    """Backends the contract tests run on: the reference, and the Triton kernels where they
-    can run (a GPU, or the interpreter on the CPU). The compile fallback has its own tests,
-    since each configuration costs a compilation."""
-    import triton_focal
-
-    return [name for name in triton_focal.available_backends(DEVICE) if name != "compile"]
-
-
-@pytest.fixture(params=_eager_backends())
+@pytest.fixture(params=BACKENDS)
 def backend(request):
+    """Each backend that runs here (``helpers.BACKENDS``); the compile cases are slow."""
     return request.param

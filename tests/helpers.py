@@ -1,4 +1,5 @@
-"""Shared test helpers: the per-dtype tolerance table and a verbose comparison."""
+"""Shared test helpers: the backends that run here, the per-dtype tolerance table and a verbose
+comparison."""
 
 import contextlib
 import importlib.metadata
@@ -6,6 +7,25 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+import triton_focal
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Every backend that runs here: the reference, the compile fallback, and the Triton kernels
+# where they can run (a GPU, or the interpreter on the CPU). The ``backend`` fixture
+# (conftest.py) runs a test on each; conftest marks the compile cases slow.
+BACKENDS = [name for name in ("reference", "compile", "triton") if name in triton_focal.available_backends(DEVICE)]
+
+
+def skip_unless_on_cpu(backend):
+    """For a test on CPU tensors: skip ``backend`` where it cannot take them (on a machine with
+    a GPU the suite does not turn on Triton's interpreter, so the kernels need CUDA tensors)."""
+    if backend not in triton_focal.available_backends("cpu"):
+        import pytest
+
+        pytest.skip(f"backend {backend!r} cannot run on CPU tensors here")
+
 
 # Tolerances for a backend's result against the float64 reference, by input dtype.
 # Low-precision inputs are also held to the "no worse than PyTorch" rule in

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import assert_close
+from helpers import assert_close, skip_unless_on_cpu
 
 import triton_focal
 from triton_focal.distributed import vocab_parallel_focal_loss
@@ -131,14 +131,9 @@ def _run(world_size, backend, dtype, tmp_path, non_finite_cases=False):
         pytest.fail("\n".join(messages) or "a rank failed")
 
 
-def _backends():
-    names = [name for name in triton_focal.available_backends("cpu")]
-    return [pytest.param(name, marks=pytest.mark.slow) if name == "compile" else name for name in names]
-
-
 @pytest.mark.parametrize("world_size", [2, 3])
-@pytest.mark.parametrize("backend", _backends())
 def test_matches_unsharded_loss(world_size, backend, tmp_path):
+    skip_unless_on_cpu(backend)
     if backend == "compile" and world_size == 3:
         pytest.skip("one compile run (2 ranks) covers the compiled shard functions")
     _run(world_size, backend, torch.float64, tmp_path)

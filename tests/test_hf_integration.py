@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, hide_broken_torchvision
+from helpers import assert_close, hide_broken_torchvision, skip_unless_on_cpu
 
 hide_broken_torchvision()
 transformers = pytest.importorskip("transformers")
@@ -46,15 +46,9 @@ def batch(seed=0, batch_size=2, length=9):
     return input_ids, labels
 
 
-def _backends():
-    """Every backend that runs here."""
-    marks = {"compile": [pytest.mark.slow]}
-    return [pytest.param(name, marks=marks.get(name, [])) for name in triton_focal.available_backends("cpu")]
-
-
-@pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("num_items_in_batch", [None, 23])
 def test_gamma_zero_equals_the_models_own_loss(backend, num_items_in_batch):
+    skip_unless_on_cpu(backend)
     model = tiny_llama()
     input_ids, labels = batch()
     extra = {} if num_items_in_batch is None else {"num_items_in_batch": torch.tensor(num_items_in_batch)}
@@ -91,9 +85,9 @@ def test_focal_settings_reach_the_loss():
     assert_close(loss, expected, "loss")
 
 
-@pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("num_items_in_batch", [None, 17])
 def test_fused_head_equals_the_logits_path(backend, num_items_in_batch):
+    skip_unless_on_cpu(backend)
     settings = dict(gamma=1.0, label_smoothing=0.1, z_loss=1e-3, backend=backend)
     model = tiny_llama()
     input_ids, labels = batch()

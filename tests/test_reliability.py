@@ -10,15 +10,13 @@ compilation.
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import DEVICE, assert_close
 
 import triton_focal
 
 # The interpreter evaluates masked-off lanes too (log 0, inf * 0); numpy warns about them.
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [name for name in ("reference", "compile", "triton") if name in triton_focal.available_backends(DEVICE)]
 INF = float("inf")
 
 # Settings shared by the softmax cases below (with a class weight and the mean).
@@ -44,10 +42,9 @@ def gold_mean(x, target, *, weight=None, ignore_index=-100, **kwargs):
     return rows.sum() / weight[target[valid]].sum()
 
 
-# Item 1: masked logits --------------------------------------------------------------------
+# masked logits ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_masked_logits_give_the_loss_and_gradient_of_the_unmasked_classes(backend, gamma, label_smoothing):
@@ -99,7 +96,6 @@ def test_masked_logits_give_the_loss_and_gradient_of_the_unmasked_classes(backen
     assert (x_masked.grad.cpu()[masked] == 0).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_masked_channels_first_logits(backend):
     """The same over (N, C, H, W) logits, classes strided by H * W."""
     gen = torch.Generator().manual_seed(1)
@@ -118,7 +114,6 @@ def test_masked_channels_first_logits(backend):
     assert_close(x_masked.grad, x_gold.grad, "grad", dtype=torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_masked_target_logit_follows_cross_entropy(backend):
     """A -inf logit on the target class: an infinite loss and F.cross_entropy's finite gradient."""
     x = torch.randn(3, 4, dtype=torch.float64)
@@ -137,10 +132,9 @@ def test_masked_target_logit_follows_cross_entropy(backend):
     assert_close(x_ours.grad, x_ce.grad, "grad", dtype=torch.float32)
 
 
-# Item 3: NaN in an ignored element -------------------------------------------------------
+# NaN in an ignored element ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_in_ignored_elements_gives_zero_gradient(backend):
     """Padding rows full of NaN (or inf) that the target ignores change nothing."""
     gen = torch.Generator().manual_seed(2)
@@ -163,7 +157,6 @@ def test_nan_in_ignored_elements_gives_zero_gradient(backend):
     assert (x_padded.grad.cpu()[[1, 3]] == 0).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_in_ignored_sigmoid_rows_gives_zero_gradient(backend):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(4, 3, generator=gen)
@@ -186,10 +179,9 @@ def test_nan_in_ignored_sigmoid_rows_gives_zero_gradient(backend):
     assert_close(x_padded.grad[kept], x_kept.grad, "grad", dtype=torch.float32)
 
 
-# Item 5: a mean over a zero denominator ---------------------------------------------------
+# a mean over a zero denominator -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_mean_with_zero_denominator_is_zero_with_zero_gradient(backend):
     """Every present class weighted 0 (the smoothing term alone would be nonzero), or every
     element ignored: the mean is 0 and so is the gradient, on every backend."""
@@ -203,10 +195,9 @@ def test_mean_with_zero_denominator_is_zero_with_zero_gradient(backend):
         assert (x.grad == 0).all()
 
 
-# Item 6: backends agree ------------------------------------------------------------------
+# backends agree ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_zero_classes_with_every_element_ignored(backend, reduction):
     """C = 0 and nothing to score: the empty sum (0), a zero mean, or one 0 per element."""
@@ -219,7 +210,6 @@ def test_zero_classes_with_every_element_ignored(backend, reduction):
     assert x.grad.shape == x.shape
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_normalizer_tensor_gets_its_gradient(backend):
     """A normalizer computed from the network (a soft count of positives) gets d loss / d n."""
     gen = torch.Generator().manual_seed(4)

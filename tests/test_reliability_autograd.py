@@ -11,15 +11,12 @@ import re
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import DEVICE, assert_close
 
 import triton_focal
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [name for name in ("reference", "compile", "triton") if name in triton_focal.available_backends(DEVICE)]
-EAGER_BACKENDS = [name for name in BACKENDS if name != "compile"]
 # The settings of tests/test_reliability.py's shared case, so the compile backend reuses
 # its compilation (gamma=2, label smoothing 0.1, a class weight, mean over float32 rows).
 SOFTMAX_CASE = dict(gamma=2.0, label_smoothing=0.1)
@@ -77,11 +74,10 @@ def inputs(seed=0, num_classes=5):
     return x.to(DEVICE), v.to(DEVICE), weight.to(DEVICE)
 
 
-# Item 4: second derivatives and torch.func ------------------------------------------------
+# second derivatives and torch.func --------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_hessian_vector_product_is_right_or_refused(backend, kind):
     loss_fn = LOSSES[kind]
     x, v, weight = inputs()
@@ -94,7 +90,6 @@ def test_hessian_vector_product_is_right_or_refused(backend, kind):
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_func_grad(backend, kind):
     loss_fn = LOSSES[kind]
     x, _, weight = inputs()
@@ -102,12 +97,11 @@ def test_torch_func_grad(backend, kind):
     assert_close(grad, gold_gradient(loss_fn, x, weight), "torch.func.grad", dtype=torch.float32)
 
 
-# Item 7: the in-place gradient through the public API -------------------------------------
+# the in-place gradient through the public API ---------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 5, 3), (2, 5, 3, 2)], ids=["C", "NC", "NCL", "NCHW"])
 @pytest.mark.parametrize("api", ["focal_loss", "FocalLoss"])
-@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_inplace_grad_through_the_public_api(backend, api, shape):
     """``inplace_grad=True`` on a network's output (a non-leaf) of every rank: the gradient
     that reaches the network is the reference's (other backends ignore the flag)."""
@@ -128,7 +122,7 @@ def test_inplace_grad_through_the_public_api(backend, api, shape):
     assert_close(weights.grad, gold_weights.grad, "grad", dtype=torch.float32)
 
 
-# Item 10 and item 4: the fused linear head ------------------------------------------------
+# the fused linear head --------------------------------------------------------------------
 
 FUSED_CASE = dict(gamma=2.0, label_smoothing=0.1)
 
@@ -144,7 +138,6 @@ def fused_inputs(tokens=7, hidden_size=4, vocab=9, seed=6):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_linear_second_backward_with_retained_graph(backend, reduction):
     hidden, lm_weight, bias, target = fused_inputs()
     params = [t.requires_grad_(True) for t in (hidden, lm_weight, bias)]
@@ -159,7 +152,6 @@ def test_fused_linear_second_backward_with_retained_graph(backend, reduction):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_linear_empty_batch(backend, reduction):
     """No tokens: the loss focal_loss gives (0, or no rows) and zero gradients."""
     hidden, lm_weight, bias, target = fused_inputs(tokens=0)
@@ -172,7 +164,6 @@ def test_fused_linear_empty_batch(backend, reduction):
         assert grad.shape == param.shape and (grad == 0).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_linear_mean_with_zero_denominator(backend):
     """Every present class weighted 0, with label smoothing: 0 and zero gradients, as focal_loss."""
     hidden, lm_weight, bias, target = fused_inputs()
@@ -187,7 +178,6 @@ def test_fused_linear_mean_with_zero_denominator(backend):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_linear_hessian_vector_product(backend, reduction):
     """create_graph=True through the fused head: the gradients can be differentiated again,
     and give the Hessian-vector product of the materialized logits' loss."""

@@ -13,7 +13,7 @@ INF, NAN = float("inf"), float("nan")
 X, T = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
 
 
-# Item 11: values that were accepted and gave NaN or inf ---------------------------------
+# values that were accepted and gave NaN or inf --------------------------------------------
 
 
 @pytest.mark.parametrize("gamma", [INF, NAN, torch.tensor([1.0, INF, 2.0]), torch.tensor([1.0, NAN, 2.0])])
@@ -52,7 +52,7 @@ def test_a_valid_normalizer_tensor_divides_the_sum():
         torch.testing.assert_close(got, total / 4)
 
 
-# Item 12: messages ----------------------------------------------------------------------
+# messages ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,12 @@ they can (each new static configuration costs a compilation).
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import BACKENDS, DEVICE, assert_close
 
 import triton_focal
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [name for name in ("reference", "compile", "triton") if name in triton_focal.available_backends(DEVICE)]
 INF = float("inf")
 
 
@@ -47,7 +45,6 @@ def uint8_batch(num_rows=40, num_classes=200, seed=0):
     return x, target
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_uint8_targets_with_the_default_ignore_index_follow_cross_entropy(backend):
     """-100 is no uint8 value: it ignores nothing, and class 156 is scored and counted."""
     x, target = uint8_batch()
@@ -61,7 +58,6 @@ def test_uint8_targets_with_the_default_ignore_index_follow_cross_entropy(backen
     assert_close(x.grad, x_gold.grad, "gradient with uint8 targets")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "dtype, ignore_index",
     [(torch.int32, 2**40), (torch.int8, -200), (torch.int8, 300)],
@@ -80,7 +76,6 @@ def test_ignore_index_beyond_the_target_dtype_matches_nothing(backend, dtype, ig
         assert_close(loss, gold, f"loss ({reduction}) with {dtype} targets and ignore_index={ignore_index}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_ignore_index_still_ignores_when_the_dtype_holds_it(backend):
     x, target = uint8_batch()
     target[6:10] = 255
@@ -90,7 +85,6 @@ def test_ignore_index_still_ignores_when_the_dtype_holds_it(backend):
     assert_close(loss, gold, "loss with uint8 targets and ignore_index=255")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_sigmoid_uint8_class_indices_with_the_default_ignore_index(backend):
     x, target = uint8_batch(num_rows=12)
     loss = triton_focal.sigmoid_focal_loss(
@@ -100,7 +94,6 @@ def test_sigmoid_uint8_class_indices_with_the_default_ignore_index(backend):
     assert_close(loss, gold, "sigmoid loss with uint8 class indices", dtype=torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_linear_uint8_targets_follow_cross_entropy(backend):
     gen = torch.Generator().manual_seed(3)
     hidden = torch.randn(12, 8, generator=gen).to(DEVICE)
@@ -223,7 +216,6 @@ def test_modules_refuse_a_learnable_tensor_at_construction(module, name):
 # zero-size dimensions ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("shape", [(2, 4, 0, 3), (3, 4, 0), (0, 4)], ids=["NC0W", "NC0", "0C"])
 def test_zero_size_dimensions_give_empty_results(backend, reduction, shape):
@@ -266,7 +258,6 @@ def sample_loss(kind, backend):
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_vmap_and_per_sample_gradients(backend, kind):
     x, target = per_sample_case()
     fn, gold_fn = sample_loss(kind, backend), sample_loss(kind, "reference")
@@ -281,7 +272,6 @@ def test_vmap_and_per_sample_gradients(backend, kind):
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_jacrev(backend, kind):
     x, target = per_sample_case()
     fn = sample_loss(kind, backend)
@@ -291,7 +281,6 @@ def test_jacrev(backend, kind):
     assert_close(jac, gold, "jacrev")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_vmap_of_the_fused_head(backend):
     gen = torch.Generator().manual_seed(8)
     hidden = torch.randn(2, 3, 4, generator=gen).to(DEVICE)
@@ -308,7 +297,6 @@ def test_vmap_of_the_fused_head(backend):
 # infinite sigmoid logits with matching targets ----------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 def test_infinite_sigmoid_logits_with_matching_targets(backend, gamma):
     """BCE is 0 at a +inf logit with target 1 and a -inf logit with target 0: loss and gradient

@@ -36,6 +36,8 @@ import types
 import warnings
 
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
 import torch.fx.experimental._config
 
 from . import _compiled_math as math_
