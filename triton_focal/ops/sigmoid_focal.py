@@ -13,7 +13,7 @@ Layers, top to bottom:
 """
 
 import dataclasses
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import triton
@@ -241,7 +241,8 @@ def _divisor(input, target, normalizer, normalizer_number, reduction, counted):
 
 # --- torch.library ops -------------------------------------------------------------
 # The loss's options, in every op and in the autograd context: (score, weight, class_gamma,
-# term, ignore_index, reduction), ``term`` as ``SigmoidTerm.encode()``'s list of floats.
+# term, ignore_index, reduction), ``term`` as ``SigmoidTerm.encode()``'s list of floats (typed
+# ``typing.List``: torch before 2.6 infers no schema from ``list[float]``).
 
 
 def _launch_options(score, weight, class_gamma, term, ignore_index, reduction):
@@ -264,7 +265,7 @@ def _forward_op(
     score: Optional[torch.Tensor],
     weight: Optional[torch.Tensor],
     class_gamma: Optional[torch.Tensor],
-    term: list[float],
+    term: List[float],
     ignore_index: int,
     reduction: str,
     store_grad: bool,
@@ -310,7 +311,7 @@ def _backward_op(
     score: Optional[torch.Tensor],
     weight: Optional[torch.Tensor],
     class_gamma: Optional[torch.Tensor],
-    term: list[float],
+    term: List[float],
     ignore_index: int,
     reduction: str,
 ) -> torch.Tensor:
