@@ -220,15 +220,12 @@ class TritonFocalLoss(nn.Module):
         if dense or target.is_floating_point():
             raise ValueError("target must be class indices (N, H, W) for use_sigmoid=False")
 
-        def weigh(loss):
-            if w.shape[1] != 1:
-                raise ValueError("weight for use_sigmoid=False must be per pixel, not per class")
-            return loss * w.squeeze(1)
-
+        if w is not None and w.shape[1] != 1:
+            raise ValueError("weight for use_sigmoid=False must be per pixel, not per class")
         return mm.softmax_loss(
             pred,
             target,
-            None if w is None else weigh,
+            None if w is None else w.squeeze(1),
             reduction,
             avg_factor,
             alpha=self.alpha,
