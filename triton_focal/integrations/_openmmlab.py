@@ -190,6 +190,9 @@ def softmax_loss(
     if class_weight is not None:
         check_class_count(class_weight, "class_weight", c)
         class_weight = class_weight.to(pred.device)
+    if element_weight is not None:
+        # focal_loss checks it too, as element_weight; the caller passed it as weight
+        _validation.check_weight_values(element_weight, False)
     if reduction == "mean" and avg_factor is None and avg_non_ignore:
         avg_factor = (target != ignore_index).sum()
     reduction, normalizer = fused_reduction(reduction, target.numel(), avg_factor, pred)
