@@ -1,4 +1,5 @@
-"""mmdetection drop-in: ``TritonFocalLoss`` in mmdet's ``MODELS`` registry (``pip install "triton-focal[mmdet]"``).
+"""mmdetection drop-ins in mmdet's ``MODELS`` registry (``pip install "triton-focal[mmdet]"``):
+``TritonFocalLoss``, and the focal family below.
 
 In a config, beside the model::
 
@@ -28,7 +29,16 @@ Beyond mmdet's ``FocalLoss`` (which supports only ``use_sigmoid=True``):
   the mean's ``N * C``, as mmdet counts zero-weighted anchors).
 
 ``activated=True`` (``pred`` already probabilities) computes mmdet's ``py_focal_loss_with_prob``
-eagerly: the fused kernels take logits.
+eagerly: the fused kernels take logits. With ``use_sigmoid=False`` the per-label ``weight`` and
+the divisor go into the fused ``focal_loss(element_weight=weight, reduction="sum", normalizer=d)``.
+
+The focal family, each with mmdet's constructor and forward (``docs/integrations.md`` gives the
+exact fused call each one makes): ``TritonQualityFocalLoss`` (mmdet's ``QualityFocalLoss``:
+``(label, score)`` or dense targets), ``TritonVarifocalLoss`` (``VarifocalLoss``) and
+``TritonDistributionFocalLoss`` (``DistributionFocalLoss``)::
+
+    loss_cls=dict(type='TritonQualityFocalLoss', use_sigmoid=True, beta=2.0, loss_weight=1.0)
+    loss_dfl=dict(type='TritonDistributionFocalLoss', loss_weight=0.25)
 """
 
 import numbers
