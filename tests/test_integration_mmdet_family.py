@@ -509,6 +509,7 @@ def test_trains_a_gfl_style_head(backend):
 # --- the softmax TritonFocalLoss: weight and avg_factor go into the fused loss -----------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction,avg_factor", [("mean", None), ("mean", 9.0), ("sum", None), ("none", None)])
 def test_softmax_weight_and_avg_factor_are_fused(backend, monkeypatch, reduction, avg_factor):
     """mmdet's CrossEntropyLoss convention (weight multiplies, the mean divides by the label count or
