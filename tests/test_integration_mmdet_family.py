@@ -222,6 +222,23 @@ def test_qfl_dense_target_equals_mmdet(backend, reduction, avg_factor, beta):
     )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qfl_dense_target_beyond_two_dims(backend):
+    """mmdet's tensor-target QFL sums over dimension 1 of any (N, C, ...) shape; weight is then (N, ...)."""
+    g = torch.Generator().manual_seed(6)
+    pred = torch.randn(6, 4, 5, generator=g, dtype=torch.float64)
+    target = torch.rand(6, 4, 5, generator=g, dtype=torch.float64) * (torch.rand(6, 4, 5, generator=g) < 0.3)
+    w = torch.rand(6, 5, generator=g, dtype=torch.float64)
+    for reduction in ("mean", "none"):
+        loss = TritonQualityFocalLoss(reduction=reduction, backend=backend)
+        _compare(
+            lambda x: loss(x, target, w),
+            lambda x: mmdet_qfl(x, target, w, reduction=reduction),
+            pred,
+            f"QFL (N, C, L) {reduction}",
+        )
+
+
 @pytest.mark.parametrize("form", ["tuple", "dense"])
 def test_qfl_activated_equals_mmdet_with_prob(form):
     pred, label, score = anchors()
