@@ -4,6 +4,9 @@ OpenMMLab reduces an element-wise loss with ``weight_reduce_loss`` (``mmdet/mode
 the same in mmseg): ``"mean"`` is the mean over *all* elements (zero-weighted ones included), or
 ``sum / (avg_factor + eps)`` when ``avg_factor`` is given, with ``eps = torch.finfo(torch.float32).eps``;
 ``"sum"`` with ``avg_factor`` is a ``ValueError``; ``"none"`` ignores ``avg_factor``.
+
+:func:`fused_reduction` maps that onto a fused loss's own ``reduction="sum", normalizer=...`` (the
+division happens in the loss, and no per-element loss is made for a reduced result).
 """
 
 import importlib
@@ -11,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .. import backends
+from .. import _validation, backends
 from ..functional import focal_loss, sigmoid_focal_loss
 
 EPS = torch.finfo(torch.float32).eps
@@ -51,16 +54,35 @@ def check_avg_factor(avg_factor, reduction):
         raise ValueError('avg_factor can not be used with reduction="sum"')
     if isinstance(avg_factor, bool) or not isinstance(avg_factor, (int, float, torch.Tensor)):
         raise TypeError(f"avg_factor must be a number or a 0-dim tensor, got {type(avg_factor).__name__}")
-    if isinstance(avg_factor, torch.Tensor) and avg_factor.numel() != 1:
-        raise ValueError(f"avg_factor must be a single value, got a tensor of shape {tuple(avg_factor.shape)}")
+    if isinstance(avg_factor, torch.Tensor):
+        if avg_factor.numel() != 1:
+            raise ValueError(f"avg_factor must be a single value, got a tensor of shape {tuple(avg_factor.shape)}")
+        if avg_factor.dtype == torch.bool or avg_factor.is_complex():
+            raise TypeError(f"avg_factor must be a real number tensor, got {avg_factor.dtype}")
+    if reduction != "mean":  # "none" ignores it, as mmdet does
+        return
+    # A count of positives or pixels: 0 is fine (the eps keeps the division finite), a negative
+    # or non-finite one is a bug upstream. A device tensor is not read (that would be a host sync).
+    if isinstance(avg_factor, torch.Tensor):
+        if not _validation.values_known(avg_factor, False):
+            return
+        value = avg_factor.reshape(()).item()
+    else:
+        value = avg_factor
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"avg_factor must be a finite number >= 0, got {value}")
+
+
+def check_pred(pred):
+    if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
+        raise TypeError(f"pred must be a floating-point tensor, got {type(pred).__name__}")
 
 
 def check_call(pred, target, default_reduction, reduction_override, avg_factor):
     """The checks a ``forward(pred, target, ..., avg_factor, reduction_override)`` starts with; the reduction."""
     reduction = resolve_reduction(default_reduction, reduction_override)
     check_avg_factor(avg_factor, reduction)
-    if not isinstance(pred, torch.Tensor) or not pred.is_floating_point():
-        raise TypeError(f"pred must be a floating-point tensor, got {type(pred).__name__}")
+    check_pred(pred)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a tensor, got {type(target).__name__}")
     return reduction
@@ -75,6 +97,25 @@ def reduce_sum(loss_sum, count, reduction, avg_factor):
     if isinstance(avg_factor, torch.Tensor):
         avg_factor = avg_factor.to(loss_sum.device).reshape(())
     return loss_sum / (avg_factor + EPS)
+
+
+def fused_reduction(reduction, count, avg_factor, like):
+    """``(reduction, normalizer)`` for a fused loss whose ``reduction="sum", normalizer=n`` is
+    ``sum / n``, giving ``weight_reduce_loss``'s result over ``count`` losses: ``"mean"`` is
+    ``sum / count`` (an empty batch gives 0, not mmdet's NaN) or ``sum / (avg_factor + eps)``.
+    ``"none"`` ignores ``avg_factor``, as mmdet does."""
+    if reduction != "mean":
+        return reduction, None
+    if avg_factor is None:
+        return "sum", max(count, 1)
+    if isinstance(avg_factor, torch.Tensor):
+        avg_factor = avg_factor.to(like.device).reshape(())
+    return "sum", avg_factor + EPS
+
+
+def float_weight(weight):
+    """mmdet's label weights may be integer masks; the fused losses take float weights."""
+    return weight if weight is None or weight.is_floating_point() else weight.float()
 
 
 def as_class_tensor(value, name, like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -125,10 +166,23 @@ def sigmoid_loss(pred, target, dense, w, reduction, avg_factor, *, alpha, gamma,
 
 
 def softmax_loss(
-    pred, target, weigh, reduction, avg_factor, *, alpha, class_weight, gamma, ignore_index, avg_non_ignore, backend
+    pred,
+    target,
+    element_weight,
+    reduction,
+    avg_factor,
+    *,
+    alpha,
+    class_weight,
+    gamma,
+    ignore_index,
+    avg_non_ignore,
+    backend,
 ):
     """The softmax focal loss of ``pred`` ``(N, C, ...)`` against class indices with ``CrossEntropyLoss``'s
-    reductions. ``weigh``: None, or a function multiplying the per-label loss by the caller's weight."""
+    reductions. ``element_weight``: None, or the caller's weight shaped like ``target``; it and the
+    divisor go into the fused loss (``reduction="sum", normalizer=...``: mmdet's and mmseg's mean
+    divides by the label count or ``avg_factor``, not by the weights' sum as a weighted mean would)."""
     c = pred.shape[1]
     if alpha is not None:
         check_class_count(alpha, "alpha", c)
@@ -136,16 +190,21 @@ def softmax_loss(
     if class_weight is not None:
         check_class_count(class_weight, "class_weight", c)
         class_weight = class_weight.to(pred.device)
-    settings = dict(gamma=gamma, alpha=alpha, weight=class_weight, ignore_index=ignore_index, backend=backend)
-    if weigh is None and reduction != "none":
-        total = focal_loss(pred, target, reduction="sum", **settings)
-    else:
-        loss = focal_loss(pred, target, reduction="none", **settings)
-        if weigh is not None:
-            loss = weigh(loss)
-        if reduction == "none":
-            return loss
-        total = loss.sum()
+    if element_weight is not None:
+        # focal_loss checks it too, as element_weight; the caller passed it as weight
+        _validation.check_weight_values(element_weight, False)
     if reduction == "mean" and avg_factor is None and avg_non_ignore:
         avg_factor = (target != ignore_index).sum()
-    return reduce_sum(total, target.numel(), reduction, avg_factor)
+    reduction, normalizer = fused_reduction(reduction, target.numel(), avg_factor, pred)
+    return focal_loss(
+        pred,
+        target,
+        gamma=gamma,
+        alpha=alpha,
+        weight=class_weight,
+        ignore_index=ignore_index,
+        element_weight=float_weight(element_weight),
+        reduction=reduction,
+        normalizer=normalizer,
+        backend=backend,
+    )

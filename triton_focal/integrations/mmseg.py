@@ -23,7 +23,9 @@ flattened ``(N * H * W,)`` or ``(N * H * W, C)``, or per element ``(N, C, H, W)`
 ``use_sigmoid=False`` (mmseg's ``FocalLoss`` refuses it) gives the softmax focal loss with mmseg's
 ``CrossEntropyLoss`` reductions: the mean over all pixels, or the non-ignored ones with
 ``avg_non_ignore=True``; ``class_weight`` as ``F.cross_entropy``'s weight (not in the divisor);
-``alpha`` None or a per-class list multiplying each class's loss.
+``alpha`` None or a per-class list multiplying each class's loss. The per-pixel ``weight`` and the
+divisor go into the fused ``focal_loss(element_weight=weight, reduction="sum", normalizer=d)``:
+mmseg's mean divides by the pixel count (or ``avg_factor + eps``), not by the weights' sum.
 """
 
 import numbers
@@ -220,15 +222,12 @@ class TritonFocalLoss(nn.Module):
         if dense or target.is_floating_point():
             raise ValueError("target must be class indices (N, H, W) for use_sigmoid=False")
 
-        def weigh(loss):
-            if w.shape[1] != 1:
-                raise ValueError("weight for use_sigmoid=False must be per pixel, not per class")
-            return loss * w.squeeze(1)
-
+        if w is not None and w.shape[1] != 1:
+            raise ValueError("weight for use_sigmoid=False must be per pixel, not per class")
         return mm.softmax_loss(
             pred,
             target,
-            None if w is None else weigh,
+            None if w is None else w.squeeze(1),
             reduction,
             avg_factor,
             alpha=self.alpha,
