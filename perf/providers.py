@@ -113,8 +113,11 @@ def _dense(x, t):
 
 
 def _mmdet_quality_focal_loss(pred, target, beta=2.0):
-    # mmdetection mmdet/models/losses/gfocal_loss.py quality_focal_loss, (label, score) targets.
+    # mmdetection mmdet/models/losses/gfocal_loss.py quality_focal_loss, (label, score) targets;
+    # the scores in the logits' dtype, as a half-precision pipeline hands them over (with
+    # float32 scores its indexed assignment fails in bf16: the float32 product into a bf16 loss).
     label, score = target
+    score = score.to(pred.dtype)
     pred_sigmoid = pred.sigmoid()
     scale_factor = pred_sigmoid
     zerolabel = scale_factor.new_zeros(pred.shape)
@@ -124,7 +127,7 @@ def _mmdet_quality_focal_loss(pred, target, beta=2.0):
     pos_label = label[pos].long()
     scale_factor = score[pos] - pred_sigmoid[pos, pos_label]
     loss[pos, pos_label] = F.binary_cross_entropy_with_logits(
-        pred[pos, pos_label], score[pos].to(pred.dtype), reduction="none"
+        pred[pos, pos_label], score[pos], reduction="none"
     ) * scale_factor.abs().pow(beta)
     return loss.sum(dim=1).sum()
 
