@@ -22,13 +22,13 @@ import tempfile
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TOLERANCES, assert_close
+from helpers import BACKENDS, TOLERANCES, assert_close
 
 import triton_focal
 from triton_focal import backends
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-ALL_BACKENDS = [name for name in ("reference", "compile", "triton") if name in triton_focal.available_backends(DEVICE)]
+ALL_BACKENDS = BACKENDS  # every backend that runs here (helpers.BACKENDS)
 EAGER_BACKENDS = [name for name in ALL_BACKENDS if name != "compile"]
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 

@@ -6,13 +6,10 @@ here in float64 and against the installed peers (mmdetection's ``varifocal_loss`
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, torchvision_version_if_missing
+from helpers import BACKENDS, assert_close, torchvision_version_if_missing
 from openmmlab_helpers import load_focal_loss
 
 import triton_focal
-
-BACKENDS = [b for b in ("reference", "compile", "triton") if b in triton_focal.available_backends("cpu")]
-
 
 # --- the sources' formulas, float64 ------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import BACKENDS, assert_close
 from openmmlab_helpers import build_from_config, load_focal_loss, training_losses
 
 import triton_focal
@@ -33,7 +33,6 @@ from triton_focal.integrations.mmdet import (
 EPS = torch.finfo(torch.float32).eps
 NOT_INSTALLED = "mmdet is not installed (pip install mmdet mmengine; mmcv built with MMCV_WITH_OPS=0 suffices)"
 # Every backend here, the compile one included (conftest marks its cases slow).
-BACKENDS = triton_focal.available_backends("cpu")
 
 
 def _load_gfocal():

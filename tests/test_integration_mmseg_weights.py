@@ -10,7 +10,7 @@ mmseg divides by the pixel count (or ``avg_factor + eps``), not by the weights' 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import BACKENDS, assert_close
 from openmmlab_helpers import load_focal_loss
 
 import triton_focal
@@ -18,7 +18,6 @@ from triton_focal.integrations import _openmmlab
 from triton_focal.integrations.mmseg import TritonFocalLoss
 
 EPS = torch.finfo(torch.float32).eps
-BACKENDS = triton_focal.available_backends("cpu")  # the compile ones are marked slow by conftest
 
 MMSEG_CE, MMSEG_CE_MISSING = load_focal_loss(
     "mmseg", "mmsegmentation is not installed (pip install mmsegmentation mmengine)", name="cross_entropy_loss"

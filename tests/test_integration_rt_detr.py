@@ -17,12 +17,9 @@ import tempfile
 
 import pytest
 import torch
-from helpers import assert_close, torchvision_version_if_missing
-
-import triton_focal
+from helpers import BACKENDS, assert_close, torchvision_version_if_missing
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = triton_focal.available_backends(DEVICE)
 NC = 5
 
 try:

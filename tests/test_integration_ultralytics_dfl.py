@@ -14,9 +14,7 @@ import tempfile
 
 import pytest
 import torch
-from helpers import TOLERANCES, assert_close, assert_no_worse_than_torch, torchvision_version_if_missing
-
-import triton_focal
+from helpers import BACKENDS, TOLERANCES, assert_close, assert_no_worse_than_torch, torchvision_version_if_missing
 
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-config-"))
 os.environ.setdefault("YOLO_VERBOSE", "False")
@@ -38,7 +36,7 @@ from triton_focal.integrations.ultralytics import (  # noqa: E402
 
 DEVICE = "cpu"
 # Every backend, the compile one included (tests/conftest.py marks its cases slow).
-ALL_BACKENDS = triton_focal.available_backends(DEVICE)
+ALL_BACKENDS = BACKENDS  # every backend that runs here (helpers.BACKENDS)
 NC = 3
 
 

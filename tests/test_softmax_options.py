@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from helpers import TOLERANCES, assert_close
+from helpers import BACKENDS, TOLERANCES, assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import triton_focal
@@ -20,7 +20,6 @@ from triton_focal.ops import softmax_focal as softmax_ops
 
 # Each compile-backend configuration costs a compilation (seconds on a CPU): the tests below
 # share few of them (float32 rows with poly; channels-first with weights; the normalizer).
-BACKENDS = ["reference", "compile", "triton"]
 LOW_PRECISION = [torch.bfloat16, torch.float16]
 
 
