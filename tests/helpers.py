@@ -16,6 +16,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # where they can run (a GPU, or the interpreter on the CPU). The ``backend`` fixture
 # (conftest.py) runs a test on each; conftest marks the compile cases slow.
 BACKENDS = [name for name in ("reference", "compile", "triton") if name in triton_focal.available_backends(DEVICE)]
+# The framework integrations call the public functions; the compile backend behind them is tested
+# by the core files (every semantics, edge and error test), so an integration's own tests run the
+# eager backends, where one case costs no compilation.
+EAGER_BACKENDS = [name for name in BACKENDS if name != "compile"]
 
 
 def skip_unless_on_cpu(backend):

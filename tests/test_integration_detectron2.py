@@ -5,13 +5,19 @@ form against detectron2's ``RetinaNet.losses`` classification term written with 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import EAGER_BACKENDS, assert_close
 
 fvcore_nn = pytest.importorskip("fvcore.nn", reason="fvcore is not installed (pip install fvcore)")
 
 from triton_focal.integrations import detectron2 as d2  # noqa: E402
 
 C = 5
+
+
+@pytest.fixture(params=EAGER_BACKENDS)
+def backend(request):
+    """The eager backends (``helpers.EAGER_BACKENDS``: the core files test the compile one)."""
+    return request.param
 
 
 def logits_and_targets(shape=(3, 11, C), seed=0, dtype=torch.float64):

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import EAGER_BACKENDS, assert_close
 from openmmlab_helpers import build_from_config, load_focal_loss, training_losses
 
 from triton_focal.integrations import mmdet as tf_mmdet
@@ -27,6 +27,12 @@ MMDET, MMDET_MISSING = load_focal_loss(
     "mmdet", "mmdet is not installed (pip install mmdet mmengine; mmcv built with MMCV_WITH_OPS=0 suffices)"
 )
 needs_mmdet = pytest.mark.skipif(MMDET is None, reason=f"mmdet's FocalLoss unavailable: {MMDET_MISSING}")
+
+
+@pytest.fixture(params=EAGER_BACKENDS)
+def backend(request):
+    """The eager backends (``helpers.EAGER_BACKENDS``: the core files test the compile one)."""
+    return request.param
 
 
 def mmdet_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.25, reduction="mean", avg_factor=None):

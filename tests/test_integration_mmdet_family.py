@@ -18,7 +18,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import BACKENDS, assert_close
+from helpers import EAGER_BACKENDS, assert_close
 from openmmlab_helpers import build_from_config, load_focal_loss, training_losses
 
 import triton_focal
@@ -189,7 +189,7 @@ def _compare(ours_fn, theirs_fn, pred, what, **tol):
 # --- QualityFocalLoss -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 @pytest.mark.parametrize("reduction,avg_factor", REDUCTIONS)
 @pytest.mark.parametrize("weight_kind", [None, "N"])
 def test_qfl_label_score_equals_mmdet(backend, reduction, avg_factor, weight_kind):
@@ -205,7 +205,7 @@ def test_qfl_label_score_equals_mmdet(backend, reduction, avg_factor, weight_kin
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 @pytest.mark.parametrize("reduction,avg_factor", [("mean", None), ("mean", 4.0), ("sum", None), ("none", None)])
 @pytest.mark.parametrize("beta", [2.0, 1.5])
 def test_qfl_dense_target_equals_mmdet(backend, reduction, avg_factor, beta):
@@ -221,7 +221,7 @@ def test_qfl_dense_target_equals_mmdet(backend, reduction, avg_factor, beta):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_qfl_dense_target_beyond_two_dims(backend):
     """mmdet's tensor-target QFL sums over dimension 1 of any (N, C, ...) shape; weight is then (N, ...)."""
     g = torch.Generator().manual_seed(6)
@@ -244,7 +244,7 @@ def test_qfl_activated_equals_mmdet_with_prob(form):
     prob = pred.sigmoid().detach()
     target = (label, score) if form == "tuple" else dense_scores()
     w = weights("N", *pred.shape)
-    loss = TritonQualityFocalLoss(activated=True, backend="triton" if "triton" in BACKENDS else "reference")
+    loss = TritonQualityFocalLoss(activated=True, backend="triton" if "triton" in EAGER_BACKENDS else "reference")
     _compare(
         lambda p: loss(p, target, w, avg_factor=5.0),
         lambda p: mmdet_qfl(p, target, w, 5.0, activated=True),
@@ -258,7 +258,7 @@ def test_qfl_activated_equals_mmdet_with_prob(form):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_qfl_float32_and_reduction_override(backend):
     pred, label, score = anchors(dtype=torch.float32)
     loss = TritonQualityFocalLoss(reduction="sum", backend=backend)
@@ -270,7 +270,7 @@ def test_qfl_float32_and_reduction_override(backend):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_qfl_bfloat16(backend):
     """bf16 logits: the fused loss computes in float32; mmdet on the float32 copy is the reference."""
     pred, label, score = anchors(dtype=torch.bfloat16)
@@ -294,7 +294,7 @@ def _mmdet_weight(weight, n, c):
     return weight.reshape(n, 1) if weight.numel() == n else weight.reshape(n, c)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 @pytest.mark.parametrize("reduction,avg_factor", REDUCTIONS)
 @pytest.mark.parametrize("weight_kind", [None, "N", "NC", "N*C"])
 @pytest.mark.parametrize("iou_weighted", [True, False])
@@ -315,7 +315,7 @@ def test_vfl_equals_mmdet(backend, reduction, avg_factor, weight_kind, iou_weigh
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_vfl_float32_bfloat16_and_integer_one_hot(backend):
     pred, label, _ = anchors(dtype=torch.float32)
     one_hot = F.one_hot(label.clamp(0, 5), 6)[:, :5]  # integer one-hot: mmdet casts it with type_as
@@ -346,7 +346,7 @@ def bins(n=23, reg_max=7, seed=3, dtype=torch.float64):
     return pred, target.to(dtype if dtype != torch.bfloat16 else torch.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 @pytest.mark.parametrize("reduction,avg_factor", REDUCTIONS)
 @pytest.mark.parametrize("weight_kind", [None, "N"])
 def test_dfl_equals_mmdet(backend, reduction, avg_factor, weight_kind):
@@ -362,7 +362,7 @@ def test_dfl_equals_mmdet(backend, reduction, avg_factor, weight_kind):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_dfl_gfl_heads_weight_and_float32(backend):
     """GFLHead's call: four sides per anchor, weight = the anchor's score repeated 4 times, avg_factor 4 * sum."""
     pred, target = bins(n=24, dtype=torch.float32)
@@ -377,7 +377,7 @@ def test_dfl_gfl_heads_weight_and_float32(backend):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_dfl_bfloat16(backend):
     pred, target = bins(dtype=torch.bfloat16)
     x = pred.clone().requires_grad_()
@@ -525,7 +525,7 @@ def test_trains_a_gfl_style_head(backend):
 # --- the softmax TritonFocalLoss: weight and avg_factor go into the fused loss -----------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 @pytest.mark.parametrize("reduction,avg_factor", [("mean", None), ("mean", 9.0), ("sum", None), ("none", None)])
 def test_softmax_weight_and_avg_factor_are_fused(backend, monkeypatch, reduction, avg_factor):
     """mmdet's CrossEntropyLoss convention (weight multiplies, the mean divides by the label count or

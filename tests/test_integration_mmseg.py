@@ -11,7 +11,7 @@ during the load. Without mmseg the formulas of that file, written out below, sta
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close
+from helpers import EAGER_BACKENDS, assert_close
 from openmmlab_helpers import build_from_config, load_focal_loss, training_losses
 
 from triton_focal.integrations.mmseg import TritonFocalLoss
@@ -20,6 +20,12 @@ EPS = torch.finfo(torch.float32).eps
 
 
 MMSEG, MMSEG_MISSING = load_focal_loss("mmseg", "mmsegmentation is not installed (pip install mmsegmentation mmengine)")
+
+
+@pytest.fixture(params=EAGER_BACKENDS)
+def backend(request):
+    """The eager backends (``helpers.EAGER_BACKENDS``: the core files test the compile one)."""
+    return request.param
 
 
 def mmseg_py_sigmoid_focal_loss(

@@ -17,7 +17,7 @@ import tempfile
 
 import pytest
 import torch
-from helpers import BACKENDS, assert_close, torchvision_version_if_missing
+from helpers import EAGER_BACKENDS, assert_close, torchvision_version_if_missing
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NC = 5
@@ -119,7 +119,7 @@ def rt_detr_batch(seed, dtype, batch=3, queries=9):
 
 @needs_transformers
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_transformers_matches_loss_labels_vfl(backend, dtype):
     criterion = rt_detr_criterion()
     outputs, targets, indices, num_boxes = rt_detr_batch(0, dtype)
@@ -176,7 +176,7 @@ def test_transformers_patch_through_get_loss_and_forward():
 
     expected = criterion(full(), targets)
     grads_expected = grad(sum(expected.values()), outputs["logits"])
-    with hf.fused_rt_detr_varifocal(backend=BACKENDS[-1]):
+    with hf.fused_rt_detr_varifocal(backend=EAGER_BACKENDS[0]):
         assert RTDetrLoss.__dict__["loss_labels_vfl"] is not original
         got_get = criterion.get_loss("vfl", outputs, targets, indices, num_boxes)["loss_vfl"]
         got = criterion(full(), targets)
@@ -197,14 +197,14 @@ def test_transformers_enable_disable():
     original = RTDetrLoss.__dict__["loss_labels_vfl"]
     try:
         hf.enable_fused_rt_detr_varifocal("reference")
-        hf.enable_fused_rt_detr_varifocal(BACKENDS[-1])  # again: another backend, the original still kept
+        hf.enable_fused_rt_detr_varifocal(EAGER_BACKENDS[0])  # again: another backend, the original still kept
         criterion = rt_detr_criterion()
         outputs, targets, indices, num_boxes = rt_detr_batch(3, torch.float32)
         got = criterion.get_loss("vfl", outputs, targets, indices, num_boxes)["loss_vfl"]
         with hf.fused_rt_detr_varifocal("reference"):
             pass
         # the block restores the patch it found, backend included
-        assert runs_fused(criterion) and criterion.loss_labels_vfl.keywords == {"backend": BACKENDS[-1]}
+        assert runs_fused(criterion) and criterion.loss_labels_vfl.keywords == {"backend": EAGER_BACKENDS[0]}
     finally:
         hf.disable_fused_rt_detr_varifocal()
     assert RTDetrLoss.__dict__["loss_labels_vfl"] is original
@@ -289,7 +289,7 @@ def test_transformers_model_loss_and_gradients(monkeypatch):
     calls = []
     fused = quality_focal.varifocal_loss
     monkeypatch.setattr(quality_focal, "varifocal_loss", lambda *a, **k: calls.append(1) or fused(*a, **k))
-    with hf.fused_rt_detr_varifocal(BACKENDS[-1]):
+    with hf.fused_rt_detr_varifocal(EAGER_BACKENDS[0]):
         got, grads = loss_and_grads()
     assert {"loss_vfl", "loss_vfl_aux_0", "loss_vfl_dn_0"} <= got.keys() == expected.keys()
     assert len(calls) == sum(key.startswith("loss_vfl") for key in got)
@@ -320,7 +320,7 @@ def detr_targets(seed, batch=2, queries=7, dtype=torch.float32):
 @needs_ultralytics
 @pytest.mark.parametrize("multi_label", [False, True], ids=["one_positive", "multi_label"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
 def test_ultralytics_matches_varifocal_loss(backend, dtype, multi_label):
     pred, gt_score, label = detr_targets(0, dtype=dtype)
     for gamma, alpha in ((2.0, 0.75), (1.5, 0.25)):  # the class's defaults, DETRLoss's
@@ -394,7 +394,7 @@ def test_ultralytics_patch_detr_loss():
     criterion = RTDETRDetectionLoss(nc=NC, use_vfl=True)
     expected = criterion((boxes, scores), batch)
     grads_expected = grad(sum(expected.values()), scores)
-    assert patch_detr_loss(criterion, backend=BACKENDS[-1]) is criterion
+    assert patch_detr_loss(criterion, backend=EAGER_BACKENDS[0]) is criterion
     assert isinstance(criterion.vfl, FusedVarifocalLoss)
     assert (criterion.vfl.gamma, criterion.vfl.alpha) == (1.5, 0.25)
     got = criterion((boxes, scores), batch)
@@ -449,7 +449,7 @@ def test_ultralytics_rt_detr_model_loss_and_gradients():
         }
 
     expected, grads_expected = loss_and_grads()
-    enable_fused_varifocal(model, backend=BACKENDS[-1])
+    enable_fused_varifocal(model, backend=EAGER_BACKENDS[0])
     assert isinstance(model.criterion.vfl, FusedVarifocalLoss)
     got, grads = loss_and_grads()
     assert got.keys() == expected.keys()

@@ -8,9 +8,15 @@ beside a CPU torch.
 
 import pytest
 import torch
-from helpers import assert_close, torchvision_sigmoid_focal_loss
+from helpers import EAGER_BACKENDS, assert_close, torchvision_sigmoid_focal_loss
 
 from triton_focal.integrations import torchvision as tf_tv
+
+
+@pytest.fixture(params=EAGER_BACKENDS)
+def backend(request):
+    """The eager backends (``helpers.EAGER_BACKENDS``: the core files test the compile one)."""
+    return request.param
 
 
 def _torchvision_head():

@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import assert_close, hide_broken_torchvision
+from helpers import EAGER_BACKENDS, assert_close, hide_broken_torchvision
 
 hide_broken_torchvision()
 transformers = pytest.importorskip("transformers")
@@ -21,6 +21,12 @@ from triton_focal.integrations.transformers import (  # noqa: E402
 )
 
 NUM_LABELS = 5
+
+
+@pytest.fixture(params=EAGER_BACKENDS)
+def backend(request):
+    """The eager backends (``helpers.EAGER_BACKENDS``: the core files test the compile one)."""
+    return request.param
 
 
 def tiny_bert(kind, seed=0, **config):

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import assert_close, torchvision_version_if_missing
+from helpers import EAGER_BACKENDS, assert_close, torchvision_version_if_missing
 
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-config-"))
 os.environ.setdefault("YOLO_VERBOSE", "False")
@@ -34,6 +34,12 @@ from triton_focal.integrations.ultralytics import (  # noqa: E402
 )
 
 NC = 3
+
+
+@pytest.fixture(params=EAGER_BACKENDS)
+def backend(request):
+    """The eager backends (``helpers.EAGER_BACKENDS``: the core files test the compile one)."""
+    return request.param
 
 
 def tiny_model(cfg="yolov8n.yaml", seed=0, dtype=torch.float32):

@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 import torch
-from helpers import BACKENDS, TOLERANCES, assert_close, assert_no_worse_than_torch, torchvision_version_if_missing
+from helpers import EAGER_BACKENDS, TOLERANCES, assert_close, assert_no_worse_than_torch, torchvision_version_if_missing
 
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ultralytics-config-"))
 os.environ.setdefault("YOLO_VERBOSE", "False")
@@ -36,7 +36,7 @@ from triton_focal.integrations.ultralytics import (  # noqa: E402
 
 DEVICE = "cpu"
 # Every backend, the compile one included (tests/conftest.py marks its cases slow).
-ALL_BACKENDS = BACKENDS  # every backend that runs here (helpers.BACKENDS)
+ALL_BACKENDS = EAGER_BACKENDS  # helpers.EAGER_BACKENDS: the core files test the compile one
 NC = 3
 
 
