@@ -50,3 +50,19 @@ def target_denominators(
         num_warps=NUM_WARPS,
     )
     return denom
+
+
+def reduced_divisor(reduction, normalizer, normalizer_number, mean_count):
+    """What divides a reduced loss, without a host sync: None for ``"none"`` and ``"sum"``, a
+    normalizer (a device tensor, detached: its own gradient is the autograd formula's; or a
+    number) where one is given, else the mean's count, ``mean_count()`` (a number, or a device
+    tensor from :func:`target_denominators`; called only where the mean needs it)."""
+    if reduction == "none":
+        return None
+    if normalizer is not None:
+        return normalizer.detach()
+    if normalizer_number is not None:
+        return normalizer_number
+    if reduction == "sum":
+        return None
+    return mean_count()

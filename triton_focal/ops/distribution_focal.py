@@ -26,7 +26,7 @@ from ..kernels.distribution_focal import _distribution_focal_kernel
 from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..reference import compute_dtype
 from .autograd import backward_in_place
-from .denominators import target_denominators
+from .denominators import reduced_divisor, target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
 from .launch import PersistentGrid, acc_dtype, on_input_device
 from .scalars import split_float
@@ -186,18 +186,13 @@ def _count_divisor(input, mask, normalizer, normalizer_number, reduction):
 
 
 def _divisor(input, mask, normalizer, normalizer_number, reduction, counted):
-    """What divides the reduced loss: None, a number, or a device tensor (no host sync)."""
-    if reduction == "none":
-        return None
-    if normalizer is not None:
-        return normalizer.detach()
-    if normalizer_number is not None:
-        return normalizer_number
-    if reduction == "sum":
-        return None
-    if mask is None:
-        return float(max(input.shape[0], 1))
-    return counted[1]
+    """The reduced loss's divisor (``reduced_divisor``): a mean counts every row, or with a mask
+    the unmasked rows (``counted``)."""
+
+    def mean_count():
+        return float(max(input.shape[0], 1)) if mask is None else counted[1]
+
+    return reduced_divisor(reduction, normalizer, normalizer_number, mean_count)
 
 
 # --- torch.library ops -------------------------------------------------------------

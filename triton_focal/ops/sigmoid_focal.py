@@ -25,7 +25,7 @@ from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from ..reference import compute_dtype
 from ..sigmoid_term import KINDS, SigmoidTerm
 from .autograd import backward_in_place, differentiable_grad, save_options, saved_options
-from .denominators import target_denominators
+from .denominators import reduced_divisor, target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
 from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device
 from .scalars import split_float
@@ -225,18 +225,13 @@ def _count_divisor(input, target, normalizer, normalizer_number, ignore_index, r
 
 
 def _divisor(input, target, normalizer, normalizer_number, reduction, counted):
-    """What divides the reduced loss: None, a number, or a device tensor (no host sync)."""
-    if reduction == "none":
-        return None
-    if normalizer is not None:
-        return normalizer.detach()
-    if normalizer_number is not None:
-        return normalizer_number
-    if reduction == "sum":
-        return None
-    if target.is_floating_point():
-        return float(max(input.numel(), 1))
-    return counted[1]
+    """The reduced loss's divisor (``reduced_divisor``): a dense mean counts every element, a
+    class-index mean the targets' count (``counted``)."""
+
+    def mean_count():
+        return float(max(input.numel(), 1)) if target.is_floating_point() else counted[1]
+
+    return reduced_divisor(reduction, normalizer, normalizer_number, mean_count)
 
 
 # --- torch.library ops -------------------------------------------------------------
