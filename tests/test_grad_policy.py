@@ -118,16 +118,6 @@ def test_scale_per_element_and_broadcast_grad_output(device):
     assert torch.equal(inplace_grad.scale_stored_grad(grad.clone(), grad_output), expected)
 
 
-def test_persistent_grid_keeps_rereads_in_l2_or_fills_the_gpu():
-    grid = PersistentGrid(num_sms=132, l2_bytes=50 * 2**20)
-    # 256 KB rows (a 128k bf16 vocabulary): 90 rows in flight stay in 45% of the L2.
-    assert grid.programs(8192, 16, 256 * 1024) == 90
-    # 600 KB tiles: too few programs would fit, so the grid fills the GPU instead.
-    assert grid.programs(100000, 4, 600 * 1024) == 132 * 16
-    # Fewer tiles than programs: one program per tile.
-    assert grid.programs(10, 4, 1024) == 10
-
-
 @pytest.mark.parametrize(
     "shape,options",
     [

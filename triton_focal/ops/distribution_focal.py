@@ -28,7 +28,7 @@ from ..reference import compute_dtype
 from .autograd import backward_in_place
 from .denominators import reduced_divisor, target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
-from .launch import PersistentGrid, acc_dtype, on_input_device
+from .launch import PersistentGrid, acc_dtype, on_input_device, persistent_launch
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -106,8 +106,6 @@ def distribution_focal_launch(
     go_scalar = grad_output is not None and grad_output.dim() == 0
     block_r, block_n = _tile(num_bins)
     num_tiles = triton.cdiv(num_rows, block_r)
-    # An elementwise loss re-reads nothing: the grid fills the GPU.
-    num_programs = PersistentGrid.for_device(input.device).programs(num_tiles, NUM_WARPS, footprint=0)
     reduced = compute_loss and reduce
     denom_tensor = isinstance(denominator, torch.Tensor)
     group = weight.shape[1] if weight is not None else 1
@@ -117,7 +115,8 @@ def distribution_focal_launch(
 
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
-    _distribution_focal_kernel[(num_programs,)](
+    max_programs = PersistentGrid.for_device(input.device).max_programs  # room for each program's partial sum
+    args = [
         input,
         target,
         mask.view(torch.uint8) if mask is not None else dummy,
@@ -125,7 +124,7 @@ def distribution_focal_launch(
         denominator if denom_tensor else dummy,
         loss if loss is not None else dummy,
         expectation if expectation is not None else dummy,
-        partials(num_programs, 1, compute_dtype(input.dtype), input.device) if reduced else dummy,
+        partials(max_programs, 1, compute_dtype(input.dtype), input.device) if reduced else dummy,
         ticket_counter(input.device) if reduced else dummy,
         grad if grad is not None else dummy,
         grad_output if grad_output is not None else dummy,
@@ -147,6 +146,9 @@ def distribution_focal_launch(
         group,
         num_tiles,
         *split_float(1.0 if denom_tensor or denominator is None else float(denominator)),
+    ]
+    # An elementwise loss re-reads nothing: the grid is as many programs as the SMs keep resident.
+    meta = dict(
         N=num_bins,
         BLOCK_R=block_r,
         BLOCK_N=block_n,
@@ -163,6 +165,7 @@ def distribution_focal_launch(
         ACC=acc_dtype(input.dtype),
         num_warps=NUM_WARPS,
     )
+    persistent_launch(_distribution_focal_kernel, num_tiles, 0, args, meta)
     return loss, expectation
 
 

@@ -27,7 +27,7 @@ from ..sigmoid_term import KINDS, SigmoidTerm
 from .autograd import backward_in_place, differentiable_grad, save_options, saved_options
 from .denominators import reduced_divisor, target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
-from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device
+from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device, persistent_launch
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -138,8 +138,6 @@ def sigmoid_focal_launch(
     block_r, block_c = _tile(num_classes, p_launch, strides[0][1], input.element_size(), term)
     num_p_blocks = triton.cdiv(p_launch, block_r)
     num_tiles = n_launch * num_p_blocks
-    # An elementwise loss re-reads nothing: the grid fills the GPU.
-    num_programs = PersistentGrid.for_device(input.device).programs(num_tiles, NUM_WARPS, footprint=0)
     reduced = compute_loss and reduce
     if reduced:
         loss = input.new_empty(())
@@ -147,14 +145,14 @@ def sigmoid_focal_launch(
 
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
-    _sigmoid_focal_kernel[(num_programs,)](
+    args = [
         input,
         target,
         weight if weight is not None else dummy,
         class_gamma if class_gamma is not None else dummy,
         denominator if denom_tensor else dummy,
         loss if loss is not None else dummy,
-        partials(num_programs, 1, acc, input.device) if reduced else dummy,
+        partials(PersistentGrid.for_device(input.device).max_programs, 1, acc, input.device) if reduced else dummy,
         ticket_counter(input.device) if reduced else dummy,
         grad if grad is not None else dummy,
         grad_output if grad_output is not None else dummy,
@@ -175,6 +173,9 @@ def sigmoid_focal_launch(
         *split_float(term.log_eps if term.eps > 0 else 0.0),
         *split_float(term.poly_epsilon),
         int(ignore_index),
+    ]
+    # An elementwise loss re-reads nothing: the grid is as many programs as the SMs keep resident.
+    meta = dict(
         BLOCK_R=block_r,
         BLOCK_C=block_c,
         INDEX_TARGET=index_target,
@@ -197,6 +198,7 @@ def sigmoid_focal_launch(
         ACC=acc_dtype(input.dtype),
         num_warps=NUM_WARPS,
     )
+    persistent_launch(_sigmoid_focal_kernel, num_tiles, 0, args, meta)
     return loss
 
 

@@ -31,7 +31,7 @@ from .autograd import backward_in_place, differentiable_grad, save_options, save
 from .denominators import target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
 from .inplace_grad import is_dense, scale_stored_grad
-from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device
+from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device, persistent_launch
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -189,7 +189,6 @@ def softmax_focal_launch(
     block_c, block_p, split, num_warps, footprint = _plan(num_classes, p_launch, x_s[1], input.element_size())
     num_p_blocks = triton.cdiv(p_launch, block_p // split)
     num_tiles = n_launch * num_p_blocks
-    num_programs = PersistentGrid.for_device(input.device).programs(num_tiles, num_warps, footprint)
     reduced = compute_loss and not per_element
     if reduced:
         loss = input.new_empty(())
@@ -198,7 +197,7 @@ def softmax_focal_launch(
     class_alpha = isinstance(alpha, torch.Tensor)
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
-    _softmax_focal_kernel[(num_programs,)](
+    args = [
         input,
         target,
         gamma if class_gamma else dummy,
@@ -206,7 +205,7 @@ def softmax_focal_launch(
         weight if weight is not None else dummy,
         denominators if denominators is not None else dummy,
         loss if loss is not None else dummy,
-        partials(num_programs, 1, acc, input.device) if reduced else dummy,
+        partials(PersistentGrid.for_device(input.device).max_programs, 1, acc, input.device) if reduced else dummy,
         ticket_counter(input.device) if reduced else dummy,
         grad if grad is not None else dummy,
         grad_output if grad_output is not None else dummy,
@@ -233,6 +232,8 @@ def softmax_focal_launch(
         *split_float(poly_epsilon),
         *split_float(float(normalizer) if divisor == DIVIDE_BY_NUMBER else 1.0),
         int(ignore_index),
+    ]
+    meta = dict(
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         SPLIT=split,
@@ -255,6 +256,7 @@ def softmax_focal_launch(
         ACC=acc_dtype(input.dtype),
         num_warps=num_warps,
     )
+    persistent_launch(_softmax_focal_kernel, num_tiles, footprint, args, meta)
     return loss
 
 
