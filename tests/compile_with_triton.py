@@ -325,6 +325,7 @@ def record_launches():
     launches = []
     for module, name in [
         (softmax_focal, "_softmax_focal_kernel"),
+        (softmax_focal, "_softmax_focal_one_read_kernel"),
         (sigmoid_focal, "_sigmoid_focal_kernel"),
         (inplace_grad, "_scale_grad_by_scalar_kernel"),
         (denominators, "_target_count_kernel"),

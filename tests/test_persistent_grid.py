@@ -58,7 +58,7 @@ def test_a_stand_in_footprint_sizes_the_launch(monkeypatch):
     triton_focal.focal_loss(x, target, backend="triton")
     assert seen and seen[-1] is None  # nothing installed: the warps' limit
 
-    installed = {}
+    installed = {"another kernel": Footprint(registers=32, num_warps=4)}  # not empty: keys are computed
     monkeypatch.setattr(launch, "STAND_IN_FOOTPRINTS", installed)
     key_seen = []
     real_key = launch.footprint_key

@@ -472,8 +472,12 @@ class _CountLaunches(TorchDispatchMode):
         super().__init__()
         self.ops = []
         self.kernels = []
-        for module, name in [(softmax_ops, "_softmax_focal_kernel"), (denominators_launcher, "_target_count_kernel")]:
-            patch.setattr(module, name, _Counted(getattr(module, name), name, self.kernels))
+        for module, name, logged in [
+            (softmax_ops, "_softmax_focal_kernel", "softmax"),
+            (softmax_ops, "_softmax_focal_one_read_kernel", "softmax"),  # either kernel: the same launch
+            (denominators_launcher, "_target_count_kernel", "_target_count_kernel"),
+        ]:
+            patch.setattr(module, name, _Counted(getattr(module, name), logged, self.kernels))
         patch.setattr(_validation, "values_known", lambda tensor, validate: False)
 
     # Not launches: allocations and views, and the interpreter's copies of each pointer argument
@@ -488,7 +492,7 @@ class _CountLaunches(TorchDispatchMode):
 
 class _Counted:
     def __init__(self, kernel, name, log):
-        self.kernel, self.name, self.log = kernel, name, log
+        self.kernel, self.name, self.log, self.fn = kernel, name, log, kernel.fn
 
     def __getitem__(self, grid):
         self.log.append(self.name)
@@ -514,12 +518,12 @@ def test_options_add_no_launch(reduction):
 
     plain_kernels, plain_ops = launches()
     # mean: the divisors' launch and the loss's (its backward launch exits at once); sum: no divisors
-    assert plain_kernels == ["_target_count_kernel"] * (reduction == "mean") + ["_softmax_focal_kernel"] * 2
+    assert plain_kernels == ["_target_count_kernel"] * (reduction == "mean") + ["softmax"] * 2
     assert launches(poly_epsilon=0.5, element_weight=v) == (plain_kernels, plain_ops)
     # A normalizer is the divisor: the divisors' launch goes
     for normalizer in (3.0, torch.tensor(3.0)):
         kernels, ops = launches(poly_epsilon=0.5, element_weight=v, normalizer=normalizer)
-        assert kernels == ["_softmax_focal_kernel"] * 2 and ops == plain_ops
+        assert kernels == ["softmax"] * 2 and ops == plain_ops
 
 
 # --- modules --------------------------------------------------------------------------------

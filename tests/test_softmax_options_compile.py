@@ -39,6 +39,7 @@ class CompileInsteadOfLaunch:
 
 
 softmax_focal._softmax_focal_kernel = CompileInsteadOfLaunch(softmax_focal._softmax_focal_kernel)
+softmax_focal._softmax_focal_one_read_kernel = CompileInsteadOfLaunch(softmax_focal._softmax_focal_one_read_kernel)
 denominators._target_count_kernel = CompileInsteadOfLaunch(denominators._target_count_kernel)
 
 # Channels-first bf16 with a per-image (stride 0) weight and a tensor normalizer; long fp16 rows
@@ -78,7 +79,7 @@ for shape, dtype, options, modes in [
         assert spills[0] <= spills[1], spills
 
 names = sorted({name for name, _, _ in compiled})
-assert names == ["_softmax_focal_kernel", "_target_count_kernel"], names
+assert names == ["_softmax_focal_kernel", "_softmax_focal_one_read_kernel", "_target_count_kernel"], names
 print("compiled", len(compiled))
 """
 

@@ -47,22 +47,25 @@ import triton.language as tl
 
 from .focal_math import (
     FP32_MAX,
-    LN2,
     LOG2E,
-    fast_log2,
     focal_term,
     join_float,
     log1p,
-    q_powers,
     softcap_logits,
-    target_log_prob,
 )
 from .grad_mode import GRAD_BACKWARD, ROW_STATS_READ, ROW_STATS_WRITE, gradient_plan
 from .reduce import store_total
-
-# DIVISOR: what divides a reduced "sum" (a normalizer), read from denom_ptr or passed as a number.
-DIVIDE_BY_TENSOR = tl.constexpr(1)
-DIVIDE_BY_NUMBER = tl.constexpr(2)
+from .softmax_rows import (
+    log_sum,
+    poly_term,
+    reduction_scales,
+    row_coefficients,
+    row_grad_scale,
+    row_loss,
+    row_targets,
+    target_factors,
+    target_focal,
+)
 
 
 @triton.jit
@@ -165,15 +168,6 @@ def _dominant_class(
     f_b, g_b = focal_term(log1p(-p_small), 1.0 - p_small, p_small, gamma_b, GAMMA_INT)
     g_b = tl.where(has_big, g_b, 0.0)
     return tl.where(has_big, w_b * f_b, 0.0), w_b * g_b, g_b
-
-
-@triton.jit
-def _poly_term(q, p, gamma, GAMMA_INT: tl.constexpr):
-    """Poly-1's ``q ** (gamma + 1)`` and its gradient coefficient ``(gamma + 1) q ** gamma p``
-    (``d q ** (gamma + 1) / d z_j = that * (p_j - [j == y])``), from the row's exact ``q = 1 - p``;
-    no ``q ** (gamma - 1)`` is formed, so both stay finite for every ``gamma >= 0``."""
-    q_pow_gamma, _ = q_powers(q, gamma, GAMMA_INT)
-    return q_pow_gamma * q, (gamma + 1.0) * q_pow_gamma * p
 
 
 @triton.jit
@@ -280,23 +274,7 @@ def _softmax_focal_kernel(
     store_grad, grad_scale, tiles = gradient_plan(
         policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
     )
-    mean_scale = 1.0
-    z_scale = 1.0
-    if MEAN:
-        # The mean of nothing is 0, with a zero gradient.
-        denom = tl.load(denom_ptr).to(ACC)
-        mean_scale = tl.where(denom > 0, 1.0 / tl.where(denom > 0, denom, 1.0), 0.0)
-        if HAS_Z_LOSS:
-            z_denom = tl.load(denom_ptr + 1).to(ACC)
-            z_scale = tl.where(z_denom > 0, 1.0 / tl.where(z_denom > 0, z_denom, 1.0), 0.0)
-        else:
-            z_scale = mean_scale
-    if DIVISOR == DIVIDE_BY_TENSOR:  # a normalizer (mmdet's avg_factor) divides every part alike
-        mean_scale = 1.0 / tl.load(denom_ptr).to(ACC)
-        z_scale = mean_scale
-    elif DIVISOR == DIVIDE_BY_NUMBER:
-        mean_scale = 1.0 / join_float(divisor_hi, divisor_lo, ACC)
-        z_scale = mean_scale
+    mean_scale, z_scale = reduction_scales(denom_ptr, divisor_hi, divisor_lo, MEAN, DIVISOR, HAS_Z_LOSS, ACC)
 
     lane = tl.arange(0, BLOCK_P)
     row_in_tile = lane // SPLIT
@@ -316,26 +294,12 @@ def _softmax_focal_kernel(
 
         # 1. The target of each row and its per-class factors.
         target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=p_mask, other=ignore_index)
-        target = target.to(tl.int64)
-        row_valid = p_mask & (target != ignore_index)
-        in_range = (target >= 0) & (target < C)
-        tl.device_assert(in_range | ~row_valid, "target class index out of range [0, C)")
-        row_ok = row_valid & in_range
-        row_bad = row_valid & ~in_range  # only reachable when the caller skipped validation
-        safe_target = tl.where(row_ok, target, 0)
+        row_ok, row_bad, safe_target = row_targets(target, p_mask, ignore_index, C)
         target_in_lane = (safe_target - lane_class).to(tl.int32)  # the target's class within a step
-        if HAS_CLASS_GAMMA:
-            gamma_y = tl.load(gamma_ptr + safe_target)
-        else:
-            gamma_y = gamma
-        if HAS_CLASS_ALPHA:
-            alpha_y = tl.load(alpha_ptr + safe_target)
-        else:
-            alpha_y = alpha
-        if HAS_WEIGHT:
-            w_y = tl.load(weight_ptr + safe_target)
-        else:
-            w_y = 1.0
+        gamma_y, alpha_y, w_y = target_factors(
+            gamma_ptr, alpha_ptr, weight_ptr, safe_target, gamma, alpha, HAS_CLASS_GAMMA, HAS_CLASS_ALPHA, HAS_WEIGHT
+        )
+        v = 1.0
         if HAS_ELEMENT_WEIGHT:  # one load per row, of non-ignored rows only
             v = tl.load(element_weight_ptr + n * stride_ew_n + p * stride_ew_p, mask=row_ok, other=0.0).to(ACC)
 
@@ -378,9 +342,7 @@ def _softmax_focal_kernel(
             s = s_other
         else:
             s = s_other + e_y
-        # The log-sum-exp is m + log_s, kept apart for precision. s is in [1, C]: lg2.approx's
-        # 2**-22 absolute error is a relative error of 2**-22 in every p_j.
-        log_s = fast_log2(s) * LN2
+        log_s = log_sum(s)  # the log-sum-exp is m + log_s, kept apart for precision
 
         # 3. Label smoothing needs sum_c w_c f_c (loss) and S_g = sum_c w_c g_c (gradient).
         #    One class per row can have p > 1/2, and then it is the row's max (its exp(x - m)
@@ -420,29 +382,36 @@ def _softmax_focal_kernel(
             q_y = tl.where(has_big & (x_y == m), p_small, 1.0 - tl.fdiv(e_y, s))
         else:
             q_y = tl.fdiv(s_other, s)  # 1 - p_y without cancellation
-        log_p_y = target_log_prob(x_y - m, log_s, q_y)
-        p_y = tl.exp2(log_p_y * LOG2E)
-        f_y, g_y = focal_term(log_p_y, p_y, q_y, gamma_y, GAMMA_INT)
-        g_y = tl.where(p_y > 0, g_y, 1.0)  # a target at -inf: p log p -> 0 (F.cross_entropy's gradient)
+        p_y, f_y, g_y = target_focal(x_y - m, log_s, q_y, gamma_y, GAMMA_INT)
+        poly_q = 0.0
+        poly_g = 0.0
         if HAS_POLY:
-            poly_q, poly_g = _poly_term(q_y, p_y, gamma_y, GAMMA_INT)
+            poly_q, poly_g = poly_term(q_y, p_y, gamma_y, GAMMA_INT)
 
         # 4. The loss of each row: stored, or summed into this program's partial sum.
         lse = m + log_s
         if compute_loss:
-            loss = (1.0 - label_smoothing) * w_y * f_y
-            if HAS_SMOOTHING:
-                loss += (label_smoothing / C) * sum_w_f
-            loss = alpha_y * loss
-            if HAS_POLY:  # after alpha, as the PolyLoss paper's poly-1 focal loss
-                loss += poly_epsilon * w_y * poly_q
-            loss = loss * mean_scale  # the mean divides per row: one sum does it all
-            if HAS_Z_LOSS:
-                loss += z_loss * lse * lse * z_scale
-            if HAS_ELEMENT_WEIGHT:
-                loss = loss * v
-            loss = tl.where(row_ok, loss, 0.0)
-            loss = tl.where(row_bad, float("nan"), loss)
+            loss = row_loss(
+                f_y,
+                w_y,
+                alpha_y,
+                sum_w_f,
+                poly_q,
+                lse,
+                v,
+                row_ok,
+                row_bad,
+                mean_scale,
+                z_scale,
+                label_smoothing,
+                poly_epsilon,
+                z_loss,
+                C,
+                HAS_SMOOTHING,
+                HAS_POLY,
+                HAS_Z_LOSS,
+                HAS_ELEMENT_WEIGHT,
+            )
             if PER_ELEMENT:
                 loss_offs = n * stride_l_n + p * stride_l_p
                 tl.store(loss_ptr + loss_offs, loss.to(loss_ptr.dtype.element_ty), mask=p_mask & first_lane)
@@ -451,26 +420,30 @@ def _softmax_focal_kernel(
 
         # 5. The gradient: a second (third with smoothing) read, from L2.
         if store_grad:
-            row_scale = grad_scale
-            if GRAD_MODE == GRAD_BACKWARD:
-                if not GRAD_OUT_IS_SCALAR:
-                    go = tl.load(grad_out_ptr + n * stride_go_n + p * stride_go_p, mask=p_mask, other=0.0)
-                    row_scale = row_scale * go.to(ACC)
-            if HAS_ELEMENT_WEIGHT:
-                row_scale = row_scale * v
-            focal_scale = row_scale * mean_scale * alpha_y
-            coef_y = focal_scale * (1.0 - label_smoothing) * w_y * g_y  # times (p_j - [j == y])
-            if HAS_POLY:
-                coef_y += row_scale * mean_scale * poly_epsilon * w_y * poly_g
-            coef_p = coef_y
-            if HAS_Z_LOSS:
-                coef_p += row_scale * z_scale * 2.0 * z_loss * lse
-            coef_smooth = focal_scale * (label_smoothing / C)
-            if HAS_SMOOTHING:
-                coef_p += coef_smooth * sum_w_g  # the smoothing term's S_g p_j, folded per row
-            coef_y = tl.where(row_ok, coef_y, 0.0)
-            coef_p = tl.where(row_ok, coef_p, 0.0)
-            coef_smooth = tl.where(row_ok, coef_smooth, 0.0)
+            row_scale = row_grad_scale(
+                grad_scale, grad_out_ptr, n * stride_go_n + p * stride_go_p, p_mask, GRAD_MODE, GRAD_OUT_IS_SCALAR, ACC
+            )
+            coef_y, coef_p, coef_smooth = row_coefficients(
+                row_scale,
+                g_y,
+                w_y,
+                alpha_y,
+                sum_w_g,
+                poly_g,
+                lse,
+                v,
+                row_ok,
+                mean_scale,
+                z_scale,
+                label_smoothing,
+                poly_epsilon,
+                z_loss,
+                C,
+                HAS_SMOOTHING,
+                HAS_POLY,
+                HAS_Z_LOSS,
+                HAS_ELEMENT_WEIGHT,
+            )
             # Ignored rows get 0 even where their logits are NaN; an out-of-range target
             # gets NaN rather than a silently wrong gradient.
             fill = tl.where(row_bad, float("nan"), 0.0)

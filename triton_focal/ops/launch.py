@@ -85,13 +85,15 @@ def kernel_footprint(kernel, args, meta):
     Under the interpreter it is :data:`STAND_IN_FOOTPRINTS`'."""
     import torch
 
+    on_gpu = args[0].is_cuda
+    if (not on_gpu and not STAND_IN_FOOTPRINTS) or (on_gpu and torch.version.hip is not None):
+        # nothing installed; or AMD, whose occupancy counts other registers (VGPRs per SIMD):
+        # the warps decide
+        return None
     dtypes = [str(a.dtype).replace("torch.", "") for a in args if isinstance(a, torch.Tensor)]
     key = footprint_key(kernel.fn.__qualname__, dtypes, meta)
-    on_gpu = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    if on_gpu is None or not on_gpu.is_cuda:
+    if not on_gpu:
         return STAND_IN_FOOTPRINTS.get(key)
-    if torch.version.hip is not None:
-        return None  # AMD's occupancy counts other registers (VGPRs per SIMD); the warps decide
     if key not in _compiled_footprints:
         try:
             compiled = kernel.warmup(*args, grid=(1,), **meta)

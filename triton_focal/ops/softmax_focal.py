@@ -25,7 +25,9 @@ import triton
 from .. import reference
 from .._autograd_state import functorch_active
 from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, ROW_STATS_READ, ROW_STATS_WRITE
-from ..kernels.softmax_focal import DIVIDE_BY_NUMBER, DIVIDE_BY_TENSOR, _softmax_focal_kernel
+from ..kernels.softmax_focal import _softmax_focal_kernel
+from ..kernels.softmax_focal_one_read import _softmax_focal_one_read_kernel
+from ..kernels.softmax_rows import DIVIDE_BY_NUMBER, DIVIDE_BY_TENSOR
 from ..reference import compute_dtype
 from .autograd import backward_in_place, differentiable_grad, save_options, saved_options
 from .denominators import target_denominators
@@ -54,6 +56,13 @@ LONG_ROW_WARPS = 32
 LANES_PER_THREAD = 2
 SHORT_ROW_WARPS = 4
 MAX_SPLIT = 32 * LONG_ROW_WARPS * LANES_PER_THREAD  # lanes of one row
+# Few classes, positions contiguous (segmentation): the one-read kernel holds every class of
+# a thread's positions in registers (kernels/softmax_focal_one_read.py). Up to 32 classes, a
+# thread holds at most ONE_READ_VALUES logits (the positions per thread shrink as classes
+# grow), which keeps it near 100 registers with no spills on sm_90 and 5-6 programs per SM.
+ONE_READ_MAX_CLASSES = 32
+ONE_READ_VALUES = 64
+ONE_READ_NUM_WARPS = 4
 
 
 def _launch_config(num_classes, num_rows, stride_c, element_size):
@@ -74,6 +83,20 @@ def _plan(num_classes, num_rows, stride_c, element_size):
     """``_launch_config`` and the bytes a tile reads between its passes over the classes."""
     block_c, block_p, split, num_warps = _launch_config(num_classes, num_rows, stride_c, element_size)
     return block_c, block_p, split, num_warps, (block_p // split) * num_classes * element_size
+
+
+def _one_read_plan(num_classes, stride_p, element_size, label_smoothing, softcap):
+    """``(BLOCK_A, BLOCK_B, VEC, num_warps)`` of the one-read kernel where it applies, else None:
+    positions contiguous, few classes, no label smoothing (a second sum over the classes) and no
+    softcap (the class-step kernel has both)."""
+    if stride_p != 1 or not 1 <= num_classes <= ONE_READ_MAX_CLASSES or label_smoothing > 0 or softcap is not None:
+        return None
+    block_a = 1 << (num_classes.bit_length() - 1)  # the largest power of two <= C
+    rest = num_classes - block_a
+    block_b = triton.next_power_of_2(rest) if rest else 0
+    # as many positions per thread as ONE_READ_VALUES allows, up to a 16-byte load
+    vec = max(1, min(16 // element_size, 1 << ((ONE_READ_VALUES // (block_a + block_b)).bit_length() - 1)))
+    return block_a, block_b, vec, ONE_READ_NUM_WARPS
 
 
 def row_stats_buffer(input, label_smoothing):
@@ -186,8 +209,16 @@ def softmax_focal_launch(
         element_weight.stride() if element_weight is not None else _dummy_strides(2),
     ]
     n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s, ew_s) = _fold_rows(input.shape, *strides)
-    block_c, block_p, split, num_warps, footprint = _plan(num_classes, p_launch, x_s[1], input.element_size())
-    num_p_blocks = triton.cdiv(p_launch, block_p // split)
+    one_read = None
+    if row_stats is None:
+        one_read = _one_read_plan(num_classes, x_s[2], input.element_size(), label_smoothing, softcap)
+    if one_read is not None:
+        block_a, block_b, vec, num_warps = one_read
+        rows_per_tile, footprint = vec * 32 * num_warps, 0  # nothing is re-read
+    else:
+        block_c, block_p, split, num_warps, footprint = _plan(num_classes, p_launch, x_s[1], input.element_size())
+        rows_per_tile = block_p // split
+    num_p_blocks = triton.cdiv(p_launch, rows_per_tile)
     num_tiles = n_launch * num_p_blocks
     reduced = compute_loss and not per_element
     if reduced:
@@ -233,17 +264,12 @@ def softmax_focal_launch(
         *split_float(float(normalizer) if divisor == DIVIDE_BY_NUMBER else 1.0),
         int(ignore_index),
     ]
-    meta = dict(
-        BLOCK_C=block_c,
-        BLOCK_P=block_p,
-        SPLIT=split,
+    meta = dict(  # what both kernels are compiled for
         HAS_CLASS_GAMMA=class_gamma,
         GAMMA_INT=integer_gamma(gamma),
         HAS_CLASS_ALPHA=class_alpha,
         HAS_WEIGHT=weight is not None,
-        HAS_SMOOTHING=label_smoothing > 0,
         HAS_Z_LOSS=z_loss > 0,
-        HAS_SOFTCAP=softcap is not None,
         PER_ELEMENT=per_element,
         MEAN=reduction == "mean" and not divisor,
         DIVISOR=divisor,
@@ -252,9 +278,20 @@ def softmax_focal_launch(
         GRAD_MODE=grad_mode,
         GRAD_OUT_IS_SCALAR=go_scalar,
         SKIP_IF_STORED=skip_if_stored,
-        ROW_STATS=0 if row_stats is None else ROW_STATS_READ if grad_mode == GRAD_BACKWARD else ROW_STATS_WRITE,
         ACC=acc_dtype(input.dtype),
         num_warps=num_warps,
+    )
+    if one_read is not None:
+        meta.update(BLOCK_A=block_a, BLOCK_B=block_b, VEC=vec, BLOCK_P=rows_per_tile)
+        persistent_launch(_softmax_focal_one_read_kernel, num_tiles, footprint, args, meta)
+        return loss
+    meta.update(
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+        SPLIT=split,
+        HAS_SMOOTHING=label_smoothing > 0,
+        HAS_SOFTCAP=softcap is not None,
+        ROW_STATS=0 if row_stats is None else ROW_STATS_READ if grad_mode == GRAD_BACKWARD else ROW_STATS_WRITE,
     )
     persistent_launch(_softmax_focal_kernel, num_tiles, footprint, args, meta)
     return loss
