@@ -240,6 +240,7 @@ FAMILY = {
 }
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("loss", sorted(FAMILY))
@@ -254,6 +255,7 @@ def test_low_precision_against_float64(backend, dtype, loss):
     assert_close(grad / scale, want_grad / scale, "grad", dtype=dtype)
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("loss", sorted(FAMILY))

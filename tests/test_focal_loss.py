@@ -58,6 +58,7 @@ def make_inputs(shape, dtype=torch.float64, ignore_fraction=0.2, seed=0):
     return x, target
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize(
@@ -93,6 +94,7 @@ def test_gamma_zero_is_cross_entropy_non_contiguous(backend, device, dtype):
         assert_close(ours[1], gold[1].to(dtype), "grad", dtype=dtype)
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0, 5.0])
 @pytest.mark.parametrize("alpha", [None, 0.25, "per-class"])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
@@ -202,6 +204,7 @@ def test_detection_class_alpha_convention(backend, device):
 EXTREMES = {torch.float32: 1e4, torch.float64: 1e4, torch.float16: 6e4, torch.bfloat16: 1e4}
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("dtype", list(EXTREMES))
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 5.0])
 def test_extreme_logits_are_finite(backend, device, dtype, gamma):

@@ -100,6 +100,7 @@ def test_torch_func_grad(backend, kind):
 # the in-place gradient through the public API ---------------------------------------------
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 5, 3), (2, 5, 3, 2)], ids=["C", "NC", "NCL", "NCHW"])
 @pytest.mark.parametrize("api", ["focal_loss", "FocalLoss"])
 def test_inplace_grad_through_the_public_api(backend, api, shape):

@@ -23,6 +23,7 @@ def detection_inputs(shape=(12, 5), seed=0, soft=False):
     return x, t
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("alpha", [0.25, 0.5, -1.0])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
@@ -108,6 +109,7 @@ def test_fl_star(backend, device, alpha, gamma):
     assert_close(ours[1], theirs[1], "grad", rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 def test_extreme_logits(backend, device, dtype, gamma):

@@ -158,6 +158,7 @@ def test_poly1_cross_entropy_is_optax_formula(backend, epsilon):
     assert_close(xt.grad, exact.grad, "poly-1 CE grad")
 
 
+@pytest.mark.compile_sample
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("gamma", [0.5, 2.0])
