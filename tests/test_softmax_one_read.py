@@ -72,13 +72,14 @@ def _gold(x, target, grad_output, **options):
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matches_float64_on_both_kernels(monkeypatch, one_read, classes, options, dtype):
+@pytest.mark.parametrize("positions", [(5, 7), (16, 32)], ids=["partial_tile", "whole_tiles"])
+def test_matches_float64_on_both_kernels(monkeypatch, one_read, classes, options, dtype, positions):
     if not one_read:
         monkeypatch.setattr(ops, "ONE_READ_MAX_CLASSES", 0)
     gen = torch.Generator().manual_seed(classes)
-    shape = (2, classes, 5, 7)  # 35 positions: a partial tile
+    shape = (2, classes, *positions)  # 35 positions: a partial tile; 512: whole tiles, no mask
     x = (torch.randn(shape, generator=gen) * 4).to(dtype).to(DEVICE)
-    target = torch.randint(0, classes, (2, 5, 7), generator=gen).to(DEVICE)
+    target = torch.randint(0, classes, (2, *positions), generator=gen).to(DEVICE)
     target.view(-1)[::3] = -100
     x.view(2, classes, -1)[:, :, ::6] = float("nan")  # NaN logits on ignored positions (0, 6, ...)
     target.view(2, -1)[:, ::6] = -100
@@ -93,9 +94,9 @@ def test_matches_float64_on_both_kernels(monkeypatch, one_read, classes, options
     if options.pop("weight", False):
         options["weight"] = torch.rand(classes, generator=gen, dtype=acc).to(DEVICE) + 0.5
     if options.pop("element_weight", False):
-        options["element_weight"] = torch.rand(2, 5, 7, generator=gen).to(DEVICE)
+        options["element_weight"] = torch.rand(2, *positions, generator=gen).to(DEVICE)
     none = options.get("reduction") == "none"
-    grad_output = torch.randn(2, 5, 7, generator=gen).to(DEVICE) if none else torch.tensor(1.5, device=DEVICE)
+    grad_output = torch.randn(2, *positions, generator=gen).to(DEVICE) if none else torch.tensor(1.5, device=DEVICE)
     xt = x.detach().clone().requires_grad_()
     loss = triton_focal.focal_loss(xt, target, backend="triton", **options)
     (loss * grad_output).sum().backward()

@@ -35,8 +35,13 @@ from .softmax_rows import (
 
 @triton.jit
 def _load_block(x_row, cls, stride_x_c, mask, ACC: tl.constexpr):
-    """``[len(cls), BLOCK_P]`` logits in ``ACC``; masked lanes at ``-inf`` (they add nothing)."""
-    x = tl.load(x_row[None, :] + cls[:, None] * stride_x_c, mask=mask, other=-float("inf"))
+    """``[len(cls), BLOCK_P]`` logits in ``ACC``; masked lanes (``mask`` None: none) at ``-inf``
+    (they add nothing)."""
+    ptrs = x_row[None, :] + cls[:, None] * stride_x_c
+    if mask is None:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=mask, other=-float("inf"))
     return x.to(ACC)
 
 
@@ -113,6 +118,7 @@ def _softmax_focal_one_read_kernel(
     BLOCK_A: tl.constexpr,  # the first block of classes: the largest power of two <= C
     BLOCK_B: tl.constexpr,  # the rest, rounded up to a power of two (0: C is a power of two)
     VEC: tl.constexpr,  # consecutive positions per thread
+    EVEN_P: tl.constexpr,  # P is a multiple of BLOCK_P: no tile is partial
     BLOCK_P: tl.constexpr,  # positions per tile: VEC * 32 * num_warps
     HAS_CLASS_GAMMA: tl.constexpr,
     GAMMA_INT: tl.constexpr,
@@ -154,12 +160,19 @@ def _softmax_focal_one_read_kernel(
         tile64 = tl.cast(tile, tl.int64)
         n = tile64 // num_p_blocks
         p = (tile64 % num_p_blocks) * BLOCK_P + lane
-        p_mask = p < P
+        if EVEN_P:
+            p_mask = tl.full([BLOCK_P], True, tl.int1)
+        else:
+            p_mask = p < P
 
         # 1. One round of loads: the targets and every logit of the tile.
         target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=p_mask, other=ignore_index)
         x_row = x_ptr + n * stride_x_n + p * stride_x_p
-        mask_a = tl.broadcast_to(p_mask[None, :], [BLOCK_A, BLOCK_P])  # BLOCK_A <= C: no class masked
+        # BLOCK_A <= C: no class of the first block is masked; with whole tiles, no position is
+        if EVEN_P:
+            mask_a = None
+        else:
+            mask_a = tl.broadcast_to(p_mask[None, :], [BLOCK_A, BLOCK_P])
         x_a = _load_block(x_row, cls_a, stride_x_c, mask_a, ACC)
         if BLOCK_B > 0:
             mask_b = (cls_b[:, None] < C) & p_mask[None, :]

@@ -282,7 +282,9 @@ def softmax_focal_launch(
         num_warps=num_warps,
     )
     if one_read is not None:
-        meta.update(BLOCK_A=block_a, BLOCK_B=block_b, VEC=vec, BLOCK_P=rows_per_tile)
+        meta.update(
+            BLOCK_A=block_a, BLOCK_B=block_b, VEC=vec, BLOCK_P=rows_per_tile, EVEN_P=p_launch % rows_per_tile == 0
+        )
         persistent_launch(_softmax_focal_one_read_kernel, num_tiles, footprint, args, meta)
         return loss
     meta.update(
