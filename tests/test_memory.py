@@ -15,6 +15,7 @@ from triton_focal.sigmoid_term import SigmoidTerm
 
 pytest.importorskip("triton")
 from triton_focal.ops import sigmoid_focal, softmax_focal  # noqa: E402
+from triton_focal.ops.launch import PersistentGrid  # noqa: E402
 
 
 class AllocationRecorder(TorchDispatchMode):
@@ -35,9 +36,11 @@ class AllocationRecorder(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("store_grad", [True, False])
-@pytest.mark.parametrize("shape", [(2, 19, 40), (3, 300, 1)])  # channels-first; rows
+@pytest.mark.parametrize("shape", [(2, 19, 128), (16, 300, 1)])  # channels-first; rows
 def test_softmax_forward_allocates_only_the_gradient(device, store_grad, shape):
     x = torch.randn(shape, device=device)
+    # The per-program partial sums are sized by the GPU, not the logits: keep them smaller.
+    assert PersistentGrid.for_device(x.device).max_programs < x.numel()
     target = torch.randint(0, shape[1], (shape[0], shape[2]), device=device)
     weight = torch.rand(shape[1], device=device)
     options = (None, 2.0, None, 0.25, weight, -100, "mean", 0.1, 0.0, None)
