@@ -118,9 +118,14 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="", help="bf16,fp32")
     ap.add_argument("--headline", action="store_true", help="only the bf16 loss.backward() targets")
     ap.add_argument("--tree", help="model the triton_focal of another checkout (e.g. a git worktree)")
-    ap.add_argument("--out", help="write the JSON here")
+    ap.add_argument("--out", help="write the JSON here (with --measure: a folder for measured.json and measured.md)")
     ap.add_argument("--write", action="store_true", help="write the results under perf/results/model/")
     ap.add_argument("--calibrate", action="store_true", help="model the measured points and fit the constants")
+    ap.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the cases on the CUDA device and check them against the reference (needs --out DIR)",
+    )
     ap.add_argument("--points", help="with --calibrate: a CSV of measured points (default perf/calibration/points.csv)")
     ap.add_argument("--features", help="with --calibrate: refit the features of an earlier calibration.json")
     ap.add_argument("--cache", help="directory caching the compiled kernels' summaries")
@@ -133,6 +138,14 @@ def main(argv=None):
         from .machine_code import _compile_worker
 
         _compile_worker(*args.compile_worker)
+        return
+    if args.measure:  # on the GPU: the kernels compiled, not interpreted
+        from .headline import all_cases, select
+        from .measure import measure
+
+        if not args.out:
+            ap.error("--measure writes measured.json and measured.md into --out DIR")
+        measure(select(all_cases(), args.cases, args.dtypes, args.headline), args.out)
         return
     os.environ["TRITON_INTERPRET"] = "1"
     if args.count_points:

@@ -93,52 +93,60 @@ def _dtype(name):
     return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
 
 
-def _inputs(case, shape, headline):
-    """Logits, targets and keyword arguments. At the headline shape the kernels are not executed,
-    so the logits are left uninitialized (the pages are never touched)."""
+def _inputs(case, shape, headline, device="cpu"):
+    """Logits, targets and keyword arguments on ``device``. Where ``headline`` (the model's
+    capture: the kernels are not executed) the logits are left uninitialized, so the pages are
+    never touched; otherwise they are random (a GPU measurement times real data, not zeros)."""
     import torch
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device).manual_seed(0)
+    on = {"generator": g, "device": device}
     dtype = _dtype(case.dtype)
-    x = torch.empty(shape, dtype=dtype) if headline else torch.randn(shape, generator=g).to(dtype)
+
+    def dense_target():  # 1% positives
+        return (
+            torch.zeros(shape, dtype=dtype, device=device) if headline else (torch.rand(shape, **on) < 0.01).to(dtype)
+        )
+
+    x = torch.empty(shape, dtype=dtype, device=device) if headline else torch.randn(shape, **on).to(dtype)
     x.requires_grad_(True)
     classes = shape[1]
     per_class = case.options == "per-class gamma/alpha/weight"
     if case.kind == "softmax":
-        target = torch.randint(0, classes, (shape[0],) + tuple(shape[2:]), generator=g)
+        target = torch.randint(0, classes, (shape[0],) + tuple(shape[2:]), **on)
         kwargs = {"gamma": 2.0, "reduction": "mean"}
         if case.options == "label_smoothing 0.1":
             kwargs["label_smoothing"] = 0.1
         if per_class:
             kwargs.update(
-                gamma=torch.rand(classes, generator=g) + 1.5,
-                alpha=torch.rand(classes, generator=g) + 0.5,
-                weight=torch.rand(classes, generator=g) + 0.5,
+                gamma=torch.rand(classes, **on) + 1.5,
+                alpha=torch.rand(classes, **on) + 0.5,
+                weight=torch.rand(classes, **on) + 0.5,
             )
     elif case.kind in ("quality_index", "varifocal_index"):
-        target = torch.randint(0, classes + 1, (shape[0],), generator=g)  # classes: background
-        kwargs = {"score": torch.rand(shape[0], generator=g), "reduction": "sum", "normalizer": 100.0}
+        target = torch.randint(0, classes + 1, (shape[0],), **on)  # classes: background
+        kwargs = {"score": torch.rand(shape[0], **on), "reduction": "sum", "normalizer": 100.0}
     elif case.kind == "distribution":
         rows = shape[0]
-        target = torch.rand(rows, generator=g) * (classes - 1)
+        target = torch.rand(rows, **on) * (classes - 1)
         anchors = rows // 4
         kwargs = {
-            "mask": (torch.rand(anchors, 1, generator=g) < 0.1).expand(anchors, 4).reshape(rows),
-            "weight": torch.rand(anchors, 1, generator=g).expand(anchors, 4).reshape(rows),
+            "mask": (torch.rand(anchors, 1, **on) < 0.1).expand(anchors, 4).reshape(rows),
+            "weight": torch.rand(anchors, 1, **on).expand(anchors, 4).reshape(rows),
             "reduction": "sum",
             "normalizer": 100.0,
         }
     elif case.kind == "asymmetric_dense":
-        target = torch.zeros(shape, dtype=dtype) if headline else (torch.rand(shape, generator=g) < 0.01).to(dtype)
+        target = dense_target()
         kwargs = {}
     else:
         if case.kind == "sigmoid_index":
-            target = torch.randint(0, classes + 1, (shape[0],), generator=g)  # classes: background
+            target = torch.randint(0, classes + 1, (shape[0],), **on)  # classes: background
         else:
-            target = torch.zeros(shape, dtype=dtype) if headline else (torch.rand(shape, generator=g) < 0.01).to(dtype)
+            target = dense_target()
         kwargs = {"alpha": 0.25, "gamma": 2.0, "reduction": "sum", "normalizer": 100.0}
         if per_class:
-            kwargs.update(gamma=torch.rand(classes, generator=g) + 1.5, weight=torch.rand(classes, generator=g) + 0.5)
+            kwargs.update(gamma=torch.rand(classes, **on) + 1.5, weight=torch.rand(classes, **on) + 0.5)
     return x, target, kwargs
 
 
