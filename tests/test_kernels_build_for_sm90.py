@@ -92,6 +92,10 @@ for shape, dtype, index, score, term, options, modes in [
      (GRAD_NONE,)),
     ((16, 7, 1), torch.float64, True, False, SigmoidTerm("focal", alpha=0.25, gamma=0.5, poly_epsilon=1.0),
      dict(reduce=True), (GRAD_IF_POLICY,)),
+    # float64 with soft targets: the clamp of an infinite logit (Triton 3.6 cannot lower its float32 form)
+    ((16, 7, 1), torch.float64, False, False, SigmoidTerm("focal", alpha=0.25, gamma=2.0), dict(reduce=True),
+     (GRAD_IF_POLICY,)),
+    ((16, 7, 1), torch.float64, True, True, SigmoidTerm("quality", gamma=2.0), dict(reduce=True), (GRAD_IF_POLICY,)),
     ((64, 80, 1), torch.bfloat16, True, True, SigmoidTerm("quality", gamma=2.0), dict(reduce=True),
      (GRAD_IF_POLICY, GRAD_BACKWARD)),
     ((64, 80, 1), torch.bfloat16, True, True, SigmoidTerm("varifocal", alpha=0.75, gamma=2.0), dict(reduce=True),

@@ -220,6 +220,17 @@ def log1p_unit(e):
 
 
 @triton.jit
+def finite_logit(x):
+    """``x`` clamped to the finite floats, NaN kept NaN: one instruction on float32 (``FMNMX``
+    with NaN propagation). Doubles take a compare and a select instead: Triton lowers the
+    NaN-propagating clamp of a double to an NVVM intrinsic that does not exist
+    (``fmin.nan.xorsign.abs``, float32 only)."""
+    if x.dtype == tl.float64:
+        return tl.where(x != x, x, tl.minimum(tl.maximum(x, -FP32_MAX), FP32_MAX))
+    return tl.clamp(x, -FP32_MAX, FP32_MAX, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def sigmoid_parts(x):
     """``(sigmoid(x), sigmoid(-x), log1p(exp(-|x|)))`` to full relative precision.
 
@@ -286,7 +297,7 @@ def sigmoid_focal_term(x, t, gamma, GAMMA_INT: tl.constexpr):
     """
     p, p_neg, log1p_e = sigmoid_parts(x)
     q = p_neg * t + p * (1.0 - t)
-    x_finite = tl.clamp(x, -FP32_MAX, FP32_MAX, propagate_nan=tl.PropagateNan.ALL)
+    x_finite = finite_logit(x)
     bce = tl.maximum(x_finite, 0.0) - x_finite * t + log1p_e
     dq = (p * p_neg) * (1.0 - 2.0 * t)
     if GAMMA_INT >= 0:

@@ -16,7 +16,7 @@ for exponents below 1 (there the true derivative at the base's zero is infinite)
 import triton
 import triton.language as tl
 
-from .focal_math import FP32_MAX, FP32_TINY, LN2, LOG2E, fast_divide, fast_log2, q_powers, sigmoid_parts
+from .focal_math import FP32_TINY, LN2, LOG2E, fast_divide, fast_log2, finite_logit, q_powers, sigmoid_parts
 
 FOCAL = tl.constexpr(0)
 STAR = tl.constexpr(1)
@@ -29,7 +29,7 @@ ASYMMETRIC = tl.constexpr(4)
 def _bce(x, t, log1p_e):
     """``BCE(x, t)`` with ``x`` clamped to the finite floats: an infinite logit with the
     matching hard target gives 0, not ``inf - inf`` (see ``focal_math.sigmoid_focal_term``)."""
-    x_finite = tl.clamp(x, -FP32_MAX, FP32_MAX, propagate_nan=tl.PropagateNan.ALL)
+    x_finite = finite_logit(x)
     return tl.maximum(x_finite, 0.0) - x_finite * t + log1p_e
 
 
