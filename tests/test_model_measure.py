@@ -23,7 +23,7 @@ def test_measure_times_and_checks_each_case(tmp_path):
     assert [row["case"] for row in rows] == [case.name for case in cases]
     for row in rows:
         assert "error" not in row and "check_error" not in row, row
-        assert row["ms"] > 0 and row["floor_ms"] > 0
+        assert row["ms"] > 0 and row["floor_ms"] > 0 and row["host_ms"] > 0
         assert row["finite"]
         assert row["loss_rel_err"] < 2e-2 and row["grad_rel_err"] < 2e-2, row  # bf16 inputs
     text = (tmp_path / "measured.md").read_text()

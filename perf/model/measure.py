@@ -8,7 +8,10 @@ counts (forward, then ``torch.autograd.grad``), and writes ``measured.json`` and
 - the time of one step: ``perf.timing.bench`` (``triton.testing.do_bench``: CUDA events, the L2
   flushed before every call, after a warm-up that compiles the kernels and settles the
   gradient policy), median and 20 / 80 % quantiles;
-- each launch's device time in that step, from the profiler (the model predicts per launch);
+- each launch's device time in that step, from the profiler, and their sum: the kernels' own
+  time, which the model predicts (per launch) and which a slow host cannot inflate;
+- the host's time to issue one step (wall clock, no synchronization, averaged over 20 steps):
+  where it exceeds the kernels' time the step's time is the host's, not the GPU's;
 - the floor: the case's fewest bytes (``headline.run_case``'s count) at the copy bandwidth
   measured in the same run, and the step's % of it;
 - the loss and gradient against the float64 reference backend on the same inputs (relative
@@ -73,6 +76,20 @@ def _launch_times(step, steps=3):
         return {"error": repr(err)}
 
 
+def _host_ms(step, device, steps=20):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    issued = time.perf_counter() - start
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return issued / steps * 1e3
+
+
 def _errors(case, x, target, kwargs, loss, grad):
     """Relative error of the loss and of the gradient (norm) against the float64 reference."""
     import torch
@@ -128,6 +145,10 @@ def measure(cases, out_dir, device="cuda", check=True):
             floor_ms = _floor_bytes(x, target, kwargs) / (copy_gbs * 1e9) * 1e3
             row.update(ms=ms, ms_p20=p20, ms_p80=p80, floor_ms=floor_ms, pct_of_floor=100 * floor_ms / ms)
             row["launches"] = _launch_times(step) if device == "cuda" else {}
+            if row["launches"] and "error" not in row["launches"]:
+                row["device_ms"] = sum(d["us_per_step"] for d in row["launches"].values()) / 1e3
+                row["device_pct_of_floor"] = 100 * floor_ms / row["device_ms"]
+            row["host_ms"] = _host_ms(step, device, steps=20 if device == "cuda" else 1)
         except Exception as err:  # one case failing: record it, keep the others
             row["error"] = repr(err)[:2000]
         if check and "error" not in row:
@@ -161,7 +182,9 @@ def _line(row):
     if "error" in row:
         return f"{row['case']}: ERROR {row['error'][:300]}"
     text = f"{row['case']}: {row['ms']:.3f} ms [{row['ms_p20']:.3f}, {row['ms_p80']:.3f}]"
-    text += f", {row['pct_of_floor']:.0f}% of floor"
+    text += f", {row['pct_of_floor']:.0f}% of floor, host {row['host_ms']:.3f} ms"
+    if "device_ms" in row:
+        text += f", kernels {row['device_ms']:.3f} ms ({row['device_pct_of_floor']:.0f}%)"
     if "loss_rel_err" in row:
         text += f", rel. err loss {row['loss_rel_err']:.1e} grad {row['grad_rel_err']:.1e}"
     if "model_ms" in row:
@@ -178,16 +201,19 @@ def markdown(result):
         f"`python -m perf.model --measure` on {info['name']} ({info['multiprocessors']} SMs, driver {info['driver']}, "
         f"CUDA {info['cuda_runtime']}), torch {v['torch']}, triton {v['triton']}, python {v['python']}; "
         f"copy bandwidth measured in the same run: {result['copy_bandwidth_gbs']:.0f} GB/s (read + write). "
-        "Times: median of do_bench (L2 flushed before each call) of one forward + backward; floor: the case's "
-        "fewest bytes at that bandwidth. The model columns are `perf/results/model/model.json` (an H100 at "
-        "3.0 TB/s, calibrated; worst: its pessimistic end).",
+        "step: median of do_bench (L2 flushed before each call) of one forward + backward, what a user's "
+        "step costs; host: the time to issue it (no synchronization): where it exceeds the kernels', the step "
+        "waits on the host; kernels: the device time of its launches (profiler), what the model predicts. "
+        "floor: the case's fewest bytes at that bandwidth. The model columns are `perf/results/model/model.json` "
+        "(an H100 at 3.0 TB/s, calibrated; worst: its pessimistic end): on another GPU compare the pattern.",
         "",
-        "| case | ms | p20-p80 | % of floor | loss rel. err | grad rel. err | model ms (H100) | model % (worst) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | step ms | p20-p80 | % of floor | host ms | kernels ms | kernels % of floor | loss rel. err "
+        "| grad rel. err | model ms (H100) | model % (worst) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["cases"]:
         if "error" in row:
-            lines.append(f"| {row['case']} | error: {row['error'][:120]} |  |  |  |  |  |  |")
+            lines.append(f"| {row['case']} | error: {row['error'][:120]} |" + "  |" * 10)
             continue
         model = (
             (f"{row['model_ms']:.3f}", f"{row['model_pct_of_floor']:.0f}% ({row['model_pct_of_floor_worst']:.0f}%)")
@@ -195,9 +221,11 @@ def markdown(result):
             else ("", "")
         )
         errs = (f"{row['loss_rel_err']:.1e}", f"{row['grad_rel_err']:.1e}") if "loss_rel_err" in row else ("", "")
+        kernels = (f"{row['device_ms']:.3f}", f"{row['device_pct_of_floor']:.0f}%") if "device_ms" in row else ("", "")
         lines.append(
             f"| {row['case']} | {row['ms']:.3f} | {row['ms_p20']:.3f}-{row['ms_p80']:.3f} | "
-            f"{row['pct_of_floor']:.0f}% | {errs[0]} | {errs[1]} | {model[0]} | {model[1]} |"
+            f"{row['pct_of_floor']:.0f}% | {row['host_ms']:.3f} | {kernels[0]} | {kernels[1]} | "
+            f"{errs[0]} | {errs[1]} | {model[0]} | {model[1]} |"
         )
     lines += ["", "## Launches (device us per step, from the profiler)", ""]
     for row in result["cases"]:
