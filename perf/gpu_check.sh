@@ -30,9 +30,9 @@ stage() {  # stage SECONDS NAME COMMAND...: run it, say how long it took and how
     local limit=$1 name=$2 start=$SECONDS
     shift 2
     echo "=== $name (limit ${limit} s): $*"
-    timeout "$limit" "$@"
+    timeout -s INT -k 20 "$limit" "$@"  # SIGINT first: pytest still prints its summary
     local rc=$?
-    echo "=== $name: exit $rc after $((SECONDS - start)) s$([ $rc = 124 ] && echo ' (time limit)')"
+    echo "=== $name: exit $rc after $((SECONDS - start)) s$( [ $rc = 124 ] || [ $rc = 130 ] && echo ' (time limit)')"
 }
 
 echo "gpu_check: $(date -u +%FT%TZ), commit ${COMMIT:-unknown}, results in $RESULTS"
@@ -42,10 +42,12 @@ python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], '
 stage 90 "GPU-only tests" python3 -m pytest -q -m gpu -p no:cacheprovider -rfE
 stage 180 "model cases measured" python3 -m perf.model --measure --out "$RESULTS"
 stage 150 "headline table" python3 -m perf.sweep --table --quick --no-plots --out "$RESULTS"
-stage 100 "kernel tests on the GPU" python3 -m pytest -q -p no:cacheprovider -rfE -n 12 --timeout 60 \
+stage 150 "kernel tests on the GPU" python3 -m pytest -q -p no:cacheprovider -rfE -n 14 --timeout 60 \
     -m "not slow" -k "not compile" \
     tests/test_softmax_triton.py tests/test_sigmoid_triton.py tests/test_softmax_one_read.py \
     tests/test_softmax_options.py tests/test_launch_reductions.py tests/test_focal_family.py \
     tests/test_distribution_focal.py tests/test_memory.py tests/test_reliability_inputs.py \
-    tests/test_large_vocab.py tests/test_fused_linear.py tests/test_focal_loss.py tests/test_sigmoid_focal_loss.py
+    tests/test_large_vocab.py tests/test_fused_linear.py tests/test_focal_loss.py tests/test_sigmoid_focal_loss.py \
+    tests/test_grad_policy.py tests/test_vocab_shard.py tests/test_persistent_grid.py tests/test_model_measure.py \
+    tests/test_reliability.py tests/test_reliability_autograd.py tests/test_reliability_errors.py
 echo "gpu_check: done after $SECONDS s"

@@ -61,6 +61,18 @@ def assert_close(actual, expected, what="value", dtype=None, **overrides):
         ) from None
 
 
+def assert_same_gradient(actual, expected, what="gradient"):
+    """Two launches of one kernel that write the same gradient in different modes (the forward
+    storing it, a backward recomputing it, in place or not). Under the interpreter they run the
+    same arithmetic: bit for bit. Compiled for a GPU they are different specializations, whose
+    multiply-adds the compiler may fuse differently (README: "Backends"): equal to rounding."""
+    if not actual.is_cuda:
+        assert torch.equal(actual, expected), f"{what}: not bit-identical"
+        return
+    scale = expected.detach().abs().max().item() if expected.numel() else 0.0
+    assert_close(actual, expected, what, rtol=1e-5, atol=1e-6 * scale)
+
+
 def assert_no_worse_than_torch(actual, torch_result, gold, what="value", slack=1e-3):
     """The low-precision rule: the error against a float64 gold may not exceed the error of
     PyTorch's own computation in the same dtype, plus a small slack."""

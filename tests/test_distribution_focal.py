@@ -68,7 +68,7 @@ def gold(x, t, *, mask=None, weight=None, reduction="mean", normalizer=None):
         loss = loss.sum()
     else:
         loss = loss.sum() / keep.sum().clamp(min=1)
-    bins = torch.arange(x.shape[-1], dtype=torch.float64)
+    bins = torch.arange(x.shape[-1], dtype=torch.float64, device=x.device)
     expectation = torch.where(keep, (rows.softmax(-1) * bins).sum(-1), 0.0).reshape(t.shape)
     return x64, loss, expectation
 
@@ -157,7 +157,7 @@ def test_seventeen_bins_and_a_stride_zero_grad_output(backend):
     expanded, stride 0), a full ``(R,)`` weight."""
     x, t, _ = inputs((40, 17), seed=2)
     weight = torch.rand(40, device=DEVICE)
-    loss, grad = run(backend, x, t, torch.ones(()).expand(40), weight=weight, reduction="none")
+    loss, grad = run(backend, x, t, torch.ones((), device=DEVICE).expand(40), weight=weight, reduction="none")
     x64, expected, _ = gold(x, t, weight=weight, reduction="none")
     expected.sum().backward()
     assert_close(loss, expected, "loss")
@@ -303,7 +303,7 @@ def test_saturated_logits_stay_finite(backend, dtype):
     gen = torch.Generator().manual_seed(10)
     x = (1e4 * torch.sign(torch.randn(48, 16, generator=gen))).to(dtype).to(DEVICE)
     t = (torch.rand(48, generator=gen) * 15).to(DEVICE)
-    t[:8] = torch.arange(8.0)  # integer positions: one bin with all the weight
+    t[:8] = torch.arange(8.0, device=DEVICE)  # integer positions: one bin with all the weight
     (loss, expectation), grad = run(backend, x, t, reduction="none", return_expectation=True)
     assert torch.isfinite(loss).all() and torch.isfinite(grad).all() and torch.isfinite(expectation).all()
     x64, expected, expected_e = gold(x, t, reduction="none")
@@ -418,7 +418,7 @@ def test_masked_targets_are_not_checked():
 
 
 def test_learnable_weight_is_refused_off_the_reference():
-    weight = torch.rand(2, 6, 1, requires_grad=True)
+    weight = torch.rand(2, 6, 1, device=DEVICE, requires_grad=True)
     x, t, _ = inputs()
     if "triton" in EAGER_BACKENDS:
         with pytest.raises(ValueError, match="weight requires grad"):
@@ -432,7 +432,9 @@ def test_module():
         triton_focal.DistributionFocalLoss("sum")
     with pytest.raises(ValueError, match="reduction"):
         triton_focal.DistributionFocalLoss(reduction="avg")
-    criterion = triton_focal.DistributionFocalLoss(reduction="sum", normalizer=torch.tensor(4.0), backend="reference")
+    criterion = triton_focal.DistributionFocalLoss(
+        reduction="sum", normalizer=torch.tensor(4.0, device=DEVICE), backend="reference"
+    )
     assert "reduction='sum'" in repr(criterion) and "normalizer=tensor(4)" in repr(criterion)
     assert "normalizer" in criterion.state_dict()
     x, t, mask = inputs()
@@ -548,7 +550,7 @@ def test_matches_ultralytics(backend):
     n, batch, anchors = 16, 2, 6
     x, _, fg = inputs((batch, anchors, 4, n), seed=15)
     fg = fg[..., 0]
-    t = torch.rand(batch, anchors, 4) * 17 - 1  # beyond [0, n - 1] on both sides: the clamp decides
+    t = (torch.rand(batch, anchors, 4) * 17 - 1).to(DEVICE)  # beyond [0, n - 1] on both sides: the clamp decides
 
     theirs_x = x.detach().clone().requires_grad_()
     theirs = loss_module.DFLoss(n)(theirs_x.view(-1, n), t.clone().view(-1, 4)).view(batch, anchors)
@@ -561,11 +563,11 @@ def test_matches_ultralytics(backend):
 
     # BboxLoss: anchors, boxes and scores; its loss_dfl only (the IoU term is not ours).
     gen = torch.Generator().manual_seed(16)
-    anchor_points = torch.rand(anchors, 2, generator=gen) * 20
-    centers = anchor_points.expand(batch, anchors, 2) + torch.randn(batch, anchors, 2, generator=gen)
-    sizes = torch.rand(batch, anchors, 2, generator=gen) * 20 + 1
+    anchor_points = (torch.rand(anchors, 2, generator=gen) * 20).to(DEVICE)
+    centers = anchor_points.expand(batch, anchors, 2) + torch.randn(batch, anchors, 2, generator=gen).to(DEVICE)
+    sizes = (torch.rand(batch, anchors, 2, generator=gen) * 20 + 1).to(DEVICE)
     target_bboxes = torch.cat([centers - sizes / 2, centers + sizes / 2], -1)
-    target_scores = torch.rand(batch, anchors, 3, generator=gen)
+    target_scores = torch.rand(batch, anchors, 3, generator=gen).to(DEVICE)
     target_scores_sum = target_scores.sum()
     box_x = x.detach().clone().requires_grad_()
     pred_bboxes = torch.cat([anchor_points - 1, anchor_points + 1], -1).expand(batch, anchors, 4)
@@ -577,8 +579,8 @@ def test_matches_ultralytics(backend):
         target_scores,
         target_scores_sum,
         fg,
-        torch.tensor([640.0, 640.0]),
-        torch.ones(anchors, 1),
+        torch.tensor([640.0, 640.0], device=DEVICE),
+        torch.ones(anchors, 1, device=DEVICE),
     )
     loss_dfl.backward()
     ours_x = x.detach().clone().requires_grad_()

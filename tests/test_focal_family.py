@@ -6,7 +6,7 @@ here in float64 and against the installed peers (mmdetection's ``varifocal_loss`
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import BACKENDS, assert_close, torchvision_version_if_missing
+from helpers import BACKENDS, DEVICE, assert_close, torchvision_version_if_missing
 from openmmlab_helpers import load_focal_loss
 
 import triton_focal
@@ -58,7 +58,7 @@ def poly_focal_source(x, t, alpha, gamma, epsilon):
     return fl + epsilon * torch.pow(1 - pt, gamma + 1)
 
 
-def index_inputs(n=37, c=11, p=None, dtype=torch.float32, seed=0, scale=3.0):
+def index_inputs(n=37, c=11, p=None, dtype=torch.float32, seed=0, scale=3.0, device=DEVICE):
     """Logits, class indices with background ``c`` and a few ignored rows, and scores."""
     g = torch.Generator().manual_seed(seed)
     shape = (n, c) if p is None else (n, c, p)
@@ -67,13 +67,13 @@ def index_inputs(n=37, c=11, p=None, dtype=torch.float32, seed=0, scale=3.0):
     label = torch.randint(0, c + 1, rows, generator=g)
     label[torch.rand(rows, generator=g) < 0.1] = -100
     score = torch.rand(rows, generator=g)
-    return x, label, score
+    return x.to(device), label.to(device), score.to(device)
 
 
 def dense_from_index(x, label, score):
     """The one-hot-times-score dense target, its positives and the row mask (ignored rows False)."""
     c = x.shape[1]
-    classes = torch.arange(c).view(1, c, *([1] * (x.dim() - 2)))
+    classes = torch.arange(c, device=x.device).view(1, c, *([1] * (x.dim() - 2)))
     positive = label.unsqueeze(1) == classes
     t = positive.double() * score.double().unsqueeze(1)
     return t, positive, (label != -100).unsqueeze(1).expand_as(positive)
@@ -157,8 +157,8 @@ def test_dense_scores_equal_class_indices_with_scores(backend, loss):
 )
 def test_asymmetric_loss_matches_the_source(backend, gamma_pos, gamma_neg, clip, eps, detach):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(23, 17, generator=g, dtype=torch.float64) * 3
-    y = (torch.rand(23, 17, generator=g) < 0.2).double()
+    x = (torch.randn(23, 17, generator=g, dtype=torch.float64) * 3).to(DEVICE)
+    y = (torch.rand(23, 17, generator=g) < 0.2).double().to(DEVICE)
     kwargs = dict(gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, eps=eps)
     got, grad = loss_and_grad(triton_focal.asymmetric_loss, x, y, detach_weight=detach, backend=backend, **kwargs)
     want, want_grad = loss_and_grad(lambda x: asl_source(x, y, detach=detach, **kwargs).sum(), x)
@@ -173,10 +173,10 @@ def test_poly_epsilon_on_the_sigmoid_focal_loss(backend, target_kind, alpha, gam
     x, label, _ = index_inputs(p=4, dtype=torch.float64)
     if target_kind == "index":
         target = label
-        t, _, valid = dense_from_index(x, label, torch.ones(label.shape))
+        t, _, valid = dense_from_index(x, label, torch.ones(label.shape, device=DEVICE))
     else:
-        target = torch.rand(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-        t, valid = target, torch.ones(x.shape, dtype=torch.bool)
+        target = torch.rand(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(DEVICE)
+        t, valid = target, torch.ones(x.shape, dtype=torch.bool, device=DEVICE)
     kwargs = dict(alpha=alpha, gamma=gamma)
     got, grad = loss_and_grad(
         triton_focal.sigmoid_focal_loss, x, target, poly_epsilon=epsilon, reduction="sum", backend=backend, **kwargs
@@ -289,9 +289,9 @@ def test_grad_output_and_layouts(backend, loss):
     # transpose (non-contiguous), a weight broadcast along the classes.
     x, label, score = index_inputs(n=6, c=5, p=7, dtype=torch.float64)
     x = x.transpose(0, 2).contiguous().transpose(0, 2)
-    weight = torch.rand(6, 1, 7, dtype=torch.float64)
+    weight = torch.rand(6, 1, 7, dtype=torch.float64).to(DEVICE)
     fn = FAMILY[loss]
-    grad_output = torch.rand(x.shape, dtype=torch.float64)
+    grad_output = torch.rand(x.shape, dtype=torch.float64).to(DEVICE)
     got = loss_and_grad(fn, x, label, score, weight=weight, reduction="none", backend=backend, grad_output=grad_output)
     want = loss_and_grad(
         fn, x, label, score, weight=weight, reduction="none", backend="reference", grad_output=grad_output
@@ -305,7 +305,7 @@ def test_normalizer_tensor_gets_its_gradient(backend):
     x, label, score = index_inputs(n=10, c=3, dtype=torch.float64)
     results = []
     for name in (backend, "reference"):
-        normalizer = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        normalizer = torch.tensor(3.0, dtype=torch.float64, device=DEVICE, requires_grad=True)
         xx = x.clone().requires_grad_(True)
         loss = triton_focal.varifocal_loss(xx, label, score, normalizer=normalizer, reduction="sum", backend=name)
         loss.backward()
@@ -316,9 +316,9 @@ def test_normalizer_tensor_gets_its_gradient(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_input(backend):
-    x = torch.randn(0, 5, requires_grad=True)
-    label = torch.zeros(0, dtype=torch.long)
-    loss = triton_focal.quality_focal_loss(x, label, torch.zeros(0), backend=backend)
+    x = torch.randn(0, 5, device=DEVICE, requires_grad=True)
+    label = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    loss = triton_focal.quality_focal_loss(x, label, torch.zeros(0, device=DEVICE), backend=backend)
     loss.backward()
     assert loss.item() == 0 and x.grad.shape == x.shape
 
@@ -326,10 +326,10 @@ def test_empty_input(backend):
 def test_asymmetric_loss_near_saturation_is_the_exact_function():
     # Without a clip the source's float32 1 - sigmoid(x) rounds to 0 near x = 17 and its log
     # hits the eps floor early; the stable form follows -softplus(x) down to log(eps).
-    x = torch.tensor([[10.0, 15.0, 17.0, 19.0]])
+    x = torch.tensor([[10.0, 15.0, 17.0, 19.0]], device=DEVICE)
     y = torch.zeros_like(x)
     ours = triton_focal.asymmetric_loss(x, y, gamma_neg=0.0, clip=0.0, eps=1e-8, reduction="none", backend="triton")
-    exact = torch.minimum(F.softplus(x.double()), torch.tensor(18.420680743952367, dtype=torch.float64))
+    exact = torch.minimum(F.softplus(x.double()), torch.tensor(18.420680743952367, dtype=torch.float64, device=DEVICE))
     assert_close(ours, exact.float(), rtol=1e-6, atol=0)
     source = asl_source(x, y, 0.0, 0.0, 0.0, 1e-8)
     assert (source - exact).abs().max() > 1e-3  # the source's rounding, documented in the docstring
@@ -360,7 +360,8 @@ def test_asymmetric_loss_near_saturation_is_the_exact_function():
     ],
 )
 def test_bad_input_names_the_argument(call, error, match):
-    x, label, score = index_inputs(n=8, c=4)
+    # CPU tensors: the score values are checked where known (the CPU).
+    x, label, score = index_inputs(n=8, c=4, device="cpu")
     with pytest.raises(error, match=match):
         call(x, label, score)
 

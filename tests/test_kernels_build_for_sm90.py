@@ -60,6 +60,9 @@ for shape, dtype, options, modes in [
     ((8, 33000, 1), torch.float16, dict(reduction="none", label_smoothing=0.1, z_loss=1e-4, softcap=30.0,
                                        gamma="class", alpha="class", weight=True), (GRAD_ALWAYS, GRAD_BACKWARD)),
     ((64, 10, 1), torch.float32, dict(reduction="sum", gamma=0.5), (GRAD_NONE,)),
+    # a few short rows: a tile with fewer elements than threads unless the launcher grows it
+    ((5, 7, 1), torch.float32, dict(reduction="mean", label_smoothing=0.1, weight=True),
+     (GRAD_IF_POLICY, GRAD_BACKWARD)),
     ((2, 7, 16), torch.float64, dict(reduction="mean", label_smoothing=0.2, z_loss=1e-3), (GRAD_IF_POLICY,)),
 ]:
     x = torch.randn(shape).to(dtype)

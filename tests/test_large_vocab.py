@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, skip_unless_on_cpu
+from helpers import DEVICE, assert_close
 
 import triton_focal
 from triton_focal import fused_linear
@@ -56,7 +56,7 @@ def _rows(dtype, seed=0, tokens=24, vocab=37):
     target = torch.randint(0, vocab, (tokens,), generator=generator)
     target[::5] = -100
     weight = torch.rand(vocab, generator=generator, dtype=torch.float64) + 0.2
-    return x, target, weight
+    return x.to(DEVICE), target.to(DEVICE), weight.to(DEVICE)
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,6 @@ def _rows(dtype, seed=0, tokens=24, vocab=37):
     ids=["z", "softcap", "both_smoothing_sum", "both_weight_mean", "both_none"],
 )
 def test_gamma_zero_equals_liger_cross_entropy(backend, settings):
-    skip_unless_on_cpu(backend)
     x, target, weight = _rows(torch.float32)
     settings = dict(settings)
     weight = weight.float() if settings.pop("weight", False) else None
@@ -99,12 +98,11 @@ def test_gamma_zero_equals_liger_cross_entropy(backend, settings):
 
 
 def test_focal_z_loss_and_softcap_against_float64(backend):
-    skip_unless_on_cpu(backend)
     # gamma > 0, per-class alpha, weight and smoothing with both features, against the float64 reference.
     x, target, weight = _rows(torch.float32, seed=1)
     settings = dict(
         gamma=1.5,
-        alpha=torch.rand(37, dtype=torch.float64) + 0.1,
+        alpha=(torch.rand(37, dtype=torch.float64) + 0.1).to(DEVICE),
         weight=weight,
         label_smoothing=0.05,
         z_loss=1e-2,
@@ -134,25 +132,26 @@ def test_softcap_and_z_loss_are_checked():
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_fused_linear_with_z_loss_and_softcap(backend, reduction):
-    skip_unless_on_cpu(backend)
     # With weight, the mean has two divisors (sum w_y and the row count): each chunk's parts
     # are scaled apart.
     generator = torch.Generator().manual_seed(2)
     tokens, hidden_size, vocab = 29, 8, 41
-    hidden = torch.randn(tokens, hidden_size, generator=generator, dtype=torch.float64).requires_grad_(True)
-    lm_weight = torch.randn(vocab, hidden_size, generator=generator, dtype=torch.float64).requires_grad_(True)
-    target = torch.randint(0, vocab, (tokens,), generator=generator)
+    hidden = torch.randn(tokens, hidden_size, generator=generator, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    lm_weight = (
+        torch.randn(vocab, hidden_size, generator=generator, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    )
+    target = torch.randint(0, vocab, (tokens,), generator=generator).to(DEVICE)
     target[::4] = -100
     settings = dict(
         gamma=1.0,
-        weight=torch.rand(vocab, generator=generator, dtype=torch.float64) + 0.1,
+        weight=(torch.rand(vocab, generator=generator, dtype=torch.float64) + 0.1).to(DEVICE),
         label_smoothing=0.1,
         z_loss=1e-2,
         softcap=3.0,
         reduction=reduction,
     )
     fused = triton_focal.fused_linear_focal_loss(hidden, lm_weight, target, chunk_size=6, backend=backend, **settings)
-    grad_output = torch.rand(fused.shape, generator=generator, dtype=torch.float64) + 0.5
+    grad_output = (torch.rand(fused.shape, generator=generator, dtype=torch.float64) + 0.5).to(DEVICE)
     grads = torch.autograd.grad(fused, (hidden, lm_weight), grad_output)
     plain = triton_focal.focal_loss(hidden @ lm_weight.t(), target, backend="reference", **settings)
     plain_grads = torch.autograd.grad(plain, (hidden, lm_weight), grad_output)

@@ -3,6 +3,7 @@ and the loss total added by a launch's last program (no torch op around the kern
 
 import pytest
 import torch
+from helpers import DEVICE
 
 import triton_focal
 from triton_focal.ops.denominators import target_denominators
@@ -14,10 +15,10 @@ from triton_focal.ops.workspace import ticket_counter
 def test_divisors_match_torch(shape, dtype):
     g = torch.Generator().manual_seed(0)
     classes = 6
-    target = torch.randint(0, classes + 1, shape, generator=g).to(dtype)
+    target = torch.randint(0, classes + 1, shape, generator=g).to(device=DEVICE, dtype=dtype)
     target = target.view(shape[0], -1)
     ignore = classes  # an index the dtype holds, so some elements are ignored
-    weight = torch.rand(classes, generator=g, dtype=torch.float64)
+    weight = torch.rand(classes, generator=g, dtype=torch.float64).to(DEVICE)
     valid = target != ignore
     expected_weighted = torch.where(valid, weight[target.long().clamp(max=classes - 1)], 0.0).sum()
     got = target_denominators(target, weight, ignore, classes, dtype=torch.float64)
@@ -27,7 +28,7 @@ def test_divisors_match_torch(shape, dtype):
 
 
 def test_divisor_of_nothing_is_one_where_asked():
-    target = torch.full((2, 40), -100)
+    target = torch.full((2, 40), -100, device=DEVICE)
     assert target_denominators(target, None, -100, 3, dtype=torch.float32).tolist() == [0.0, 0.0]
     assert target_denominators(target, None, -100, 3, dtype=torch.float32, zero_as_one=True).tolist() == [1.0, 1.0]
 
@@ -35,13 +36,13 @@ def test_divisor_of_nothing_is_one_where_asked():
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
 def test_totals_are_bit_identical_across_runs_and_leave_the_counter_at_zero(loss):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 9, 300, generator=g)
+    x = torch.randn(4, 9, 300, generator=g).to(DEVICE)
     if loss == "softmax":
-        target = torch.randint(0, 9, (4, 300), generator=g)
+        target = torch.randint(0, 9, (4, 300), generator=g).to(DEVICE)
         run = lambda: triton_focal.focal_loss(x, target, backend="triton")  # noqa: E731
         reference = triton_focal.focal_loss(x.double(), target, backend="reference")
     else:
-        target = torch.randint(0, 10, (4 * 300,), generator=g)
+        target = torch.randint(0, 10, (4 * 300,), generator=g).to(DEVICE)
         flat = x.permute(0, 2, 1).reshape(-1, 9)
         run = lambda: triton_focal.sigmoid_focal_loss(flat, target, backend="triton", reduction="mean")  # noqa: E731
         reference = triton_focal.sigmoid_focal_loss(flat.double(), target, backend="reference", reduction="mean")
@@ -54,8 +55,8 @@ def test_totals_are_bit_identical_across_runs_and_leave_the_counter_at_zero(loss
 def test_bfloat16_total_rounds_to_nearest():
     # the interpreter truncates float32 -> bfloat16; the total is rounded first, as a GPU does
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(32, 10, 4, generator=g) * 3).to(torch.bfloat16)
-    target = (torch.rand(32, 10, 4, generator=g) < 0.2).float()
+    x = (torch.randn(32, 10, 4, generator=g) * 3).to(device=DEVICE, dtype=torch.bfloat16)
+    target = (torch.rand(32, 10, 4, generator=g) < 0.2).float().to(DEVICE)
     got = triton_focal.sigmoid_focal_loss(x, target, backend="triton", reduction="mean")
     exact = triton_focal.sigmoid_focal_loss(x.double(), target.double(), backend="reference", reduction="mean")
     assert got == exact.to(torch.bfloat16)

@@ -1,10 +1,11 @@
 """``python -m perf.model --measure``, the GPU check's timing of the model's cases, runs end to
-end: here on the CPU (the kernels through the interpreter) at the cases' scaled-down shapes."""
+end at the cases' scaled-down shapes: without a GPU on the CPU, the kernels interpreted."""
 
 import dataclasses
 import json
 
 import pytest
+from helpers import DEVICE
 
 pytest.importorskip("triton")
 from perf.model.headline import all_cases, select  # noqa: E402
@@ -18,7 +19,7 @@ def test_measure_times_and_checks_each_case(tmp_path):
         if not case.compiled and case.grad_output == 1
     ]
     assert {case.kind for case in cases} == {"softmax", "distribution", "quality_index"}
-    result = measure(cases, tmp_path, device="cpu")
+    result = measure(cases, tmp_path, device=DEVICE)
     rows = json.loads((tmp_path / "measured.json").read_text())["cases"]
     assert [row["case"] for row in rows] == [case.name for case in cases]
     for row in rows:

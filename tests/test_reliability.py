@@ -213,7 +213,7 @@ def test_zero_classes_with_every_element_ignored(backend, reduction):
 def test_normalizer_tensor_gets_its_gradient(backend):
     """A normalizer computed from the network (a soft count of positives) gets d loss / d n."""
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(6, 3, generator=gen, device=DEVICE)
+    x = torch.randn(6, 3, generator=gen).to(DEVICE)
     target = torch.tensor([0, 3, 1, 3, 2, 3], device=DEVICE)
     normalizer = torch.tensor(2.5, device=DEVICE, requires_grad=True)
     loss = triton_focal.sigmoid_focal_loss(x, target, reduction="sum", normalizer=normalizer, backend=backend)

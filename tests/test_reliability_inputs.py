@@ -350,11 +350,11 @@ def test_kernels_launch_on_the_inputs_device(kind):
 
 
 def test_sigmoid_normalizer_tensor_is_a_buffer():
-    criterion = triton_focal.SigmoidFocalLoss(reduction="sum", normalizer=torch.tensor(4.0))
+    criterion = triton_focal.SigmoidFocalLoss(reduction="sum", normalizer=torch.tensor(4.0, device=DEVICE))
     assert "normalizer" in criterion.state_dict()
     moved = criterion.to(torch.float64)
     assert moved.normalizer.dtype == torch.float64
-    x, t = torch.randn(5, 3), torch.randint(0, 4, (5,))
+    x, t = torch.randn(5, 3).to(DEVICE), torch.randint(0, 4, (5,)).to(DEVICE)
     assert_close(
         criterion(x, t, normalizer=None),
         triton_focal.sigmoid_focal_loss(x, t, reduction="sum") / 4.0,

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from helpers import BACKENDS, TOLERANCES, assert_close
+from helpers import BACKENDS, DEVICE, TOLERANCES, assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import triton_focal
@@ -53,12 +53,17 @@ def formula(
     p = log_p.exp()
     classes = [1] * x.dim()
     classes[1] = num_classes
-    g = gamma.double().view(classes) if isinstance(gamma, torch.Tensor) else torch.full(classes, float(gamma))
-    w = weight.double().view(classes) if weight is not None else torch.ones(classes, dtype=torch.float64)
+    device = x.device
+    g = (
+        gamma.double().view(classes)
+        if isinstance(gamma, torch.Tensor)
+        else torch.full(classes, float(gamma), device=device)
+    )
+    w = weight.double().view(classes) if weight is not None else torch.ones(classes, dtype=torch.float64, device=device)
     a = (
         alpha.double().view(classes)
         if isinstance(alpha, torch.Tensor)
-        else torch.full(classes, 1.0 if alpha is None else alpha)
+        else torch.full(classes, 1.0 if alpha is None else alpha, device=device)
     )
 
     def at_y(per_class):
@@ -92,8 +97,9 @@ def formula(
 def _grad_output(loss, scale):
     """``scale`` (a number) for a reduced loss, a seeded random tensor for ``"none"``."""
     if loss.dim() == 0:
-        return torch.tensor(float(scale), dtype=torch.float64)
-    return torch.rand(loss.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) + 0.5
+        return torch.tensor(float(scale), dtype=torch.float64, device=loss.device)
+    generator = torch.Generator().manual_seed(3)
+    return (torch.rand(loss.shape, dtype=torch.float64, generator=generator) + 0.5).to(loss.device)
 
 
 def check(backend, x, t, dtype=torch.float32, tolerance=None, **options):
@@ -122,12 +128,12 @@ def check(backend, x, t, dtype=torch.float32, tolerance=None, **options):
     return results[0]
 
 
-def rows(n=7, c=11, seed=0, scale=3.0):
+def rows(n=7, c=11, seed=0, scale=3.0, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, generator=g, dtype=torch.float64) * scale
     t = torch.randint(0, c, (n,), generator=g)
     t[1] = -100
-    return x, t
+    return x.to(device), t.to(device)
 
 
 def images(n=2, c=5, h=3, w=4, seed=0):
@@ -135,7 +141,7 @@ def images(n=2, c=5, h=3, w=4, seed=0):
     x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64) * 2
     t = torch.randint(0, c, (n, h, w), generator=g)
     t[0, 0, 0] = -100
-    return x, t
+    return x.to(DEVICE), t.to(DEVICE)
 
 
 # --- Poly-1 ------------------------------------------------------------------------------------
@@ -167,7 +173,7 @@ def test_poly_focal_with_alpha_weight_and_smoothing(backend, dtype, gamma):
         pytest.skip("two dtypes compile here; the others run the same compiled math")
     x, t = images()
     g = torch.Generator().manual_seed(1)
-    alpha, weight = torch.rand(5, generator=g), torch.rand(5, generator=g) + 0.5
+    alpha, weight = torch.rand(5, generator=g).to(DEVICE), (torch.rand(5, generator=g) + 0.5).to(DEVICE)
     check(
         backend, x, t, dtype, gamma=gamma, alpha=alpha, weight=weight, label_smoothing=0.1, poly_epsilon=0.7,
         reduction="none",
@@ -177,13 +183,13 @@ def test_poly_focal_with_alpha_weight_and_smoothing(backend, dtype, gamma):
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_per_class_gamma_in_the_poly_power(backend):
     x, t = rows()
-    gamma = torch.rand(11, generator=torch.Generator().manual_seed(2)) * 3
+    gamma = (torch.rand(11, generator=torch.Generator().manual_seed(2)) * 3).to(DEVICE)
     check(backend, x, t, gamma=gamma, poly_epsilon=-0.9, reduction="sum")
 
 
 def test_poly_epsilon_does_not_change_the_mean_denominator():
     x, t = rows()
-    weight = torch.rand(11) + 0.1
+    weight = (torch.rand(11) + 0.1).to(DEVICE)
     plain = triton_focal.focal_loss(x, t, gamma=1.0, weight=weight, backend="reference", reduction="sum")
     mean = triton_focal.focal_loss(x, t, gamma=1.0, weight=weight, backend="reference", poly_epsilon=0.5)
     poly_sum = triton_focal.focal_loss(
@@ -202,13 +208,13 @@ def _element_weight(layout, shape, seed=4):
     g = torch.Generator().manual_seed(seed)
     n, h, w = shape
     if layout == "contiguous":
-        v = torch.rand(shape, generator=g) * 2
+        v = (torch.rand(shape, generator=g) * 2).to(DEVICE)
         v[1, 2] = 0  # zeros are weights like any other
         return v
     if layout == "per_image":  # stride 0 along the pixels (mmseg's per-image weights, OHEM's masks)
-        return (torch.rand(n, 1, 1, generator=g) + 0.1).expand(shape)
+        return (torch.rand(n, 1, 1, generator=g) + 0.1).to(DEVICE).expand(shape)
     if layout == "strided":  # every other column of a wider tensor: no unit stride
-        return torch.rand(n, h, 2 * w, generator=g)[..., ::2]
+        return torch.rand(n, h, 2 * w, generator=g).to(DEVICE)[..., ::2]
     raise AssertionError(layout)
 
 
@@ -217,7 +223,7 @@ def _element_weight(layout, shape, seed=4):
 def test_weighted_mean_with_z_loss(backend, layout):
     x, t = images()
     v = _element_weight(layout, t.shape)
-    weight = torch.rand(5, generator=torch.Generator().manual_seed(5)) + 0.5
+    weight = (torch.rand(5, generator=torch.Generator().manual_seed(5)) + 0.5).to(DEVICE)
     if layout == "strided":
         assert not v.is_contiguous() and 0 not in v.stride()
     check(backend, x, t, gamma=2.0, weight=weight, z_loss=1e-2, element_weight=v)
@@ -226,9 +232,9 @@ def test_weighted_mean_with_z_loss(backend, layout):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_all_element_weights_zero_give_a_zero_mean_and_gradient(backend):
     x, t = images()
-    weight = torch.rand(5) + 0.5
+    weight = (torch.rand(5) + 0.5).to(DEVICE)
     xt = x.float().requires_grad_()
-    v = torch.zeros(t.shape)
+    v = torch.zeros(t.shape, device=DEVICE)
     loss = triton_focal.focal_loss(xt, t, gamma=2.0, weight=weight, z_loss=1e-2, element_weight=v, backend=backend)
     loss.backward()
     assert loss.item() == 0 and xt.grad.abs().max().item() == 0
@@ -238,7 +244,7 @@ def test_all_element_weights_zero_give_a_zero_mean_and_gradient(backend):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_element_weight_in_the_logits_dtype(backend, dtype):
     x, t = rows()
-    v = torch.rand(t.shape).to(dtype)
+    v = torch.rand(t.shape).to(device=DEVICE, dtype=dtype)
     check(backend, x, t, dtype, gamma=0.5, poly_epsilon=1.0, element_weight=v, reduction="sum")
 
 
@@ -246,15 +252,15 @@ def test_element_weight_and_mean_match_cross_entropy_weighted_sum():
     # gamma = 0, integer weights: weighting an element by k is counting it k times.
     x, t = rows(n=4, c=3)
     t[1] = 2
-    v = torch.tensor([2.0, 0.0, 1.0, 3.0])
-    repeated = torch.tensor([0, 0, 2, 3, 3, 3])
+    v = torch.tensor([2.0, 0.0, 1.0, 3.0], device=DEVICE)
+    repeated = torch.tensor([0, 0, 2, 3, 3, 3], device=DEVICE)
     got = triton_focal.focal_loss(x, t, gamma=0.0, element_weight=v, backend="triton")
     torch.testing.assert_close(got, torch.nn.functional.cross_entropy(x[repeated], t[repeated]))
 
 
 def test_reference_differentiates_a_learnable_element_weight():
     x, t = images()
-    v = (torch.rand(t.shape, dtype=torch.float64) + 0.1).requires_grad_()
+    v = (torch.rand(t.shape, dtype=torch.float64) + 0.1).to(DEVICE).requires_grad_()
     loss = triton_focal.focal_loss(
         x, t, gamma=2.0, z_loss=1e-2, poly_epsilon=0.5, element_weight=v, backend="reference"
     )
@@ -269,7 +275,7 @@ def test_reference_differentiates_a_learnable_element_weight():
 @pytest.mark.parametrize("backend", ["compile", "triton"])
 def test_learnable_element_weight_is_refused_elsewhere(backend):
     x, t = rows()
-    v = torch.rand(t.shape, requires_grad=True)
+    v = torch.rand(t.shape).to(DEVICE).requires_grad_()
     with pytest.raises(ValueError, match="element_weight requires grad"):
         triton_focal.focal_loss(x.float(), t, element_weight=v, backend=backend)
 
@@ -283,7 +289,7 @@ def test_learnable_element_weight_is_refused_elsewhere(backend):
 def test_normalizer_divides_everything(backend, reduction, kind):
     x, t = images()
     v = _element_weight("contiguous", t.shape)
-    normalizer = 7.5 if kind == "number" else torch.tensor(7.5)
+    normalizer = 7.5 if kind == "number" else torch.tensor(7.5, device=DEVICE)
     check(
         backend, x, t, gamma=2.0, poly_epsilon=0.5, z_loss=1e-2, element_weight=v, normalizer=normalizer,
         reduction=reduction,
@@ -296,11 +302,11 @@ def test_normalizer_tensor_that_requires_grad_gets_its_gradient(backend):
     v = _element_weight("contiguous", t.shape)
     options = dict(gamma=2.0, z_loss=1e-2, element_weight=v, reduction="sum")
     for logits_grad in (True, False):
-        normalizer = torch.tensor(7.5, requires_grad=True)
+        normalizer = torch.tensor(7.5, device=DEVICE, requires_grad=True)
         xt = x.float().requires_grad_(logits_grad)
         loss = triton_focal.focal_loss(xt, t, normalizer=normalizer, backend=backend, **options)
         (loss * 3).backward()
-        exact = torch.tensor(7.5, dtype=torch.float64, requires_grad=True)
+        exact = torch.tensor(7.5, dtype=torch.float64, device=DEVICE, requires_grad=True)
         expected = formula(x.float().double(), t, normalizer=exact, **options)
         (expected * 3).backward()
         assert_close(loss, expected, "loss")
@@ -327,7 +333,16 @@ def test_row_statistics_path():
     x, t = images(n=1, c=160, h=32, w=32)
     assert softmax_ops.row_stats_buffer(x.float().flatten(2), 0.0) is not None
     v = _element_weight("per_image", t.shape)
-    check("triton", x, t, gamma=0.5, poly_epsilon=0.5, element_weight=v, z_loss=1e-2, normalizer=torch.tensor(9.0))
+    check(
+        "triton",
+        x,
+        t,
+        gamma=0.5,
+        poly_epsilon=0.5,
+        element_weight=v,
+        z_loss=1e-2,
+        normalizer=torch.tensor(9.0, device=DEVICE),
+    )
 
 
 @pytest.mark.parametrize("normalizer", [None, 3.0, "learned"])
@@ -338,12 +353,12 @@ def test_inplace_grad_with_the_options(normalizer):
     v = _element_weight("per_image", t.shape)
     learned = normalizer == "learned"
     options = dict(gamma=0.5, poly_epsilon=0.5, element_weight=v, z_loss=1e-2, backend="triton")
-    options["normalizer"] = torch.tensor(3.0, requires_grad=True) if learned else normalizer
+    options["normalizer"] = torch.tensor(3.0, device=DEVICE, requires_grad=True) if learned else normalizer
     leaf = x.float().requires_grad_()
     logits = leaf * 1.0
-    triton_focal.focal_loss(logits, t, inplace_grad=True, **options).backward(torch.tensor(2.0))
+    triton_focal.focal_loss(logits, t, inplace_grad=True, **options).backward(torch.tensor(2.0, device=DEVICE))
     expected = x.float().requires_grad_()
-    triton_focal.focal_loss(expected, t, **options).backward(torch.tensor(2.0))
+    triton_focal.focal_loss(expected, t, **options).backward(torch.tensor(2.0, device=DEVICE))
     assert_close(leaf.grad, expected.grad, "in-place grad")
     assert torch.equal(logits, leaf * 1.0) == learned
 
@@ -360,7 +375,7 @@ def test_saturated_logits_stay_finite(backend, dtype, gamma):
     x, t = rows()
     x = x.sign() * 1e4  # p_y is exactly 0 or 1
     x[0, t[0]] = 6e4 if dtype == torch.float16 else 1e5
-    v = torch.rand(t.shape) + 0.1
+    v = (torch.rand(t.shape) + 0.1).to(DEVICE)
     xt = x.to(dtype).requires_grad_()
     loss = triton_focal.focal_loss(xt, t, gamma=gamma, poly_epsilon=-0.5, element_weight=v, backend=backend)
     loss.backward()
@@ -377,7 +392,7 @@ def test_masked_class_is_no_class(backend):
     t[t == 3] = 4
     masked = x.clone()
     masked[:, 3] = -math.inf
-    v = torch.rand(t.shape) + 0.1
+    v = (torch.rand(t.shape) + 0.1).to(DEVICE)
     options = dict(gamma=0.5, poly_epsilon=0.5, element_weight=v)
     xt = masked.float().requires_grad_()
     loss = triton_focal.focal_loss(xt, t, backend=backend, **options)
@@ -398,7 +413,7 @@ def test_all_ignored(backend, reduction):
     t[:] = -100
     x[0, 0] = math.nan  # ignored elements are not read
     xt = x.float().requires_grad_()
-    v = torch.rand(t.shape)
+    v = torch.rand(t.shape).to(DEVICE)
     loss = triton_focal.focal_loss(
         xt, t, gamma=0.5, poly_epsilon=0.5, z_loss=1e-2, element_weight=v, reduction=reduction, backend=backend
     )
@@ -409,12 +424,12 @@ def test_all_ignored(backend, reduction):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_empty_input(backend, reduction):
-    x = torch.randn(0, 5, 3, requires_grad=True)
-    t = torch.zeros(0, 3, dtype=torch.long)
+    x = torch.randn(0, 5, 3, device=DEVICE, requires_grad=True)
+    t = torch.zeros(0, 3, dtype=torch.long, device=DEVICE)
     normalizer = 2.0 if reduction != "none" else None
+    v = torch.ones(0, 3, device=DEVICE)
     loss = triton_focal.focal_loss(
-        x, t, poly_epsilon=0.5, element_weight=torch.ones(0, 3), normalizer=normalizer, reduction=reduction,
-        backend=backend,
+        x, t, poly_epsilon=0.5, element_weight=v, normalizer=normalizer, reduction=reduction, backend=backend,
     )  # fmt: skip
     assert loss.shape == ((0, 3) if reduction == "none" else ())
     loss.sum().backward()
@@ -449,7 +464,7 @@ def test_triton_ops_under_torch_compile_fullgraph():
     x, t = images()
     x = x.float()
     v = _element_weight("per_image", t.shape)
-    normalizer = torch.tensor(5.0)
+    normalizer = torch.tensor(5.0, device=DEVICE)
 
     def fn(logits):
         return triton_focal.focal_loss(
@@ -522,7 +537,7 @@ def test_options_add_no_launch(reduction):
     assert plain_kernels == ["_target_count_kernel"] * (reduction == "mean") + ["softmax"] * 2
     assert launches(poly_epsilon=0.5, element_weight=v) == (plain_kernels, plain_ops)
     # A normalizer is the divisor: the divisors' launch goes
-    for normalizer in (3.0, torch.tensor(3.0)):
+    for normalizer in (3.0, torch.tensor(3.0, device=DEVICE)):
         kernels, ops = launches(poly_epsilon=0.5, element_weight=v, normalizer=normalizer)
         assert kernels == ["softmax"] * 2 and ops == plain_ops
 
@@ -533,14 +548,16 @@ def test_options_add_no_launch(reduction):
 def test_module_keeps_poly_and_normalizer_and_takes_per_batch_values():
     x, t = images()
     v = _element_weight("contiguous", t.shape)
-    module = triton_focal.FocalLoss(gamma=2.0, poly_epsilon=0.5, normalizer=torch.tensor(4.0), reduction="sum")
+    module = triton_focal.FocalLoss(
+        gamma=2.0, poly_epsilon=0.5, normalizer=torch.tensor(4.0, device=DEVICE), reduction="sum"
+    )
     assert "normalizer" in module.state_dict()
     assert "poly_epsilon=0.5" in repr(module)
     expected = formula(x, t, gamma=2.0, poly_epsilon=0.5, normalizer=4.0)
     assert_close(module(x, t), expected, "stored normalizer")
     expected = formula(x, t, gamma=2.0, poly_epsilon=0.5, normalizer=8.0, element_weight=v)
     assert_close(module(x, t, element_weight=v, normalizer=8.0), expected, "per-batch values")
-    learned = torch.tensor(4.0, requires_grad=True)
+    learned = torch.tensor(4.0, device=DEVICE, requires_grad=True)
     triton_focal.FocalLoss(normalizer=learned, reduction="sum", backend="reference")(x, t).backward()
     assert learned.grad is not None
 
@@ -585,6 +602,7 @@ def _with(index, value):
     ],
 )  # fmt: skip
 def test_bad_options_name_the_argument(options, error, message):
-    x, t = rows()
+    # CPU tensors: the values of element_weight and normalizer are checked where known (the CPU).
+    x, t = rows(device="cpu")
     with pytest.raises(error, match=message):
         triton_focal.focal_loss(x, t, backend="reference", **options)

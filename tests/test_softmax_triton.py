@@ -5,7 +5,7 @@ GPU, so every shape is small."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, assert_no_worse_than_torch
+from helpers import DEVICE, assert_close, assert_no_worse_than_torch, assert_same_gradient
 
 from triton_focal import reference
 from triton_focal.kernels.grad_mode import GRAD_IF_POLICY, GRAD_NONE
@@ -21,18 +21,19 @@ def make_inputs(shape, dtype=torch.float32, scale=3.0, ignore_frac=0.2, seed=0, 
     """Logits in the user's shape (``(N, C)`` or ``(N, C, d...)``), their canonical
     ``(N, C, P)`` view, and ``(N, P)`` targets with some ignored elements."""
     g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=g) * scale).to(dtype)
+    x = (torch.randn(shape, generator=g) * scale).to(device=DEVICE, dtype=dtype)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
     elif layout == "transposed":
         # Classes last in memory, then sliced: no stride is 1 in the (N, C, P) view's P.
-        full = (torch.randn((shape[0],) + shape[2:-1] + (2 * shape[-1], shape[1]), generator=g) * scale).to(dtype)
+        full = torch.randn((shape[0],) + shape[2:-1] + (2 * shape[-1], shape[1]), generator=g) * scale
+        full = full.to(device=DEVICE, dtype=dtype)
         x = full.movedim(-1, 1)[..., ::2]
     ncp = x.unsqueeze(2) if x.dim() == 2 else x.flatten(2)
     n, c, p = ncp.shape
     target = torch.randint(0, c, (n, p), generator=g)
     target[torch.rand((n, p), generator=g) < ignore_frac] = -100
-    return ncp, target
+    return ncp, target.to(DEVICE)
 
 
 def run_both(x, target, grad_seed=1, **kwargs):
@@ -42,7 +43,7 @@ def run_both(x, target, grad_seed=1, **kwargs):
     xt = x.detach().clone().requires_grad_()
     loss = ops.softmax_focal_loss(xt, target, **args)
     g = torch.Generator().manual_seed(grad_seed)
-    grad_out = torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5
+    grad_out = (torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5).to(DEVICE)
     (grad,) = torch.autograd.grad(loss, xt, grad_out.to(loss.dtype))
     xr = x.detach().double().requires_grad_()
     ref_args = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
@@ -95,7 +96,7 @@ def test_gamma(gamma, multi_block, request):
         request.getfixturevalue("small_blocks")
     x, target = make_inputs((2, 19, 3, 5))  # 19 classes: 3 blocks of 8 in the looping path
     if gamma == "per-class":
-        gamma = torch.linspace(0.0, 5.0, 19)
+        gamma = torch.linspace(0.0, 5.0, 19, device=DEVICE)
     check(x, target, gamma=gamma)
     check(x, target, gamma=gamma, label_smoothing=0.2, reduction="none")
 
@@ -120,9 +121,9 @@ def test_options(options, multi_block, reduction, request):
     x, target = make_inputs((3, num_classes, 2, 3), seed=2)
     g = torch.Generator().manual_seed(3)
     per_class = {
-        "alpha": torch.rand(num_classes, generator=g),
-        "weight": torch.rand(num_classes, generator=g) + 0.1,
-        "gamma": torch.rand(num_classes, generator=g) * 3,
+        "alpha": torch.rand(num_classes, generator=g).to(DEVICE),
+        "weight": (torch.rand(num_classes, generator=g) + 0.1).to(DEVICE),
+        "gamma": (torch.rand(num_classes, generator=g) * 3).to(DEVICE),
     }
     kwargs = {k: per_class[k] if v == "per-class" else v for k, v in options.items()}
     target[target == -100] = kwargs.get("ignore_index", -100)
@@ -156,13 +157,13 @@ def test_low_precision(dtype, shape, layout):
 def test_gamma0_is_cross_entropy():
     # The drop-in contract, against PyTorch itself rather than our reference.
     x, target = make_inputs((3, 6, 4, 2), seed=5)
-    weight = torch.rand(6) + 0.5
+    weight = (torch.rand(6) + 0.5).to(DEVICE)
     for reduction in ("none", "sum", "mean"):
         loss, grad, _, _ = run_both(x, target, gamma=0.0, weight=weight, reduction=reduction, label_smoothing=0.1)
         xt = x.detach().view(3, 6, 4, 2).clone().requires_grad_()
         ce = F.cross_entropy(xt, target.view(3, 4, 2), weight=weight, reduction=reduction, label_smoothing=0.1)
         g = torch.Generator().manual_seed(1)
-        grad_out = torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5
+        grad_out = (torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5).to(DEVICE)
         (ce_grad,) = torch.autograd.grad(ce, xt, grad_out.float().view(ce.shape))
         assert_close(loss, ce.reshape(loss.shape), "loss vs cross_entropy", rtol=1e-5, atol=1e-6)
         assert_close(grad, ce_grad.reshape(grad.shape), "grad vs cross_entropy", rtol=1e-5, atol=1e-6)
@@ -180,8 +181,8 @@ def test_extreme_logits_are_finite(dtype, big, gamma):
     ]
     if dtype != torch.float16:
         rows.append(([1, 1, -1], 2))  # loss == 2 * big, past float16's range
-    x = torch.tensor([r for r, _ in rows], dtype=torch.float64).mul(big).to(dtype)
-    target = torch.tensor([t for _, t in rows])
+    x = torch.tensor([r for r, _ in rows], dtype=torch.float64).mul(big).to(device=DEVICE, dtype=dtype)
+    target = torch.tensor([t for _, t in rows], device=DEVICE)
     for smoothing in (0.0, 0.1):
         loss, grad = check(
             x.unsqueeze(2), target.unsqueeze(1), gamma=gamma, reduction="none", label_smoothing=smoothing
@@ -193,7 +194,7 @@ def test_all_ignored_mean_is_zero():
     x, target = make_inputs((2, 4, 3, 3))
     target.fill_(-100)
     xt = x.clone().requires_grad_()
-    loss = ops.softmax_focal_loss(xt, target, **{**DEFAULTS, "weight": torch.rand(4)})
+    loss = ops.softmax_focal_loss(xt, target, **{**DEFAULTS, "weight": torch.rand(4).to(DEVICE)})
     loss.backward()
     assert loss.item() == 0.0
     assert torch.equal(xt.grad, torch.zeros_like(xt))
@@ -201,8 +202,9 @@ def test_all_ignored_mean_is_zero():
 
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_empty_batch(reduction):
-    xt = torch.randn(0, 5, 3, requires_grad=True)
-    loss = ops.softmax_focal_loss(xt, torch.zeros(0, 3, dtype=torch.long), **{**DEFAULTS, "reduction": reduction})
+    xt = torch.randn(0, 5, 3, device=DEVICE, requires_grad=True)
+    target = torch.zeros(0, 3, dtype=torch.long, device=DEVICE)
+    loss = ops.softmax_focal_loss(xt, target, **{**DEFAULTS, "reduction": reduction})
     assert loss.shape == ((0, 3) if reduction == "none" else ())
     loss.sum().backward()
     assert xt.grad.shape == xt.shape
@@ -227,7 +229,7 @@ def test_nan_input_gives_nan_loss(multi_block, request):
 def test_out_of_range_target_is_nan_not_a_wild_read():
     # The public API rejects these on the CPU; the kernel masks its loads and flags the row.
     x, _ = make_inputs((1, 4, 3))
-    target = torch.tensor([[0, 9, -7]])
+    target = torch.tensor([[0, 9, -7]], device=DEVICE)
     loss = ops.softmax_focal_loss(x, target, **{**DEFAULTS, "reduction": "none"})
     assert torch.isfinite(loss[0, 0]) and torch.isnan(loss[0, 1:]).all()
 
@@ -254,8 +256,8 @@ def test_gradcheck_float64(multi_block, reduction, request):
         **DEFAULTS,
         "reduction": reduction,
         "label_smoothing": 0.1,
-        "gamma": torch.rand(10, generator=g) * 3,
-        "weight": torch.rand(10, generator=g) + 0.1,
+        "gamma": (torch.rand(10, generator=g) * 3).to(DEVICE),
+        "weight": (torch.rand(10, generator=g) + 0.1).to(DEVICE),
         "alpha": 0.5,
     }
     assert torch.autograd.gradcheck(lambda x: ops.softmax_focal_loss(x, target, **kwargs), (x,), fast_mode=True)
@@ -265,7 +267,7 @@ def test_offsets_are_64_bit():
     # A tiny view whose second image starts 2**31 elements in: int32 offsets would wrap to a
     # negative address. The storage is allocated but never touched, so it costs no memory.
     try:
-        storage = torch.empty(2**31 + 64, dtype=torch.float16)
+        storage = torch.empty(2**31 + 64, dtype=torch.float16, device=DEVICE)
     except RuntimeError:
         pytest.skip("cannot reserve 4 GiB of address space here")
     x = storage.as_strided((2, 3, 4), (2**31, 4, 1))
@@ -300,9 +302,9 @@ def test_grad_output_strides_and_values(reduction):
     _, _, ref, ref_grad_unit = run_both(x, target, reduction=reduction)
     xr = x.double().requires_grad_()
     ref = reference.softmax_focal_loss(xr, target, **{**DEFAULTS, "reduction": reduction})
-    grad_outs = [torch.ones(ref.shape), torch.full(ref.shape, 2.5)]
+    grad_outs = [torch.ones(ref.shape, device=DEVICE), torch.full(ref.shape, 2.5, device=DEVICE)]
     if reduction == "none":
-        grad_outs.append(torch.randn(1, 6).expand(2, 6))
+        grad_outs.append(torch.randn(1, 6).to(DEVICE).expand(2, 6))
     for grad_out in grad_outs:
         xt = x.clone().requires_grad_()
         loss = ops.softmax_focal_loss(xt, target, **{**DEFAULTS, "reduction": reduction})
@@ -337,8 +339,8 @@ def test_inplace_grad(multi_block, request):
     loss = ops.softmax_focal_loss(logits, target, **kwargs, inplace_grad=True)
     assert logits.data_ptr() == storage
     loss.backward()
-    assert torch.equal(leaf.grad, expected)
-    assert torch.equal(logits.detach(), expected / 2.0)  # the logits now hold d loss / d logits
+    assert_same_gradient(leaf.grad, expected)
+    assert_same_gradient(logits.detach(), expected / 2.0)  # the logits now hold d loss / d logits
 
     # A leaf cannot be overwritten: the gradient gets its own buffer and the leaf is intact.
     before = leaf.detach().clone()
@@ -346,7 +348,7 @@ def test_inplace_grad(multi_block, request):
     ops.softmax_focal_loss(leaf, target, **kwargs, inplace_grad=True).backward()
     assert torch.equal(leaf.detach(), before)
     (expected_leaf,) = torch.autograd.grad(ops.softmax_focal_loss(before.requires_grad_(), target, **kwargs), before)
-    assert torch.equal(leaf.grad, expected_leaf)
+    assert_same_gradient(leaf.grad, expected_leaf)
 
 
 def test_inplace_grad_refuses_corrupting_saved_values():
@@ -365,10 +367,21 @@ def test_opcheck(reduction):
     # recomputes it (the eager policy, which may store it, is tested in test_grad_policy.py).
     x, target = make_inputs((2, 5, 6))
     x.requires_grad_()
-    options = (torch.rand(5), 0.0, None, 0.25, torch.rand(5) + 0.1, -100, reduction, 0.1, 1e-3, 4.0)
+    options = (
+        torch.rand(5).to(DEVICE),
+        0.0,
+        None,
+        0.25,
+        (torch.rand(5) + 0.1).to(DEVICE),
+        -100,
+        reduction,
+        0.1,
+        1e-3,
+        4.0,
+    )
     torch.library.opcheck(ops._forward_op, (x, target, *options, False, True))
     denominators = ops.mean_denominators(target, options[4], -100, reduction, torch.float32)
-    grad_out = torch.rand(() if reduction == "mean" else target.shape)
+    grad_out = torch.rand(() if reduction == "mean" else target.shape).to(DEVICE)
     torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), target, denominators, x.new_empty(0), *options))
 
 
@@ -380,7 +393,7 @@ def test_compile_fullgraph():
         return ops.softmax_focal_loss(x * 1.0, target, **{**DEFAULTS, "reduction": "none", "label_smoothing": 0.1})
 
     compiled = torch.compile(fn, fullgraph=True)
-    grad_out = torch.rand(2, 6)
+    grad_out = torch.rand(2, 6).to(DEVICE)
     xt, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
     loss = compiled(xt)
     loss.backward(grad_out)
@@ -394,9 +407,9 @@ def test_public_api_triton_backend():
     if not hasattr(triton_focal, "focal_loss"):
         pytest.skip("the public API is not in place")
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(2, 6, 5, 3, generator=g)
-    target = torch.randint(0, 6, (2, 5, 3), generator=g)
-    kwargs = dict(gamma=2.0, alpha=0.25, weight=torch.rand(6, generator=g) + 0.1, label_smoothing=0.05)
+    x = torch.randn(2, 6, 5, 3, generator=g).to(DEVICE)
+    target = torch.randint(0, 6, (2, 5, 3), generator=g).to(DEVICE)
+    kwargs = dict(gamma=2.0, alpha=0.25, weight=(torch.rand(6, generator=g) + 0.1).to(DEVICE), label_smoothing=0.05)
     for reduction in ("none", "mean"):
         xt, xr = x.clone().requires_grad_(), x.double().requires_grad_()
         loss = triton_focal.focal_loss(xt, target, reduction=reduction, backend="triton", **kwargs)

@@ -4,7 +4,7 @@ against the unsharded float64 loss."""
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import DEVICE, assert_close
 
 from triton_focal import distributed
 from triton_focal.ops import vocab_shard
@@ -15,9 +15,9 @@ INF = float("inf")
 def shard(num_classes, dtype, seed=0):
     """Logits of one shard with a masked class, and local targets: in the shard or -1."""
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(6, num_classes, generator=gen) * 3).to(dtype)
+    x = (torch.randn(6, num_classes, generator=gen) * 3).to(device=DEVICE, dtype=dtype)
     x[1, 2 % num_classes] = -INF
-    target = torch.tensor([0, 2, -1, num_classes - 1, 3, -1]) % num_classes
+    target = torch.tensor([0, 2, -1, num_classes - 1, 3, -1], device=DEVICE) % num_classes
     target[[2, 5]] = -1
     return x, target
 
@@ -43,8 +43,8 @@ def test_statistics(num_classes, dtype, softcap):
 def test_smoothing_sums_and_gradient(num_classes, dtype, gamma, weighted, softcap):
     x, target = shard(num_classes, dtype)
     gen = torch.Generator().manual_seed(1)
-    gamma = torch.rand(num_classes, generator=gen, dtype=dtype) * 3 if gamma == "class" else gamma
-    weight = torch.rand(num_classes, generator=gen, dtype=dtype) + 0.5 if weighted else None
+    gamma = (torch.rand(num_classes, generator=gen, dtype=dtype) * 3).to(DEVICE) if gamma == "class" else gamma
+    weight = (torch.rand(num_classes, generator=gen, dtype=dtype) + 0.5).to(DEVICE) if weighted else None
     m, s, _, _ = distributed.shard_softmax_stats(x, target, softcap)
     lse = m + torch.log(s)
     for ours, theirs in zip(
@@ -52,7 +52,7 @@ def test_smoothing_sums_and_gradient(num_classes, dtype, gamma, weighted, softca
         distributed.shard_smoothing_sums(x, lse, softcap, gamma, weight),
     ):
         assert_close(ours, theirs, "smoothing sums", dtype=dtype)
-    p_coef, target_coef, smooth_coef = (torch.rand(6, generator=gen, dtype=dtype) for _ in range(3))
+    p_coef, target_coef, smooth_coef = (torch.rand(6, generator=gen, dtype=dtype).to(DEVICE) for _ in range(3))
     for smooth in (None, smooth_coef):
         ours = vocab_shard.shard_focal_grad(x, lse, p_coef, target_coef, smooth, target, softcap, gamma, weight)
         theirs = distributed.shard_focal_grad(x, lse, p_coef, target_coef, smooth, target, softcap, gamma, weight)
@@ -66,7 +66,7 @@ def test_the_triton_backend_runs_the_kernels():
 def test_strided_shard():
     # A shard that is a view with classes two apart (a sliced, transposed buffer).
     x, target = shard(300, torch.float64)
-    strided = torch.empty(300, 2, 6, dtype=torch.float64)[:, 0].t()
+    strided = torch.empty(300, 2, 6, dtype=torch.float64, device=DEVICE)[:, 0].t()
     strided.copy_(x)
     assert strided.stride(1) != 1
     for ours, theirs in zip(
@@ -74,7 +74,7 @@ def test_strided_shard():
     ):
         assert_close(ours, theirs, "statistics of a strided shard")
     m, s, _, _ = distributed.shard_softmax_stats(x, target, None)
-    rows = torch.rand(6, dtype=torch.float64)
+    rows = torch.rand(6, dtype=torch.float64).to(DEVICE)
     ours = vocab_shard.shard_focal_grad(strided, m + torch.log(s), rows, rows, rows, target, None, 2.0, None)
     theirs = distributed.shard_focal_grad(x, m + torch.log(s), rows, rows, rows, target, None, 2.0, None)
     assert_close(ours, theirs, "gradient of a strided shard")

@@ -48,10 +48,11 @@ _TRITON_IMPORT_ERROR = []
 def _why_not(name, device):
     """The reason ``name`` cannot run on ``device`` in this process, or None if it can."""
     if name == "triton":
-        if not _triton_importable():
-            return 'Triton is not installed (pip install "triton-focal[triton]"; it ships for Linux only)'
+        # what the package found at import (plain lookups: torch.compile traces this, not importlib)
         if _TRITON_IMPORT_ERROR:
             return _TRITON_IMPORT_ERROR[0]
+        if "triton" not in _MODULES:
+            return 'Triton is not installed (pip install "triton-focal[triton]"; it ships for Linux only)'
         if device.type == "cuda":
             return None
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":

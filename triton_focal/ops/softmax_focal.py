@@ -69,14 +69,22 @@ def _launch_config(num_classes, num_rows, stride_c, element_size):
     """``(BLOCK_C, BLOCK_P, SPLIT, num_warps)`` for ``num_rows`` rows of ``num_classes``."""
     vec = max(16 // element_size, 1)
     if stride_c != 1 and num_classes > 1:
+        block_c = min(STRIDED_BLOCK_C, triton.next_power_of_2(num_classes))
         block_p = min(vec * 32 * STRIDED_NUM_WARPS, max(triton.next_power_of_2(num_rows), 32))
-        return min(STRIDED_BLOCK_C, triton.next_power_of_2(num_classes)), block_p, 1, STRIDED_NUM_WARPS
+        return block_c, _fill_threads(block_c, block_p, STRIDED_NUM_WARPS), 1, STRIDED_NUM_WARPS
     block_c = min(vec, triton.next_power_of_2(num_classes))
     split = min(triton.next_power_of_2(triton.cdiv(num_classes, block_c)), MAX_SPLIT)
     if split >= 32 * LONG_ROW_WARPS:
         return block_c, split, split, LONG_ROW_WARPS
     block_p = max(min(32 * SHORT_ROW_WARPS, split * triton.next_power_of_2(num_rows)), split)
-    return block_c, block_p, split, SHORT_ROW_WARPS
+    return block_c, _fill_threads(block_c, block_p, SHORT_ROW_WARPS), split, SHORT_ROW_WARPS
+
+
+def _fill_threads(block_c, block_p, num_warps):
+    """``block_p`` grown until the ``(BLOCK_C, BLOCK_P)`` tile has an element for every thread
+    (a few short rows would give it fewer). Triton 3.6 miscompiles the class-step kernel on
+    such a replicated tile (its layout pass fails); the extra lanes are masked off."""
+    return max(block_p, 32 * num_warps // block_c)
 
 
 def _plan(num_classes, num_rows, stride_c, element_size):
