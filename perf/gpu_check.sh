@@ -42,7 +42,7 @@ python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], '
 stage 90 "GPU-only tests" python3 -m pytest -q -m gpu -p no:cacheprovider -rfE
 stage 180 "model cases measured" python3 -m perf.model --measure --out "$RESULTS"
 stage 150 "headline table" python3 -m perf.sweep --table --quick --no-plots --out "$RESULTS"
-stage 150 "kernel tests on the GPU" python3 -m pytest -q -p no:cacheprovider -rfE -n 14 --timeout 60 \
+stage 110 "kernel tests on the GPU" python3 -m pytest -q -p no:cacheprovider -rfE -n 16 --timeout 60 \
     -m "not slow" -k "not compile" \
     tests/test_softmax_triton.py tests/test_sigmoid_triton.py tests/test_softmax_one_read.py \
     tests/test_softmax_options.py tests/test_launch_reductions.py tests/test_focal_family.py \
