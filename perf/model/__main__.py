@@ -122,6 +122,11 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true", help="write the results under perf/results/model/")
     ap.add_argument("--calibrate", action="store_true", help="model the measured points and fit the constants")
     ap.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="write DIR/model_vs_measured.md: the launches of DIR/measured.json beside the model's",
+    )
+    ap.add_argument(
         "--measure",
         action="store_true",
         help="time the cases on the CUDA device and check them against the reference (needs --out DIR)",
@@ -138,6 +143,12 @@ def main(argv=None):
         from .machine_code import _compile_worker
 
         _compile_worker(*args.compile_worker)
+        return
+    if args.compare:
+        from .compare import write
+
+        command = "python -m perf.model " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(write(args.compare, command.strip()))
         return
     if args.measure:  # on the GPU: the kernels compiled, not interpreted
         from .headline import all_cases, select
