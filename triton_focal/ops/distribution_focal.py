@@ -25,7 +25,7 @@ from .._autograd_state import functorch_active
 from ..kernels.distribution_focal import _distribution_focal_kernel
 from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..reference import compute_dtype
-from .autograd import backward_in_place
+from .autograd import backward_in_place, eager_op
 from .denominators import reduced_divisor, target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
 from .launch import PersistentGrid, acc_dtype, on_input_device, persistent_launch
@@ -337,13 +337,15 @@ def _backward(ctx, grad_loss, grad_expectation, *_):
             skip_if_stored=True,
         )
     else:
-        grad = _backward_op(
+        grad = _backward_call(
             grad_loss, grad_expectation, input, target, mask, weight, normalizer, number, counted, ctx.reduction
         )
     return (grad,) + unused[:3] + (grad_normalizer,) + unused[3:]
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+_forward_call = eager_op(_forward_op, _setup_context, _backward)
+_backward_call = eager_op(_backward_op)
 
 
 # --- canonical backend function ----------------------------------------------------
@@ -388,7 +390,7 @@ def distribution_focal_loss(input, target, *, mask, weight, reduction, normalize
     store_grad = forward_may_store(needs_grad, reduction) and not return_expectation
     tensor = normalizer if isinstance(normalizer, torch.Tensor) else None
     number = None if normalizer is None or tensor is not None else float(normalizer)
-    loss, expectation, *_ = _forward_op(
+    loss, expectation, *_ = _forward_call(
         input, target, mask, weight, tensor, number, reduction, return_expectation, store_grad
     )
     return (loss, expectation) if return_expectation else loss

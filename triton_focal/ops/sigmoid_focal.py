@@ -24,7 +24,7 @@ from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from ..reference import compute_dtype
 from ..sigmoid_term import KINDS, SigmoidTerm
-from .autograd import backward_in_place, differentiable_grad, save_options, saved_options
+from .autograd import backward_in_place, differentiable_grad, eager_op, save_options, saved_options
 from .denominators import reduced_divisor, target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
 from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device, persistent_launch
@@ -372,11 +372,13 @@ def _backward(ctx, grad_loss, *_):
             skip_if_stored=True,
         )
     else:
-        grad = _backward_op(grad_loss, input, target, normalizer, ctx.normalizer_number, counted, *options)
+        grad = _backward_call(grad_loss, input, target, normalizer, ctx.normalizer_number, counted, *options)
     return (grad, None, grad_normalizer) + unused
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+_forward_call = eager_op(_forward_op, _setup_context, _backward)
+_backward_call = eager_op(_backward_op)
 
 
 # --- canonical backend functions ---------------------------------------------------
@@ -429,7 +431,7 @@ def sigmoid_loss(input, target, score=None, *, term, weight, ignore_index, reduc
     store_grad = forward_may_store(needs_grad, reduction)
     tensor = normalizer if isinstance(normalizer, torch.Tensor) else None
     number = None if normalizer is None or tensor is not None else float(normalizer)
-    loss, *_ = _forward_op(input, target, tensor, number, *options, store_grad)
+    loss, *_ = _forward_call(input, target, tensor, number, *options, store_grad)
     return loss
 
 

@@ -29,7 +29,7 @@ from ..kernels.softmax_focal import _softmax_focal_kernel
 from ..kernels.softmax_focal_one_read import _softmax_focal_one_read_kernel
 from ..kernels.softmax_rows import DIVIDE_BY_NUMBER, DIVIDE_BY_TENSOR
 from ..reference import compute_dtype
-from .autograd import backward_in_place, differentiable_grad, save_options, saved_options
+from .autograd import backward_in_place, differentiable_grad, eager_op, save_options, saved_options
 from .denominators import target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
 from .inplace_grad import is_dense, scale_stored_grad
@@ -598,12 +598,14 @@ def _backward(ctx, grad_loss, *_):
             row_stats=_saved(row_stats),
         )
     else:
-        grad = _backward_op(grad_loss, input, target, denominators, row_stats, *options)
+        grad = _backward_call(grad_loss, input, target, denominators, row_stats, *options)
     grads[0] = grad
     return tuple(grads)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+_forward_call = eager_op(_forward_op, _setup_context, _backward)
+_backward_call = eager_op(_backward_op)
 
 
 def _reference(options, target):
@@ -790,5 +792,5 @@ def softmax_focal_loss(
         loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options, *extras)
         return loss
     store_grad = forward_may_store(needs_grad, reduction)
-    loss, *_ = _forward_op(input, target, *options, store_grad, needs_grad, *extras)
+    loss, *_ = _forward_call(input, target, *options, store_grad, needs_grad, *extras)
     return loss
