@@ -150,16 +150,21 @@ def _inputs(case, shape, headline, device="cpu"):
     return x, target, kwargs
 
 
-def _loss_fn(case):
+def public_loss(case):
+    """The public function the case calls (any backend)."""
     import triton_focal
 
-    fn = {
+    return {
         "softmax": triton_focal.focal_loss,
         "quality_index": triton_focal.quality_focal_loss,
         "varifocal_index": triton_focal.varifocal_loss,
         "asymmetric_dense": triton_focal.asymmetric_loss,
         "distribution": triton_focal.distribution_focal_loss,
     }.get(case.kind, triton_focal.sigmoid_focal_loss)
+
+
+def _loss_fn(case):
+    fn = public_loss(case)
     return lambda x, t, kw: fn(x, t, backend="triton", **kw)
 
 

@@ -28,7 +28,7 @@ import json
 import os
 import time
 
-from .headline import _inputs, _loss_fn
+from .headline import _inputs, _loss_fn, public_loss
 
 MODEL_JSON = os.path.join(os.path.dirname(__file__), "..", "results", "model", "model.json")
 
@@ -94,15 +94,7 @@ def _errors(case, x, target, kwargs, loss, grad):
     """Relative error of the loss and of the gradient (norm) against the float64 reference."""
     import torch
 
-    import triton_focal
-
-    fn = {
-        "softmax": triton_focal.focal_loss,
-        "quality_index": triton_focal.quality_focal_loss,
-        "varifocal_index": triton_focal.varifocal_loss,
-        "asymmetric_dense": triton_focal.asymmetric_loss,
-        "distribution": triton_focal.distribution_focal_loss,
-    }.get(case.kind, triton_focal.sigmoid_focal_loss)
+    fn = public_loss(case)
     x64 = x.detach().double().requires_grad_(True)
     t64 = target.double() if target.is_floating_point() else target
     kw64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kwargs.items()}
