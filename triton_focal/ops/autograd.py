@@ -56,7 +56,7 @@ def eager_op(op, setup_context=None, backward=None):
         def backward(ctx, *grads):
             return backward(ctx, *grads)
 
-    Eager.__name__ = Eager.__qualname__ = f"Eager_{op._name.replace('::', '_')}"
+    Eager.__name__ = Eager.__qualname__ = f"Eager_{op._name}"
     return lambda *args: op(*args) if dispatch_needed(args) else Eager.apply(*args)
 
 
