@@ -32,31 +32,41 @@ def test_measure_times_and_checks_each_case(tmp_path):
     assert result["cases"] == rows
 
 
-def test_compare_puts_each_measured_launch_beside_the_model(tmp_path):
-    from perf.model.compare import compare
+def test_compare_puts_each_measured_launch_beside_the_model_on_the_measured_device():
+    import os
 
+    from perf.model.compare import _modeled_ms, compare
+    from perf.model.device import H200
+
+    name = "seg (8,19,512,1024), bf16, loss.backward()"
+    path = os.path.join(os.path.dirname(__file__), "..", "perf", "results", "model", "model.json")
+    with open(path) as f:
+        committed = {row["case"]: row for row in json.load(f)}
     measured = {
+        "device": {"name": "NVIDIA H200"},
         "copy_bandwidth_gbs": 4000.0,
         "cases": [
             {
-                "case": "seg (8,19,512,1024), bf16, loss.backward()",
+                "case": name,
+                "model_commit": "abc1234",
                 "launches": {
-                    "_softmax_focal_one_read_kernel": {"calls_per_step": 1, "us_per_step": 120.0},
+                    "_softmax_focal_one_read_kernel": {"calls_per_step": 2, "us_per_step": 120.0},
                     "void at::native::vectorized_elementwise_kernel": {"calls_per_step": 1, "us_per_step": 1.0},
                 },
             }
         ],
     }
-    model = [
-        {
-            "case": "seg (8,19,512,1024), bf16, loss.backward()",
-            "launches": [
-                {"kernel": "_softmax_focal_one_read_kernel", "calibrated_ms": 0.1, "bytes": 4e8, "bound": "serial"},
-                {"kernel": "_target_count_kernel", "calibrated_ms": 0.02, "bytes": 3e7, "bound": "serial"},
-            ],
-        }
-    ]
-    (row,) = compare(measured, model)  # torch's kernel has no prediction; the count kernel no measurement
+    asked = []
+    rows = compare(measured, lambda commit: asked.append(commit) or committed)
+    assert asked == ["abc1234"]  # the model of the measured commit
+    (row,) = rows  # torch's kernel has no prediction; the count kernel no measurement
     assert row["kernel"] == "_softmax_focal_one_read_kernel"
-    assert row["measured_over_model"] == pytest.approx(1.2)
-    assert row["bytes_ms"] == pytest.approx(0.1) and row["pct_of_copy_rate"] == pytest.approx(100 / 1.2)
+    mine = [launch for launch in committed[name]["launches"] if launch["kernel"] == row["kernel"]]
+    assert row["launches"] == len(mine) == 2
+    assert row["model_ms"] == pytest.approx(_modeled_ms(mine, H200))
+    # on the H200 without a launch gap: below the committed H100 time with it
+    assert row["model_ms"] < sum(launch["calibrated_ms"] for launch in mine)
+    assert row["measured_over_model"] == pytest.approx(0.120 / row["model_ms"])
+    nbytes = sum(launch["bytes"] for launch in mine)
+    assert row["bytes_ms"] == pytest.approx(nbytes / 4e12 * 1e3)
+    assert row["pct_of_copy_rate"] == pytest.approx(100 * row["bytes_ms"] / 0.120)

@@ -51,11 +51,11 @@ def _calibrate(args, argv):
     points_file = args.points or calibrate.DEFAULT_POINTS
     rows = calibrate.read_points(points_file)
     print(f"perf.model: calibrating on {len(rows)} points from {points_file}", flush=True)
-    if args.features:  # the counted features of an earlier run (calibration.json), to refit only
+    counted = None
+    if args.features:  # the counted features of an earlier run (calibration.json): only new rows are counted
         with open(args.features) as f:
-            features = json.load(f)["features"]
-    else:
-        features = calibrate.count_all(rows, args.cache or default_cache())
+            counted = json.load(f)["features"]
+    features = calibrate.count_all(rows, args.cache or default_cache(), counted=counted)
     result = calibrate.calibrate(features)
     meta = _meta(argv, time.time() - start)
     meta["points_file"] = os.path.relpath(points_file, REPO)
@@ -132,7 +132,7 @@ def main(argv=None):
         help="time the cases on the CUDA device and check them against the reference (needs --out DIR)",
     )
     ap.add_argument("--points", help="with --calibrate: a CSV of measured points (default perf/calibration/points.csv)")
-    ap.add_argument("--features", help="with --calibrate: refit the features of an earlier calibration.json")
+    ap.add_argument("--features", help="with --calibrate: reuse the counted features of an earlier calibration.json")
     ap.add_argument("--cache", help="directory caching the compiled kernels' summaries")
     ap.add_argument("--compile-worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--count-points", nargs=3, help=argparse.SUPPRESS)

@@ -1,12 +1,14 @@
 """``python -m perf.model --calibrate``: the model against measured times, and its fitted constants.
 
 Each row of the points CSV (``perf/calibration/points.csv``; the schema is in
-``perf/calibration/README.md``) names a runner that re-creates a measured call (its kernels,
-shape, dtype and timed phase). The model counts and compiles that call as it does the headline
-cases, one subprocess per Liger-Kernel version (versions cannot share a process), and keeps per
-launch what the fit needs. The fit is a grid search of ``(launch_s, round_latency_s,
-issue_factor)`` minimising the squared log error over all points; leave-one-family-out fits
-give each family's held-out error and the constants' range.
+``perf/calibration/README.md``) is one measured time. Liger-Kernel's H100 points name a runner
+that re-creates the measured call (its kernels, shape, dtype and timed phase): the model counts
+and compiles that call as it does the headline cases, one subprocess per Liger-Kernel version
+(versions cannot share a process), and keeps per launch what the fit needs. Our own kernels'
+points (``perf/calibration/own.py``) take their launches from the model committed at the
+measured commit, re-timed on the measured device. The fit is a grid search of
+``(launch_s, round_latency_s, issue_factor)`` minimising the squared log error over all points;
+leave-one-family-out fits give each family's held-out error and the constants' range.
 """
 
 import csv
@@ -19,6 +21,8 @@ import tempfile
 import time
 
 from .device import DEVICE
+
+OWN_RUNNER = "triton_focal_case"  # perf/calibration/own.py: our kernels' measured points
 
 DEFAULT_POINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "calibration", "points.csv")
 GRID = {
@@ -116,14 +120,25 @@ def _count_worker(spec_path, out_path, cache_dir):
         json.dump(features, f)
 
 
-def count_all(rows, cache_dir, log=print):
-    """Counted features of every row, one subprocess per Liger version."""
+def count_all(rows, cache_dir, log=print, counted=None):
+    """The features of every row: our own kernels' from the committed model of their commit,
+    the others counted, one subprocess per Liger version. ``counted``: features of an earlier
+    run (``calibration.json``) to reuse for the rows they match instead of counting again."""
+    from perf.calibration import own
     from perf.calibration.liger import liger_path
 
-    by_version = {}
+    def key(row):
+        return (row["runner"], json.dumps(row["shape"], sort_keys=True), row["dtype"], row["phase"], row.get("device"))
+
+    reuse = {key(f["row"]): f for f in counted or []}
+    features, by_version = [], {}
     for row in rows:
-        by_version.setdefault(row["liger_version"], []).append(row)
-    features = []
+        if own.is_own(row):
+            features.append(own.features(row))
+        elif key(row) in reuse:
+            features.append(dict(reuse[key(row)], row=row))
+        else:
+            by_version.setdefault(row["liger_version"], []).append(row)
     for version, group in sorted(by_version.items()):
         path = liger_path(version)
         with tempfile.TemporaryDirectory() as tmp:
@@ -162,12 +177,14 @@ def predict(feature, launch_s, round_latency_s, issue_factor):
     the constants may be numpy arrays (the fit's grid), and the result broadcasts with them."""
     import numpy as np
 
+    # A device time (the profiler's, our own points) holds no launch gap; a wall time does.
+    per_launch = launch_s if feature.get("timing", "wall") == "wall" else 0.0
     total = 0.0
     for launch in feature["launches"]:
         serial = launch["waves"] * (
             launch["rounds"] * round_latency_s + issue_factor * launch["instructions_s"] + launch["transfer_s"]
         )
-        total = total + launch_s + np.maximum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]), serial)
+        total = total + per_launch + np.maximum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]), serial)
     return total + sum(calls * launch_s + seconds for _, seconds, calls in feature["torch_ops"])
 
 
@@ -277,6 +294,7 @@ def calibrate(all_features):
                 "dtype": row["dtype"],
                 "phase": row["phase"],
                 "liger_version": row["liger_version"],
+                "device": row.get("device", ""),
                 "measured_ms": row["measured_ms"],
                 "uncalibrated_ms": uncalibrated(f) * 1e3,
                 "calibrated_ms": predict(f, *params) * 1e3,
@@ -316,12 +334,17 @@ def calibrate(all_features):
 def markdown(result, meta):
     fit_, errors = result["fit"], result["errors"]
     lines = [
-        "# The cost model against measured H100 times (calibration)",
+        "# The cost model against measured H100 and H200 times (calibration)",
         "",
         f"`{meta['command']}`, triton {meta['triton']}, torch {meta['torch']}, {meta['seconds']:.0f} s on this "
-        f"machine (no GPU). Points: `{meta['points_file']}` ({len(result['points'])} measured times of Liger-Kernel's "
-        "Triton kernels, from its published benchmark data; each row names its source and commit). The kernels are "
-        "compiled for sm_90 here and counted under the interpreter, exactly as the headline cases are.",
+        f"machine (no GPU). Points: `{meta['points_file']}`, {len(result['points'])} measured times: "
+        f"{sum(1 for p in result['points'] if p['runner'] != OWN_RUNNER)} of Liger-Kernel's Triton kernels on an "
+        "H100 (wall times from its published benchmark data) and "
+        f"{sum(1 for p in result['points'] if p['runner'] == OWN_RUNNER)} of triton_focal's on an H200 (each "
+        "kernel's device time in one forward + backward step of a headline case, from the profiler). Each row "
+        "names its source and commit. The kernels are compiled for sm_90 here and counted under the interpreter, "
+        "exactly as the headline cases are; ours are the launches the model committed at the measured commit, "
+        "re-timed at the H200's bandwidth.",
         "",
         f"Fitted: **{fit_['launch_s'] * 1e6:.2f} us per launch, {fit_['round_latency_s'] * 1e9:.0f} ns per dependent "
         f"memory round, issue factor {fit_['issue_factor']:.2f}**.",
@@ -333,7 +356,7 @@ def markdown(result, meta):
         ("uncalibrated", "uncalibrated model (max of issue, MUFU, bytes)"),
         ("calibrated", "calibrated, fitted on all points"),
         ("held_out_by_family", "calibrated, each family held out of its fit"),
-        ("not_fitted", "calibrated, the points not fitted (host-bound phases)"),
+        ("not_fitted", "calibrated, the points not fitted (host-bound phases, launches under 10 us)"),
     ):
         s = errors[name]
         if s is None:
@@ -375,14 +398,15 @@ def markdown(result, meta):
         "",
         "Every point:",
         "",
-        "| family | phase | dtype | shape | version | launches | measured ms | uncalibrated ms | calibrated ms | "
-        "measured / calibrated | fitted |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| family | device | phase | dtype | shape | version | launches | measured ms | uncalibrated ms | "
+        "calibrated ms | measured / calibrated | fitted |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for p in result["points"]:
         shape = ", ".join(f"{k}={v}" for k, v in p["shape"].items())
         lines.append(
-            f"| {p['family']} | {p['phase']} | {p['dtype']} | {shape} | {p['liger_version']} | {p['launches']} | "
+            f"| {p['family']} | {p.get('device', '')} | {p['phase']} | {p['dtype']} | {shape} | "
+            f"{p['liger_version'] or '-'} | {p['launches']} | "
             f"{p['measured_ms']:.4f} | {p['uncalibrated_ms']:.4f} | {p['calibrated_ms']:.4f} | "
             f"{p['measured_ms'] / p['calibrated_ms']:.2f} | {p['fit']} |"
         )
@@ -418,8 +442,8 @@ def plot(result, path):
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_xlabel(f"modeled ms ({title})")
-        ax.set_title(f"{title} model vs measured H100 (dashed: 15%)", fontsize=9)
-    axes[0].set_ylabel("measured ms (H100 80GB HBM3)")
+        ax.set_title(f"{title} model vs measured H100 / H200 (dashed: 15%)", fontsize=9)
+    axes[0].set_ylabel("measured ms (Liger: H100 wall time; triton_focal: H200 device time)")
     axes[1].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

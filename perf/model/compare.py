@@ -1,48 +1,53 @@
-"""Each launch's measured device time beside the model's prediction for it.
+"""Each launch's measured device time beside the model's prediction for it, on the measured GPU.
 
-``python -m perf.model --compare DIR`` reads ``DIR/measured.json`` (``--measure``) and
-``perf/results/model/model.json`` and writes ``DIR/model_vs_measured.md``: per case and kernel,
-the device time measured (the profiler's, summed over the kernel's launches in one step), the
-model's calibrated time for the same launches, their ratio, and the time the launches' DRAM
-bytes (as the model counts them) take at the bandwidth measured in the same run, so that a
-ratio can be read as "moves its bytes at X% of the copy rate" as well as "the model is off by Y".
-
-The model is of an H100 (3.0 TB/s); on another GPU its times are not that GPU's, and the ratio
-mixes the model's error with the difference of the devices: a purely bandwidth-bound launch
-would measure about 3.0 / (the measured bandwidth) of its modeled time on a faster memory.
+``python -m perf.model --compare DIR`` reads ``DIR/measured.json`` (``--measure``) and writes
+``DIR/model_vs_measured.md``: per case and kernel, the device time measured (the profiler's,
+summed over the kernel's launches in one step) and the calibrated model of the same launches on
+the measured device (``device.for_measured_device``), taken from the model committed at the
+measured commit (``perf/calibration/own.py``: exactly the launches the calibration fits), with
+their ratio; and the time the launches' DRAM bytes (as the model counts them) take at the
+bandwidth measured in the same run, so that a ratio can be read as "moves its bytes at X% of
+the copy rate" as well as "the model is off by Y". A device time has no launch gap, so the
+modeled time here has no per-launch cost, as in the fit.
 """
 
-import collections
 import json
 import os
 
-from .measure import MODEL_JSON
+
+def _modeled_ms(launches, device):
+    """The calibrated model's device time of these committed launches on ``device``."""
+    from perf.calibration.own import launch_features
+
+    from .calibrate import predict
+
+    feature = {"launches": [launch_features(l, device) for l in launches], "torch_ops": [], "timing": "device"}
+    return predict(feature, device.launch_s, device.round_latency_s, device.issue_factor) * 1e3
 
 
-def _by_kernel(launches):
-    totals = collections.defaultdict(lambda: [0.0, 0.0, 0])  # ms, bytes, launches
-    for launch in launches:
-        entry = totals[launch["kernel"]]
-        entry[0] += launch["calibrated_ms"]
-        entry[1] += launch["bytes"]
-        entry[2] += 1
-    return totals
+def compare(measured, committed_model=None):
+    """Rows of the table; ``committed_model(commit)`` gives ``{case: model.json row}`` (by
+    default the file as committed at ``commit``)."""
+    from perf.calibration import own
 
+    from .device import for_measured_device
 
-def compare(measured, model_rows):
-    model = {row["case"]: row for row in model_rows}
+    committed_model = committed_model or own.committed_model
+    device = for_measured_device(measured["device"]["name"])
     gbs = measured["copy_bandwidth_gbs"]
     rows = []
     for case in measured["cases"]:
-        modeled = model.get(case["case"])
         launches = case.get("launches") or {}
-        if modeled is None or "error" in launches:
+        if "error" in launches or "model_commit" not in case:
             continue
-        predicted = _by_kernel(modeled["launches"])
+        modeled = committed_model(case["model_commit"]).get(case["case"])
+        if modeled is None:
+            continue
         for name, timing in launches.items():
-            if name not in predicted:  # torch's own kernels (autograd's ones_like, a multiply)
+            mine = [l for l in modeled["launches"] if l["kernel"] == name]
+            if not mine:  # torch's own kernels (autograd's ones_like, a multiply)
                 continue
-            model_ms, nbytes, count = predicted[name]
+            model_ms, nbytes, count = _modeled_ms(mine, device), sum(l["bytes"] for l in mine), len(mine)
             measured_ms = timing["us_per_step"] / 1e3
             bytes_ms = nbytes / (gbs * 1e9) * 1e3
             rows.append(
@@ -62,16 +67,25 @@ def compare(measured, model_rows):
 
 
 def markdown(rows, measured, command):
+    from .device import for_measured_device
+
     info = measured["device"]
+    device = for_measured_device(info["name"])
+    commits = sorted({case["model_commit"] for case in measured["cases"] if "model_commit" in case})
     lines = [
         f"# Measured launches on {info['name']} beside the model",
         "",
         f"`{command}`: `measured.json` of this folder (torch {measured['versions']['torch']}, triton "
-        f"{measured['versions']['triton']}, copy bandwidth {measured['copy_bandwidth_gbs']:.0f} GB/s) against "
-        "`perf/results/model/model.json` (an H100 at 3.0 TB/s, calibrated). bytes ms: the launches' DRAM bytes as "
-        "the model counts them, at the measured bandwidth; % of copy rate: that over the measured time.",
+        f"{measured['versions']['triton']}, copy bandwidth {measured['copy_bandwidth_gbs']:.0f} GB/s) against the "
+        f"launches of `perf/results/model/model.json` at the measured commit ({', '.join(commits)}), modeled on "
+        f"the {device.name} at {device.copy_bandwidth / 1e12:.2f} TB/s with the calibrated constants "
+        f"({device.launch_s * 1e6:.2f} us a launch, not counted in a device time; "
+        f"{device.round_latency_s * 1e9:.0f} ns a dependent round; issue factor {device.issue_factor:.2f}). "
+        "These launches are calibration points, so the ratios are the fit's residuals, not a held-out test. "
+        "bytes ms: the launches' DRAM bytes as the model counts them, at the measured bandwidth; "
+        "% of copy rate: that over the measured time.",
         "",
-        "| case | kernel | launches | measured ms | model ms (H100) | measured / model | bytes ms | % of copy rate "
+        "| case | kernel | launches | measured ms | model ms | measured / model | bytes ms | % of copy rate "
         "| model's bound |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -87,9 +101,7 @@ def markdown(rows, measured, command):
 def write(folder, command):
     with open(os.path.join(folder, "measured.json")) as f:
         measured = json.load(f)
-    with open(MODEL_JSON) as f:
-        model_rows = json.load(f)
-    rows = compare(measured, model_rows)
+    rows = compare(measured)
     text = markdown(rows, measured, command)
     with open(os.path.join(folder, "model_vs_measured.md"), "w") as f:
         f.write(text)

@@ -10,14 +10,15 @@ class DeviceModel:
     Not measured here: the issue and MUFU rates are the architecture's per-SM throughputs, the
     clock is the boost clock, the bandwidth is a copy kernel's typical rate on HBM3.
 
-    Fitted (``python -m perf.model --calibrate``, on measured H100 times of other projects'
-    Triton kernels, ``perf/calibration/points.csv``): the fixed cost of a launch, the latency of
-    one dependent round of memory accesses, and how much slower than the schedulers' peak a
-    round's instructions issue. Each has the fitted value and the range that the leave-one-
-    family-out fits and the constants fitting the data about as well span (``*_range``);
-    ``variants()`` gives the device at each of those, so a prediction can be judged at its
-    pessimistic end. The measured kernels are all well occupied, so the data barely constrain
-    the round latency: a design that needs it small is not shown to be fast. Trust the form of
+    Fitted (``python -m perf.model --calibrate``, ``perf/calibration/points.csv``: measured H100
+    times of Liger-Kernel's Triton kernels and H200 device times of our own): the fixed cost of
+    a launch, the latency of one dependent round of memory accesses, and how much slower than
+    the schedulers' peak a round's instructions issue. Each has the fitted value and the range
+    that the leave-one-family-out fits and the constants fitting the data about as well span
+    (``*_range``); ``variants()`` gives the device at each of those, so a prediction can be
+    judged at its pessimistic end. Liger's points alone put the round latency and the issue
+    factor near zero (its kernels are well occupied and stream); our H200 points, with many
+    dependent rounds per program and more instructions per byte, need both. Trust the form of
     the model more than these constants.
 
     The L2 rule: a re-read is a hit when the resident programs move (load and store) less than
@@ -44,24 +45,29 @@ class DeviceModel:
     shared_reserved_per_program: int = 1024
 
     # fitted: see the class docstring (perf/results/model/calibration.md)
-    launch_s: float = 6.5e-6  # per kernel launch or torch op on the hot path
-    round_latency_s: float = 20e-9  # one dependent round of memory accesses, beyond its bytes' time
-    issue_factor: float = 0.0  # a round's instructions take this many times their peak issue time
-    launch_s_range: tuple = (5.5e-6, 8.75e-6)
-    round_latency_s_range: tuple = (0.0, 360e-9)
-    issue_factor_range: tuple = (0.0, 0.55)
+    launch_s: float = 5.5e-6  # per kernel launch or torch op on the hot path
+    round_latency_s: float = 220e-9  # one dependent round of memory accesses, beyond its bytes' time
+    issue_factor: float = 0.40  # a round's instructions take this many times their peak issue time
+    launch_s_range: tuple = (5.0e-6, 7.5e-6)
+    round_latency_s_range: tuple = (60e-9, 420e-9)
+    issue_factor_range: tuple = (0.10, 0.85)
     # (name, launch_s, round_latency_s, issue_factor): each leave-one-family-out fit, and the
     # constants the data cannot tell apart from the fit at the largest value of each
     leave_one_out_fits: tuple = (
-        ("without layer_norm", 6.25e-6, 0.0, 0.0),
-        ("without megatron_cross_entropy", 6.5e-6, 20e-9, 0.0),
-        ("without megatron_rms_norm", 6.5e-6, 0.0, 0.15),
-        ("without relu_squared", 8.75e-6, 0.0, 0.0),
+        ("without layer_norm", 5.0e-6, 220e-9, 0.40),
+        ("without megatron_cross_entropy", 5.5e-6, 220e-9, 0.45),
+        ("without megatron_rms_norm", 5.5e-6, 200e-9, 0.45),
+        ("without relu_squared", 5.25e-6, 220e-9, 0.40),
+        ("without triton_focal distribution", 5.5e-6, 220e-9, 0.40),
+        ("without triton_focal sigmoid", 5.75e-6, 180e-9, 0.15),
+        ("without triton_focal softmax", 5.25e-6, 240e-9, 0.45),
+        ("without triton_focal softmax one-read", 5.5e-6, 200e-9, 0.45),
+        ("without triton_focal target count", 5.25e-6, 240e-9, 0.40),
     )
     plausible_fits: tuple = (
-        ("largest launch cost", 8.0e-6, 0.0, 0.0),
-        ("largest round latency", 5.5e-6, 360e-9, 0.0),
-        ("largest issue factor", 5.75e-6, 0.0, 0.55),
+        ("largest launch cost", 7.5e-6, 200e-9, 0.40),
+        ("largest round latency", 5.25e-6, 420e-9, 0.10),
+        ("largest issue factor", 5.25e-6, 60e-9, 0.85),
     )
 
     def programs_per_sm(self, registers, num_warps, shared_bytes):
@@ -82,3 +88,18 @@ class DeviceModel:
 
 
 DEVICE = DeviceModel()
+
+# The H200 is the H100's GH100 chip (132 SMs, the same clocks and L2) with HBM3e: only the
+# bandwidth differs. 4.22 TB/s is a copy kernel's rate measured on one
+# (perf/results/nvidia-h200/measured.json, ``copy_bandwidth_gbs``). The fitted constants are
+# shared: the calibration fits H100 wall times and H200 device times together.
+H200 = dataclasses.replace(DEVICE, name="H200 SXM (sm_90), modeled", copy_bandwidth=4.22e12)
+
+MEASURED_DEVICES = {"NVIDIA H100 80GB HBM3": DEVICE, "NVIDIA H200": H200}
+
+
+def for_measured_device(name):
+    """The model of the GPU a measured point names (its ``torch.cuda.get_device_name()``)."""
+    if name not in MEASURED_DEVICES:
+        raise KeyError(f"no device model for {name!r}; known: {sorted(MEASURED_DEVICES)}")
+    return MEASURED_DEVICES[name]
