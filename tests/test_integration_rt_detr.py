@@ -1,9 +1,11 @@
-"""The RT-DETR Varifocal drop-ins against the losses they replace, values and gradients.
+"""The RT-DETR label-loss drop-ins against the losses they replace, values and gradients.
 
 * transformers: ``rt_detr_varifocal_loss_labels`` against ``RTDetrLoss.loss_labels_vfl`` on a
   criterion built from a tiny ``RTDetrConfig``, float32 and bfloat16, and the class-level patch
   through ``get_loss``, the criterion's forward (matcher, auxiliary outputs), D-FINE's inherited
-  method and a tiny ``RTDetrForObjectDetection``'s training loss (denoising layers included).
+  method and a tiny ``RTDetrForObjectDetection``'s training loss (denoising layers included);
+  ``rt_detr_focal_loss_labels`` and ``rt_detr_bce_loss_labels`` against ``loss_labels_focal`` and
+  ``loss_labels_bce`` the same way, on every backend, and a few training steps of a linear head.
 * ultralytics: ``FusedVarifocalLoss`` against ``ultralytics.utils.loss.VarifocalLoss`` on
   ``DETRLoss``-style one-hot labels, ``patch_detr_loss`` on ``RTDETRDetectionLoss``, and an RT-DETR
   built from ``rtdetr-l.yaml``.
@@ -12,17 +14,25 @@ Each half is skipped where its package does not import. ultralytics is imported 
 tests/test_integration_ultralytics.py (torchvision's version supplied where it is missing).
 """
 
+import copy
 import os
 import tempfile
 
 import pytest
 import torch
-from helpers import EAGER_BACKENDS, assert_close, torchvision_version_if_missing
+from helpers import (
+    EAGER_BACKENDS,
+    assert_close,
+    assert_no_worse_than_torch,
+    torchvision_sigmoid_focal_loss,
+    torchvision_version_if_missing,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NC = 5
 
 try:
+    import transformers.loss.loss_rt_detr as loss_rt_detr
     from transformers import RTDetrConfig
     from transformers.loss.loss_rt_detr import RTDetrLoss
 
@@ -84,10 +94,14 @@ def rt_detr_criterion(**config):
     return RTDetrLoss(RTDetrConfig(num_labels=NC, **config)).to(DEVICE)
 
 
-def runs_fused(criterion):
-    """Whether ``criterion.get_loss("vfl", ...)`` reaches the fused method (the patch's partialmethod)."""
-    method = getattr(criterion.loss_labels_vfl, "func", None)
-    return getattr(method, "__func__", None) is hf.rt_detr_varifocal_loss_labels
+# get_loss's name -> the fused stand-in (by name: transformers may be missing)
+FUSED = {"vfl": "rt_detr_varifocal_loss_labels", "bce": "rt_detr_bce_loss_labels", "focal": "rt_detr_focal_loss_labels"}
+
+
+def runs_fused(criterion, loss="vfl"):
+    """Whether ``criterion.get_loss(loss, ...)`` reaches the fused method (the patch's partialmethod)."""
+    method = getattr(getattr(criterion, f"loss_labels_{loss}"), "func", None)
+    return getattr(method, "__func__", None) is getattr(hf, FUSED[loss])
 
 
 def rt_detr_batch(seed, dtype, batch=3, queries=9):
@@ -296,6 +310,244 @@ def test_transformers_model_loss_and_gradients(monkeypatch):
     for key in expected:
         assert_close(got[key], expected[key], key)
     assert_gradients_match(grads, grads_expected, heads=("class_embed", "score_head"))
+
+
+# --- transformers: the focal and BCE label losses ----------------------------------------------
+
+LABEL_LOSSES = ("focal", "bce")
+
+
+def torchvision_focal_call(inputs, targets, alpha, gamma):
+    """The call ``loss_labels_focal`` was written for, ``torchvision.ops.sigmoid_focal_loss(inputs,
+    targets, alpha, gamma, reduction="none")``, on the one-hot in the logits' dtype."""
+    return torchvision_sigmoid_focal_loss(inputs, targets.to(inputs.dtype), alpha, gamma)
+
+
+def transformers_label_loss(loss, criterion, *args):
+    """transformers' own ``RTDetrLoss.loss_labels_<loss>``. ``loss_labels_focal`` hands its int64
+    one-hot and ``(alpha, gamma)`` to DETR's ``sigmoid_focal_loss(inputs, targets, num_boxes, alpha,
+    gamma)`` and fails (test_transformers_own_loss_labels_focal): it runs here with its module's
+    ``sigmoid_focal_loss`` replaced by the call it was written for, the rest of it as it is."""
+    method = getattr(RTDetrLoss, f"loss_labels_{loss}")
+    if loss != "focal":
+        return method(criterion, *args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loss_rt_detr, "sigmoid_focal_loss", torchvision_focal_call)
+        return method(criterion, *args)
+
+
+def fused_label_loss(loss, *args, **kwargs):
+    return getattr(hf, FUSED[loss])(*args, **kwargs)
+
+
+@needs_transformers
+@pytest.mark.compile_sample
+@pytest.mark.parametrize("num_boxes_as", ["float", "tensor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("loss", LABEL_LOSSES)
+def test_transformers_matches_label_losses(backend, loss, dtype, num_boxes_as):
+    criterion = rt_detr_criterion()
+    outputs, targets, indices, num_boxes = rt_detr_batch(0, dtype)
+    key = f"loss_{loss}"
+    # the normalizer as RTDetrLoss.forward passes it (a float), or as a one-element tensor
+    normalizer = num_boxes if num_boxes_as == "float" else torch.tensor([num_boxes], device=DEVICE)
+    expected = transformers_label_loss(loss, criterion, outputs, targets, indices, num_boxes)
+    got = fused_label_loss(loss, criterion, outputs, targets, indices, normalizer, backend=backend)
+    assert got.keys() == expected.keys() == {key}
+    # BCE: float32 for bfloat16 logits (transformers' float32 target); focal: the logits' dtype
+    assert got[key].dtype == expected[key].dtype == (torch.float32 if loss == "bce" else dtype)
+    assert got[key].shape == expected[key].shape == ()
+    # bfloat16: transformers rounds intermediates to bfloat16 (focal: all of them; BCE: its
+    # log-sigmoid, before the float32 target promotes the rest), the fused loss computes in float32
+    assert_close(got[key], expected[key], key, **relative(dtype))
+    logits = outputs["logits"]
+    if dtype != torch.float32:  # and is no further than transformers from transformers' own float64 loss
+        exact = dict(outputs, logits=logits.detach().double())
+        gold = transformers_label_loss(loss, criterion, exact, targets, indices, num_boxes)[key]
+        assert_no_worse_than_torch(got[key], expected[key], gold, key)
+    grad_got, grad_expected = grad(got[key], logits), grad(expected[key], logits)
+    assert grad_got.dtype == dtype
+    assert_close(grad_got, grad_expected, "grad", **relative(dtype))
+
+
+@needs_transformers
+@pytest.mark.parametrize("loss", LABEL_LOSSES)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
+def test_transformers_label_losses_alpha_gamma_and_saturated_logits(backend, loss):
+    """Other focal settings (alpha 0.25, gamma 1.5; BCE ignores them), and logits at +-40, where
+    ``sigmoid`` rounds to 0 or 1 (BCE's gamma = 0 power of ``1 - p_t = 0``)."""
+    criterion = rt_detr_criterion(focal_loss_alpha=0.25, focal_loss_gamma=1.5)
+    outputs, targets, indices, num_boxes = rt_detr_batch(1, torch.float32)
+    saturated = (outputs["logits"].detach().sign() * 40).requires_grad_()
+    key = f"loss_{loss}"
+    for logits in (outputs["logits"], saturated):
+        batch = dict(outputs, logits=logits)
+        expected = transformers_label_loss(loss, criterion, batch, targets, indices, num_boxes)[key]
+        got = fused_label_loss(loss, criterion, batch, targets, indices, num_boxes, backend=backend)[key]
+        assert torch.isfinite(got)
+        assert_close(got, expected, key)
+        grad_got = grad(got, logits)
+        assert torch.isfinite(grad_got).all()
+        assert_close(grad_got, grad(expected, logits), "grad")
+
+
+@needs_transformers
+def test_transformers_own_loss_labels_focal():
+    """transformers' own loss_labels_focal, unpatched: where it runs, the fused loss equals it; where
+    it fails as in 5.25 (an int64 one-hot into BCE, torchvision's arguments to DETR's
+    sigmoid_focal_loss), it fails with that error, and the fused loss is finite."""
+    criterion = rt_detr_criterion()
+    outputs, targets, indices, num_boxes = rt_detr_batch(0, torch.float32)
+    got = hf.rt_detr_focal_loss_labels(criterion, outputs, targets, indices, num_boxes)["loss_focal"]
+    try:
+        expected = RTDetrLoss.loss_labels_focal(criterion, outputs, targets, indices, num_boxes)["loss_focal"]
+    except (RuntimeError, IndexError) as err:
+        assert "cast" in str(err) or "out of range" in str(err), err
+        assert torch.isfinite(got)
+    else:
+        assert_close(got, expected, "loss_focal")
+
+
+@needs_transformers
+@pytest.mark.parametrize("loss", LABEL_LOSSES)
+def test_transformers_label_losses_bad_input(loss):
+    criterion = rt_detr_criterion()
+    outputs, targets, indices, num_boxes = rt_detr_batch(0, torch.float32)
+    with pytest.raises(ValueError, match=r"outputs\['logits'\]"):
+        wrong = dict(outputs, logits=outputs["logits"][..., :-1])
+        fused_label_loss(loss, criterion, wrong, targets, indices, num_boxes)
+    with pytest.raises(ValueError, match=r"outputs\['logits'\]"):
+        fused_label_loss(loss, criterion, dict(outputs, logits=outputs["logits"][0]), targets, indices, num_boxes)
+    with pytest.raises(KeyError, match="logits"):
+        fused_label_loss(loss, criterion, {"pred_boxes": outputs["pred_boxes"]}, targets, indices, 1.0)
+    with pytest.raises(ValueError, match="num_boxes"):
+        fused_label_loss(loss, criterion, outputs, targets, indices, torch.ones(2))
+    with pytest.raises(ValueError, match="normalizer"):
+        fused_label_loss(loss, criterion, outputs, targets, indices, 0.0)
+
+
+@needs_transformers
+def test_transformers_enable_disable_all_label_losses():
+    names = {loss: f"loss_labels_{loss}" for loss in FUSED}
+    originals = {loss: RTDetrLoss.__dict__[name] for loss, name in names.items()}
+
+    def patched():
+        return {loss for loss, name in names.items() if RTDetrLoss.__dict__[name] is not originals[loss]}
+
+    criterion = rt_detr_criterion()
+    try:
+        hf.enable_fused_rt_detr_losses("reference")
+        assert patched() == set(FUSED) and all(runs_fused(criterion, loss) for loss in FUSED)
+        hf.enable_fused_rt_detr_losses(EAGER_BACKENDS[-1], losses="focal")  # one loss's backend changed
+        assert criterion.loss_labels_focal.keywords == {"backend": EAGER_BACKENDS[-1]}
+        assert criterion.loss_labels_bce.keywords == {"backend": "reference"}
+        with hf.fused_rt_detr_losses(EAGER_BACKENDS[-1], losses=("bce", "vfl")):
+            assert criterion.loss_labels_bce.keywords == {"backend": EAGER_BACKENDS[-1]}
+        # the block restores the patches it found, backends included
+        assert criterion.loss_labels_bce.keywords == criterion.loss_labels_vfl.keywords == {"backend": "reference"}
+        hf.disable_fused_rt_detr_varifocal()  # the Varifocal one alone
+        assert patched() == {"bce", "focal"} and not runs_fused(criterion, "vfl")
+    finally:
+        hf.disable_fused_rt_detr_losses()
+    assert patched() == set()
+    hf.disable_fused_rt_detr_losses()  # nothing to undo
+    assert patched() == set()
+
+    with hf.fused_rt_detr_losses(EAGER_BACKENDS[0]):
+        assert patched() == set(FUSED)
+        fresh = rt_detr_criterion()  # a criterion built inside the block (the model builds one per forward)
+        assert all(runs_fused(fresh, loss) for loss in FUSED)
+    assert patched() == set()
+
+    # an earlier Varifocal patch outlives a block over all three, and is still undone by its disable
+    hf.enable_fused_rt_detr_varifocal("reference")
+    try:
+        with hf.fused_rt_detr_losses(EAGER_BACKENDS[-1]):
+            assert patched() == set(FUSED)
+        assert patched() == {"vfl"} and criterion.loss_labels_vfl.keywords == {"backend": "reference"}
+    finally:
+        hf.disable_fused_rt_detr_varifocal()
+    assert patched() == set()
+
+    for bad in ("labels", (), ("focal", "ce")):
+        with pytest.raises(ValueError, match="losses"):
+            hf.enable_fused_rt_detr_losses(losses=bad)
+    with pytest.raises(ValueError, match="backend"):
+        hf.enable_fused_rt_detr_losses("nope")
+    with pytest.raises(ValueError, match="backend"):
+        with hf.fused_rt_detr_losses("nope"):
+            pass
+    assert patched() == set()
+
+
+@needs_transformers
+@pytest.mark.parametrize("loss", LABEL_LOSSES)
+def test_transformers_label_loss_patch_through_get_loss_and_forward(loss):
+    """A criterion whose losses are ``[loss, "boxes"]`` (weighted as its config weights "vfl"): its
+    forward (matcher, auxiliary outputs) with transformers' method and with the fused one."""
+    pytest.importorskip("scipy")  # the Hungarian matcher
+    criterion = rt_detr_criterion()
+    criterion.losses = [loss, "boxes"]
+    criterion.weight_dict[f"loss_{loss}"] = criterion.weight_dict["loss_vfl"]
+    outputs, targets, indices, num_boxes = rt_detr_batch(2, torch.float32)
+
+    def full():
+        aux = {"logits": outputs["logits"] * 0.5, "pred_boxes": outputs["pred_boxes"]}
+        return dict(outputs, auxiliary_outputs=[aux])
+
+    with pytest.MonkeyPatch.context() as patch:
+        if loss == "focal":
+            patch.setattr(loss_rt_detr, "sigmoid_focal_loss", torchvision_focal_call)
+        expected = criterion(full(), targets)
+        expected_get = criterion.get_loss(loss, outputs, targets, indices, num_boxes)[f"loss_{loss}"]
+    grads_expected = grad(sum(expected.values()), outputs["logits"])
+    with hf.fused_rt_detr_losses(EAGER_BACKENDS[-1]):
+        assert runs_fused(criterion, loss)
+        got = criterion(full(), targets)
+        got_get = criterion.get_loss(loss, outputs, targets, indices, num_boxes)[f"loss_{loss}"]
+        grads = grad(sum(got.values()), outputs["logits"])
+    assert not runs_fused(criterion, loss)
+    assert got.keys() == expected.keys() and {f"loss_{loss}", f"loss_{loss}_aux_0"} <= got.keys()
+    for key in expected:
+        assert_close(got[key], expected[key], key)
+    assert_close(got_get, expected_get, "get_loss")
+    assert_close(grads, grads_expected, "grad")
+
+
+@needs_transformers
+@pytest.mark.parametrize("loss", LABEL_LOSSES)
+@pytest.mark.parametrize("backend", EAGER_BACKENDS)
+def test_transformers_label_loss_training_steps(backend, loss):
+    """A linear head making the (B, Q, C) logits from fixed query features, trained a few SGD steps
+    on transformers' loss and, from the same start, on the fused one through the patch: the same
+    loss at step 0, the same trajectory to float32 rounding, finite throughout, and decreasing."""
+    criterion = rt_detr_criterion()
+    outputs, targets, indices, num_boxes = rt_detr_batch(5, torch.float32)
+    key = f"loss_{loss}"
+    features = torch.randn(*outputs["logits"].shape[:2], 8, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    torch.manual_seed(0)
+    heads = {"transformers": torch.nn.Linear(8, NC).to(DEVICE)}
+    heads["fused"] = copy.deepcopy(heads["transformers"])
+    history = {side: [] for side in heads}
+    for side, head in heads.items():
+        optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
+        for _ in range(6):
+            batch = dict(outputs, logits=head(features))
+            if side == "fused":
+                with hf.fused_rt_detr_losses(backend):
+                    value = criterion.get_loss(loss, batch, targets, indices, num_boxes)[key]
+            else:
+                value = transformers_label_loss(loss, criterion, batch, targets, indices, num_boxes)[key]
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            history[side].append(value.detach())
+    got, expected = torch.stack(history["fused"]), torch.stack(history["transformers"])
+    assert torch.isfinite(got).all()
+    assert_close(got[0], expected[0], "step 0")
+    assert_close(got, expected, "trajectory", rtol=1e-4, atol=1e-6)
+    assert float(got[-1]) < 0.9 * float(got[0])
+    assert_close(heads["fused"].weight, heads["transformers"].weight, "trained weight", rtol=1e-4, atol=1e-6)
 
 
 # --- ultralytics -------------------------------------------------------------------------------

@@ -30,13 +30,16 @@ With ``gamma=0`` they equal the model's own loss (``CrossEntropyLoss``, ``BCEWit
 multi-label), and ``num_items_in_batch`` divides the sum as ``Trainer`` expects.
 
 RT-DETR (``RTDetrForObjectDetection``, ``RTDetrV2ForObjectDetection``) scores its classes with the
-Varifocal Loss, ``RTDetrLoss.loss_labels_vfl``; :func:`rt_detr_varifocal_loss_labels` is that method
-fused (same signature, same result, no one-hot or dense ``(B, Q, C)`` targets), and
-:func:`enable_fused_rt_detr_varifocal` (or ``with fused_rt_detr_varifocal(): ...``) installs it::
+Varifocal Loss, ``RTDetrLoss.loss_labels_vfl``; its criterion also has a sigmoid focal and a BCE label
+loss (``loss_labels_focal``, ``loss_labels_bce``). :func:`rt_detr_varifocal_loss_labels`,
+:func:`rt_detr_focal_loss_labels` and :func:`rt_detr_bce_loss_labels` are those methods fused (same
+signature, same result, no one-hot or dense ``(B, Q, C)`` targets), and
+:func:`enable_fused_rt_detr_losses` (or ``with fused_rt_detr_losses(): ...``) installs all three;
+:func:`enable_fused_rt_detr_varifocal` installs the Varifocal one only::
 
-    from triton_focal.integrations.transformers import enable_fused_rt_detr_varifocal
+    from triton_focal.integrations.transformers import enable_fused_rt_detr_losses
 
-    enable_fused_rt_detr_varifocal()      # every RTDetrLoss, including the one the model builds per forward
+    enable_fused_rt_detr_losses()      # every RTDetrLoss, including the one the model builds per forward
 """
 
 import contextlib
@@ -479,7 +482,7 @@ def token_classification_focal_loss(
     return _mean_or_normalized(focal_loss, rows, target, num_items_in_batch, settings)
 
 
-# --- RT-DETR's label loss ----------------------------------------------------------------------
+# --- RT-DETR's label losses --------------------------------------------------------------------
 
 
 def _rt_detr_num_boxes(num_boxes, logits):
@@ -489,6 +492,29 @@ def _rt_detr_num_boxes(num_boxes, logits):
             raise ValueError(f"num_boxes must be a number or a one-element tensor, got shape {tuple(num_boxes.shape)}")
         return num_boxes.reshape(()).to(logits.device)
     return num_boxes
+
+
+def _rt_detr_logits(self, outputs, missing):
+    """``outputs["logits"]``, checked: ``KeyError(missing)`` without it (transformers' message), ``ValueError``
+    unless it is ``(batch, queries, self.num_classes)``."""
+    if "logits" not in outputs:
+        raise KeyError(missing)
+    src_logits = outputs["logits"]
+    if src_logits.dim() != 3 or src_logits.shape[-1] != self.num_classes:
+        raise ValueError(
+            f"outputs['logits'] must be (batch, queries, num_classes={self.num_classes}), "
+            f"got shape {tuple(src_logits.shape)}"
+        )
+    return src_logits
+
+
+def _rt_detr_target_classes(self, src_logits, targets, indices, idx):
+    """transformers' ``(B, Q)`` target classes: each matched query's ground-truth class, ``num_classes``
+    (background) off the matched queries. ``idx`` is ``self._get_source_permutation_idx(indices)``."""
+    target_classes_original = torch.cat([_target["class_labels"][i] for _target, (_, i) in zip(targets, indices)])
+    target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device)
+    target_classes[idx] = target_classes_original.to(target_classes.device)
+    return target_classes
 
 
 def rt_detr_varifocal_loss_labels(self, outputs, targets, indices, num_boxes, log=True, *, backend: str = "auto"):
@@ -530,14 +556,7 @@ def rt_detr_varifocal_loss_labels(self, outputs, targets, indices, num_boxes, lo
 
     if "pred_boxes" not in outputs:
         raise KeyError("No predicted boxes found in outputs")
-    if "logits" not in outputs:
-        raise KeyError("No predicted logits found in outputs")
-    src_logits = outputs["logits"]
-    if src_logits.dim() != 3 or src_logits.shape[-1] != self.num_classes:
-        raise ValueError(
-            f"outputs['logits'] must be (batch, queries, num_classes={self.num_classes}), "
-            f"got shape {tuple(src_logits.shape)}"
-        )
+    src_logits = _rt_detr_logits(self, outputs, "No predicted logits found in outputs")
     idx = self._get_source_permutation_idx(indices)
     src_boxes = outputs["pred_boxes"][idx]
     target_boxes = torch.cat([_target["boxes"][i] for _target, (_, i) in zip(targets, indices)], dim=0)
@@ -545,10 +564,7 @@ def rt_detr_varifocal_loss_labels(self, outputs, targets, indices, num_boxes, lo
     ious = torch.diag(ious)
 
     dtype = src_logits.dtype
-    target_classes_original = torch.cat([_target["class_labels"][i] for _target, (_, i) in zip(targets, indices)])
-    # transformers' target classes, num_classes (background) off the matched queries
-    target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device)
-    target_classes[idx] = target_classes_original.to(target_classes.device)
+    target_classes = _rt_detr_target_classes(self, src_logits, targets, indices, idx)
     target_score = torch.zeros(src_logits.shape[:2], dtype=dtype, device=src_logits.device)
     # detached: transformers' target and weight carry no gradient (the boxes are detached above)
     target_score[idx] = ious.detach().to(device=target_score.device, dtype=dtype)
@@ -567,6 +583,117 @@ def rt_detr_varifocal_loss_labels(self, outputs, targets, indices, num_boxes, lo
     return {"loss_vfl": loss}
 
 
+def rt_detr_focal_loss_labels(self, outputs, targets, indices, num_boxes, log=True, *, backend: str = "auto"):
+    """``RTDetrLoss.loss_labels_focal`` (transformers' RT-DETR sigmoid focal label loss), fused.
+
+    The same signature and result, ``{"loss_focal": loss}``: the one-vs-all sigmoid focal loss of
+    every query against its one-hot class (all zeros for background), then
+    ``.mean(1).sum() * num_queries / num_boxes``, that is the sum over num_boxes::
+
+        sigmoid_focal_loss(logits.flatten(0, 1), classes.flatten(), alpha=self.alpha, gamma=self.gamma,
+                           reduction="sum", normalizer=num_boxes)
+
+    with ``alpha_t = alpha`` on the target class and ``1 - alpha`` elsewhere (torchvision's
+    convention, and that of transformers' ``sigmoid_focal_loss``). ``classes`` is ``(B, Q)``, built
+    as transformers builds its target classes (``num_classes``, background, off the matched
+    queries); no one-hot is made. The loss comes back in the logits' dtype.
+
+    transformers' own method does not run (5.25, the version tested): it hands its int64 one-hot
+    to transformers' DETR ``sigmoid_focal_loss(inputs, targets, num_boxes, alpha, gamma)``, whose BCE
+    refuses an integer target (``RuntimeError``); with a float target, that function would read
+    ``(self.alpha, self.gamma)`` as ``num_boxes`` and ``alpha`` and return a reduced scalar, which
+    the ``.mean(1)`` after it rejects (``IndexError``). This function computes what the call was
+    written for (the original RT-DETR's): ``torchvision.ops.sigmoid_focal_loss(logits, one_hot,
+    self.alpha, self.gamma, reduction="none")`` on the one-hot in the logits' dtype, then
+    transformers' reduction.
+
+    Args:
+        self: the ``RTDetrLoss`` (or subclass, or any object with ``num_classes``, ``alpha``,
+            ``gamma`` and ``_get_source_permutation_idx``).
+        outputs: a dict with ``"logits"`` ``(B, Q, num_classes)``.
+        targets: one dict per image with ``"class_labels"``.
+        indices: the matcher's ``(query indices, target indices)`` per image.
+        num_boxes: the normalizer, a positive number (or a one-element tensor).
+        log: unused, as in transformers.
+        backend: triton_focal's backend.
+
+    Raises:
+        KeyError: ``outputs`` lacks ``"logits"`` (as transformers does).
+        ValueError: the logits are not ``(batch, queries, self.num_classes)``, or ``num_boxes`` is not
+            positive (or a tensor of more than one element).
+    """
+    src_logits = _rt_detr_logits(self, outputs, "No logits found in outputs")
+    idx = self._get_source_permutation_idx(indices)
+    target_classes = _rt_detr_target_classes(self, src_logits, targets, indices, idx)
+    loss = sigmoid_focal_loss(
+        src_logits.flatten(0, 1),
+        target_classes.flatten(),
+        alpha=self.alpha,
+        gamma=self.gamma,
+        reduction="sum",
+        normalizer=_rt_detr_num_boxes(num_boxes, src_logits),
+        backend=backend,
+    )
+    return {"loss_focal": loss}
+
+
+def rt_detr_bce_loss_labels(self, outputs, targets, indices, num_boxes, log=True, *, backend: str = "auto"):
+    """``RTDetrLoss.loss_labels_bce`` (transformers' RT-DETR BCE label loss), fused.
+
+    The same signature and result, ``{"loss_bce": loss}``: transformers'
+    ``BCE(logits, one_hot * 1.0).mean(1).sum() * num_queries / num_boxes`` (the sum over num_boxes)
+    is the focal loss without focusing or alpha weighting::
+
+        sigmoid_focal_loss(logits.flatten(0, 1), classes.flatten(), alpha=-1.0, gamma=0.0,
+                           reduction="sum", normalizer=num_boxes)
+
+    ``classes`` is ``(B, Q)``, built as transformers builds its target classes (``num_classes``,
+    background, off the matched queries); no one-hot is made. transformers' target
+    ``one_hot * 1.0`` is float32, so its loss is float32 for bfloat16 and float16 logits: so is
+    this one (it is taken from the logits cast to float32; float64 logits stay float64), and the
+    gradient comes back in the logits' dtype. transformers' mixed-dtype BCE rounds part of its
+    arithmetic to the logits' dtype, this one computes every term in float32: for bfloat16 logits
+    they agree to a few bfloat16 ulps, this one being the closer to the float64 loss.
+
+    Args:
+        self: the ``RTDetrLoss`` (or subclass, or any object with ``num_classes`` and
+            ``_get_source_permutation_idx``).
+        outputs: a dict with ``"logits"`` ``(B, Q, num_classes)``.
+        targets: one dict per image with ``"class_labels"``.
+        indices: the matcher's ``(query indices, target indices)`` per image.
+        num_boxes: the normalizer, a positive number (or a one-element tensor).
+        log: unused, as in transformers.
+        backend: triton_focal's backend.
+
+    Raises:
+        KeyError: ``outputs`` lacks ``"logits"`` (transformers' method raises ``KeyError`` too).
+        ValueError: the logits are not ``(batch, queries, self.num_classes)``, or ``num_boxes`` is not
+            positive (or a tensor of more than one element).
+    """
+    src_logits = _rt_detr_logits(self, outputs, "No logits found in outputs")
+    idx = self._get_source_permutation_idx(indices)
+    target_classes = _rt_detr_target_classes(self, src_logits, targets, indices, idx)
+    logits = src_logits.to(torch.promote_types(src_logits.dtype, torch.float32))
+    loss = sigmoid_focal_loss(
+        logits.flatten(0, 1),
+        target_classes.flatten(),
+        alpha=-1.0,  # no alpha weighting (None is refused)
+        gamma=0.0,
+        reduction="sum",
+        normalizer=_rt_detr_num_boxes(num_boxes, logits),
+        backend=backend,
+    )
+    return {"loss_bce": loss}
+
+
+# get_loss's name -> (RTDetrLoss's method, its fused stand-in)
+_RT_DETR_LOSSES = {
+    "vfl": ("loss_labels_vfl", rt_detr_varifocal_loss_labels),
+    "bce": ("loss_labels_bce", rt_detr_bce_loss_labels),
+    "focal": ("loss_labels_focal", rt_detr_focal_loss_labels),
+}
+RT_DETR_LABEL_LOSSES = tuple(_RT_DETR_LOSSES)
+# (class, method name) -> transformers' method, while the fused one is installed
 _RT_DETR_ORIGINAL = {}
 
 
@@ -576,8 +703,81 @@ def _rt_detr_loss_class():
     return RTDetrLoss
 
 
+def _rt_detr_methods(losses):
+    """The method names of ``losses`` (``get_loss``'s names: a name or a sequence of them)."""
+    names = (losses,) if isinstance(losses, str) else tuple(losses)
+    unknown = [name for name in names if name not in _RT_DETR_LOSSES]
+    if unknown or not names:
+        raise ValueError(f"losses must name some of {RT_DETR_LABEL_LOSSES}, got {losses!r}")
+    return [_RT_DETR_LOSSES[name][0] for name in dict.fromkeys(names)]
+
+
+def enable_fused_rt_detr_losses(backend: str = "auto", losses=RT_DETR_LABEL_LOSSES):
+    """Make every ``RTDetrLoss`` compute its label losses with the fused methods.
+
+    Replaces, on the class, ``RTDetrLoss.loss_labels_vfl`` by :func:`rt_detr_varifocal_loss_labels`,
+    ``loss_labels_bce`` by :func:`rt_detr_bce_loss_labels` and ``loss_labels_focal`` by
+    :func:`rt_detr_focal_loss_labels` (those of ``losses``). ``RTDetrLoss.get_loss`` looks the
+    methods up on the instance each call, so existing criteria and the ones
+    ``RTDetrForObjectDetection`` / ``RTDetrV2ForObjectDetection`` build per forward use them.
+    ``DFineLoss`` and ``Deimv2Loss`` inherit the methods and get them too. Calling it again changes
+    the backend; :func:`disable_fused_rt_detr_losses` restores transformers' methods. See
+    :func:`fused_rt_detr_losses` for a scoped patch.
+
+    Args:
+        backend: triton_focal's backend for the fused methods.
+        losses: ``get_loss``'s names of the losses to replace: ``"vfl"``, ``"bce"``, ``"focal"``
+            (a name or a sequence; default all three).
+
+    Raises:
+        ValueError: ``backend`` is unknown, or ``losses`` names something else.
+    """
+    from .. import backends
+
+    backends.check_name(backend)
+    methods = _rt_detr_methods(losses)
+    cls = _rt_detr_loss_class()
+    for name, function in _RT_DETR_LOSSES.values():
+        if name in methods:
+            _RT_DETR_ORIGINAL.setdefault((cls, name), cls.__dict__[name])
+            setattr(cls, name, functools.partialmethod(function, backend=backend))
+
+
+def disable_fused_rt_detr_losses(losses=RT_DETR_LABEL_LOSSES):
+    """Give ``RTDetrLoss`` back transformers' own label-loss methods (those of ``losses``, default
+    all three; nothing to do for one it has).
+
+    Raises:
+        ValueError: ``losses`` names something other than ``"vfl"``, ``"bce"``, ``"focal"``.
+    """
+    cls = _rt_detr_loss_class()
+    for name in _rt_detr_methods(losses):
+        original = _RT_DETR_ORIGINAL.pop((cls, name), None)
+        if original is not None:
+            setattr(cls, name, original)
+
+
+@contextlib.contextmanager
+def fused_rt_detr_losses(backend: str = "auto", losses=RT_DETR_LABEL_LOSSES):
+    """:func:`enable_fused_rt_detr_losses` inside a ``with`` block; on leaving it ``RTDetrLoss``
+    has the methods it had on entering (transformers' own, or an earlier patch)."""
+    methods = _rt_detr_methods(losses)
+    cls = _rt_detr_loss_class()
+    before = {name: cls.__dict__[name] for name in methods}
+    patched_before = {name for name in methods if (cls, name) in _RT_DETR_ORIGINAL}
+    enable_fused_rt_detr_losses(backend, losses)
+    try:
+        yield
+    finally:
+        for name, method in before.items():
+            setattr(cls, name, method)
+            if name not in patched_before:
+                _RT_DETR_ORIGINAL.pop((cls, name), None)
+
+
 def enable_fused_rt_detr_varifocal(backend: str = "auto"):
-    """Make every ``RTDetrLoss`` compute its ``"vfl"`` loss with :func:`rt_detr_varifocal_loss_labels`.
+    """Make every ``RTDetrLoss`` compute its ``"vfl"`` loss with :func:`rt_detr_varifocal_loss_labels`:
+    :func:`enable_fused_rt_detr_losses` for ``loss_labels_vfl`` alone.
 
     Replaces ``RTDetrLoss.loss_labels_vfl`` on the class: ``RTDetrLoss.get_loss`` looks the method
     up on the instance each call, so existing criteria and the ones ``RTDetrForObjectDetection`` /
@@ -585,34 +785,19 @@ def enable_fused_rt_detr_varifocal(backend: str = "auto"):
     default losses do not include ``"vfl"``) inherit the method and get it too: it computes what
     theirs computes. Calling it again changes the backend; :func:`disable_fused_rt_detr_varifocal`
     restores transformers' method. See :func:`fused_rt_detr_varifocal` for a scoped patch.
-    """
-    from .. import backends
 
-    backends.check_name(backend)
-    cls = _rt_detr_loss_class()
-    _RT_DETR_ORIGINAL.setdefault(cls, cls.__dict__["loss_labels_vfl"])
-    cls.loss_labels_vfl = functools.partialmethod(rt_detr_varifocal_loss_labels, backend=backend)
+    Raises:
+        ValueError: ``backend`` is unknown.
+    """
+    enable_fused_rt_detr_losses(backend, losses=("vfl",))
 
 
 def disable_fused_rt_detr_varifocal():
     """Give ``RTDetrLoss`` back transformers' own ``loss_labels_vfl`` (nothing to do if it has it)."""
-    cls = _rt_detr_loss_class()
-    original = _RT_DETR_ORIGINAL.pop(cls, None)
-    if original is not None:
-        cls.loss_labels_vfl = original
+    disable_fused_rt_detr_losses(losses=("vfl",))
 
 
-@contextlib.contextmanager
 def fused_rt_detr_varifocal(backend: str = "auto"):
     """:func:`enable_fused_rt_detr_varifocal` inside a ``with`` block; on leaving it ``RTDetrLoss``
     has the method it had on entering (transformers' own, or an earlier patch)."""
-    cls = _rt_detr_loss_class()
-    before = cls.__dict__["loss_labels_vfl"]
-    patched_before = cls in _RT_DETR_ORIGINAL
-    enable_fused_rt_detr_varifocal(backend)
-    try:
-        yield
-    finally:
-        cls.loss_labels_vfl = before
-        if not patched_before:
-            _RT_DETR_ORIGINAL.pop(cls, None)
+    return fused_rt_detr_losses(backend, losses=("vfl",))
