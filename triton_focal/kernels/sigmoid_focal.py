@@ -86,12 +86,28 @@ def _class_steps(
     SCALED: tl.constexpr,
 ):  # what to compute
     """One tile's rows, stepping over the classes: the loss (into ``loss_acc``, or stored) and
-    the gradient (times ``grad_scale``, and ``grad_output`` per element where ``SCALED``)."""
+    the gradient (times ``grad_scale``, and ``grad_output`` per element where ``SCALED``).
+
+    The logits of the next class step are loaded before this step's arithmetic, so every load
+    of a step is issued at once and its latency overlaps the previous step's math: left to
+    itself, the compiler split a step's two 16-byte loads per thread around the math that
+    consumes the first, two dependent memory rounds a step. The load past the last step is
+    fully masked (no memory traffic)."""
+    first = row_mask[:, None] & (offs_c < C)[None, :]
+    x_next = tl.load(x_row[:, None] + (offs_c * stride_x_c)[None, :], mask=first)
+    if not INDEX_TARGET:
+        t_next = tl.load(t_row[:, None] + (offs_c * stride_t_c)[None, :], mask=first)
     for c0 in range(0, C, BLOCK_C):
-        # 2. The logits of one class step, in ACC.
+        # 2. The logits (and dense targets) of one class step, in ACC; the next step's requested.
         c = c0 + offs_c
         mask = row_mask[:, None] & (c < C)[None, :]
-        x = tl.load(x_row[:, None] + (c * stride_x_c)[None, :], mask=mask, other=0.0).to(ACC)
+        c_next = c + BLOCK_C
+        mask_next = row_mask[:, None] & (c_next < C)[None, :]
+        x = x_next.to(ACC)
+        x_next = tl.load(x_row[:, None] + (c_next * stride_x_c)[None, :], mask=mask_next)
+        if not INDEX_TARGET:
+            t_step = t_next.to(ACC)
+            t_next = tl.load(t_row[:, None] + (c_next * stride_t_c)[None, :], mask=mask_next)
 
         # 3. The loss and its derivative (targets compared with the class, or read).
         if HAS_CLASS_GAMMA:
@@ -106,7 +122,7 @@ def _class_steps(
             else:
                 t = positive.to(ACC)
         else:
-            t = tl.load(t_row[:, None] + (c * stride_t_c)[None, :], mask=mask, other=0.0).to(ACC)
+            t = t_step
             positive = t > 0.0
         if TERM == FOCAL:
             if INDEX_TARGET:
