@@ -63,38 +63,47 @@ def committed_model(commit):
     return {r["case"]: r for r in json.loads(done.stdout)}
 
 
+def measured_launches(measured, model_of=None):
+    """``(case, modeled, kernel, timing, launches)`` for each kernel of ours that ``measured.json`` timed:
+    ``modeled`` is the case in the model committed at the measured commit (``model_of(commit)``,
+    by default :func:`committed_model`), ``launches`` the kernel's launches there. torch's own kernels (the
+    backward's ``ones_like``, a multiply) and cases the model lacks are left out."""
+    model_of = model_of or committed_model
+    for case in measured["cases"]:
+        timed = case.get("launches") or {}
+        if "error" in timed or "model_commit" not in case:
+            continue
+        modeled = model_of(case["model_commit"]).get(case["case"])
+        if modeled is None:
+            continue
+        for kernel, timing in sorted(timed.items()):
+            launches = [launch for launch in modeled["launches"] if launch["kernel"] == kernel]
+            if launches:
+                yield case, modeled, kernel, timing, launches
+
+
 def points(measured, source):
     """Rows (dicts with ``extract.COLUMNS``) from a ``measured.json`` object."""
     out = []
-    for case in measured["cases"]:
-        launches = case.get("launches") or {}
-        if "error" in launches or "model_commit" not in case:
-            continue
-        modeled = committed_model(case["model_commit"]).get(case["case"])
-        if modeled is None:
-            continue
-        ours = {launch["kernel"] for launch in modeled["launches"]}
-        for kernel, timing in sorted(launches.items()):
-            if kernel not in ours:  # torch's own kernels (the backward's ones_like, a multiply)
-                continue
-            us = timing["us_per_step"]
-            out.append(
-                {
-                    "family": FAMILY.get(kernel, f"triton_focal {kernel}"),
-                    "runner": RUNNER,
-                    "shape": json.dumps({"case": case["case"], "kernel": kernel}),
-                    "dtype": modeled["dtype"],
-                    "phase": PHASE,
-                    "measured_ms": us / 1e3,
-                    "measured_p20_ms": "",
-                    "measured_p80_ms": "",
-                    "device": measured["device"]["name"],
-                    "source": source,
-                    "source_commit": case["model_commit"],
-                    "liger_version": "",
-                    "fit": "yes" if us >= SHORTEST_FITTED_US else f"no: under {SHORTEST_FITTED_US:g} us of device time",
-                }
-            )
+    for case, modeled, kernel, timing, _ in measured_launches(measured):
+        us = timing["us_per_step"]
+        out.append(
+            {
+                "family": FAMILY.get(kernel, f"triton_focal {kernel}"),
+                "runner": RUNNER,
+                "shape": json.dumps({"case": case["case"], "kernel": kernel}),
+                "dtype": modeled["dtype"],
+                "phase": PHASE,
+                "measured_ms": us / 1e3,
+                "measured_p20_ms": "",
+                "measured_p80_ms": "",
+                "device": measured["device"]["name"],
+                "source": source,
+                "source_commit": case["model_commit"],
+                "liger_version": "",
+                "fit": "yes" if us >= SHORTEST_FITTED_US else f"no: under {SHORTEST_FITTED_US:g} us of device time",
+            }
+        )
     return out
 
 

@@ -32,37 +32,26 @@ def compare(measured, committed_model=None):
 
     from .device import for_measured_device
 
-    committed_model = committed_model or own.committed_model
     device = for_measured_device(measured["device"]["name"])
     gbs = measured["copy_bandwidth_gbs"]
     rows = []
-    for case in measured["cases"]:
-        launches = case.get("launches") or {}
-        if "error" in launches or "model_commit" not in case:
-            continue
-        modeled = committed_model(case["model_commit"]).get(case["case"])
-        if modeled is None:
-            continue
-        for name, timing in launches.items():
-            mine = [l for l in modeled["launches"] if l["kernel"] == name]
-            if not mine:  # torch's own kernels (autograd's ones_like, a multiply)
-                continue
-            model_ms, nbytes, count = _modeled_ms(mine, device), sum(l["bytes"] for l in mine), len(mine)
-            measured_ms = timing["us_per_step"] / 1e3
-            bytes_ms = nbytes / (gbs * 1e9) * 1e3
-            rows.append(
-                {
-                    "case": case["case"],
-                    "kernel": name,
-                    "launches": count,
-                    "measured_ms": measured_ms,
-                    "model_ms": model_ms,
-                    "measured_over_model": measured_ms / model_ms,
-                    "bytes_ms": bytes_ms,
-                    "pct_of_copy_rate": 100 * bytes_ms / measured_ms,
-                    "model_bound": ",".join(sorted({l["bound"] for l in modeled["launches"] if l["kernel"] == name})),
-                }
-            )
+    for case, _, name, timing, mine in own.measured_launches(measured, committed_model):
+        model_ms, nbytes = _modeled_ms(mine, device), sum(launch["bytes"] for launch in mine)
+        measured_ms = timing["us_per_step"] / 1e3
+        bytes_ms = nbytes / (gbs * 1e9) * 1e3
+        rows.append(
+            {
+                "case": case["case"],
+                "kernel": name,
+                "launches": len(mine),
+                "measured_ms": measured_ms,
+                "model_ms": model_ms,
+                "measured_over_model": measured_ms / model_ms,
+                "bytes_ms": bytes_ms,
+                "pct_of_copy_rate": 100 * bytes_ms / measured_ms,
+                "model_bound": ",".join(sorted({launch["bound"] for launch in mine})),
+            }
+        )
     return rows
 
 
