@@ -1,7 +1,7 @@
 """Adapters to training frameworks, each importing its framework lazily and each an optional extra.
 
 ``transformers`` (``[hf]``): causal LM, sequence and token classification losses, RT-DETR's
-Varifocal label loss; ``mmdet`` (``[mmdet]``) and ``mmseg`` (``[mmseg]``): ``TritonFocalLoss`` in
+label losses (Varifocal, focal, BCE); ``mmdet`` (``[mmdet]``) and ``mmseg`` (``[mmseg]``): ``TritonFocalLoss`` in
 their ``MODELS`` registries, and in mmdet's ``TritonQualityFocalLoss``, ``TritonVarifocalLoss``,
 ``TritonDistributionFocalLoss``; ``ultralytics`` (``[ultralytics]``): the fused classification loss of
 ``v8DetectionLoss`` and its box loss's DFL, and RT-DETR's Varifocal Loss;
