@@ -13,10 +13,16 @@ H100 = dict(num_sms=132, l2_bytes=50 * 2**20)
 
 def test_rereads_stay_in_l2_or_the_grid_fills_the_gpu():
     grid = PersistentGrid(**H100)
-    # 256 KB rows (a 128k bf16 vocabulary): 90 rows in flight stay in 45% of the L2.
-    assert grid.programs(8192, 16, 256 * 1024) == 90
+    # 64 KB rows (a 32k bf16 vocabulary): 200 rows in flight stay in a quarter of the L2
+    # (the model's sure hit), every SM with a program.
+    assert grid.programs(8192, 16, 64 * 1024) == 200
+    # 256 KB rows (a 128k bf16 vocabulary): 51 would fit, fewer than the SMs: the grid fills
+    # the GPU instead (no SM idles for a re-read the L2 may not serve).
+    assert grid.programs(8192, 16, 256 * 1024) == 132 * 4
     # 600 KB tiles: too few programs would fit, so the grid fills the GPU instead.
     assert grid.programs(100000, 4, 600 * 1024) == 132 * 16
+    # small tiles of few warps: as many as fit would leave the SMs short of warps
+    assert grid.programs(10**6, 1, 64 * 1024) == 132 * 32
     # Fewer tiles than programs: one program per tile.
     assert grid.programs(10, 4, 1024) == 10
 

@@ -44,13 +44,14 @@ REGISTER_ALLOCATION_UNIT = 256  # registers, per warp
 MAX_PROGRAMS_PER_SM = 32
 MAX_WARPS_PER_SM = 64
 SHARED_RESERVED_PER_PROGRAM = 1024  # the driver's own shared memory per CTA (sm_80 and later)
-# A re-read is served by L2 only while what the programs in flight read in between fits in
-# about half the L2 (the cost model's rule: H100's L2 is two partitions of 25 MB); 45%
-# leaves room for the gradient being written meanwhile. Keeping the programs that few is
-# worth idling SMs down to this many resident warps per SM on average; below it, latency
-# would cost more than the re-read saves, and the grid fills the GPU instead (the re-read
-# then comes from DRAM).
-L2_REUSE_FRACTION = 0.45
+# A re-read is served by L2 for sure only while what the programs in flight read in between
+# fits in about a quarter of the L2 (the cost model's sure-hit size: 12 of H100's 50 MB; up to
+# the whole L2 it may or may not be, with replacement and the gradient's stores streaming
+# through). The grid is kept that small only where every SM still gets a program with at
+# least this many resident warps on average: idling SMs, or starving them of warps, for a
+# re-read the L2 may not serve would be a bet on one side of an uncertain threshold.
+# Otherwise the grid fills the GPU and the re-read comes from DRAM.
+L2_REUSE_FRACTION = 0.25
 MIN_WARPS_PER_SM_FOR_L2 = 8
 
 
@@ -145,8 +146,9 @@ class PersistentGrid:
 
     def rereads_in_l2(self, num_warps, footprint):
         """Whether programs of ``num_warps`` warps that each re-read ``footprint`` bytes can be
-        few enough for L2 to serve the re-reads and still keep the GPU busy."""
-        return self._in_l2(footprint) * num_warps >= self.num_sms * MIN_WARPS_PER_SM_FOR_L2
+        few enough for L2 to serve the re-reads and still keep every SM busy."""
+        in_l2 = self._in_l2(footprint)
+        return in_l2 >= self.num_sms and in_l2 * num_warps >= self.num_sms * MIN_WARPS_PER_SM_FOR_L2
 
     def programs(self, num_tiles, num_warps, footprint, compiled=None):
         """Programs for ``num_tiles`` tiles of ``num_warps`` warps that each re-read

@@ -48,10 +48,12 @@ STRIDED_BLOCK_C = 8
 STRIDED_NUM_WARPS = 4
 # Contiguous classes ((T, V) rows, channels_last): a lane owns 16 bytes of consecutive
 # classes. A long row gets a whole SM: LONG_ROW_WARPS warps of LANES_PER_THREAD lanes each
-# (32 KB in flight per SM, at most 64 registers a thread). Rows in flight are then few enough
-# (one per program) that the gradient pass re-reads them from L2 even in float32 (a 128k
-# row is 513 KB: 46 rows fit in 45% of an H100's L2), while 32 warps per SM keep enough loads
-# in flight. Short rows share a program, one lane per thread.
+# (32 KB in flight per SM, at most 64 registers a thread), one row per program. Up to about a
+# 32k vocabulary in bf16 the rows in flight are few enough for the gradient pass to re-read
+# them from L2 with every SM busy (launch.PersistentGrid); a 128k row (250 KB in bf16) is not:
+# 51 rows fit in the quarter of an H100's L2 that is sure to keep them, fewer than the SMs, so
+# the grid fills the GPU and the re-read comes from DRAM. Short rows share a program, one lane
+# per thread.
 LONG_ROW_WARPS = 32
 LANES_PER_THREAD = 2
 SHORT_ROW_WARPS = 4
