@@ -97,7 +97,11 @@ def headline_table(result, modeled=None):
     """The headline cases, one block per case: ms, GB/s, % of floor, extra peak memory, and for
     the Triton kernels the cost model's prediction (its fitted value and pessimistic end) and
     measured / modeled."""
+    from .model.device import model_for
+    from .model.retime import case_range
+
     modeled = modeled_cases() if modeled is None else modeled
+    device_model = model_for(result.get("device", {}).get("name", ""))
     points = [p for p in result["points"] if p["family"] == "table"]
     lines = []
     for shape in _ordered(_shape(p) for p in points):
@@ -118,8 +122,11 @@ def headline_table(result, modeled=None):
             memory = "n/a" if p["extra_peak_mb"] is None else f"{p['extra_peak_mb']:.0f}"
             pct = "cache" if p.get("above_floor") else f"{p['pct_of_floor']:.1f}"
             model = _modeled(p, modeled)
-            predicted = f"{model['calibrated_ms']:.3f} ({model['calibrated_worst_ms']:.3f})" if model else ""
-            ratio = f"{p['ms'] / model['calibrated_ms']:.2f}" if model else ""
+            if model:
+                nominal, _, worst = case_range(model, device_model)
+                predicted, ratio = f"{nominal * 1e3:.3f} ({worst * 1e3:.3f})", f"{p['ms'] / (nominal * 1e3):.2f}"
+            else:
+                predicted = ratio = ""
             lines.append(
                 f"| {p['label']} | {p['ms']:.3f} ({p['ms_p20']:.3f}-{p['ms_p80']:.3f}) | {p['gbs']:.1f} | "
                 f"{pct} | {memory} | {predicted} | {ratio} |"
@@ -127,8 +134,9 @@ def headline_table(result, modeled=None):
         lines.append("")
     if modeled:
         lines.append(
-            "modeled: `python -m perf.model` for an H100 SXM (perf/results/model/model.json); on another device "
-            "the ratio says how far that device is from the modeled one, not only the model's error."
+            f"modeled: the launches of `python -m perf.model` (perf/results/model/model.json) re-timed on the "
+            f"{device_model.name} (perf/model/retime.py); where that is not this device, the ratio says how far "
+            "this device is from the modeled one, not only the model's error."
         )
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from perf.calibration import own
-from perf.model import calibrate
+from perf.model import calibrate, retime
 from perf.model.device import DEVICE, H200, for_measured_device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,16 +30,22 @@ def _has_commit(commit):
     return done.returncode == 0
 
 
-def test_a_committed_launch_re_timed_on_the_h100_is_the_committed_model():
-    """The features derived from model.json, at the device's own constants, give back each
-    launch's committed calibrated time: the derivation is the model's formula."""
+def test_a_committed_case_re_timed_on_the_h100_is_the_committed_model():
+    """model.json's counts, re-timed on the device it was modeled for, give back each launch's
+    committed time and each case's fitted and pessimistic times: retime.py is cost.py's formula."""
     checked = 0
     for case in _json("model", "model.json"):
         for launch in case["launches"]:
-            feature = {"row": {}, "launches": [own.launch_features(launch, DEVICE)], "torch_ops": []}
-            modeled = calibrate.predict(feature, DEVICE.launch_s, DEVICE.round_latency_s, DEVICE.issue_factor)
+            modeled = retime.seconds([launch], {}, DEVICE)
             assert modeled * 1e3 == pytest.approx(launch["calibrated_ms"], rel=1e-6), (case["case"], launch["kernel"])
-            checked += 1
+        nominal, _, worst = retime.case_range(case, DEVICE)
+        assert nominal * 1e3 == pytest.approx(case["calibrated_ms"], rel=1e-6), case["case"]
+        assert worst * 1e3 == pytest.approx(case["calibrated_worst_ms"], rel=1e-6), case["case"]
+        # on the H200: no slower (more bandwidth, the same constants); its kernels alone faster still
+        h200, _, h200_worst = retime.case_range(case, H200)
+        kernels, _, _ = retime.case_range(case, H200, timing="device")
+        assert kernels < h200 <= nominal and h200_worst <= worst
+        checked += 1
     assert checked > 20
 
 

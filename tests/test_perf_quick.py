@@ -5,6 +5,7 @@ Only the eager reference and the PyTorch floors are timed here (torch.compile wo
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -309,9 +310,15 @@ def test_cpu_figures_have_spread_load_and_no_empty_panels(sweep_dir, monkeypatch
 
 
 def test_headline_table_puts_the_model_beside_the_measured_triton_time():
+    """The model's case re-timed on the device the sweep ran on (the H200's model for an H200,
+    the H100's for a device without one), beside the measured Triton time."""
+    from perf.model import retime
+    from perf.model.device import DEVICE, H200
     from perf.summary import headline_table
 
-    model = {"calibrated_ms": 0.25, "calibrated_worst_ms": 0.4}
+    path = os.path.join(os.path.dirname(__file__), "..", "perf", "results", "model", "model.json")
+    with open(path) as f:
+        model = next(r for r in json.load(f) if r["case"] == "seg (8,19,512,1024), bf16, loss.backward()")
     point = {
         "family": "table",
         "series": "seg",
@@ -330,7 +337,11 @@ def test_headline_table_puts_the_model_beside_the_measured_triton_time():
         "floor_ms": 0.117,
     }
     modeled = {((8, 19, 512, 1024), "index", "bf16"): model}
-    rows = headline_table({"points": [dict(point, provider="triton"), dict(point, provider="compile")]}, modeled)
-    triton_row, compile_row = [line for line in rows.splitlines() if line.startswith("| triton_focal")]
-    assert triton_row.endswith("| 0.250 (0.400) | 0.80 |")
-    assert compile_row.endswith("|  |  |")
+    for name, device in (("NVIDIA H200", H200), ("a GPU without a model", DEVICE)):
+        result = {"device": {"name": name}, "points": [dict(point, provider="triton"), dict(point, provider="compile")]}
+        rows = headline_table(result, modeled)
+        triton_row, compile_row = [line for line in rows.splitlines() if line.startswith("| triton_focal")]
+        nominal, _, worst = (t * 1e3 for t in retime.case_range(model, device))
+        assert triton_row.endswith(f"| {nominal:.3f} ({worst:.3f}) | {0.2 / nominal:.2f} |")
+        assert compile_row.endswith("|  |  |")
+        assert device.name in rows

@@ -23,7 +23,6 @@ import argparse
 import csv
 import functools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -111,32 +110,10 @@ def is_own(row):
     return row["runner"] == RUNNER
 
 
-def launch_features(launch, device):
-    """What the fit needs of one committed launch (``model.json``), re-timed on ``device``: the
-    terms of ``perf/model/cost.py`` that do not depend on the fitted constants."""
-    clock, schedulers = device.clock_hz, device.warp_instructions_per_sm_per_clock
-    programs = math.prod(launch["grid"])
-    active = launch["active_sms"]
-    resident_per_sm = launch["resident_programs"] / active
-    return {
-        "kernel": launch["kernel"],
-        "grid": list(launch["grid"]),
-        "num_warps": launch["num_warps"],
-        "issue_s": launch["warp_instructions"] / (active * schedulers * clock),
-        "mufu_s": launch["mufu_warp_instructions"] * 32 / (active * device.mufu_lanes_per_sm_per_clock * clock),
-        "bytes_s": launch["bytes"] / device.copy_bandwidth,
-        "waves": launch["waves"],
-        "rounds": launch["rounds_per_program"],
-        "instructions_s": resident_per_sm * launch["warp_instructions"] / programs / (schedulers * clock),
-        "transfer_s": resident_per_sm * launch["bytes"] / programs * active / device.copy_bandwidth,
-        "registers": launch["registers"],
-        "spills": launch["spill_bytes_per_thread"],
-    }
-
-
 def features(row):
     """The calibration feature of one of our points (the shape of ``calibrate.count_points``'s)."""
     from perf.model.device import for_measured_device
+    from perf.model.retime import launch_features
 
     shape = row["shape"] if isinstance(row["shape"], dict) else json.loads(row["shape"])
     modeled = committed_model(row["source_commit"]).get(shape["case"])

@@ -174,8 +174,14 @@ def _repo():
 
 def predict(feature, launch_s, round_latency_s, issue_factor):
     """Modeled seconds of one point at these constants (the formula of ``perf/model/cost.py``);
-    the constants may be numpy arrays (the fit's grid), and the result broadcasts with them."""
-    import numpy as np
+    the constants may be numpy arrays (the fit's grid), and the result broadcasts with them.
+    With numbers it needs no numpy (the sweep's table re-times cases on any install)."""
+    if all(isinstance(c, (int, float)) for c in (launch_s, round_latency_s, issue_factor)):
+        maximum = max
+    else:
+        import numpy as np
+
+        maximum = np.maximum
 
     # A device time (the profiler's, our own points) holds no launch gap; a wall time does.
     per_launch = launch_s if feature.get("timing", "wall") == "wall" else 0.0
@@ -184,7 +190,7 @@ def predict(feature, launch_s, round_latency_s, issue_factor):
         serial = launch["waves"] * (
             launch["rounds"] * round_latency_s + issue_factor * launch["instructions_s"] + launch["transfer_s"]
         )
-        total = total + per_launch + np.maximum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]), serial)
+        total = total + per_launch + maximum(max(launch["issue_s"], launch["mufu_s"], launch["bytes_s"]), serial)
     return total + sum(calls * launch_s + seconds for _, seconds, calls in feature["torch_ops"])
 
 

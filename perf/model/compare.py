@@ -17,12 +17,9 @@ import os
 
 def _modeled_ms(launches, device):
     """The calibrated model's device time of these committed launches on ``device``."""
-    from perf.calibration.own import launch_features
+    from .retime import seconds
 
-    from .calibrate import predict
-
-    feature = {"launches": [launch_features(l, device) for l in launches], "torch_ops": [], "timing": "device"}
-    return predict(feature, device.launch_s, device.round_latency_s, device.issue_factor) * 1e3
+    return seconds(launches, {}, device, timing="device") * 1e3
 
 
 def compare(measured, committed_model=None):

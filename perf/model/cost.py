@@ -116,8 +116,8 @@ class LaunchCounts:
 
 
 def torch_op_seconds(torch_ops, scale, device=DEVICE):
-    """The torch ops on the path: each a launch plus its bytes at the bandwidth."""
-    return sum(device.launch_s + nbytes * scale / device.copy_bandwidth for nbytes, _ in torch_ops.values())
+    """The torch ops on the path: each call a launch, plus the bytes at the bandwidth."""
+    return sum(calls * device.launch_s + nbytes * scale / device.copy_bandwidth for nbytes, calls in torch_ops.values())
 
 
 def launch_count(counted):
@@ -201,6 +201,7 @@ def describe_launch(launch, device=DEVICE):
         "warp_instructions": launch.warp_instructions,
         "mufu_warp_instructions": launch.mufu,
         "bytes": launch.bytes(device),
+        "bytes_by_l2": {l2: launch.bytes(device, l2) for l2 in L2_OUTCOMES},
         "load_first_bytes": launch.small.load_first_bytes * launch.scale,
         "store_bytes": launch.store_bytes,
         "reread_bytes": (sum(b for _, b in launch.small.reread_same_program) + launch.small.reread_other_program_bytes)

@@ -16,9 +16,10 @@ counts (forward, then ``torch.autograd.grad``), and writes ``measured.json`` and
   measured in the same run, and the step's % of it;
 - the loss and gradient against the float64 reference backend on the same inputs (relative
   error of the loss; of the gradient as a norm), so a fast wrong kernel shows;
-- beside each, the model's calibrated and pessimistic time for the same case
-  (``perf/results/model/model.json``; modeled for an H100, so on another GPU compare the
-  shape of the two, not the numbers).
+- beside each, the model's calibrated and pessimistic time for the same case, its launches
+  (``perf/results/model/model.json``) re-timed on the measured GPU's device model
+  (``retime.py``; the H100's where the GPU has none, ``device.model_for``): the step with its
+  launch costs, and the kernels' device time beside the profiler's.
 
 The compiled cases (``torch.compile`` around the loss) are left out: their compilation costs
 more device time than their measurement, and the eager cases time the same kernels.
@@ -28,6 +29,7 @@ import json
 import os
 import time
 
+from .device import model_for
 from .headline import _inputs, _loss_fn, public_loss
 
 MODEL_JSON = os.path.join(os.path.dirname(__file__), "..", "results", "model", "model.json")
@@ -114,6 +116,24 @@ def _model_by_case():
         return {}
 
 
+def _modeled_on(modeled, device_model):
+    """The model's figures of one case on ``device_model``: the step, its pessimistic end, and
+    the kernels' device time (what the profiler's ``device_ms`` measures)."""
+    from .retime import case_range
+
+    nominal, _, worst = case_range(modeled, device_model)
+    kernels, _, _ = case_range(modeled, device_model, timing="device")
+    floor_s = modeled["floor_bytes"] / device_model.copy_bandwidth
+    return {
+        "model_ms": nominal * 1e3,
+        "model_worst_ms": worst * 1e3,
+        "model_kernels_ms": kernels * 1e3,
+        "model_pct_of_floor": 100 * floor_s / nominal,
+        "model_pct_of_floor_worst": 100 * floor_s / worst,
+        "model_commit": modeled.get("triton_focal_commit"),
+    }
+
+
 def measure(cases, out_dir, device="cuda", check=True):
     import torch
 
@@ -123,7 +143,14 @@ def measure(cases, out_dir, device="cuda", check=True):
     info = device_info(device)
     copy_gbs = copy_bandwidth_gbs(device)
     model = _model_by_case()
-    result = {"device": info, "versions": versions(), "copy_bandwidth_gbs": copy_gbs, "cases": []}
+    device_model = model_for(info["name"])
+    result = {
+        "device": info,
+        "versions": versions(),
+        "copy_bandwidth_gbs": copy_gbs,
+        "device_model": device_model.name,
+        "cases": [],
+    }
     print(f"perf.model --measure on {info['name']}: copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
     for case in cases:
         if case.compiled:
@@ -152,11 +179,7 @@ def measure(cases, out_dir, device="cuda", check=True):
             loss = grad = None
         modeled = model.get(case.name)
         if modeled:
-            row["model_ms"] = modeled["calibrated_ms"]
-            row["model_worst_ms"] = modeled["calibrated_worst_ms"]
-            row["model_pct_of_floor"] = modeled["calibrated_pct_of_floor"]
-            row["model_pct_of_floor_worst"] = modeled["calibrated_pct_of_floor_worst"]
-            row["model_commit"] = modeled.get("triton_focal_commit")
+            row.update(_modeled_on(modeled, device_model))
         row["seconds"] = round(time.time() - start, 1)
         result["cases"].append(row)
         print(_line(row), flush=True)
@@ -180,8 +203,8 @@ def _line(row):
     if "loss_rel_err" in row:
         text += f", rel. err loss {row['loss_rel_err']:.1e} grad {row['grad_rel_err']:.1e}"
     if "model_ms" in row:
-        text += f"; model (H100) {row['model_ms']:.3f} ms, {row['model_pct_of_floor']:.0f}%"
-        text += f" ({row['model_pct_of_floor_worst']:.0f}% worst)"
+        text += f"; model {row['model_ms']:.3f} ms, {row['model_pct_of_floor']:.0f}%"
+        text += f" ({row['model_pct_of_floor_worst']:.0f}% worst), kernels {row['model_kernels_ms']:.3f} ms"
     return text + f" ({row['seconds']} s)"
 
 
@@ -196,20 +219,26 @@ def markdown(result):
         "step: median of do_bench (L2 flushed before each call) of one forward + backward, what a user's "
         "step costs; host: the time to issue it (no synchronization): where it exceeds the kernels', the step "
         "waits on the host; kernels: the device time of its launches (profiler), what the model predicts. "
-        "floor: the case's fewest bytes at that bandwidth. The model columns are `perf/results/model/model.json` "
-        "(an H100 at 3.0 TB/s, calibrated; worst: its pessimistic end): on another GPU compare the pattern.",
+        "floor: the case's fewest bytes at that bandwidth. The model columns are the launches of "
+        f"`perf/results/model/model.json` re-timed on the {result.get('device_model', 'H100')} (calibrated; worst: its "
+        "pessimistic end; model kernels: the launches' device time, beside the profiler's).",
         "",
         "| case | step ms | p20-p80 | % of floor | host ms | kernels ms | kernels % of floor | loss rel. err "
-        "| grad rel. err | model ms (H100) | model % (worst) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| grad rel. err | model ms | model % (worst) | model kernels ms | kernels measured / modeled |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["cases"]:
         if "error" in row:
-            lines.append(f"| {row['case']} | error: {row['error'][:120]} |" + "  |" * 10)
+            lines.append(f"| {row['case']} | error: {row['error'][:120]} |" + "  |" * 12)
             continue
         model = (
             (f"{row['model_ms']:.3f}", f"{row['model_pct_of_floor']:.0f}% ({row['model_pct_of_floor_worst']:.0f}%)")
             if "model_ms" in row
+            else ("", "")
+        )
+        against = (
+            (f"{row['model_kernels_ms']:.3f}", f"{row['device_ms'] / row['model_kernels_ms']:.2f}")
+            if "model_kernels_ms" in row and "device_ms" in row
             else ("", "")
         )
         errs = (f"{row['loss_rel_err']:.1e}", f"{row['grad_rel_err']:.1e}") if "loss_rel_err" in row else ("", "")
@@ -217,7 +246,7 @@ def markdown(result):
         lines.append(
             f"| {row['case']} | {row['ms']:.3f} | {row['ms_p20']:.3f}-{row['ms_p80']:.3f} | "
             f"{row['pct_of_floor']:.0f}% | {row['host_ms']:.3f} | {kernels[0]} | {kernels[1]} | "
-            f"{errs[0]} | {errs[1]} | {model[0]} | {model[1]} |"
+            f"{errs[0]} | {errs[1]} | {model[0]} | {model[1]} | {against[0]} | {against[1]} |"
         )
     lines += ["", "## Launches (device us per step, from the profiler)", ""]
     for row in result["cases"]:
