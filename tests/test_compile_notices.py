@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import triton_focal
-from triton_focal import compiled, distributed
+from triton_focal import _row_math, compiled
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def _notices(fn):
 @pytest.fixture
 def fresh(monkeypatch):
     monkeypatch.setattr(compiled, "_REGISTRY", {})
-    monkeypatch.setattr(distributed, "_compiled_shard_functions", {})
+    monkeypatch.setattr(_row_math, "_compiled_shard_functions", {})
 
 
 def test_training_then_validation_announce_each_compilation_at_the_callers_line(fresh):

@@ -38,6 +38,21 @@ def test_matches_materialized_logits(backend, device, reduction, with_bias):
         assert_close(got, expected, f"grad of {name}", rtol=1e-9, atol=1e-12)
 
 
+def test_each_call_gets_its_own_gamma(backend, device):
+    """The row steps take a float gamma at run time: a later call with another gamma gets its own
+    (torch 2.13's Inductor kept the first call's exponent in ``q ** gamma`` where the compiled
+    graph used gamma again; the steps' powers are ``exp(gamma * log q)``)."""
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(12, 8, generator=gen, dtype=torch.float64).to(device)
+    lm_weight = torch.randn(30, 8, generator=gen, dtype=torch.float64).to(device)
+    target = torch.randint(0, 30, (12,), generator=gen).to(device)
+    for gamma in (2.0, 0.5, 0.0):
+        kwargs = dict(gamma=gamma, label_smoothing=0.1, reduction="none")
+        fused = triton_focal.fused_linear_focal_loss(hidden, lm_weight, target, backend=backend, **kwargs)
+        plain = triton_focal.focal_loss(hidden @ lm_weight.t(), target, backend="reference", **kwargs)
+        assert_close(fused, plain, f"loss at gamma={gamma}", rtol=1e-9, atol=1e-12)
+
+
 def test_rejects_mismatched_shapes():
     hidden, target = torch.randn(4, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match="lm_weight"):

@@ -14,49 +14,27 @@ z-loss and softcap coefficients, ignore_index) arrive as 0-dim tensors, so a com
 function is never specialized on their values. The structure of a call (reduction, which
 optional terms are present) is the keyword-only ``cfg``, fixed per compiled function.
 
-Notation, per element with target ``y``, ``z`` the (softcapped) logits, ``l_c = log p_c``::
-
-    f(l)    = (1 - p) ** g * (-l)                          the focal term of one class
-    coef(l) = -df/dl = (1 - p) ** g * (1 - g * p * l / (1 - p))
-    loss    = a_y * ((1 - eps) * w_y * f(l_y) + (eps / C) * sum_c w_c * f(l_c)) + k * lse(z) ** 2
-    dloss/dz_j = a_y * ((1 - eps) * w_y * coef(l_y) * (p_j - [j == y])
-                        + (eps / C) * (p_j * sum_c w_c * coef(l_c) - w_j * coef(l_j)))
-                 + 2 * k * lse(z) * p_j
-
-``coef`` follows from ``dl_y/dz_j = [j == y] - p_j``. ``l / (1 - p)`` tends to -1 as
-``p -> 1``, which keeps ``coef`` finite for every ``g >= 0`` (the ``(1 - p) ** (g - 1)``
-of a naive derivative is infinite there for ``g < 1``). A class masked with a ``-inf``
-logit has ``p = 0`` and ``f = inf``; its smoothing term and gradient are defined as 0.
+The softmax loss's row math (the focal term ``f``, its coefficient ``g``, a row's loss and
+gradient, the numerics at ``p = 0`` and ``p -> 1``): see ``_row_math``.
 
 The softmax loss's Poly-1 (``e_p`` its coefficient, ``q = 1 - p_y``), per-element weight ``v`` and divisor::
 
-    loss  += e_p * w_y * q ** (g + 1)                        (after alpha, before v)
-    d/dz_j [q ** (g + 1)] = (g + 1) * q ** g * p_y * (p_j - [j == y])
+    loss  += e_p * w_y * q ** (gamma + 1)                        (after alpha, before v)
+    d/dz_j [q ** (gamma + 1)] = (gamma + 1) * q ** gamma * p_y * (p_j - [j == y])
     loss_v = v * loss,  dloss_v/dz_j = v * dloss/dz_j
 
-so Poly-1 adds ``e_p * w_y * (g + 1) * q ** g * p_y`` to the target's coefficient (the one that
-multiplies ``p_j - [j == y]``; ``q ** g`` is finite for ``g >= 0``, no ``q ** (g - 1)``), and
-``v`` scales a row's coefficients like the mean's ``1 / sum(v * w_y)`` does (the z-loss part's
-``1 / sum(v)``). A ``normalizer`` replaces both divisors by itself.
+so Poly-1 adds ``e_p * w_y * (gamma + 1) * q ** gamma * p_y`` to the target's coefficient (the one
+that multiplies ``p_j - [j == y]``; ``q ** gamma`` is finite for ``gamma >= 0``, no
+``q ** (gamma - 1)``), and ``v`` scales a row's coefficients like the mean's ``1 / sum(v * w_y)``
+does (the z-loss part's ``1 / sum(v)``). A ``normalizer`` replaces both divisors by itself.
 """
 
 import torch
 
+from ._row_math import focal_and_coef, mean_scale, power, safe_ratio
 from .reference import compute_dtype
 
 # --- shared pieces ---------------------------------------------------------------------------
-
-
-def _safe_ratio(num, den, where_zero):
-    """``num / den``, and ``where_zero`` where ``den == 0`` (no NaN reaches a ``where``'s gradient:
-    these functions are never differentiated, but the value itself must stay finite)."""
-    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), where_zero)
-
-
-def power(base, exponent):
-    """``base ** exponent`` for ``base >= 0`` and a runtime ``exponent >= 0`` (``0 ** 0 == 1``), as
-    ``exp(exponent * log(base))``: Inductor's generic vectorized ``pow`` costs about twice that."""
-    return torch.where(exponent == 0, torch.ones_like(base), torch.exp(exponent * torch.log(base)))
 
 
 def sigmoid_parts(x):
@@ -66,21 +44,6 @@ def sigmoid_parts(x):
     inv = 1 / (1 + e)
     positive = x >= 0
     return torch.where(positive, inv, e * inv), torch.where(positive, e * inv, inv), torch.log1p(e)
-
-
-def focal_and_coef(log_p, gamma):
-    """``f(l)`` and ``coef(l)`` of the module docstring, finite for every ``gamma >= 0``.
-
-    ``1 - p`` comes from ``expm1``, exact near ``p = 1``; ``p * l / (1 - p)`` is 0 where ``p``
-    is 0 (a ``-inf`` target logit gives ``f = inf`` with a finite gradient, as
-    ``F.cross_entropy`` does).
-    """
-    p = torch.exp(log_p)
-    one_minus_p = -torch.expm1(log_p)
-    weight = power(one_minus_p, gamma)
-    l_over_q = _safe_ratio(log_p, one_minus_p, torch.full_like(log_p, -1.0))
-    p_l_over_q = torch.where(p > 0, p * l_over_q, torch.zeros_like(p))
-    return weight * -log_p, weight * (1 - gamma * p_l_over_q)
 
 
 def softcap_forward(x, softcap):
@@ -102,11 +65,6 @@ def per_class(value):
 def at_target(value, safe_target):
     """A 0-dim value, or a ``(C,)`` tensor read at each row's target class (``(N, P)``)."""
     return value if value.dim() == 0 else value[safe_target]
-
-
-def mean_scale(denominator):
-    """``1 / denominator``, and 0 where it is 0: the mean of nothing is 0 with a zero gradient."""
-    return _safe_ratio(torch.ones_like(denominator), denominator, torch.zeros_like(denominator))
 
 
 # --- softmax focal loss ----------------------------------------------------------------------
@@ -133,7 +91,8 @@ def class_indices(num_classes, like):
 
 
 def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, softcap, cfg, poly=None, extra=None):
-    """The loss of the module docstring, reduced, and what its gradient needs per row.
+    """The loss of ``_row_math``'s docstring (with this module's options), reduced, and what its
+    gradient needs per row.
 
     Everything the gradient needs per row is computed once per row, so that the gradient's
     pass over the logits does only per-element work (Inductor would otherwise recompute a
@@ -146,7 +105,7 @@ def _softmax_rows(x, target, gamma, alpha, weight, eps, ignore_index, z_loss, so
     on ignored rows and include the mean's division): the target class as a float, -1 on
     ignored rows, ``lse(z)``, ``target_coef``, which multiplies ``-[j == y]``,
     ``p_coef``, which multiplies ``p_j``, and ``smooth_coef``, which multiplies
-    ``-w_j * coef(l_j)`` (label smoothing only, else None).
+    ``-w_j * g_j`` (label smoothing only, else None).
 
     ``poly`` is Poly-1's coefficient (``cfg.poly``), ``extra`` the pair ``(element_weight,
     normalizer)``: an ``(N, P)`` weight (``cfg.element_weight``) and a 0-dim divisor
@@ -357,7 +316,7 @@ def sigmoid_focal_term(x, t, p, one_minus_p, bce, numbers, cfg):
     g = per_class(numbers["gamma"])
     one_minus_p_t = one_minus_p * t + p * (1 - t)  # no cancellation
     focal = power(one_minus_p_t, g)
-    ratio = _safe_ratio(p * one_minus_p, one_minus_p_t, torch.zeros_like(p))
+    ratio = safe_ratio(p * one_minus_p, one_minus_p_t, torch.zeros_like(p))
     d_one_minus_p_t = ratio * (1 - 2 * t)  # d(1 - p_t)/dx over (1 - p_t)
     loss, grad = focal * bce, focal * (g * d_one_minus_p_t * bce + (p - t))
     if cfg.alpha:

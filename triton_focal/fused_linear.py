@@ -8,7 +8,7 @@ and gradient, and folded at once into the gradients of ``hidden``, ``lm_weight``
 sizing), so the extra memory is a few hidden-sized buffers plus the weight's gradient,
 instead of two ``(T, V)`` tensors. The Triton kernel computes a chunk's loss and gradient
 in one pass; the reference and compile backends use the torch statement of the same row
-math without an autograd graph (``distributed.rows_focal_loss``), so a chunk's
+math without an autograd graph (``_row_math.rows_focal_loss``), so a chunk's
 intermediates are its logits, their gradient and a few temporaries of that size.
 
 For ``reduction="sum"`` and ``"mean"`` the gradients are made in the forward pass and only
@@ -26,7 +26,7 @@ import torch
 
 from . import _validation, backends, reference
 from ._autograd_state import functorch_active
-from .distributed import mean_scales, rows_focal_loss
+from ._row_math import mean_scales, rows_focal_loss
 from .functional import focal_loss
 
 # Fewer rows than this make the chunk's matrix products lose efficiency (measured on CPUs;

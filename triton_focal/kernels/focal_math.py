@@ -1,7 +1,7 @@
 """Focal-loss math shared by every Triton kernel, stated once.
 
 Names, in every math module of the package (these kernels, ``_compiled_math.py``,
-``distributed.py``, ``reference.py``):
+``_row_math.py``, ``reference.py``):
 
 * ``x`` the logits as given; ``z`` a softmax row's logits after the softcap; ``lse`` its
   log-sum-exp; ``log_p`` (``l`` in formulas) and ``p`` a class's log-probability and

@@ -1,4 +1,4 @@
-"""Triton kernels of the vocabulary-parallel steps (``triton_focal/distributed.py``).
+"""Triton kernels of the vocabulary-parallel steps (``triton_focal/_row_math.py``).
 
 One shard holds ``(T, V_r)`` logits, a slice of every row's classes; the row statistics are
 combined across ranks between the steps, so each step is its own launch:

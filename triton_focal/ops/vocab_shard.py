@@ -1,5 +1,5 @@
 """The Triton backend of the vocabulary-parallel steps: launchers with the signatures of the
-torch functions in ``triton_focal/distributed.py`` (``shard_softmax_stats``,
+torch functions in ``triton_focal/_row_math.py`` (``shard_softmax_stats``,
 ``shard_smoothing_sums``, ``shard_focal_grad``), which they replace one for one."""
 
 import torch
@@ -27,7 +27,7 @@ def _per_class(value, x):
 
 @on_input_device
 def shard_softmax_stats(x, local_target, softcap):
-    """``(m, s, s_other, z_target)`` of each row of one shard; see ``distributed.shard_softmax_stats``."""
+    """``(m, s, s_other, z_target)`` of each row of one shard; see ``_row_math.shard_softmax_stats``."""
     rows, num_classes = x.shape
     out = torch.empty(4, rows, dtype=x.dtype, device=x.device)
     if rows and num_classes:
