@@ -352,7 +352,7 @@ def test_inplace_grad(multi_block, request):
 
 
 def test_inplace_grad_refuses_corrupting_saved_values():
-    # Values saved by an earlier op are overwritten: autograd must notice (Liger #272).
+    # Values saved by an earlier op are overwritten: autograd must notice (a bug Liger-Kernel once had).
     x, target = make_inputs((2, 4, 5))
     leaf = x.clone().requires_grad_()
     logits = leaf.exp()  # exp saves its output

@@ -47,11 +47,11 @@ NOT_FITTED = {
 # measured from, the pull request that added the kernel or the data (the previous release's
 # number).  points.csv's liger_version is the release that ships that same kernel code, the
 # one to install and compile (checked file by file against the tree at that commit):
-#   layer_norm rows "0.6.0" were measured at 6a2c491 (#815, a rewritten kernel); PyPI 0.6.0
-#     has the old one, 0.6.1 has #815 (plus an XPU-only kernel_args change).
-#   relu_squared rows "0.7.0" were measured at 39a1f45 (#1171, the kernel's first commit);
+#   layer_norm rows "0.6.0" were measured at 6a2c491 (a rewritten kernel); PyPI 0.6.0
+#     has the old one, 0.6.1 has it (plus an XPU-only kernel_args change).
+#   relu_squared rows "0.7.0" were measured at 39a1f45 (the kernel's first commit);
 #     0.7.0 has no relu_squared, 0.8.0's ops/ and transformers/relu_squared.py are identical.
-#   megatron_* rows "0.8.0" were measured at 27fe47e (#1257) and 80f19ad (#1260); 0.8.0 has no
+#   megatron_* rows "0.8.0" were measured at 27fe47e and 80f19ad; 0.8.0 has no
 #     liger_kernel.megatron, 0.8.1's megatron/cross_entropy.py, ops/vocab_parallel_cross_entropy.py
 #     and megatron/rms_norm.py are identical (ops/rms_norm.py differs only in how DTensor is imported).
 MEASURED_RELEASE = {

@@ -22,8 +22,8 @@ written so that no finite input produces NaN or inf:
   (sigmoid).
 * ``(1 - p) ** gamma`` is ``exp2(gamma * log2(max(1 - p, FP32_TINY)))``: ``0 ** 0`` is 1,
   ``0 ** gamma`` underflows to 0, and ``(1 - p) ** (gamma - 1)`` stays below
-  ``2 ** 126`` for every ``gamma >= 0`` (kornia #918, optax #1267: NaN gradients at
-  saturated logits for ``gamma < 1``).
+  ``2 ** 126`` for every ``gamma >= 0`` (kornia's and optax's focal losses have had NaN
+  gradients at saturated logits for ``gamma < 1``).
 """
 
 import os

@@ -13,25 +13,17 @@ launcher) and holds ``[BLOCK_C, BLOCK_P]`` logits at a time, with ``BLOCK_P = RO
   their own running statistics, combined across the row once per pass.
 
 Passes over a row's classes: (1) online-softmax statistics, (2) with label smoothing only, the
-per-row sums of the focal terms, (3) the gradient. The launcher keeps the rows in flight small
-enough that passes 2 and 3 re-read the logits from L2 where that still keeps the GPU busy
-(vocabularies, tens of classes). Where it cannot (hundreds of classes), the re-read comes from
-DRAM, and the forward saves pass 1's per-row results (``ROW_STATS``) so that a backward that
-recomputes the gradient reads the logits once.
+per-row sums of the focal terms, (3) the gradient. Where the launcher can keep the rows in flight
+few enough for the L2 to surely serve passes 2 and 3 with every SM busy (bf16 vocabularies
+up to about 32k, tens of classes), they re-read the logits from L2; elsewhere (a 128k vocabulary,
+hundreds of classes) from DRAM, and the forward saves pass 1's per-row results (``ROW_STATS``)
+so that a backward that recomputes the gradient reads the logits once.
 
-Derivation of the gradient (``l_c = log p_c``, ``q_c = 1 - p_c``, ``a``/``w`` the alpha and
-weight vectors, ``eps`` the label smoothing, ``k`` the z-loss coefficient)::
-
-    f_c = q_c ** gamma_c * (-l_c)                               focal_term
-    g_c = q_c ** gamma_c - gamma_c * p_c * l_c * q_c ** (gamma_c - 1)
-    d f_c / d z_j = g_c * (p_j - [j == c])
-
-    loss       = a_y * ((1 - eps) * w_y * f_y + (eps / C) * sum_c w_c f_c) + k * lse ** 2
-    dloss/dz_j = a_y * ((1 - eps) * w_y * g_y * (p_j - [j == y])
-                        + (eps / C) * (S_g * p_j - w_j * g_j)) + 2 k lse p_j,   S_g = sum_c w_c g_c
-
+The math (the focal term ``f_c``, its coefficient ``g_c`` and the gradient with alpha, weight,
+label smoothing and z-loss) is derived once in ``triton_focal/_row_math.py``; here ``a_y`` and
+``w`` are the alpha and weight vectors, ``eps`` the smoothing and ``S_g = sum_c w_c g_c``.
 ``p_y - 1`` is written as ``-q_y`` with ``q_y = s_other / s`` from the other classes' mass, so
-the target's gradient keeps its precision when ``p_y`` is close to 1 (Liger PR #1329). With a
+the target's gradient keeps its precision when ``p_y`` is close to 1. With a
 softcap ``c`` the logits are ``z = c tanh(x / c)`` and ``dloss/dx_j = dloss/dz_j (1 - (z_j/c)**2)``.
 Poly-1 (``HAS_POLY``, ``_compiled_math.py`` derives it) adds ``e_p w_y (gamma_y + 1) q_y ** gamma_y
 p_y`` to the coefficient of ``p_j - [j == y]``; a per-element weight (``HAS_ELEMENT_WEIGHT``, one
