@@ -62,6 +62,11 @@ def committed_model(commit):
     return {r["case"]: r for r in json.loads(done.stdout)}
 
 
+def kernel_launches(modeled, kernel):
+    """The launches of ``kernel`` in one case of ``model.json``."""
+    return [launch for launch in modeled["launches"] if launch["kernel"] == kernel]
+
+
 def measured_launches(measured, model_of=None):
     """``(case, modeled, kernel, timing, launches)`` for each kernel of ours that ``measured.json`` timed:
     ``modeled`` is the case in the model committed at the measured commit (``model_of(commit)``,
@@ -76,7 +81,7 @@ def measured_launches(measured, model_of=None):
         if modeled is None:
             continue
         for kernel, timing in sorted(timed.items()):
-            launches = [launch for launch in modeled["launches"] if launch["kernel"] == kernel]
+            launches = kernel_launches(modeled, kernel)
             if launches:
                 yield case, modeled, kernel, timing, launches
 
@@ -120,7 +125,7 @@ def features(row):
     if modeled is None:
         raise KeyError(f"{shape['case']!r} is not in perf/results/model/model.json at {row['source_commit']}")
     device = for_measured_device(row["device"])
-    launches = [launch for launch in modeled["launches"] if launch["kernel"] == shape["kernel"]]
+    launches = kernel_launches(modeled, shape["kernel"])
     if not launches:
         raise KeyError(f"{shape['case']!r} at {row['source_commit']} has no launch of {shape['kernel']}")
     return {

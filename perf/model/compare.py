@@ -3,8 +3,9 @@
 ``python -m perf.model --compare DIR`` reads ``DIR/measured.json`` (``--measure``) and writes
 ``DIR/model_vs_measured.md``: per case and kernel, the device time measured (the profiler's,
 summed over the kernel's launches in one step) and the calibrated model of the same launches on
-the measured device (``device.for_measured_device``), taken from the model committed at the
-measured commit (``perf/calibration/own.py``: exactly the launches the calibration fits), with
+the measured device (``device.model_for``; the H100's where the GPU has none), taken from the
+model committed at the measured commit (``perf/calibration/own.py``: exactly the launches the
+calibration fits), with
 their ratio; and the time the launches' DRAM bytes (as the model counts them) take at the
 bandwidth measured in the same run, so that a ratio can be read as "moves its bytes at X% of
 the copy rate" as well as "the model is off by Y". A device time has no launch gap, so the
@@ -27,9 +28,9 @@ def compare(measured, committed_model=None):
     default the file as committed at ``commit``)."""
     from perf.calibration import own
 
-    from .device import for_measured_device
+    from .device import model_for
 
-    device = for_measured_device(measured["device"]["name"])
+    device = model_for(measured["device"]["name"])
     gbs = measured["copy_bandwidth_gbs"]
     rows = []
     for case, _, name, timing, mine in own.measured_launches(measured, committed_model):
@@ -53,10 +54,10 @@ def compare(measured, committed_model=None):
 
 
 def markdown(rows, measured, command):
-    from .device import for_measured_device
+    from .device import model_for
 
     info = measured["device"]
-    device = for_measured_device(info["name"])
+    device = model_for(info["name"])
     commits = sorted({case["model_commit"] for case in measured["cases"] if "model_commit" in case})
     lines = [
         f"# Measured launches on {info['name']} beside the model",
