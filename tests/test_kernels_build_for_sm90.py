@@ -21,6 +21,7 @@ sass.install_stand_in_driver()
 
 from triton_focal.kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
 from triton_focal.ops import denominators, distribution_focal, inplace_grad, sigmoid_focal, softmax_focal, vocab_shard
+from triton_focal.ops.softmax_options import SoftmaxOptions
 from triton_focal.sigmoid_term import SigmoidTerm
 
 compiled = []
@@ -73,16 +74,16 @@ for shape, dtype, options, modes in [
     alpha = torch.rand(c, dtype=acc) if options.pop("alpha", None) == "class" else 1.0
     weight = torch.rand(c, dtype=acc) if options.pop("weight", False) else None
     options = dict(dict(label_smoothing=0.0, z_loss=0.0, softcap=None), **options)
-    denominators = softmax_focal.mean_denominators(target, weight, -100, options["reduction"], acc)
+    options = SoftmaxOptions(gamma, alpha, weight, -100, **options)
+    denominators = softmax_focal.mean_denominators(target, options, acc)
     for mode in modes:
         grad = torch.empty_like(x) if mode != GRAD_NONE else None
         grad_output = None
         if mode == GRAD_BACKWARD:
-            grad_output = torch.ones(()) if options["reduction"] != "none" else torch.ones(shape[0], shape[2])
+            grad_output = torch.ones(()) if options.reduction != "none" else torch.ones(shape[0], shape[2])
         softmax_focal.softmax_focal_launch(
-            x, target, gamma, alpha, weight, -100, denominators=denominators, grad_mode=mode, grad=grad,
-            grad_output=grad_output, stored=torch.zeros(1, dtype=torch.int32), skip_if_stored=mode == GRAD_BACKWARD,
-            **options)
+            x, target, options, denominators=denominators, grad_mode=mode, grad=grad,
+            grad_output=grad_output, stored=torch.zeros(1, dtype=torch.int32), skip_if_stored=mode == GRAD_BACKWARD)
 
 # Sigmoid: class indices with every option, dense targets with per-class gamma, FL*, float64, and
 # the focal family (QFL and VFL with class indices and scores, ASL, Poly-1).

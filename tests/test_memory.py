@@ -45,7 +45,7 @@ def test_softmax_forward_allocates_only_the_gradient(device, store_grad, shape):
     weight = torch.rand(shape[1], device=device)
     options = (None, 2.0, None, 0.25, weight, -100, "mean", 0.1, 0.0, None)
     with AllocationRecorder() as recorder:
-        softmax_focal._forward_op._init_fn(x, target, *options, store_grad, True)  # the op body, not the op
+        softmax_focal._forward_op._init_fn(x, target, store_grad, True, *options)  # the op body, not the op
     assert recorder.logits_sized(x.numel()) == (["aten.empty_like.default"] if store_grad else [])
 
 

@@ -21,6 +21,7 @@ sass.install_stand_in_driver()
 
 from triton_focal.kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY
 from triton_focal.ops import denominators, softmax_focal
+from triton_focal.ops.softmax_options import SoftmaxOptions
 
 compiled = []
 
@@ -61,19 +62,21 @@ for shape, dtype, options, modes in [
     normalizer = torch.tensor(4.0) if normalizer == "tensor" else normalizer
     gamma = options.pop("gamma", 2.0)
     options = dict(dict(label_smoothing=0.0, z_loss=0.0, softcap=None), **options)
-    denoms = softmax_focal.mean_denominators(target, None, -100, options["reduction"], acc, element_weight, normalizer)
-    plain_denoms = softmax_focal.mean_denominators(target, None, -100, options["reduction"], acc)
+    with_options = SoftmaxOptions(gamma, 1.0, None, -100, **options, poly_epsilon=0.5, element_weight=element_weight,
+                                  normalizer=normalizer)
+    plain = SoftmaxOptions(gamma, 1.0, None, -100, **options)
+    denoms = softmax_focal.mean_denominators(target, with_options, acc)
+    plain_denoms = softmax_focal.mean_denominators(target, plain, acc)
     for mode in modes:
         grad_output = None
         if mode == GRAD_BACKWARD:
             grad_output = torch.ones(())
         spills = []
-        for extra, d in [(dict(poly_epsilon=0.5, element_weight=element_weight, normalizer=normalizer), denoms),
-                         (dict(), plain_denoms)]:
+        for opts, d in [(with_options, denoms), (plain, plain_denoms)]:
             softmax_focal.softmax_focal_launch(
-                x, target, gamma, 1.0, None, -100, denominators=d if d.numel() else None, grad_mode=mode,
+                x, target, opts, denominators=d if d.numel() else None, grad_mode=mode,
                 grad=torch.empty_like(x), grad_output=grad_output, stored=torch.zeros(1, dtype=torch.int32),
-                skip_if_stored=mode == GRAD_BACKWARD, **extra, **options)
+                skip_if_stored=mode == GRAD_BACKWARD)
             spills.append(compiled[-1][2])
         print(shape, dtype, int(mode), "spilled bytes with the options / without:", *spills)
         assert spills[0] <= spills[1], spills

@@ -10,6 +10,7 @@ from helpers import DEVICE, assert_close, assert_no_worse_than_torch, assert_sam
 from triton_focal import reference
 from triton_focal.kernels.grad_mode import GRAD_IF_POLICY, GRAD_NONE
 from triton_focal.ops import softmax_focal as ops
+from triton_focal.ops.softmax_options import SoftmaxOptions
 
 # The interpreter evaluates masked lanes too (log 0, inf * 0) and numpy warns about them.
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
@@ -379,8 +380,8 @@ def test_opcheck(reduction):
         1e-3,
         4.0,
     )
-    torch.library.opcheck(ops._forward_op, (x, target, *options, False, True))
-    denominators = ops.mean_denominators(target, options[4], -100, reduction, torch.float32)
+    torch.library.opcheck(ops._forward_op, (x, target, False, True, *options))
+    denominators = ops.mean_denominators(target, SoftmaxOptions.from_op_args(*options), torch.float32)
     grad_out = torch.rand(() if reduction == "mean" else target.shape).to(DEVICE)
     torch.library.opcheck(ops._backward_op, (grad_out, x.detach(), target, denominators, x.new_empty(0), *options))
 

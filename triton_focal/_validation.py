@@ -167,6 +167,11 @@ def check_class_indices(target, num_classes, ignore_index, *, validate, backgrou
     if target.numel() == 0 or not values_known(target, validate):
         return
     upper = num_classes + 1 if background_ok else num_classes
+    # The range of the kept indices first: three small ops where a mask of the bad ones is six
+    # (a CPU call at a small size pays per op); that mask only to name the first bad one.
+    low, high = torch.aminmax(target.masked_fill(target == ignore_index, 0))
+    if 0 <= low.item() and high.item() < upper:
+        return
     bad = ((target < 0) | (target >= upper)) & (target != ignore_index)
     if bool(bad.any()):
         value = target[bad].flatten()[0].item()

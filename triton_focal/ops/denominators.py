@@ -1,9 +1,7 @@
 """Launcher of the mean's divisors (``kernels/denominators.py``)."""
 
-import triton
-
 from ..kernels.denominators import _target_count_kernel
-from .launch import acc_dtype
+from .launch import acc_dtype, cdiv
 from .workspace import partials, ticket_counter
 
 # Targets per program: 16 KB of int64 indices, enough bytes in flight per program; the grid is
@@ -25,7 +23,7 @@ def target_denominators(
     n, p = target.shape
     denom = target.new_empty(2, dtype=dtype)
     block = BLOCK  # one configuration for every size: a short line leaves lanes masked, and compiles nothing new
-    num_p_blocks = triton.cdiv(p, block)
+    num_p_blocks = cdiv(p, block)
     programs = n * num_p_blocks
     _target_count_kernel[(programs,)](
         target,

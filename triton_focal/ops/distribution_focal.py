@@ -18,7 +18,6 @@ Layers, top to bottom:
 from typing import Optional
 
 import torch
-import triton
 
 from .. import reference
 from .._autograd_state import functorch_active
@@ -28,7 +27,7 @@ from ..reference import compute_dtype
 from .autograd import backward_in_place, eager_op
 from .denominators import reduced_divisor, target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
-from .launch import PersistentGrid, acc_dtype, on_input_device, persistent_launch
+from .launch import PersistentGrid, acc_dtype, cdiv, next_power_of_2, on_input_device, persistent_launch
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -49,7 +48,7 @@ MAX_CONSTANT_GROUP = 16
 
 def _tile(num_bins):
     """``(BLOCK_R, BLOCK_N)``."""
-    block_n = triton.next_power_of_2(num_bins)
+    block_n = next_power_of_2(num_bins)
     return max(TILE_ELEMENTS // block_n, 1), block_n
 
 
@@ -105,7 +104,7 @@ def distribution_focal_launch(
     expectation = input.new_empty(num_rows) if compute_loss and with_expectation else None
     go_scalar = grad_output is not None and grad_output.dim() == 0
     block_r, block_n = _tile(num_bins)
-    num_tiles = triton.cdiv(num_rows, block_r)
+    num_tiles = cdiv(num_rows, block_r)
     reduced = compute_loss and reduce
     denom_tensor = isinstance(denominator, torch.Tensor)
     group = weight.shape[1] if weight is not None else 1

@@ -2,12 +2,11 @@
 backward can only rescale it, in place, and not at all where a 0-dim ``grad_output`` is 1."""
 
 import torch
-import triton
 
 from .._autograd_state import graph_is_kept
 from ..kernels.scale_grad import _scale_grad_by_scalar_kernel
 from .autograd import traced
-from .launch import acc_dtype, launch_device
+from .launch import acc_dtype, cdiv, launch_device
 
 # --- the in-place gradient (inplace_grad=True) ---------------------------------------------
 # There the logits are overwritten by the gradient, so nothing can be recomputed: the backward
@@ -37,7 +36,7 @@ def _scale_stored_grad_op(grad: torch.Tensor, grad_output: torch.Tensor) -> None
     if grad.numel() == 0:
         return
     with launch_device(grad):
-        _scale_grad_by_scalar_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
+        _scale_grad_by_scalar_kernel[(cdiv(grad.numel(), SCALE_BLOCK),)](
             grad,
             grad_output,
             grad.numel(),

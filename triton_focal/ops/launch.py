@@ -177,6 +177,28 @@ def persistent_launch(kernel, num_tiles, footprint, args, meta):
 MAX_INTEGER_GAMMA = 4
 
 
+# Integer helpers of the launchers: Triton's (``triton.cdiv``, ``triton.next_power_of_2``) are
+# constexpr functions in recent releases, which cost a few microseconds a call on the host.
+def cdiv(x, y):
+    return -(-x // y)
+
+
+def next_power_of_2(n):
+    """The smallest power of 2 ``>= n`` (0 for 0), as ``triton.next_power_of_2``."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+def fold_rows(shape, *strides):
+    """``(N, C, 1)`` rows (vocabularies, detection heads) seen as one image of ``N`` positions,
+    so that a program takes several short rows at once; ``(N, C, P)`` unchanged. Returns
+    ``(N, P, strides)`` of the launch, each of ``strides`` an ``(n, c, p)`` or ``(n, p)``
+    tuple of the caller's. The grid is 1-D either way, so N is never limited by grid.y."""
+    n, _, p = shape
+    if p == 1 and n > 1:
+        return 1, n, [(0, s[1], s[0]) if len(s) == 3 else (0, s[0]) for s in strides]
+    return n, p, list(strides)
+
+
 def integer_gamma(gamma):
     """``gamma`` as a compile-time integer where it is one (2, the usual, included), else -1."""
     if isinstance(gamma, torch.Tensor) or gamma != int(gamma) or not 0 <= gamma <= MAX_INTEGER_GAMMA:

@@ -16,7 +16,6 @@ import dataclasses
 from typing import List, Optional
 
 import torch
-import triton
 
 from .. import reference
 from .._autograd_state import functorch_active
@@ -27,7 +26,16 @@ from ..sigmoid_term import KINDS, SigmoidTerm
 from .autograd import backward_in_place, differentiable_grad, eager_op, save_options, saved_options
 from .denominators import reduced_divisor, target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
-from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device, persistent_launch
+from .launch import (
+    PersistentGrid,
+    acc_dtype,
+    cdiv,
+    fold_rows,
+    integer_gamma,
+    next_power_of_2,
+    on_input_device,
+    persistent_launch,
+)
 from .scalars import split_float
 from .workspace import partials, ticket_counter
 
@@ -51,21 +59,12 @@ HEAVY_TERMS = ("asymmetric",)
 def _tile(num_classes, num_positions, stride_c, element_size, term):
     """``(BLOCK_R, BLOCK_C)`` for ``(N, C, P)`` logits of ``num_positions`` rows per image."""
     if stride_c == 1 or num_classes == 1:
-        block_c = min(CONTIGUOUS_BLOCK_C, triton.next_power_of_2(num_classes))
+        block_c = min(CONTIGUOUS_BLOCK_C, next_power_of_2(num_classes))
         block_r = TILE_ELEMENTS // block_c // (2 if term.kind in HEAVY_TERMS else 1)
     else:
-        block_c = min(STRIDED_BLOCK_C, triton.next_power_of_2(num_classes))
+        block_c = min(STRIDED_BLOCK_C, next_power_of_2(num_classes))
         block_r = max(16 // element_size, 1) * 32 * NUM_WARPS
-    return min(block_r, max(triton.next_power_of_2(num_positions), 16)), block_c
-
-
-def _fold_rows(shape, *strides):
-    """``(N, C, 1)`` detection logits seen as one image of ``N`` positions (rows then share a
-    tile); ``(N, C, P)`` otherwise unchanged."""
-    n, _, p = shape
-    if p == 1 and n > 1:
-        return 1, n, [(0, s[1], s[0]) for s in strides]
-    return n, p, list(strides)
+    return min(block_r, max(next_power_of_2(num_positions), 16)), block_c
 
 
 @on_input_device
@@ -132,11 +131,11 @@ def sigmoid_focal_launch(
         grad_output.stride() if grad_output is not None and not go_scalar else no_strides,
     ]
     if score is not None:
-        strides.append((score.stride(0), 0, score.stride(1)))
-    n_launch, p_launch, strides = _fold_rows(input.shape, *strides)
-    score_strides = (strides.pop()[0::2]) if score is not None else (0, 0)
+        strides.append(score.stride())
+    n_launch, p_launch, strides = fold_rows(input.shape, *strides)
+    score_strides = strides.pop() if score is not None else (0, 0)
     block_r, block_c = _tile(num_classes, p_launch, strides[0][1], input.element_size(), term)
-    num_p_blocks = triton.cdiv(p_launch, block_r)
+    num_p_blocks = cdiv(p_launch, block_r)
     num_tiles = n_launch * num_p_blocks
     reduced = compute_loss and reduce
     if reduced:

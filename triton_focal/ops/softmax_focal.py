@@ -20,7 +20,6 @@ would let Inductor see the kernel, but does not run under ``TRITON_INTERPRET=1``
 from typing import Optional
 
 import torch
-import triton
 
 from .. import reference
 from .._autograd_state import functorch_active
@@ -33,8 +32,18 @@ from .autograd import backward_in_place, differentiable_grad, eager_op, save_opt
 from .denominators import target_denominators
 from .grad_policy import finish_empty_launch, forward_may_store, policy_flag, stored_flag
 from .inplace_grad import is_dense, scale_stored_grad
-from .launch import PersistentGrid, acc_dtype, integer_gamma, on_input_device, persistent_launch
+from .launch import (
+    PersistentGrid,
+    acc_dtype,
+    cdiv,
+    fold_rows,
+    integer_gamma,
+    next_power_of_2,
+    on_input_device,
+    persistent_launch,
+)
 from .scalars import split_float
+from .softmax_options import NORMALIZER_ARG, SoftmaxOptions
 from .workspace import partials, ticket_counter
 
 # Launch table, from the sm_90 cost model (``python -m perf.model``), not from GPU timings
@@ -71,14 +80,14 @@ def _launch_config(num_classes, num_rows, stride_c, element_size):
     """``(BLOCK_C, BLOCK_P, SPLIT, num_warps)`` for ``num_rows`` rows of ``num_classes``."""
     vec = max(16 // element_size, 1)
     if stride_c != 1 and num_classes > 1:
-        block_c = min(STRIDED_BLOCK_C, triton.next_power_of_2(num_classes))
-        block_p = min(vec * 32 * STRIDED_NUM_WARPS, max(triton.next_power_of_2(num_rows), 32))
+        block_c = min(STRIDED_BLOCK_C, next_power_of_2(num_classes))
+        block_p = min(vec * 32 * STRIDED_NUM_WARPS, max(next_power_of_2(num_rows), 32))
         return block_c, _fill_threads(block_c, block_p, STRIDED_NUM_WARPS), 1, STRIDED_NUM_WARPS
-    block_c = min(vec, triton.next_power_of_2(num_classes))
-    split = min(triton.next_power_of_2(triton.cdiv(num_classes, block_c)), MAX_SPLIT)
+    block_c = min(vec, next_power_of_2(num_classes))
+    split = min(next_power_of_2(cdiv(num_classes, block_c)), MAX_SPLIT)
     if split >= 32 * LONG_ROW_WARPS:
         return block_c, split, split, LONG_ROW_WARPS
-    block_p = max(min(32 * SHORT_ROW_WARPS, split * triton.next_power_of_2(num_rows)), split)
+    block_p = max(min(32 * SHORT_ROW_WARPS, split * next_power_of_2(num_rows)), split)
     return block_c, _fill_threads(block_c, block_p, SHORT_ROW_WARPS), split, SHORT_ROW_WARPS
 
 
@@ -103,7 +112,7 @@ def _one_read_plan(num_classes, stride_p, element_size, label_smoothing, softcap
         return None
     block_a = 1 << (num_classes.bit_length() - 1)  # the largest power of two <= C
     rest = num_classes - block_a
-    block_b = triton.next_power_of_2(rest) if rest else 0
+    block_b = next_power_of_2(rest) if rest else 0
     # as many positions per thread as ONE_READ_VALUES allows, up to a 16-byte load
     vec = max(1, min(16 // element_size, 1 << ((ONE_READ_VALUES // (block_a + block_b)).bit_length() - 1)))
     return block_a, block_b, vec, ONE_READ_NUM_WARPS
@@ -119,20 +128,11 @@ def row_stats_buffer(input, label_smoothing):
     """
     if label_smoothing > 0 or input.numel() == 0:
         return None
-    n_launch, p_launch, (x_strides,) = _fold_rows(input.shape, input.stride())
+    n_launch, p_launch, (x_strides,) = fold_rows(input.shape, input.stride())
     _, _, _, num_warps, footprint = _plan(input.shape[1], p_launch, x_strides[1], input.element_size())
     if PersistentGrid.for_device(input.device).rereads_in_l2(num_warps, footprint):
         return None
     return torch.empty(3, n_launch * p_launch, dtype=compute_dtype(input.dtype), device=input.device)
-
-
-def _fold_rows(shape, *strides):
-    """``(N, C, 1)`` rows seen as one image of ``N`` positions, so a program takes several
-    short rows at once; the grid is 1-D either way, so N is never limited by grid.y."""
-    n, _, p = shape
-    if p == 1 and n > 1:
-        return 1, n, [(0, s[1], s[0]) if len(s) == 3 else (0, s[0]) for s in strides]
-    return n, p, list(strides)
 
 
 def _dummy_strides(n):
@@ -143,37 +143,23 @@ def _dummy_strides(n):
 def softmax_focal_launch(
     input,
     target,
-    gamma,
-    alpha,
-    weight,
-    ignore_index,
-    reduction,
-    label_smoothing,
-    z_loss,
-    softcap,
+    options,
+    *,
     denominators,
     grad_mode,
-    *,
     grad=None,
     grad_output=None,
     stored=None,
     skip_if_stored=False,
     row_stats=None,
-    poly_epsilon=0.0,
-    element_weight=None,
-    normalizer=None,
 ):
     """Launch the kernel once.
 
     Args:
         input: logits ``(N, C, P)``, float16/bfloat16/float32/float64, any strides.
         target: class indices ``(N, P)``, any integer dtype.
-        gamma: a float, or a ``(C,)`` tensor in the compute dtype.
-        alpha: a float (1.0 for none), or a ``(C,)`` tensor in the compute dtype.
-        weight: None or a ``(C,)`` tensor in the compute dtype.
-        ignore_index: int.
-        reduction: ``"none"``, ``"sum"`` or ``"mean"``.
-        label_smoothing, z_loss: floats (0 for none); softcap: float or None.
+        options: the loss's ``SoftmaxOptions``. Its ``element_weight`` is ``(N, P)`` (any
+            strides, 0 included); a ``normalizer`` tensor is on the device, any real dtype.
         denominators: ``(2,)`` mean divisors (focal, z-loss) for ``"mean"``, else None.
             With a ``normalizer`` the launch divides by it instead (``"mean"`` and ``"sum"``).
         grad_mode: ``GRAD_NONE``, ``GRAD_ALWAYS``, ``GRAD_IF_POLICY`` or ``GRAD_BACKWARD``.
@@ -183,14 +169,12 @@ def softmax_focal_launch(
             ``skip_if_stored``.
         row_stats: ``row_stats_buffer``'s buffer, or None: a forward writes the per-row
             softmax statistics there, a backward reads them instead of recomputing them.
-        poly_epsilon: Poly-1's coefficient (0 for none).
-        element_weight: None or ``(N, P)`` (any strides, 0 included), any float dtype.
-        normalizer: None, a number or a 0-dim tensor (any real dtype, on the device).
 
     Returns:
         The loss (``(N, P)`` for ``"none"``, else 0-dim, in ``input``'s dtype), or None for
         GRAD_BACKWARD.
     """
+    o = options
     num_classes = input.shape[1]
     acc = compute_dtype(input.dtype)
     compute_loss = grad_mode != GRAD_BACKWARD
@@ -198,14 +182,14 @@ def softmax_focal_launch(
         finish_empty_launch(grad, stored, grad_mode)
         if not compute_loss:
             return None
-        return input.new_zeros(target.shape) if reduction == "none" else input.new_zeros(())
+        return input.new_zeros(target.shape) if o.reduction == "none" else input.new_zeros(())
 
-    per_element = reduction == "none"
-    divisor = 0 if normalizer is None or per_element else DIVIDE_BY_TENSOR
-    if divisor and not isinstance(normalizer, torch.Tensor):
+    per_element = o.reduction == "none"
+    divisor = 0 if o.normalizer is None or per_element else DIVIDE_BY_TENSOR
+    if divisor and not isinstance(o.normalizer, torch.Tensor):
         divisor = DIVIDE_BY_NUMBER
     if divisor == DIVIDE_BY_TENSOR:
-        denominators = normalizer  # read where the mean's divisors would be
+        denominators = o.normalizer  # read where the mean's divisors would be
     loss = input.new_empty(target.shape) if per_element and compute_loss else None
     go_scalar = grad_output is not None and grad_output.dim() == 0
     if grad_output is not None and not go_scalar:
@@ -216,34 +200,34 @@ def softmax_focal_launch(
         loss.stride() if loss is not None else _dummy_strides(2),
         grad.stride() if grad is not None else _dummy_strides(3),
         grad_output.stride() if grad_output is not None and not go_scalar else _dummy_strides(2),
-        element_weight.stride() if element_weight is not None else _dummy_strides(2),
+        o.element_weight.stride() if o.element_weight is not None else _dummy_strides(2),
     ]
-    n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s, ew_s) = _fold_rows(input.shape, *strides)
+    n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s, ew_s) = fold_rows(input.shape, *strides)
     one_read = None
     if row_stats is None:
-        one_read = _one_read_plan(num_classes, x_s[2], input.element_size(), label_smoothing, softcap)
+        one_read = _one_read_plan(num_classes, x_s[2], input.element_size(), o.label_smoothing, o.softcap)
     if one_read is not None:
         block_a, block_b, vec, num_warps = one_read
         rows_per_tile, footprint = vec * 32 * num_warps, 0  # nothing is re-read
     else:
         block_c, block_p, split, num_warps, footprint = _plan(num_classes, p_launch, x_s[1], input.element_size())
         rows_per_tile = block_p // split
-    num_p_blocks = triton.cdiv(p_launch, rows_per_tile)
+    num_p_blocks = cdiv(p_launch, rows_per_tile)
     num_tiles = n_launch * num_p_blocks
     reduced = compute_loss and not per_element
     if reduced:
         loss = input.new_empty(())
 
-    class_gamma = isinstance(gamma, torch.Tensor)
-    class_alpha = isinstance(alpha, torch.Tensor)
+    class_gamma = isinstance(o.gamma, torch.Tensor)
+    class_alpha = isinstance(o.alpha, torch.Tensor)
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
     args = [
         input,
         target,
-        gamma if class_gamma else dummy,
-        alpha if class_alpha else dummy,
-        weight if weight is not None else dummy,
+        o.gamma if class_gamma else dummy,
+        o.alpha if class_alpha else dummy,
+        o.weight if o.weight is not None else dummy,
         denominators if denominators is not None else dummy,
         loss if loss is not None else dummy,
         partials(PersistentGrid.for_device(input.device).max_programs, 1, acc, input.device) if reduced else dummy,
@@ -253,7 +237,7 @@ def softmax_focal_launch(
         flag,
         stored if stored is not None else dummy,
         row_stats if row_stats is not None else dummy,
-        element_weight if element_weight is not None else dummy,
+        o.element_weight if o.element_weight is not None else dummy,
         *x_s,
         *t_s,
         *l_s,
@@ -265,26 +249,26 @@ def softmax_focal_launch(
         num_p_blocks,
         num_tiles,
         n_launch * p_launch,
-        *split_float(0.0 if class_gamma else float(gamma)),
-        *split_float(1.0 if class_alpha else float(alpha)),
-        *split_float(label_smoothing),
-        *split_float(z_loss),
-        *split_float(softcap or 1.0),
-        *split_float(poly_epsilon),
-        *split_float(float(normalizer) if divisor == DIVIDE_BY_NUMBER else 1.0),
-        int(ignore_index),
+        *split_float(0.0 if class_gamma else o.gamma),
+        *split_float(1.0 if class_alpha else o.alpha),
+        *split_float(o.label_smoothing),
+        *split_float(o.z_loss),
+        *split_float(o.softcap or 1.0),
+        *split_float(o.poly_epsilon),
+        *split_float(float(o.normalizer) if divisor == DIVIDE_BY_NUMBER else 1.0),
+        o.ignore_index,
     ]
     meta = dict(  # what both kernels are compiled for
         HAS_CLASS_GAMMA=class_gamma,
-        GAMMA_INT=integer_gamma(gamma),
+        GAMMA_INT=integer_gamma(o.gamma),
         HAS_CLASS_ALPHA=class_alpha,
-        HAS_WEIGHT=weight is not None,
-        HAS_Z_LOSS=z_loss > 0,
+        HAS_WEIGHT=o.weight is not None,
+        HAS_Z_LOSS=o.z_loss > 0,
         PER_ELEMENT=per_element,
-        MEAN=reduction == "mean" and not divisor,
+        MEAN=o.reduction == "mean" and not divisor,
         DIVISOR=divisor,
-        HAS_POLY=poly_epsilon != 0,
-        HAS_ELEMENT_WEIGHT=element_weight is not None,
+        HAS_POLY=o.poly_epsilon != 0,
+        HAS_ELEMENT_WEIGHT=o.element_weight is not None,
         GRAD_MODE=grad_mode,
         GRAD_OUT_IS_SCALAR=go_scalar,
         SKIP_IF_STORED=skip_if_stored,
@@ -301,114 +285,44 @@ def softmax_focal_launch(
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         SPLIT=split,
-        HAS_SMOOTHING=label_smoothing > 0,
-        HAS_SOFTCAP=softcap is not None,
+        HAS_SMOOTHING=o.label_smoothing > 0,
+        HAS_SOFTCAP=o.softcap is not None,
         ROW_STATS=0 if row_stats is None else ROW_STATS_READ if grad_mode == GRAD_BACKWARD else ROW_STATS_WRITE,
     )
     persistent_launch(_softmax_focal_kernel, num_tiles, footprint, args, meta)
     return loss
 
 
-def mean_denominators(target, weight, ignore_index, reduction, dtype, element_weight=None, normalizer=None):
+def mean_denominators(target, options, dtype):
     """``(2,)``: for ``"mean"``, the sum of ``w_y`` over non-ignored rows (``F.cross_entropy``'s
     divisor) and their count (the z-loss's divisor), from one launch over the targets (no host
     sync); with an ``element_weight``, the sums of ``element_weight * w_y`` and of
     ``element_weight`` (a weighted mean); for the other reductions, or where a ``normalizer``
     divides instead, an empty placeholder."""
-    if reduction != "mean" or normalizer is not None:
+    o = options
+    if o.reduction != "mean" or o.normalizer is not None:
         return target.new_empty(0, dtype=dtype)
     if target.numel() == 0:
         return target.new_zeros(2, dtype=dtype)
-    classes = weight.shape[0] if weight is not None else 0
-    return target_denominators(target, weight, ignore_index, classes, dtype=dtype, element_weight=element_weight)
+    classes = o.weight.shape[0] if o.weight is not None else 0
+    return target_denominators(target, o.weight, o.ignore_index, classes, dtype=dtype, element_weight=o.element_weight)
+
+
+def _denominators_size(options):
+    return 2 if options.reduction == "mean" and options.normalizer is None else 0
 
 
 # --- torch.library ops ----------------------------------------------------------------
-# The loss's options travel as one list, OPTIONS, in every op and in the autograd context.
-OPTIONS = (
-    "class_gamma",
-    "gamma",
-    "class_alpha",
-    "alpha",
-    "weight",
-    "ignore_index",
-    "reduction",
-    "label_smoothing",
-    "z_loss",
-    "softcap",
-)
-# The options added later, each with a default, at the end of every op's arguments (after the
-# forward's store_grad and needs_grad), so that a call without them is the call it was.
-EXTRA_OPTIONS = (
-    "poly_epsilon",
-    "element_weight",
-    "normalizer",  # a tensor, or None
-    "normalizer_number",  # a number, or None
-)
-EXTRA_DEFAULTS = (0.0, None, None, None)
-# Where the forward op takes the normalizer tensor: after (input, target), the options and
-# (store_grad, needs_grad).
-NORMALIZER_INPUT = 2 + len(OPTIONS) + 2 + EXTRA_OPTIONS.index("normalizer")
-
-
-def _all_options(options, extras):
-    """The options and the extra options, the extras padded with their defaults (an op's
-    dispatcher drops trailing arguments equal to their defaults)."""
-    return (*options, *extras, *EXTRA_DEFAULTS[len(extras) :])
-
-
-def _launch_options(
-    class_gamma,
-    gamma,
-    class_alpha,
-    alpha,
-    weight,
-    ignore_index,
-    reduction,
-    label_smoothing,
-    z_loss,
-    softcap,
-    poly_epsilon=0.0,
-    element_weight=None,
-    normalizer=None,
-    normalizer_number=None,
-):
-    return dict(
-        gamma=gamma if class_gamma is None else class_gamma,
-        alpha=alpha if class_alpha is None else class_alpha,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        poly_epsilon=poly_epsilon,
-        element_weight=element_weight,
-        normalizer=normalizer if normalizer is not None else normalizer_number,
-    )
-
-
-def _denominators(input, target, opts):
-    """The mean's divisors of one call's options (``mean_denominators``)."""
-    return mean_denominators(
-        target,
-        opts["weight"],
-        opts["ignore_index"],
-        opts["reduction"],
-        compute_dtype(input.dtype),
-        element_weight=opts["element_weight"],
-        normalizer=opts["normalizer"],
-    )
-
-
-def _denominators_size(reduction, normalizer, normalizer_number):
-    return 2 if reduction == "mean" and normalizer is None and normalizer_number is None else 0
+# Each op takes the options last, as SoftmaxOptions.op_args() lists them (the schemas below
+# spell them out: a schema has no dataclass), and rebuilds the object first thing.
 
 
 @torch.library.custom_op("triton_focal::softmax_focal_fwd", mutates_args=())
 def _forward_op(
     input: torch.Tensor,
     target: torch.Tensor,
+    store_grad: bool,
+    needs_grad: bool,
     class_gamma: Optional[torch.Tensor],
     gamma: float,
     class_alpha: Optional[torch.Tensor],
@@ -416,11 +330,9 @@ def _forward_op(
     weight: Optional[torch.Tensor],
     ignore_index: int,
     reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: Optional[float],
-    store_grad: bool,
-    needs_grad: bool,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
     poly_epsilon: float = 0.0,
     element_weight: Optional[torch.Tensor] = None,
     normalizer: Optional[torch.Tensor] = None,
@@ -429,7 +341,7 @@ def _forward_op(
     """``(loss, grad, stored, denominators, row_stats)``. With ``store_grad`` the gradient for
     ``grad_output == 1`` goes to ``grad`` where the device policy says so (``stored``); with
     ``needs_grad``, the per-row statistics go to ``row_stats`` where they pay (else it is empty)."""
-    opts = _launch_options(
+    options = SoftmaxOptions.from_op_args(
         class_gamma,
         gamma,
         class_alpha,
@@ -445,14 +357,14 @@ def _forward_op(
         normalizer,
         normalizer_number,
     )
-    denominators = _denominators(input, target, opts)
+    denominators = mean_denominators(target, options, compute_dtype(input.dtype))
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
     stored = stored_flag(input.device, store_grad)
     row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
     loss = softmax_focal_launch(
         input,
         target,
-        **opts,
+        options,
         denominators=denominators,
         grad_mode=GRAD_IF_POLICY if store_grad else GRAD_NONE,
         grad=grad if store_grad else None,
@@ -463,31 +375,12 @@ def _forward_op(
 
 
 @_forward_op.register_fake
-def _(
-    input,
-    target,
-    class_gamma,
-    gamma,
-    class_alpha,
-    alpha,
-    weight,
-    ignore_index,
-    reduction,
-    label_smoothing,
-    z_loss,
-    softcap,
-    store_grad,
-    needs_grad,
-    poly_epsilon=0.0,
-    element_weight=None,
-    normalizer=None,
-    normalizer_number=None,
-):
-    loss = input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
+def _(input, target, store_grad, needs_grad, *options):
+    o = SoftmaxOptions.from_op_args(*options)
+    loss = input.new_empty(target.shape) if o.reduction == "none" else input.new_empty(())
     grad = torch.empty_like(input) if store_grad else input.new_empty(0)
-    row_stats = row_stats_buffer(input, label_smoothing) if needs_grad else None
-    size = _denominators_size(reduction, normalizer, normalizer_number)
-    denominators = input.new_empty(size, dtype=compute_dtype(input.dtype))
+    row_stats = row_stats_buffer(input, o.label_smoothing) if needs_grad else None
+    denominators = input.new_empty(_denominators_size(o), dtype=compute_dtype(input.dtype))
     return (
         loss,
         grad,
@@ -511,17 +404,16 @@ def _backward_op(
     weight: Optional[torch.Tensor],
     ignore_index: int,
     reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: Optional[float],
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
     poly_epsilon: float = 0.0,
     element_weight: Optional[torch.Tensor] = None,
     normalizer: Optional[torch.Tensor] = None,
     normalizer_number: Optional[float] = None,
 ) -> torch.Tensor:
     """The gradient times ``grad_output``, recomputed from the logits into a new buffer."""
-    grad = torch.empty_like(input)
-    opts = _launch_options(
+    options = SoftmaxOptions.from_op_args(
         class_gamma,
         gamma,
         class_alpha,
@@ -537,10 +429,11 @@ def _backward_op(
         normalizer,
         normalizer_number,
     )
+    grad = torch.empty_like(input)
     softmax_focal_launch(
         input,
         target,
-        **opts,
+        options,
         denominators=denominators,
         grad_mode=GRAD_BACKWARD,
         grad=grad,
@@ -550,37 +443,40 @@ def _backward_op(
     return grad
 
 
-def _saved(row_stats):
-    return row_stats if row_stats.numel() > 0 else None
-
-
 @_backward_op.register_fake
 def _(grad_output, input, *args):
     return torch.empty_like(input)
 
 
+_FORWARD_OPTIONS_AT = 4  # the forward op's options follow input, target, store_grad, needs_grad
+
+
+def _saved(row_stats):
+    return row_stats if row_stats.numel() > 0 else None
+
+
 def _setup_context(ctx, inputs, output):
-    input, target, *rest = inputs
-    options = _all_options(rest[: len(OPTIONS)], rest[len(OPTIONS) + 2 :])  # not store_grad, needs_grad
+    options = SoftmaxOptions.from_op_args(*inputs[_FORWARD_OPTIONS_AT:])
     loss, grad, stored, denominators, row_stats = output
     ctx.mark_non_differentiable(grad, stored, denominators, row_stats)
     ctx.set_materialize_grads(False)  # no logits-sized zeros for the other outputs' gradients
     # A normalizer that requires grad gets d (sum / normalizer) / d normalizer = -loss / normalizer.
-    normalizer = options[len(OPTIONS) + EXTRA_OPTIONS.index("normalizer")]
-    ctx.normalizer_grad = normalizer is not None and normalizer.requires_grad
-    saved = (input, target, grad, stored, denominators, row_stats, loss if ctx.normalizer_grad else None)
-    save_options(ctx, saved, options)
+    normalizer = options.normalizer
+    ctx.normalizer_grad = isinstance(normalizer, torch.Tensor) and normalizer.requires_grad
+    saved = (inputs[0], inputs[1], grad, stored, denominators, row_stats, loss if ctx.normalizer_grad else None)
+    save_options(ctx, saved, options.op_args())
 
 
 def _backward(ctx, grad_loss, *_):
     count = len(ctx.needs_input_grad)  # the op's inputs, trailing defaults dropped
     if grad_loss is None:  # the loss was not used (gradients are not materialized as zeros)
         return (None,) * count
-    (input, target, grad, stored, denominators, row_stats, loss), options = saved_options(ctx)
+    (input, target, grad, stored, denominators, row_stats, loss), op_args = saved_options(ctx)
+    options = SoftmaxOptions.from_op_args(*op_args)
     grads = [None] * count
     if ctx.normalizer_grad:
-        normalizer = options[len(OPTIONS) + EXTRA_OPTIONS.index("normalizer")]
-        grads[NORMALIZER_INPUT] = (-grad_loss * loss / normalizer).to(normalizer.dtype)
+        normalizer = options.normalizer
+        grads[_FORWARD_OPTIONS_AT + NORMALIZER_ARG] = (-grad_loss * loss / normalizer).to(normalizer.dtype)
     if not ctx.needs_input_grad[0]:
         return tuple(grads)
     if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
@@ -590,7 +486,7 @@ def _backward(ctx, grad_loss, *_):
         softmax_focal_launch(
             input,
             target,
-            **_launch_options(*options),
+            options,
             denominators=denominators,
             grad_mode=GRAD_BACKWARD,
             grad=grad,
@@ -600,7 +496,7 @@ def _backward(ctx, grad_loss, *_):
             row_stats=_saved(row_stats),
         )
     else:
-        grad = _backward_call(grad_loss, input, target, denominators, row_stats, *options)
+        grad = _backward_call(grad_loss, input, target, denominators, row_stats, *op_args)
     grads[0] = grad
     return tuple(grads)
 
@@ -612,8 +508,7 @@ _backward_call = eager_op(_backward_op)
 
 def _reference(options, target):
     """The loss as the eager reference computes it, a function of the logits."""
-    opts = _launch_options(*options)
-    return lambda input: reference.softmax_focal_loss(input, target, **opts)
+    return lambda input: reference.softmax_focal_loss(input, target, **options.as_kwargs())
 
 
 # --- in-place gradient -----------------------------------------------------------------
@@ -630,15 +525,15 @@ def _forward_inplace_op(
     weight: Optional[torch.Tensor],
     ignore_index: int,
     reduction: str,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: Optional[float],
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: Optional[float] = None,
     poly_epsilon: float = 0.0,
     element_weight: Optional[torch.Tensor] = None,
     normalizer: Optional[torch.Tensor] = None,
     normalizer_number: Optional[float] = None,
 ) -> torch.Tensor:
-    opts = _launch_options(
+    options = SoftmaxOptions.from_op_args(
         class_gamma,
         gamma,
         class_alpha,
@@ -654,30 +549,14 @@ def _forward_inplace_op(
         normalizer,
         normalizer_number,
     )
-    denominators = _denominators(input, target, opts)
-    return softmax_focal_launch(input, target, **opts, denominators=denominators, grad_mode=GRAD_ALWAYS, grad=input)
+    denominators = mean_denominators(target, options, compute_dtype(input.dtype))
+    return softmax_focal_launch(input, target, options, denominators=denominators, grad_mode=GRAD_ALWAYS, grad=input)
 
 
 @_forward_inplace_op.register_fake
-def _(
-    input,
-    target,
-    class_gamma,
-    gamma,
-    class_alpha,
-    alpha,
-    weight,
-    ignore_index,
-    reduction,
-    label_smoothing,
-    z_loss,
-    softcap,
-    poly_epsilon=0.0,
-    element_weight=None,
-    normalizer=None,
-    normalizer_number=None,
-):
-    return input.new_empty(target.shape) if reduction == "none" else input.new_empty(())
+def _(input, target, *options):
+    per_element = SoftmaxOptions.from_op_args(*options).reduction == "none"
+    return input.new_empty(target.shape) if per_element else input.new_empty(())
 
 
 class _InplaceSoftmaxFocal(torch.autograd.Function):
@@ -685,24 +564,22 @@ class _InplaceSoftmaxFocal(torch.autograd.Function):
     backward can only rescale it (in place, and not at all for ``grad_output == 1``)."""
 
     @staticmethod
-    def forward(ctx, logits, shape, target, *options):
-        loss = _forward_inplace_op(logits.view(shape), target, *options)
+    def forward(ctx, logits, shape, target, options):
+        loss = _forward_inplace_op(logits.view(shape), target, *options.op_args())
         ctx.mark_dirty(logits)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits)
         ctx.shape = shape
-        ctx.num_options = len(options)
-        ctx.per_element = options[OPTIONS.index("reduction")] == "none"
+        ctx.per_element = options.reduction == "none"
         return loss, logits
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_of_logits):
-        unused = (None,) * (2 + ctx.num_options)  # shape, target and the options
         if grad_loss is None:
-            return (None,) + unused
+            return None, None, None, None
         (grad,) = ctx.saved_tensors
         scaled = scale_stored_grad(grad.view(ctx.shape), grad_loss.unsqueeze(1) if ctx.per_element else grad_loss)
-        return (scaled.view(grad.shape),) + unused
+        return scaled.view(grad.shape), None, None, None
 
 
 def _inplace_allowed(logits, input, normalizer):
@@ -762,37 +639,27 @@ def softmax_focal_loss(
     Returns:
         ``(N, P)`` for ``"none"``, else a 0-dim tensor, in ``input``'s dtype.
     """
-    acc = compute_dtype(input.dtype)
-    as_acc = lambda t: None if t is None else t.to(device=input.device, dtype=acc).contiguous()
-    class_gamma = as_acc(gamma) if isinstance(gamma, torch.Tensor) else None
-    class_alpha = as_acc(alpha) if isinstance(alpha, torch.Tensor) else None
-    options = (
-        class_gamma,
-        0.0 if class_gamma is not None else float(gamma),
-        class_alpha,
-        1.0 if alpha is None or class_alpha is not None else float(alpha),
-        as_acc(weight),
-        int(ignore_index),
-        reduction,
-        float(label_smoothing),
-        float(z_loss),
-        None if softcap is None else float(softcap),
+    options = SoftmaxOptions.canonical(
+        input,
+        gamma=gamma,
+        alpha=alpha,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        poly_epsilon=poly_epsilon,
+        element_weight=element_weight,
+        normalizer=normalizer,
     )
-    extras = (
-        float(poly_epsilon),
-        element_weight,
-        normalizer if isinstance(normalizer, torch.Tensor) else None,
-        None if normalizer is None or isinstance(normalizer, torch.Tensor) else float(normalizer),
-    )
-    if all(value is default for value, default in zip(extras[1:], EXTRA_DEFAULTS[1:])) and not poly_epsilon:
-        extras = ()  # the call without them, as it was
     if functorch_active():  # torch.func transforms: see autograd.py
-        return _reference((*options, *extras), target)(input)
+        return _reference(options, target)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     logits = input if logits is None else logits
     if inplace_grad and needs_grad and _inplace_allowed(logits, input, normalizer):
-        loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, *options, *extras)
+        loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, options)
         return loss
     store_grad = forward_may_store(needs_grad, reduction)
-    loss, *_ = _forward_call(input, target, *options, store_grad, needs_grad, *extras)
+    loss, *_ = _forward_call(input, target, store_grad, needs_grad, *options.op_args())
     return loss

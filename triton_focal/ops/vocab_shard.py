@@ -3,10 +3,9 @@ torch functions in ``triton_focal/_row_math.py`` (``shard_softmax_stats``,
 ``shard_smoothing_sums``, ``shard_focal_grad``), which they replace one for one."""
 
 import torch
-import triton
 
 from ..kernels.vocab_shard import _shard_grad_kernel, _shard_smoothing_kernel, _shard_stats_kernel
-from .launch import acc_dtype, on_input_device
+from .launch import acc_dtype, next_power_of_2, on_input_device
 from .scalars import split_float
 
 # One program per row, stepping over its classes: 4096 classes (16 per thread at 8 warps) a step.
@@ -15,7 +14,7 @@ NUM_WARPS = 8
 
 
 def _block(num_classes):
-    return min(BLOCK_V, triton.next_power_of_2(max(num_classes, 1)))
+    return min(BLOCK_V, next_power_of_2(max(num_classes, 1)))
 
 
 def _per_class(value, x):
