@@ -208,10 +208,14 @@ def _immediates(text):
     return values
 
 
+PER_GRID_LOOPS_FILE = os.path.join("triton_focal", "kernels", "reduce.py")
+
+
 @dataclasses.dataclass
 class DynamicCounts:
     """Warp instructions executed by a launch; ``outside_loops_*``: the part outside every SASS
-    loop (once per program, or less), which grows with the grid rather than with the work."""
+    loop (once per program, or less) and in the loops over the grid, which grows with the grid
+    rather than with the work."""
 
     warp_instructions: float
     mufu: float
@@ -374,6 +378,12 @@ def dynamic_counts(code, launch):
             has_lines.add(block_of[i])
             plain_weight[block_of[i]] = max(plain_weight[block_of[i]], float(launch.coverage.get(where, 0)))
 
+    # The last program's sum over every program's partials (kernels/reduce.py) loops over the
+    # grid, not over the work: its trips grow with the programs, like the code outside loops.
+    per_grid = [
+        mapped[k] is not None and source_loops[mapped[k]].file.endswith(PER_GRID_LOOPS_FILE)
+        for k in range(len(sass_loops))
+    ]
     total, outside = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]  # (warp instructions, MUFU, rounds) of one warp
     round_opens = code.get("round_opens") or [False] * len(instructions)
     for i, (opcode, locations, reachable, _) in enumerate(instructions):
@@ -390,7 +400,7 @@ def dynamic_counts(code, launch):
         total[0] += weight
         total[1] += weight * is_mufu
         total[2] += weight * bool(round_opens[i])
-        if k is None:
+        if k is None or per_grid[k]:
             outside[0] += weight
             outside[1] += weight * is_mufu
             outside[2] += weight * bool(round_opens[i])
