@@ -10,7 +10,7 @@ from helpers import DEVICE, assert_close, assert_no_worse_than_torch, assert_sam
 from triton_focal import reference
 from triton_focal.kernels.grad_mode import GRAD_IF_POLICY, GRAD_NONE
 from triton_focal.ops import softmax_focal as ops
-from triton_focal.ops.softmax_options import SoftmaxOptions
+from triton_focal.ops.softmax_options import NORMALIZER_ARG, OP_ARGS, SoftmaxOptions
 
 # The interpreter evaluates masked lanes too (log 0, inf * 0) and numpy warns about them.
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
@@ -455,3 +455,38 @@ def test_memory_is_one_gradient_gpu():
     extra = torch.cuda.max_memory_allocated() - base
     one_tensor = x.numel() * x.element_size()
     assert extra < 1.25 * one_tensor, f"peak extra {extra} bytes for a {one_tensor}-byte input"
+
+
+@pytest.mark.parametrize(
+    "options,length",
+    [
+        (SoftmaxOptions(2.0, 1.0, None, -100, "mean"), 7),
+        (SoftmaxOptions(torch.rand(5), torch.rand(5), torch.rand(5), 3, "sum", 0.1, 1e-3, 30.0), 10),
+        (
+            SoftmaxOptions(
+                0.5, 0.25, None, -1, "sum", poly_epsilon=1.0, element_weight=torch.rand(2, 3), normalizer=4.0
+            ),
+            14,
+        ),
+        (SoftmaxOptions(2.0, 1.0, None, -100, "mean", normalizer=torch.tensor(7.0)), 13),
+    ],
+)
+def test_options_object_round_trips_through_the_op_arguments(options, length):
+    args = options.op_args()
+    back = SoftmaxOptions.from_op_args(*args)
+    for name, value in options.as_kwargs().items():
+        assert getattr(back, name) is value if isinstance(value, torch.Tensor) else getattr(back, name) == value, name
+    # Unused trailing options are left out: a call without them is the call it always was.
+    assert len(args) == length
+
+
+def test_every_op_lists_the_options_last_in_one_order():
+    ops_and_first = [
+        (ops._forward_op, ["input", "target", "store_grad", "needs_grad"]),
+        (ops._backward_op, ["grad_output", "input", "target", "denominators", "row_stats"]),
+        (ops._forward_inplace_op, ["input", "target"]),
+    ]
+    for op, first in ops_and_first:
+        names = [a.name for a in op._opoverload._schema.arguments]
+        assert names == first + list(OP_ARGS), (op, names)
+    assert ops._FORWARD_OPTIONS_AT + NORMALIZER_ARG == 4 + OP_ARGS.index("normalizer")
