@@ -597,69 +597,33 @@ def _inplace_allowed(logits, input, normalizer):
         return False
 
 
-def softmax_focal_loss(
-    input,
-    target,
-    *,
-    gamma,
-    alpha,
-    weight,
-    ignore_index,
-    reduction,
-    label_smoothing,
-    z_loss=0.0,
-    softcap=None,
-    inplace_grad=False,
-    logits=None,
-    poly_epsilon=0.0,
-    element_weight=None,
-    normalizer=None,
-):
+def softmax_focal_loss(input, target, *, inplace_grad=False, logits=None, **options):
     """Softmax focal loss of ``(N, C, P)`` logits, the Triton backend (canonical arguments).
 
     Args:
         input: logits ``(N, C, P)``, any strides, float16/bfloat16/float32/float64.
         target: class indices ``(N, P)``, any integer dtype, in ``[0, C)`` or ``ignore_index``.
-        gamma: float ``>= 0`` or a ``(C,)`` tensor.
-        alpha: None, a float, or a ``(C,)`` tensor.
-        weight: None or a ``(C,)`` tensor.
-        ignore_index: int.
-        reduction: ``"none"``, ``"sum"`` or ``"mean"``.
-        label_smoothing: float in ``[0, 1]``.
-        z_loss: float ``>= 0``; softcap: float ``> 0`` or None.
         inplace_grad: write the gradient into the logits' storage (they are clobbered; no
             extra memory). Only for a non-leaf, non-overlapping tensor in eager mode; elsewhere
             the gradient gets its own buffer.
         logits: the user's tensor that ``input`` views (for ``inplace_grad``, which must mark
             that tensor, not a view made of it here, as modified).
-        poly_epsilon: Poly-1's coefficient (0 for none).
-        element_weight: None or an ``(N, P)`` float tensor (any strides) scaling each element.
-        normalizer: None, a number or a 0-dim tensor: the result is the sum over it.
+        options: the loss's options as the public layer's canonical keyword arguments
+            (``gamma``, ``alpha``, ``weight``, ``ignore_index``, ``reduction``,
+            ``label_smoothing``, ``z_loss``, ``softcap``, ``poly_epsilon``,
+            ``element_weight``, ``normalizer``: :meth:`SoftmaxOptions.canonical`).
 
     Returns:
         ``(N, P)`` for ``"none"``, else a 0-dim tensor, in ``input``'s dtype.
     """
-    options = SoftmaxOptions.canonical(
-        input,
-        gamma=gamma,
-        alpha=alpha,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        poly_epsilon=poly_epsilon,
-        element_weight=element_weight,
-        normalizer=normalizer,
-    )
+    options = SoftmaxOptions.canonical(input, **options)
     if functorch_active():  # torch.func transforms: see autograd.py
         return _reference(options, target)(input)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
     logits = input if logits is None else logits
-    if inplace_grad and needs_grad and _inplace_allowed(logits, input, normalizer):
+    if inplace_grad and needs_grad and _inplace_allowed(logits, input, options.normalizer):
         loss, _ = _InplaceSoftmaxFocal.apply(logits, input.shape, target, options)
         return loss
-    store_grad = forward_may_store(needs_grad, reduction)
+    store_grad = forward_may_store(needs_grad, options.reduction)
     loss, *_ = _forward_call(input, target, store_grad, needs_grad, *options.op_args())
     return loss
