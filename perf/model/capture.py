@@ -189,7 +189,6 @@ def _count_store(ptrs, mask):
 
 
 def _describe_launch(kernel, args, kwargs, grid):
-    import torch
 
     fn = kernel.fn
     params = list(inspect.signature(fn).parameters)
@@ -199,12 +198,7 @@ def _describe_launch(kernel, args, kwargs, grid):
     defaults = {
         k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty
     }
-    described = []
-    for name in params:
-        value = bound.get(name, defaults.get(name))
-        if isinstance(value, torch.Tensor):
-            value = ("tensor", str(value.dtype).replace("torch.", ""), value.data_ptr())
-        described.append((name, value))
+    described = [(name, _describe_value(bound.get(name, defaults.get(name)))) for name in params]
     if callable(grid):
         grid = grid(bound)
     grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
@@ -221,6 +215,32 @@ def _describe_launch(kernel, args, kwargs, grid):
         _hash_sources(files),
         files,
     )
+
+
+def _describe_value(value):
+    """A launch argument as data: a tensor as ``("tensor", dtype, address)``, an argument group
+    (``triton_focal/kernels/params.py``) as the same group of described fields."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype).replace("torch.", ""), value.data_ptr())
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_describe_value(v) for v in value))
+    return value
+
+
+def is_tensor_value(value):
+    """Whether a described value is a tensor (``_describe_value``)."""
+    return type(value) is tuple and len(value) == 3 and value[0] == "tensor"
+
+
+def tensor_values(value):
+    """The described tensors in a described value, argument groups included, in order."""
+    if is_tensor_value(value):
+        return [value]
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return [t for v in value for t in tensor_values(v)]
+    return []
 
 
 def _hash_sources(files):

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections import Counter, defaultdict
 
-from .capture import _hash_sources, _real
+from .capture import _hash_sources, _real, is_tensor_value
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Bumped when what the worker extracts from the SASS changes (the cache is keyed on it).
@@ -39,11 +39,19 @@ def spec_key(launch):
         SUMMARY_VERSION,
     ]
     for name, value in launch.args:
-        if isinstance(value, tuple) and value and value[0] == "tensor":
-            value = ("tensor", value[1], value[2] % 16 == 0)
-        parts.append((name, repr(value)))
+        parts.append((name, repr(_map_tensors(value, lambda t: ("tensor", t[1], t[2] % 16 == 0)))))
     parts.append(repr(sorted(launch.options.items())))
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
+
+
+def _map_tensors(value, fn):
+    """``value`` with each described tensor ``t`` (``capture.is_tensor_value``) replaced by
+    ``fn(t)``, inside argument groups too."""
+    if is_tensor_value(value):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_map_tensors(v, fn) for v in value))
+    return value
 
 
 def _portable(value):
@@ -122,11 +130,9 @@ def _compile_worker(spec_path, cache_dir):
             fn = getattr(fn, part)
         args, kwargs = [], dict(spec["options"])
         for name, value in spec["args"]:
-            if isinstance(value, tuple) and value and value[0] == "tensor":
-                value = sass.PointerArgument(getattr(torch, value[1]), value[2])
-            elif isinstance(value, tuple) and value and value[0] == "tl.dtype":
+            if isinstance(value, tuple) and value and value[0] == "tl.dtype":
                 value = tl.dtype(value[1])
-            args.append(value)
+            args.append(_map_tensors(value, lambda t: sass.PointerArgument(getattr(torch, t[1]), t[2])))
         kernel = sass.compile_sm90(fn, args, kwargs)
         if _hash_sources(spec["source_files"]) != spec["source_hash"]:
             raise RuntimeError(f"{spec['qualname']}: its source files changed while the model ran; run it again")

@@ -4,7 +4,7 @@ import os
 import tempfile
 import time
 
-from .capture import install_recorder
+from .capture import install_recorder, tensor_values
 from .cost import model_case
 from .headline import count_case, run_case
 from .machine_code import compile_launches, spec_key
@@ -24,7 +24,7 @@ def install_footprints(launches, codes):
         code = codes[spec_key(launch)]
         meta = {name: value for name, value in launch.args if name in launch.constexpr_names}
         meta.update(launch.options)
-        dtypes = [value[1] for _, value in launch.args if isinstance(value, tuple) and value and value[0] == "tensor"]
+        dtypes = [t[1] for _, value in launch.args for t in tensor_values(value)]
         grid.STAND_IN_FOOTPRINTS[grid.footprint_key(launch.qualname, dtypes, meta)] = grid.Footprint(
             code["registers"], code["num_warps"], code["shared_bytes"]
         )

@@ -41,11 +41,11 @@ from .focal_math import (
     FP32_MAX,
     LOG2E,
     focal_term,
-    join_float,
     log1p,
     softcap_logits,
 )
 from .grad_mode import GRAD_BACKWARD, ROW_STATS_READ, ROW_STATS_WRITE, gradient_plan
+from .params import number, row_ptr
 from .reduce import store_total
 from .softmax_rows import (
     log_sum,
@@ -164,60 +164,27 @@ def _dominant_class(
 
 @triton.jit
 def _softmax_focal_kernel(
-    # pointers
-    x_ptr,  # (N, C, P) logits, any float dtype
-    target_ptr,  # (N, P) class indices, any int dtype
+    logits,  # NCP, any float dtype
+    target,  # NP: class indices, any int dtype
+    loss,  # NP in the logits' dtype if PER_ELEMENT, else the 0-dim total (strides 0)
+    grad,  # NCP in the logits' dtype
+    grad_out,  # NP, or the 0-dim (GRAD_OUT_IS_SCALAR): d total / d loss (GRAD_BACKWARD)
+    element_weight,  # NP, stride 0 where broadcast, any float dtype (HAS_ELEMENT_WEIGHT)
     gamma_ptr,  # (C,) per-class gamma in ACC (HAS_CLASS_GAMMA)
     alpha_ptr,  # (C,) per-class alpha in ACC (HAS_CLASS_ALPHA)
     weight_ptr,  # (C,) class weights in ACC (HAS_WEIGHT)
     denom_ptr,  # (2,) ACC: the mean's divisors of the focal and the z-loss parts (MEAN)
-    loss_ptr,  # (N, P) in x's dtype if PER_ELEMENT, else () in x's dtype: the total
     partial_ptr,  # (num_programs,) ACC: each program's partial sum (not PER_ELEMENT)
     ticket_ptr,  # (1,) int32, 0 between launches (kernels/reduce.py)
-    grad_ptr,  # (N, C, P) in x's dtype
-    grad_out_ptr,  # () or (N, P) by strides: d total / d loss (GRAD_BACKWARD)
     policy_ptr,  # (1,) int32 device flag: forwards store the gradient (GRAD_IF_POLICY, GRAD_BACKWARD)
     stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
     stats_ptr,  # (3, N * P) ACC per-row (m, s_other, x_y): written (ROW_STATS_WRITE) or read
-    element_weight_ptr,  # (N, P) by strides (0 where broadcast), any float dtype (HAS_ELEMENT_WEIGHT)
-    # strides
-    stride_x_n,
-    stride_x_c,
-    stride_x_p,
-    stride_t_n,
-    stride_t_p,
-    stride_l_n,
-    stride_l_p,
-    stride_g_n,
-    stride_g_c,
-    stride_g_p,
-    stride_go_n,
-    stride_go_p,
-    stride_ew_n,
-    stride_ew_p,
-    # sizes
     C,
     P,
     num_p_blocks,
     num_tiles,
     num_rows,
-    # scalars (runtime values: a new gamma or alpha does not recompile), floats as float32
-    # (hi, lo) halves so that float64 logits get them unrounded
-    gamma_hi,
-    gamma_lo,
-    alpha_hi,
-    alpha_lo,
-    smoothing_hi,
-    smoothing_lo,
-    z_loss_hi,
-    z_loss_lo,
-    softcap_hi,
-    softcap_lo,
-    poly_hi,
-    poly_lo,
-    divisor_hi,  # the normalizer where it is a number (DIVISOR == DIVIDE_BY_NUMBER)
-    divisor_lo,
-    ignore_index,
+    numbers,  # SoftmaxNumbers
     # constants
     BLOCK_C: tl.constexpr,  # classes per lane per step
     BLOCK_P: tl.constexpr,  # lanes of a tile: ROWS rows x SPLIT lanes each
@@ -251,22 +218,24 @@ def _softmax_focal_kernel(
     # C * stride_c passes 2**31 in a channels-first volume or a transposed (T, V) view. Widening
     # the stride once per program makes each product 64-bit; a stride the JIT specialized to 1
     # stays a constant, and its product folds away.
-    stride_x_c = tl.cast(stride_x_c, tl.int64)
-    stride_g_c = tl.cast(stride_g_c, tl.int64)
+    stride_x_c = tl.cast(logits.stride_c, tl.int64)
+    stride_g_c = tl.cast(grad.stride_c, tl.int64)
     num_rows = tl.cast(num_rows, tl.int64)  # 2 * num_rows indexes the statistics
-    gamma = join_float(gamma_hi, gamma_lo, ACC)
-    alpha = join_float(alpha_hi, alpha_lo, ACC)
-    label_smoothing = join_float(smoothing_hi, smoothing_lo, ACC)
-    z_loss = join_float(z_loss_hi, z_loss_lo, ACC)
-    softcap = join_float(softcap_hi, softcap_lo, ACC)
-    poly_epsilon = join_float(poly_hi, poly_lo, ACC)
+    gamma = number(numbers.gamma, ACC)
+    alpha = number(numbers.alpha, ACC)
+    label_smoothing = number(numbers.label_smoothing, ACC)
+    z_loss = number(numbers.z_loss, ACC)
+    softcap = number(numbers.softcap, ACC)
+    poly_epsilon = number(numbers.poly_epsilon, ACC)
+    ignore_index = numbers.ignore_index
 
     # 0. What this launch writes, decided on the device (no host sync).
     compute_loss = GRAD_MODE != GRAD_BACKWARD
     store_grad, grad_scale, tiles = gradient_plan(
-        policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
+        policy_ptr, stored_ptr, grad_out.ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
     )
-    mean_scale, z_scale = reduction_scales(denom_ptr, divisor_hi, divisor_lo, MEAN, DIVISOR, HAS_Z_LOSS, ACC)
+    divisor = numbers.divisor
+    mean_scale, z_scale = reduction_scales(denom_ptr, divisor.hi, divisor.lo, MEAN, DIVISOR, HAS_Z_LOSS, ACC)
 
     lane = tl.arange(0, BLOCK_P)
     row_in_tile = lane // SPLIT
@@ -281,19 +250,19 @@ def _softmax_focal_kernel(
         n = tile64 // num_p_blocks
         p = (tile64 % num_p_blocks) * ROWS + row_in_tile
         p_mask = p < P
-        x_row = x_ptr + n * stride_x_n + p * stride_x_p  # [BLOCK_P]
+        x_row = row_ptr(logits, n, p)  # [BLOCK_P]
         x_lane = x_row + lane_class * stride_x_c
 
         # 1. The target of each row and its per-class factors.
-        target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=p_mask, other=ignore_index)
-        row_ok, row_bad, safe_target = row_targets(target, p_mask, ignore_index, C)
+        target_row = tl.load(row_ptr(target, n, p), mask=p_mask, other=ignore_index)
+        row_ok, row_bad, safe_target = row_targets(target_row, p_mask, ignore_index, C)
         target_in_lane = (safe_target - lane_class).to(tl.int32)  # the target's class within a step
         gamma_y, alpha_y, w_y = target_factors(
             gamma_ptr, alpha_ptr, weight_ptr, safe_target, gamma, alpha, HAS_CLASS_GAMMA, HAS_CLASS_ALPHA, HAS_WEIGHT
         )
         v = 1.0
         if HAS_ELEMENT_WEIGHT:  # one load per row, of non-ignored rows only
-            v = tl.load(element_weight_ptr + n * stride_ew_n + p * stride_ew_p, mask=row_ok, other=0.0).to(ACC)
+            v = tl.load(row_ptr(element_weight, n, p), mask=row_ok, other=0.0).to(ACC)
 
         # 2. Softmax statistics, per lane: running max m and s_other, the sum of exp(x - m)
         #    over every class but the target (so that 1 - p_y has no cancellation). With label
@@ -383,7 +352,7 @@ def _softmax_focal_kernel(
         # 4. The loss of each row: stored, or summed into this program's partial sum.
         lse = m + log_s
         if compute_loss:
-            loss = row_loss(
+            row_losses = row_loss(
                 f_y,
                 w_y,
                 alpha_y,
@@ -405,15 +374,20 @@ def _softmax_focal_kernel(
                 HAS_ELEMENT_WEIGHT,
             )
             if PER_ELEMENT:
-                loss_offs = n * stride_l_n + p * stride_l_p
-                tl.store(loss_ptr + loss_offs, loss.to(loss_ptr.dtype.element_ty), mask=p_mask & first_lane)
+                tl.store(row_ptr(loss, n, p), row_losses.to(loss.ptr.dtype.element_ty), mask=p_mask & first_lane)
             else:
-                loss_acc += tl.where(first_lane, loss, 0.0)
+                loss_acc += tl.where(first_lane, row_losses, 0.0)
 
         # 5. The gradient: a second (third with smoothing) read, from L2.
         if store_grad:
             row_scale = row_grad_scale(
-                grad_scale, grad_out_ptr, n * stride_go_n + p * stride_go_p, p_mask, GRAD_MODE, GRAD_OUT_IS_SCALAR, ACC
+                grad_scale,
+                grad_out.ptr,
+                n * grad_out.stride_n + p * grad_out.stride_p,
+                p_mask,
+                GRAD_MODE,
+                GRAD_OUT_IS_SCALAR,
+                ACC,
             )
             coef_y, coef_p, coef_smooth = row_coefficients(
                 row_scale,
@@ -439,7 +413,7 @@ def _softmax_focal_kernel(
             # Ignored rows get 0 even where their logits are NaN; an out-of-range target
             # gets NaN rather than a silently wrong gradient.
             fill = tl.where(row_bad, float("nan"), 0.0)
-            g_row = grad_ptr + n * stride_g_n + p * stride_g_p + lane_class * stride_g_c
+            g_row = row_ptr(grad, n, p) + lane_class * stride_g_c
             for c0 in range(0, C, CLASS_STEP):
                 cls = c0 + offs_k[:, None]
                 mask = (cls + lane_class[None, :] < C) & p_mask[None, :]
@@ -448,20 +422,20 @@ def _softmax_focal_kernel(
                 log_p = _log_probs(x, m, log_s)
                 p_j = tl.exp2(log_p * LOG2E)
                 # p_j - [j == y], with p_y - 1 = -q_y from the other classes' mass.
-                grad = coef_p[None, :] * p_j - tl.where(is_target, coef_y[None, :], 0.0)
+                dx = coef_p[None, :] * p_j - tl.where(is_target, coef_y[None, :], 0.0)
                 if HAS_SMOOTHING:
                     cls_j = cls + lane_class[None, :]
                     gamma_c, w_c = _class_params(gamma_ptr, weight_ptr, cls_j, mask, gamma, HAS_CLASS_GAMMA, HAS_WEIGHT)
                     big = (x == m[None, :]) & has_big[None, :]
                     _, g = _class_terms(x, log_p, p_j, big, gamma_c, GAMMA_INT)
                     g = tl.where(big, g_big[None, :], g)
-                    grad -= coef_smooth[None, :] * (w_c * g)
+                    dx -= coef_smooth[None, :] * (w_c * g)
                 if HAS_SOFTCAP:
                     tanh = x / softcap
-                    grad = grad * (1.0 - tanh * tanh)
-                grad = tl.where(row_ok[None, :], grad, fill[None, :])
-                tl.store(g_row[None, :] + cls * stride_g_c, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+                    dx = dx * (1.0 - tanh * tanh)
+                dx = tl.where(row_ok[None, :], dx, fill[None, :])
+                tl.store(g_row[None, :] + cls * stride_g_c, dx.to(grad.ptr.dtype.element_ty), mask=mask)
 
     if REDUCED:
         # The programs' partial sums, added in a fixed order by the last one: bit-identical reruns.
-        store_total(partial_ptr, ticket_ptr, loss_ptr, tl.sum(loss_acc, axis=0), 1.0, ACC)
+        store_total(partial_ptr, ticket_ptr, loss.ptr, tl.sum(loss_acc, axis=0), 1.0, ACC)

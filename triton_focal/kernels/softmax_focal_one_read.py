@@ -11,15 +11,16 @@ thread (no shuffle, no shared memory), and nothing is re-read.
 The per-row math is ``softmax_rows.py``'s, as in the class-step kernel (``softmax_focal.py``,
 which has the derivation); label smoothing (a second sum over the classes) and a softcap (a
 ``tanh`` per logit) stay there. The arguments are the class-step kernel's, so that one
-launcher fills both; ``grad_ptr`` may alias ``x_ptr`` (every load of a tile precedes its
+launcher fills both; ``grad`` may alias ``logits`` (every load of a tile precedes its
 stores).
 """
 
 import triton
 import triton.language as tl
 
-from .focal_math import FP32_MAX, LOG2E, join_float
+from .focal_math import FP32_MAX, LOG2E
 from .grad_mode import GRAD_BACKWARD, gradient_plan
+from .params import number, row_ptr
 from .reduce import store_total
 from .softmax_rows import (
     poly_term,
@@ -64,56 +65,29 @@ def _store_block_grad(g_row, e, cls, mask, stride_g_c, coef_over_s, row_ok, fill
 
 @triton.jit
 def _softmax_focal_one_read_kernel(
-    # pointers, strides, sizes and scalars: those of _softmax_focal_kernel (softmax_focal.py)
-    x_ptr,
-    target_ptr,
+    # the arguments of _softmax_focal_kernel (softmax_focal.py); stats_ptr unused (nothing is
+    # re-read, so no statistics are saved), as are the smoothing and the softcap in numbers
+    logits,
+    target,
+    loss,
+    grad,
+    grad_out,
+    element_weight,
     gamma_ptr,
     alpha_ptr,
     weight_ptr,
     denom_ptr,
-    loss_ptr,
     partial_ptr,
     ticket_ptr,
-    grad_ptr,
-    grad_out_ptr,
     policy_ptr,
     stored_ptr,
-    stats_ptr,  # unused: nothing is re-read, so no statistics are saved
-    element_weight_ptr,
-    stride_x_n,
-    stride_x_c,
-    stride_x_p,
-    stride_t_n,
-    stride_t_p,
-    stride_l_n,
-    stride_l_p,
-    stride_g_n,
-    stride_g_c,
-    stride_g_p,
-    stride_go_n,
-    stride_go_p,
-    stride_ew_n,
-    stride_ew_p,
+    stats_ptr,
     C,
     P,
     num_p_blocks,
     num_tiles,
     num_rows,
-    gamma_hi,
-    gamma_lo,
-    alpha_hi,
-    alpha_lo,
-    smoothing_hi,  # unused (no label smoothing here)
-    smoothing_lo,
-    z_loss_hi,
-    z_loss_lo,
-    softcap_hi,  # unused (no softcap here)
-    softcap_lo,
-    poly_hi,
-    poly_lo,
-    divisor_hi,
-    divisor_lo,
-    ignore_index,
+    numbers,
     # constants
     BLOCK_A: tl.constexpr,  # the first block of classes: the largest power of two <= C
     BLOCK_B: tl.constexpr,  # the rest, rounded up to a power of two (0: C is a power of two)
@@ -137,17 +111,19 @@ def _softmax_focal_one_read_kernel(
 ):
     REDUCED: tl.constexpr = GRAD_MODE != GRAD_BACKWARD and not PER_ELEMENT
     pid = tl.program_id(0)
-    stride_x_c = tl.cast(stride_x_c, tl.int64)  # C * stride_c may pass 2**31 in a volume
-    stride_g_c = tl.cast(stride_g_c, tl.int64)
-    gamma = join_float(gamma_hi, gamma_lo, ACC)
-    alpha = join_float(alpha_hi, alpha_lo, ACC)
-    z_loss = join_float(z_loss_hi, z_loss_lo, ACC)
-    poly_epsilon = join_float(poly_hi, poly_lo, ACC)
+    stride_x_c = tl.cast(logits.stride_c, tl.int64)  # C * stride_c may pass 2**31 in a volume
+    stride_g_c = tl.cast(grad.stride_c, tl.int64)
+    gamma = number(numbers.gamma, ACC)
+    alpha = number(numbers.alpha, ACC)
+    z_loss = number(numbers.z_loss, ACC)
+    poly_epsilon = number(numbers.poly_epsilon, ACC)
+    ignore_index = numbers.ignore_index
     compute_loss = GRAD_MODE != GRAD_BACKWARD
     store_grad, grad_scale, tiles = gradient_plan(
-        policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
+        policy_ptr, stored_ptr, grad_out.ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
     )
-    mean_scale, z_scale = reduction_scales(denom_ptr, divisor_hi, divisor_lo, MEAN, DIVISOR, HAS_Z_LOSS, ACC)
+    divisor = numbers.divisor
+    mean_scale, z_scale = reduction_scales(denom_ptr, divisor.hi, divisor.lo, MEAN, DIVISOR, HAS_Z_LOSS, ACC)
 
     # VEC consecutive positions per thread (the layout's vector width), all classes of each
     lane = tl.max_contiguous(tl.arange(0, BLOCK_P), VEC)
@@ -166,8 +142,8 @@ def _softmax_focal_one_read_kernel(
             p_mask = p < P
 
         # 1. One round of loads: the targets and every logit of the tile.
-        target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=p_mask, other=ignore_index)
-        x_row = x_ptr + n * stride_x_n + p * stride_x_p
+        target_row = tl.load(row_ptr(target, n, p), mask=p_mask, other=ignore_index)
+        x_row = row_ptr(logits, n, p)
         # BLOCK_A <= C: no class of the first block is masked; with whole tiles, no position is
         if EVEN_P:
             mask_a = None
@@ -179,12 +155,12 @@ def _softmax_focal_one_read_kernel(
             x_b = _load_block(x_row, cls_b, stride_x_c, mask_b, ACC)
         v = 1.0
         if HAS_ELEMENT_WEIGHT:
-            ew = element_weight_ptr + n * stride_ew_n + p * stride_ew_p
-            v = tl.load(ew, mask=p_mask & (target != ignore_index), other=0.0).to(ACC)
+            v = tl.load(row_ptr(element_weight, n, p), mask=p_mask & (target_row != ignore_index), other=0.0)
+            v = v.to(ACC)
 
         # 2. Row statistics from the registers. The max starts at the lowest finite float, so
         #    a masked row keeps s == 0 instead of forming exp(-inf + inf).
-        row_ok, row_bad, safe_target = row_targets(target, p_mask, ignore_index, C)
+        row_ok, row_bad, safe_target = row_targets(target_row, p_mask, ignore_index, C)
         gamma_y, alpha_y, w_y = target_factors(
             gamma_ptr, alpha_ptr, weight_ptr, safe_target, gamma, alpha, HAS_CLASS_GAMMA, HAS_CLASS_ALPHA, HAS_WEIGHT
         )
@@ -207,19 +183,25 @@ def _softmax_focal_one_read_kernel(
 
         # 3. The loss of each row: stored, or summed into this program's partial sum.
         if compute_loss:
-            loss = row_loss(
+            row_losses = row_loss(
                 f_y, w_y, alpha_y, 0.0, poly_q, lse, v, row_ok, row_bad, mean_scale, z_scale,
                 0.0, poly_epsilon, z_loss, C, False, HAS_POLY, HAS_Z_LOSS, HAS_ELEMENT_WEIGHT,
             )  # fmt: skip
             if PER_ELEMENT:
-                tl.store(loss_ptr + n * stride_l_n + p * stride_l_p, loss.to(loss_ptr.dtype.element_ty), mask=p_mask)
+                tl.store(row_ptr(loss, n, p), row_losses.to(loss.ptr.dtype.element_ty), mask=p_mask)
             else:
-                loss_acc += loss
+                loss_acc += row_losses
 
         # 4. The gradient, from the same registers.
         if store_grad:
             row_scale = row_grad_scale(
-                grad_scale, grad_out_ptr, n * stride_go_n + p * stride_go_p, p_mask, GRAD_MODE, GRAD_OUT_IS_SCALAR, ACC
+                grad_scale,
+                grad_out.ptr,
+                n * grad_out.stride_n + p * grad_out.stride_p,
+                p_mask,
+                GRAD_MODE,
+                GRAD_OUT_IS_SCALAR,
+                ACC,
             )
             coef_y, coef_p, _ = row_coefficients(
                 row_scale, g_y, w_y, alpha_y, 0.0, poly_g, lse, v, row_ok, mean_scale, z_scale,
@@ -228,7 +210,7 @@ def _softmax_focal_one_read_kernel(
             # Ignored rows get 0 even where their logits are NaN; an out-of-range target gets NaN.
             fill = tl.where(row_bad, float("nan"), 0.0)
             coef_over_s = coef_p * tl.exp2(-log_s * LOG2E)  # p_j = exp(x_j - m) / s
-            g_row = grad_ptr + n * stride_g_n + p * stride_g_p
+            g_row = row_ptr(grad, n, p)
             _store_block_grad(g_row, e_a, cls_a, mask_a, stride_g_c, coef_over_s, row_ok, fill)
             if BLOCK_B > 0:
                 _store_block_grad(g_row, e_b, cls_b, mask_b, stride_g_c, coef_over_s, row_ok, fill)
@@ -237,8 +219,8 @@ def _softmax_focal_one_read_kernel(
             # the block's store of the same address, which another thread may have made.
             tl.debug_barrier()
             g_y_ptr = g_row + safe_target * stride_g_c
-            tl.store(g_y_ptr, (coef_p * p_y - coef_y).to(grad_ptr.dtype.element_ty), mask=p_mask & row_ok)
+            tl.store(g_y_ptr, (coef_p * p_y - coef_y).to(grad.ptr.dtype.element_ty), mask=p_mask & row_ok)
 
     if REDUCED:
         # The programs' partial sums, added in a fixed order by the last one: bit-identical reruns.
-        store_total(partial_ptr, ticket_ptr, loss_ptr, tl.sum(loss_acc, axis=0), 1.0, ACC)
+        store_total(partial_ptr, ticket_ptr, loss.ptr, tl.sum(loss_acc, axis=0), 1.0, ACC)

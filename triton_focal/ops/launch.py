@@ -79,6 +79,18 @@ def footprint_key(kernel_name, tensor_dtypes, meta):
     return (kernel_name, tuple(tensor_dtypes), tuple(sorted((k, repr(v)) for k, v in meta.items())))
 
 
+def launch_tensors(args):
+    """The tensors among a launch's arguments, in order, those in argument groups
+    (``kernels/params.py``) included."""
+    out = []
+    for arg in args:
+        if isinstance(arg, tuple):
+            out += launch_tensors(arg)
+        elif isinstance(arg, torch.Tensor):
+            out.append(arg)
+    return out
+
+
 def kernel_footprint(kernel, args, meta):
     """The :class:`Footprint` of ``kernel`` launched with ``args`` and ``meta``, or None where it
     cannot be known. On an NVIDIA GPU it is the compiled kernel's (Triton's ``warmup`` compiles
@@ -86,12 +98,13 @@ def kernel_footprint(kernel, args, meta):
     Under the interpreter it is :data:`STAND_IN_FOOTPRINTS`'."""
     import torch
 
-    on_gpu = args[0].is_cuda
+    tensors = launch_tensors(args)
+    on_gpu = tensors[0].is_cuda
     if (not on_gpu and not STAND_IN_FOOTPRINTS) or (on_gpu and torch.version.hip is not None):
         # nothing installed; or AMD, whose occupancy counts other registers (VGPRs per SIMD):
         # the warps decide
         return None
-    dtypes = [str(a.dtype).replace("torch.", "") for a in args if isinstance(a, torch.Tensor)]
+    dtypes = [str(t.dtype).replace("torch.", "") for t in tensors]
     key = footprint_key(kernel.fn.__qualname__, dtypes, meta)
     if not on_gpu:
         return STAND_IN_FOOTPRINTS.get(key)
@@ -168,7 +181,7 @@ def persistent_launch(kernel, num_tiles, footprint, args, meta):
     """Launch ``kernel(*args, **meta)`` on its persistent grid (:class:`PersistentGrid`) for
     ``num_tiles`` tiles that each re-read ``footprint`` bytes; returns the number of programs.
     Per-program buffers in ``args`` need room for ``PersistentGrid.max_programs``."""
-    grid = PersistentGrid.for_device(args[0].device)
+    grid = PersistentGrid.for_device(launch_tensors(args)[0].device)
     num_programs = grid.programs(num_tiles, meta["num_warps"], footprint, kernel_footprint(kernel, args, meta))
     kernel[(num_programs,)](*args, **meta)
     return num_programs

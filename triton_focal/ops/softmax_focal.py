@@ -24,6 +24,7 @@ import torch
 from .. import reference
 from .._autograd_state import functorch_active
 from ..kernels.grad_mode import GRAD_ALWAYS, GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, ROW_STATS_READ, ROW_STATS_WRITE
+from ..kernels.params import NCP, NP, Float, SoftmaxNumbers
 from ..kernels.softmax_focal import _softmax_focal_kernel
 from ..kernels.softmax_focal_one_read import _softmax_focal_one_read_kernel
 from ..kernels.softmax_rows import DIVIDE_BY_NUMBER, DIVIDE_BY_TENSOR
@@ -135,10 +136,6 @@ def row_stats_buffer(input, label_smoothing):
     return torch.empty(3, n_launch * p_launch, dtype=compute_dtype(input.dtype), device=input.device)
 
 
-def _dummy_strides(n):
-    return (0,) * n
-
-
 @on_input_device
 def softmax_focal_launch(
     input,
@@ -194,13 +191,14 @@ def softmax_focal_launch(
     go_scalar = grad_output is not None and grad_output.dim() == 0
     if grad_output is not None and not go_scalar:
         grad_output = grad_output.expand(target.shape)  # stride 0 where it was broadcast
+    no_tensor = (0, 0)  # the strides of a tensor a constexpr flag leaves unread, or of a 0-dim one
     strides = [
         input.stride(),
         target.stride(),
-        loss.stride() if loss is not None else _dummy_strides(2),
-        grad.stride() if grad is not None else _dummy_strides(3),
-        grad_output.stride() if grad_output is not None and not go_scalar else _dummy_strides(2),
-        o.element_weight.stride() if o.element_weight is not None else _dummy_strides(2),
+        loss.stride() if loss is not None else no_tensor,
+        grad.stride() if grad is not None else (0, 0, 0),
+        grad_output.stride() if grad_output is not None and not go_scalar else no_tensor,
+        o.element_weight.stride() if o.element_weight is not None else no_tensor,
     ]
     n_launch, p_launch, (x_s, t_s, l_s, g_s, go_s, ew_s) = fold_rows(input.shape, *strides)
     one_read = None
@@ -222,41 +220,39 @@ def softmax_focal_launch(
     class_alpha = isinstance(o.alpha, torch.Tensor)
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
+    either = lambda tensor: dummy if tensor is None else tensor  # noqa: E731
+    numbers = SoftmaxNumbers(
+        gamma=Float(*split_float(0.0 if class_gamma else o.gamma)),
+        alpha=Float(*split_float(1.0 if class_alpha else o.alpha)),
+        label_smoothing=Float(*split_float(o.label_smoothing)),
+        z_loss=Float(*split_float(o.z_loss)),
+        softcap=Float(*split_float(o.softcap or 1.0)),
+        poly_epsilon=Float(*split_float(o.poly_epsilon)),
+        divisor=Float(*split_float(float(o.normalizer) if divisor == DIVIDE_BY_NUMBER else 1.0)),
+        ignore_index=o.ignore_index,
+    )
     args = [
-        input,
-        target,
+        NCP(input, *x_s),
+        NP(target, *t_s),
+        NP(either(loss), *l_s),
+        NCP(either(grad), *g_s),
+        NP(either(grad_output), *go_s),
+        NP(either(o.element_weight), *ew_s),
         o.gamma if class_gamma else dummy,
         o.alpha if class_alpha else dummy,
-        o.weight if o.weight is not None else dummy,
-        denominators if denominators is not None else dummy,
-        loss if loss is not None else dummy,
+        either(o.weight),
+        either(denominators),
         partials(PersistentGrid.for_device(input.device).max_programs, 1, acc, input.device) if reduced else dummy,
         ticket_counter(input.device) if reduced else dummy,
-        grad if grad is not None else dummy,
-        grad_output if grad_output is not None else dummy,
         flag,
-        stored if stored is not None else dummy,
-        row_stats if row_stats is not None else dummy,
-        o.element_weight if o.element_weight is not None else dummy,
-        *x_s,
-        *t_s,
-        *l_s,
-        *g_s,
-        *go_s,
-        *ew_s,
+        either(stored),
+        either(row_stats),
         num_classes,
         p_launch,
         num_p_blocks,
         num_tiles,
         n_launch * p_launch,
-        *split_float(0.0 if class_gamma else o.gamma),
-        *split_float(1.0 if class_alpha else o.alpha),
-        *split_float(o.label_smoothing),
-        *split_float(o.z_loss),
-        *split_float(o.softcap or 1.0),
-        *split_float(o.poly_epsilon),
-        *split_float(float(o.normalizer) if divisor == DIVIDE_BY_NUMBER else 1.0),
-        o.ignore_index,
+        numbers,
     ]
     meta = dict(  # what both kernels are compiled for
         HAS_CLASS_GAMMA=class_gamma,
