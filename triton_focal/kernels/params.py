@@ -55,19 +55,6 @@ class SoftmaxNumbers(NamedTuple):
     ignore_index: Any
 
 
-class SigmoidNumbers(NamedTuple):
-    """The sigmoid losses' runtime numbers (``sigmoid_term.SigmoidTerm``'s, 0 where unused)."""
-
-    alpha: Float
-    gamma: Float  # shared by every class (else the per-class pointer)
-    divisor: Float  # the reduced loss's divisor where it is a number (not HAS_DENOM); 1.0 for none
-    gamma_neg: Float
-    clip: Float
-    log_eps: Float
-    poly_epsilon: Float
-    ignore_index: Any
-
-
 @triton.jit
 def number(value, dtype: tl.constexpr):
     """A :class:`Float` in ``dtype``."""

@@ -20,7 +20,6 @@ import triton.language as tl
 
 from .focal_math import binary_sigmoid_focal_term, join_float, sigmoid_focal_star_term, sigmoid_focal_term
 from .grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE, gradient_plan
-from .params import number, row_ptr
 from .reduce import store_total
 from .sigmoid_terms import (
     ASYMMETRIC,
@@ -180,24 +179,62 @@ def _class_steps(
 
 @triton.jit
 def _sigmoid_focal_kernel(
-    logits,  # NCP
-    target,  # NCP: dense float targets, or class indices (stride_c 0) if INDEX_TARGET
-    weight,  # NCP, stride 0 allowed (HAS_WEIGHT)
-    loss,  # NCP in the logits' dtype: per element, or the 0-dim total (strides 0) if REDUCE
-    grad,  # NCP: d loss / d x, in the logits' dtype
-    grad_out,  # NCP, or the 0-dim (GRAD_OUT_IS_SCALAR): d total / d loss (GRAD_BACKWARD)
-    score,  # NP: the positive's target value per row (HAS_SCORE: class indices with scores)
+    # pointers
+    x_ptr,  # (N, C, P) logits
+    target_ptr,  # (N, C, P) dense float targets, or (N, P) class indices if INDEX_TARGET
+    weight_ptr,  # (N, C, P) weight view, stride 0 allowed (HAS_WEIGHT)
     gamma_ptr,  # (C,) per-class gamma in ACC (HAS_CLASS_GAMMA)
     denom_ptr,  # () divisor of the reduced loss, any float dtype (HAS_DENOM)
+    loss_ptr,  # (N, C, P) per-element loss, or () in x's dtype: the total if REDUCE
     partial_ptr,  # (num_programs,) ACC: each program's partial sum (REDUCE)
     ticket_ptr,  # (1,) int32, 0 between launches (kernels/reduce.py)
+    grad_ptr,  # (N, C, P) d loss / d x, in x's dtype
+    grad_out_ptr,  # () or (N, C, P) by strides: d total / d loss (GRAD_BACKWARD)
     policy_ptr,  # (1,) int32 device flag: forwards store the gradient
     stored_ptr,  # (1,) int32: whether this call's forward stored the gradient
+    score_ptr,  # (N, P) the positive's target value per row (HAS_SCORE: class indices with scores)
+    # strides
+    stride_x_n,
+    stride_x_c,
+    stride_x_p,
+    stride_t_n,
+    stride_t_c,
+    stride_t_p,  # stride_t_c unused for class indices
+    stride_w_n,
+    stride_w_c,
+    stride_w_p,
+    stride_l_n,
+    stride_l_c,
+    stride_l_p,
+    stride_g_n,
+    stride_g_c,
+    stride_g_p,
+    stride_go_n,
+    stride_go_c,
+    stride_go_p,
+    stride_s_n,
+    stride_s_p,
+    # sizes
     C,
     P,
     num_p_blocks,
     num_tiles,
-    numbers,  # SigmoidNumbers
+    # scalars: float32 (hi, lo) halves, so float64 math gets them unrounded (ops/scalars.py)
+    alpha_hi,
+    alpha_lo,
+    gamma_hi,
+    gamma_lo,
+    denom_hi,
+    denom_lo,  # the divisor where it is a number (not HAS_DENOM); 1.0 for none
+    gamma_neg_hi,
+    gamma_neg_lo,
+    clip_hi,
+    clip_lo,
+    log_eps_hi,
+    log_eps_lo,
+    poly_hi,
+    poly_lo,  # the term's other numbers (sigmoid_term.SigmoidTerm), 0 where unused
+    ignore_index,
     # constants
     BLOCK_R: tl.constexpr,  # rows (positions) per tile
     BLOCK_C: tl.constexpr,  # classes per step
@@ -221,37 +258,36 @@ def _sigmoid_focal_kernel(
     ACC: tl.constexpr,  # float32, or float64 for float64 logits
 ):
     pid = tl.program_id(0)
-    alpha = number(numbers.alpha, ACC)
-    gamma_neg = number(numbers.gamma_neg, ACC)
-    clip = number(numbers.clip, ACC)
-    log_eps = number(numbers.log_eps, ACC)
-    poly = number(numbers.poly_epsilon, ACC)
-    ignore_index = numbers.ignore_index
+    alpha = join_float(alpha_hi, alpha_lo, ACC)
+    gamma_neg = join_float(gamma_neg_hi, gamma_neg_lo, ACC)
+    clip = join_float(clip_hi, clip_lo, ACC)
+    log_eps = join_float(log_eps_hi, log_eps_lo, ACC)
+    poly = join_float(poly_hi, poly_lo, ACC)
     # a constexpr: an ``and`` of constants is not folded (see softmax_focal.py)
     REDUCED: tl.constexpr = GRAD_MODE != GRAD_BACKWARD and REDUCE
 
     # 0. What this launch writes, decided on the device (no host sync).
     compute_loss = GRAD_MODE != GRAD_BACKWARD
     store_grad, grad_scale, tiles = gradient_plan(
-        policy_ptr, stored_ptr, grad_out.ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
+        policy_ptr, stored_ptr, grad_out_ptr, num_tiles, GRAD_MODE, GRAD_OUT_IS_SCALAR, SKIP_IF_STORED, ACC
     )
     # The reduced loss's divisor: a tensor on the device (a count, a normalizer tensor) or a
     # number (the element count of a dense mean, a normalizer given as a number).
     if HAS_DENOM:
         inv_denom = 1.0 / tl.load(denom_ptr).to(ACC)
     else:
-        inv_denom = 1.0 / number(numbers.divisor, ACC)
+        inv_denom = 1.0 / join_float(denom_hi, denom_lo, ACC)
     grad_scale = grad_scale * inv_denom
 
     # 64-bit offsets: the class index (int32) meets these strides in every class step, and
     # C * stride_c passes 2**31 in a channels-first volume or a transposed view. Widened once
     # per program, not per element; a stride the JIT specialized to 1 stays a constant.
-    stride_x_c = tl.cast(logits.stride_c, tl.int64)
-    stride_t_c = tl.cast(target.stride_c, tl.int64)
-    stride_w_c = tl.cast(weight.stride_c, tl.int64)
-    stride_l_c = tl.cast(loss.stride_c, tl.int64)
-    stride_g_c = tl.cast(grad.stride_c, tl.int64)
-    stride_go_c = tl.cast(grad_out.stride_c, tl.int64)
+    stride_x_c = tl.cast(stride_x_c, tl.int64)
+    stride_t_c = tl.cast(stride_t_c, tl.int64)
+    stride_w_c = tl.cast(stride_w_c, tl.int64)
+    stride_l_c = tl.cast(stride_l_c, tl.int64)
+    stride_g_c = tl.cast(stride_g_c, tl.int64)
+    stride_go_c = tl.cast(stride_go_c, tl.int64)
     rows = tl.arange(0, BLOCK_R)
     offs_c = tl.arange(0, BLOCK_C)
     loss_acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
@@ -261,9 +297,9 @@ def _sigmoid_focal_kernel(
         n = tile64 // num_p_blocks
         p = (tile64 % num_p_blocks) * BLOCK_R + rows
         row_mask = p < P
-        x_row = row_ptr(logits, n, p)
+        x_row = x_ptr + n * stride_x_n + p * stride_x_p
         if INDEX_TARGET:
-            label = tl.load(row_ptr(target, n, p), mask=row_mask, other=ignore_index)
+            label = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=row_mask, other=ignore_index)
             label = label.to(tl.int64)
             labelled = label != ignore_index
             # C itself is background. An out-of-range index turns its row's loss and gradient
@@ -275,24 +311,24 @@ def _sigmoid_focal_kernel(
             row_fill = tl.where(out_of_range, float("nan"), 0.0)
             label_in_step = label.to(tl.int32)
             if HAS_SCORE:
-                row_score = tl.load(row_ptr(score, n, p), mask=row_mask, other=0.0).to(ACC)
+                score = tl.load(score_ptr + n * stride_s_n + p * stride_s_p, mask=row_mask, other=0.0).to(ACC)
             else:
-                row_score = tl.zeros([BLOCK_R], dtype=ACC)  # unused
+                score = tl.zeros([BLOCK_R], dtype=ACC)  # unused
         else:
             row_keep = row_mask
             row_fill = tl.zeros([BLOCK_R], dtype=ACC)
             label_in_step = tl.zeros([BLOCK_R], dtype=tl.int32)  # unused
-            row_score = tl.zeros([BLOCK_R], dtype=ACC)  # unused
+            score = tl.zeros([BLOCK_R], dtype=ACC)  # unused
 
         # 2-5. The class steps of this tile. A forward that may store the gradient picks, per
         # launch and on the device, the variant with or without the gradient's arithmetic.
         steps = (
             x_row,
-            row_ptr(target, n, p),
-            row_ptr(weight, n, p),
-            row_ptr(loss, n, p),
-            row_ptr(grad, n, p),
-            row_ptr(grad_out, n, p),
+            target_ptr + n * stride_t_n + p * stride_t_p,
+            weight_ptr + n * stride_w_n + p * stride_w_p,
+            loss_ptr + n * stride_l_n + p * stride_l_p,
+            grad_ptr + n * stride_g_n + p * stride_g_p,
+            grad_out_ptr + n * stride_go_n + p * stride_go_p,
             stride_x_c,
             stride_t_c,
             stride_w_c,
@@ -304,10 +340,10 @@ def _sigmoid_focal_kernel(
             row_keep,
             row_fill,
             label_in_step,
-            row_score,
+            score,
             alpha,
-            numbers.gamma.hi,
-            numbers.gamma.lo,
+            gamma_hi,
+            gamma_lo,
             gamma_ptr,
             gamma_neg,
             clip,
@@ -391,4 +427,4 @@ def _sigmoid_focal_kernel(
     if REDUCED:
         # The programs' partial sums, added in a fixed order by the last one (bit-identical
         # reruns), over the divisor.
-        store_total(partial_ptr, ticket_ptr, loss.ptr, tl.sum(tl.sum(loss_acc, axis=1), axis=0), inv_denom, ACC)
+        store_total(partial_ptr, ticket_ptr, loss_ptr, tl.sum(tl.sum(loss_acc, axis=1), axis=0), inv_denom, ACC)

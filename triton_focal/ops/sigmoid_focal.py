@@ -20,7 +20,6 @@ import torch
 from .. import reference
 from .._autograd_state import functorch_active
 from ..kernels.grad_mode import GRAD_BACKWARD, GRAD_IF_POLICY, GRAD_NONE
-from ..kernels.params import NCP, NP, Float, SigmoidNumbers
 from ..kernels.sigmoid_focal import _sigmoid_focal_kernel
 from ..reference import compute_dtype
 from ..sigmoid_term import KINDS, SigmoidTerm
@@ -145,37 +144,34 @@ def sigmoid_focal_launch(
 
     dummy = input  # pointer for arguments a constexpr flag leaves unread
     flag = policy_flag(input.device) if grad_mode in (GRAD_IF_POLICY, GRAD_BACKWARD) else dummy
-    either = lambda tensor: dummy if tensor is None else tensor  # noqa: E731
-    x_s, t_s, w_s, l_s, g_s, go_s = strides
-    numbers = SigmoidNumbers(
-        alpha=Float(*split_float(term.alpha)),
-        gamma=Float(*split_float(term.gamma)),
-        divisor=Float(*split_float(1.0 if denom_tensor or denominator is None else float(denominator))),
-        gamma_neg=Float(*split_float(term.gamma_neg)),
-        clip=Float(*split_float(term.clip)),
-        log_eps=Float(*split_float(term.log_eps if term.eps > 0 else 0.0)),
-        poly_epsilon=Float(*split_float(term.poly_epsilon)),
-        ignore_index=int(ignore_index),
-    )
     args = [
-        NCP(input, *x_s),
-        NCP(target, *t_s),
-        NCP(either(weight), *w_s),
-        NCP(either(loss), *l_s),
-        NCP(either(grad), *g_s),
-        NCP(either(grad_output), *go_s),
-        NP(either(score), *score_strides),
-        either(class_gamma),
+        input,
+        target,
+        weight if weight is not None else dummy,
+        class_gamma if class_gamma is not None else dummy,
         denominator if denom_tensor else dummy,
+        loss if loss is not None else dummy,
         partials(PersistentGrid.for_device(input.device).max_programs, 1, acc, input.device) if reduced else dummy,
         ticket_counter(input.device) if reduced else dummy,
+        grad if grad is not None else dummy,
+        grad_output if grad_output is not None else dummy,
         flag,
-        either(stored),
+        stored if stored is not None else dummy,
+        score if score is not None else dummy,
+        *(s for stride in strides for s in stride),
+        *score_strides,
         num_classes,
         p_launch,
         num_p_blocks,
         num_tiles,
-        numbers,
+        *split_float(term.alpha),
+        *split_float(term.gamma),
+        *split_float(1.0 if denom_tensor or denominator is None else float(denominator)),
+        *split_float(term.gamma_neg),
+        *split_float(term.clip),
+        *split_float(term.log_eps if term.eps > 0 else 0.0),
+        *split_float(term.poly_epsilon),
+        int(ignore_index),
     ]
     # An elementwise loss re-reads nothing: the grid is as many programs as the SMs keep resident.
     meta = dict(
