@@ -189,7 +189,6 @@ def _count_store(ptrs, mask):
 
 
 def _describe_launch(kernel, args, kwargs, grid):
-
     fn = kernel.fn
     params = list(inspect.signature(fn).parameters)
     bound = dict(zip(params, args))
@@ -236,11 +235,19 @@ def is_tensor_value(value):
 
 def tensor_values(value):
     """The described tensors in a described value, argument groups included, in order."""
+    found = []
+    map_tensors(value, found.append)
+    return found
+
+
+def map_tensors(value, fn):
+    """``value`` with each described tensor ``t`` (:func:`is_tensor_value`) replaced by
+    ``fn(t)``, inside argument groups too."""
     if is_tensor_value(value):
-        return [value]
+        return fn(value)
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return [t for v in value for t in tensor_values(v)]
-    return []
+        return type(value)(*(map_tensors(v, fn) for v in value))
+    return value
 
 
 def _hash_sources(files):

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections import Counter, defaultdict
 
-from .capture import _hash_sources, _real, is_tensor_value
+from .capture import _hash_sources, _real, map_tensors
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Bumped when what the worker extracts from the SASS changes (the cache is keyed on it).
@@ -39,19 +39,9 @@ def spec_key(launch):
         SUMMARY_VERSION,
     ]
     for name, value in launch.args:
-        parts.append((name, repr(_map_tensors(value, lambda t: ("tensor", t[1], t[2] % 16 == 0)))))
+        parts.append((name, repr(map_tensors(value, lambda t: ("tensor", t[1], t[2] % 16 == 0)))))
     parts.append(repr(sorted(launch.options.items())))
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
-
-
-def _map_tensors(value, fn):
-    """``value`` with each described tensor ``t`` (``capture.is_tensor_value``) replaced by
-    ``fn(t)``, inside argument groups too."""
-    if is_tensor_value(value):
-        return fn(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_map_tensors(v, fn) for v in value))
-    return value
 
 
 def _portable(value):
@@ -132,7 +122,7 @@ def _compile_worker(spec_path, cache_dir):
         for name, value in spec["args"]:
             if isinstance(value, tuple) and value and value[0] == "tl.dtype":
                 value = tl.dtype(value[1])
-            args.append(_map_tensors(value, lambda t: sass.PointerArgument(getattr(torch, t[1]), t[2])))
+            args.append(map_tensors(value, lambda t: sass.PointerArgument(getattr(torch, t[1]), t[2])))
         kernel = sass.compile_sm90(fn, args, kwargs)
         if _hash_sources(spec["source_files"]) != spec["source_hash"]:
             raise RuntimeError(f"{spec['qualname']}: its source files changed while the model ran; run it again")

@@ -380,15 +380,7 @@ def _softmax_focal_kernel(
 
         # 5. The gradient: a second (third with smoothing) read, from L2.
         if store_grad:
-            row_scale = row_grad_scale(
-                grad_scale,
-                grad_out.ptr,
-                n * grad_out.stride_n + p * grad_out.stride_p,
-                p_mask,
-                GRAD_MODE,
-                GRAD_OUT_IS_SCALAR,
-                ACC,
-            )
+            row_scale = row_grad_scale(grad_scale, grad_out, n, p, p_mask, GRAD_MODE, GRAD_OUT_IS_SCALAR, ACC)
             coef_y, coef_p, coef_smooth = row_coefficients(
                 row_scale,
                 g_y,

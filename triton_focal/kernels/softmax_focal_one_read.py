@@ -194,15 +194,7 @@ def _softmax_focal_one_read_kernel(
 
         # 4. The gradient, from the same registers.
         if store_grad:
-            row_scale = row_grad_scale(
-                grad_scale,
-                grad_out.ptr,
-                n * grad_out.stride_n + p * grad_out.stride_p,
-                p_mask,
-                GRAD_MODE,
-                GRAD_OUT_IS_SCALAR,
-                ACC,
-            )
+            row_scale = row_grad_scale(grad_scale, grad_out, n, p, p_mask, GRAD_MODE, GRAD_OUT_IS_SCALAR, ACC)
             coef_y, coef_p, _ = row_coefficients(
                 row_scale, g_y, w_y, alpha_y, 0.0, poly_g, lse, v, row_ok, mean_scale, z_scale,
                 0.0, poly_epsilon, z_loss, C, False, HAS_POLY, HAS_Z_LOSS, HAS_ELEMENT_WEIGHT,

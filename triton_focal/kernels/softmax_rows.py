@@ -13,6 +13,7 @@ import triton.language as tl
 
 from .focal_math import LN2, LOG2E, fast_log2, focal_term, join_float, q_powers, target_log_prob
 from .grad_mode import GRAD_BACKWARD
+from .params import row_ptr
 
 # DIVISOR: what divides a reduced "sum" (a normalizer), read from denom_ptr or passed as a number.
 DIVIDE_BY_TENSOR = tl.constexpr(1)
@@ -172,19 +173,20 @@ def row_loss(
 @triton.jit
 def row_grad_scale(
     grad_scale,
-    grad_out_ptr,
-    go_offs,
+    grad_out,
+    n,
+    p,
     p_mask,
     GRAD_MODE: tl.constexpr,
     GRAD_OUT_IS_SCALAR: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """What multiplies each row's gradient: a 0-dim ``grad_output`` (``grad_scale``), or a
-    backward's per-element one, loaded at ``go_offs``."""
+    backward's per-element one, loaded from rows ``(n, p)`` of ``grad_out`` (``params.NP``)."""
     row_scale = grad_scale
     if GRAD_MODE == GRAD_BACKWARD:
         if not GRAD_OUT_IS_SCALAR:
-            go = tl.load(grad_out_ptr + go_offs, mask=p_mask, other=0.0)
+            go = tl.load(row_ptr(grad_out, n, p), mask=p_mask, other=0.0)
             row_scale = row_scale * go.to(ACC)
     return row_scale
 

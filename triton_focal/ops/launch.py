@@ -91,14 +91,14 @@ def launch_tensors(args):
     return out
 
 
-def kernel_footprint(kernel, args, meta):
-    """The :class:`Footprint` of ``kernel`` launched with ``args`` and ``meta``, or None where it
+def kernel_footprint(kernel, args, tensors, meta):
+    """The :class:`Footprint` of ``kernel`` launched with ``args`` (whose tensors are
+    ``tensors``, :func:`launch_tensors`) and ``meta``, or None where it
     cannot be known. On an NVIDIA GPU it is the compiled kernel's (Triton's ``warmup`` compiles
     what the launch would, once; its registers come from ptxas), asked once per configuration.
     Under the interpreter it is :data:`STAND_IN_FOOTPRINTS`'."""
     import torch
 
-    tensors = launch_tensors(args)
     on_gpu = tensors[0].is_cuda
     if (not on_gpu and not STAND_IN_FOOTPRINTS) or (on_gpu and torch.version.hip is not None):
         # nothing installed; or AMD, whose occupancy counts other registers (VGPRs per SIMD):
@@ -181,8 +181,10 @@ def persistent_launch(kernel, num_tiles, footprint, args, meta):
     """Launch ``kernel(*args, **meta)`` on its persistent grid (:class:`PersistentGrid`) for
     ``num_tiles`` tiles that each re-read ``footprint`` bytes; returns the number of programs.
     Per-program buffers in ``args`` need room for ``PersistentGrid.max_programs``."""
-    grid = PersistentGrid.for_device(launch_tensors(args)[0].device)
-    num_programs = grid.programs(num_tiles, meta["num_warps"], footprint, kernel_footprint(kernel, args, meta))
+    tensors = launch_tensors(args)
+    grid = PersistentGrid.for_device(tensors[0].device)
+    compiled = kernel_footprint(kernel, args, tensors, meta)
+    num_programs = grid.programs(num_tiles, meta["num_warps"], footprint, compiled)
     kernel[(num_programs,)](*args, **meta)
     return num_programs
 
