@@ -16,8 +16,10 @@ Passes over a row's classes: (1) online-softmax statistics, (2) with label smoot
 per-row sums of the focal terms, (3) the gradient. Where the launcher can keep the rows in flight
 few enough for the L2 to surely serve passes 2 and 3 with every SM busy (bf16 vocabularies
 up to about 32k, tens of classes), they re-read the logits from L2; elsewhere (a 128k vocabulary,
-hundreds of classes) from DRAM, and the forward saves pass 1's per-row results (``ROW_STATS``)
-so that a backward that recomputes the gradient reads the logits once.
+hundreds of classes) mostly from DRAM, and the forward saves pass 1's per-row results
+(``ROW_STATS``) so that a backward that recomputes the gradient reads the logits once. Each
+re-reading pass walks the classes opposite to the pass before it: it starts on what that pass
+read last, which is still in L2 where the whole row is not (``_step_start``).
 
 The math (the focal term ``f_c``, its coefficient ``g_c`` and the gradient with alpha, weight,
 label smoothing and z-loss) is derived once in ``triton_focal/_row_math.py``; here ``a_y`` and
@@ -102,6 +104,19 @@ def _row_total(v, ROWS: tl.constexpr, SPLIT: tl.constexpr, MAX: tl.constexpr):
 @triton.jit
 def _lanes(row_value, ROWS: tl.constexpr, SPLIT: tl.constexpr):
     return tl.reshape(tl.broadcast_to(row_value[:, None], (ROWS, SPLIT)), (ROWS * SPLIT,))
+
+
+@triton.jit
+def _step_start(c0, last_step, REVERSED: tl.constexpr):
+    """The first class of the class step that a pass's loop at ``c0`` reads: ``c0``, or counted
+    from the last step (``last_step``, its first class) where the pass runs ``REVERSED``.
+
+    A pass that re-reads a row runs opposite to the pass before it, so the classes it reads
+    first are the ones that pass read last: still in L2 where the whole row is not (a
+    128k-vocabulary row, hundreds of classes), and the rest no worse than in the same order."""
+    if REVERSED:
+        return last_step - c0
+    return c0
 
 
 @triton.jit
@@ -237,6 +252,9 @@ def _softmax_focal_kernel(
     divisor = numbers.divisor
     mean_scale, z_scale = reduction_scales(denom_ptr, divisor.hi, divisor.lo, MEAN, DIVISOR, HAS_Z_LOSS, ACC)
 
+    # the first class of the last class step; a multiple of CLASS_STEP, said so that the
+    # backwards steps' loads stay 16-byte vectors (a power of 2: no 32-bit product)
+    last_step = tl.multiple_of((C - 1) & -CLASS_STEP, CLASS_STEP)
     lane = tl.arange(0, BLOCK_P)
     row_in_tile = lane // SPLIT
     lane_class = (lane % SPLIT) * BLOCK_C  # first class of each lane within a class step
@@ -316,7 +334,8 @@ def _softmax_focal_kernel(
             has_big = s < 2.0
             p_small = tl.zeros([BLOCK_P], dtype=ACC)
             big_cls = tl.full([BLOCK_P], -1, tl.int32)  # index of the dominant class, if any
-            for c0 in range(0, C, CLASS_STEP):
+            for step in range(0, C, CLASS_STEP):
+                c0 = _step_start(step, last_step, True)  # backwards: pass 1 ended at the row's end
                 cls = c0 + offs_k[:, None] + lane_class[None, :]
                 mask = (cls < C) & p_mask[None, :]
                 x = _load_logits(x_row[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
@@ -406,7 +425,9 @@ def _softmax_focal_kernel(
             # gets NaN rather than a silently wrong gradient.
             fill = tl.where(row_bad, float("nan"), 0.0)
             g_row = row_ptr(grad, n, p) + lane_class * stride_g_c
-            for c0 in range(0, C, CLASS_STEP):
+            for step in range(0, C, CLASS_STEP):
+                # opposite to the pass before it: pass 2 (smoothing) or pass 1
+                c0 = _step_start(step, last_step, not HAS_SMOOTHING)
                 cls = c0 + offs_k[:, None]
                 mask = (cls + lane_class[None, :] < C) & p_mask[None, :]
                 x = _load_logits(x_lane[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
