@@ -255,6 +255,9 @@ def _softmax_focal_kernel(
     # the first class of the last class step; a multiple of CLASS_STEP, said so that the
     # backwards steps' loads stay 16-byte vectors (a power of 2: no 32-bit product)
     last_step = tl.multiple_of((C - 1) & -CLASS_STEP, CLASS_STEP)
+    # the gradient pass runs opposite to the pass before it: pass 1, or pass 2 (smoothing)
+    # forwards; after the saved statistics (no pass before it) forwards too
+    GRAD_BACKWARDS: tl.constexpr = not HAS_SMOOTHING and ROW_STATS != ROW_STATS_READ
     lane = tl.arange(0, BLOCK_P)
     row_in_tile = lane // SPLIT
     lane_class = (lane % SPLIT) * BLOCK_C  # first class of each lane within a class step
@@ -426,8 +429,7 @@ def _softmax_focal_kernel(
             fill = tl.where(row_bad, float("nan"), 0.0)
             g_row = row_ptr(grad, n, p) + lane_class * stride_g_c
             for step in range(0, C, CLASS_STEP):
-                # opposite to the pass before it: pass 2 (smoothing) or pass 1
-                c0 = _step_start(step, last_step, not HAS_SMOOTHING)
+                c0 = _step_start(step, last_step, GRAD_BACKWARDS)
                 cls = c0 + offs_k[:, None]
                 mask = (cls + lane_class[None, :] < C) & p_mask[None, :]
                 x = _load_logits(x_lane[None, :] + cls * stride_x_c, mask, softcap, HAS_SOFTCAP, ACC)
