@@ -7,6 +7,7 @@ from helpers import DEVICE
 
 import triton_focal
 from triton_focal.ops.denominators import target_denominators
+from triton_focal.ops.launch import PersistentGrid
 from triton_focal.ops.workspace import ticket_counter
 
 
@@ -25,6 +26,23 @@ def test_divisors_match_torch(shape, dtype):
     torch.testing.assert_close(got, torch.stack([expected_weighted, valid.sum().double()]))
     got = target_denominators(target, None, ignore, classes, dtype=torch.float32, scale=classes)
     assert got.tolist() == [valid.sum().item() * classes] * 2
+
+
+def test_divisors_of_a_grid_smaller_than_the_tiles(monkeypatch):
+    """The persistent grid walks several tiles a program (a GPU's grid for millions of pixels),
+    across rows of targets, with class and per-element weights."""
+    monkeypatch.setattr(PersistentGrid, "programs", lambda self, num_tiles, *a, **k: min(num_tiles, 2))
+    g = torch.Generator().manual_seed(1)
+    classes = 5
+    target = torch.randint(-1, classes, (3, 2500), generator=g).to(DEVICE)  # 9 tiles, -1 ignored
+    weight = torch.rand(classes, generator=g, dtype=torch.float64).to(DEVICE)
+    v = torch.rand(3, 2500, generator=g, dtype=torch.float64).to(DEVICE)
+    valid = target != -1
+    w_y = torch.where(valid, weight[target.clamp(min=0)], 0.0)
+    got = target_denominators(target, weight, -1, classes, dtype=torch.float64, element_weight=v)
+    torch.testing.assert_close(got, torch.stack([(v * w_y).sum(), torch.where(valid, v, 0.0).sum()]))
+    got = target_denominators(target, None, -1, classes, dtype=torch.float32)
+    assert got.tolist() == [valid.sum().item()] * 2
 
 
 def test_divisor_of_nothing_is_one_where_asked():

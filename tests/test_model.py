@@ -55,6 +55,16 @@ def _scale_unless_one_kernel(x_ptr, scale_ptr, numel, BLOCK: tl.constexpr):
         tl.store(x_ptr + offs, x * scale, mask=offs < numel)
 
 
+@triton.jit
+def _tile_sums_kernel(x_ptr, out_ptr, numel, num_tiles, BLOCK: tl.constexpr):
+    """A persistent grid: each program adds its tiles ``pid, pid + grid, ...``."""
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        offs = tile * BLOCK + tl.arange(0, BLOCK)
+        total += tl.load(x_ptr + offs, mask=offs < numel, other=0.0)
+    tl.store(out_ptr + tl.program_id(0), tl.sum(total, axis=0))
+
+
 def _count(kernel, grid, *args, **kwargs):
     """The launch, executed under the interpreter with the model's counters."""
     with model.recording("count") as launches:
@@ -190,6 +200,33 @@ def test_the_fit_recovers_known_constants():
     result = calibrate.calibrate(features)
     assert result["errors"]["calibrated"]["median"] == pytest.approx(1.0, abs=0.02)
     assert len(result["leave_one_family_out"]) == 4
+
+
+def test_a_persistent_grid_of_one_tile_per_program_scales_its_loops_per_program(sass_cache):
+    """The scaled-down shape fills a tenth of its one tile: the headline's loops cost what its
+    programs run (one full tile each), not the elements' ratio times the small tile's trip."""
+    block = 1024
+
+    def launch(numel, programs):
+        x, out = torch.randn(numel), torch.empty(programs)
+        tiles = -(-numel // block)
+        counted = _count(_tile_sums_kernel, (programs,), x, out, numel, tiles, BLOCK=block, num_warps=4)
+        assert torch.allclose(out.sum(), x.sum(), rtol=1e-5, atol=1e-4)
+        return counted
+
+    small = launch(100, 1)
+    scale = 8 * block / 100
+    # the machine code is the headline launch's (one tile is a constant there: no loop)
+    one_tile_each = launch(8 * block, 8)
+    code = _machine_code(one_tile_each, sass_cache)
+    per_program = model.cost.LaunchCounts(small, small, code, 1.0).warp_instructions
+    assert model.cost.LaunchCounts(one_tile_each, small, code, scale).warp_instructions == pytest.approx(
+        8 * per_program
+    )
+    # two tiles a program: the loop grows with the elements again
+    two_tiles_each = launch(8 * block, 4)
+    counts = model.cost.LaunchCounts(two_tiles_each, small, _machine_code(two_tiles_each, sass_cache), scale)
+    assert counts.warp_instructions > 20 * per_program
 
 
 def test_an_early_exit_runs_only_the_code_before_it(sass_cache):

@@ -7,6 +7,10 @@ program, ``I`` warp instructions and ``B`` DRAM bytes per program:
     T = launch_s + max(T_issue, T_mufu, T_bytes, T_serial)
     T_serial = W * (n * round_latency_s + issue_factor * R * I / (schedulers * clock) + R * B / (BW / S))
 
+Loops scale with the elements (headline / scaled-down), code outside loops with the programs;
+a persistent launch with one tile per program at both shapes scales its loops with the
+programs too (``_one_tile_per_program``).
+
 ``T_serial`` is what a wave costs when its programs wait for each round of loads before the
 arithmetic that uses it, and issue the next round only after: latency, then the round's
 instructions, then the round's bytes at the SM's share of the bandwidth. ``T_issue``, ``T_mufu``
@@ -76,9 +80,16 @@ class LaunchCounts:
         self.loops = counts.loops
         # work in loops scales with the elements; code outside loops runs per program
         per_program_scale = big.programs / small.programs
+        if _one_tile_per_program(big) and _one_tile_per_program(small):
+            # A persistent grid with no more tiles than programs: every program walks one tile
+            # at either shape, so its loops run what the scaled-down program's ran (a tile the
+            # small shape only partly fills costs the instructions of a full one).
+            scale_of_loops = per_program_scale
+        else:
+            scale_of_loops = scale
 
         def scaled(total, outside):
-            return (total - outside) * scale + outside * per_program_scale
+            return (total - outside) * scale_of_loops + outside * per_program_scale
 
         self.warp_instructions = scaled(counts.warp_instructions, counts.outside_loops_warp_instructions)
         self.mufu = scaled(counts.mufu, counts.outside_loops_mufu)
@@ -113,6 +124,13 @@ class LaunchCounts:
     def bound(self, device=DEVICE, l2="nominal"):
         times = self.times(device, l2)
         return ("issue", "MUFU", "bytes", "serial")[times.index(max(times))]
+
+
+def _one_tile_per_program(launch):
+    """Does a persistent launch (a ``num_tiles`` argument: its programs walk the tiles ``pid,
+    pid + grid, ...``) have one tile per program?"""
+    tiles = dict(launch.args).get("num_tiles")
+    return isinstance(tiles, int) and tiles == launch.programs
 
 
 def torch_op_seconds(torch_ops, scale, device=DEVICE):

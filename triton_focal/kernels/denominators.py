@@ -26,6 +26,7 @@ def _target_count_kernel(
     stride_v_p,
     P,
     num_p_blocks,
+    num_tiles,
     C,
     ignore_index,
     scale,
@@ -35,26 +36,34 @@ def _target_count_kernel(
     BLOCK: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    n = pid // num_p_blocks
-    p = (pid % num_p_blocks) * BLOCK + tl.arange(0, BLOCK)
-    mask = p < P
-    target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=mask, other=ignore_index).to(tl.int64)
-    valid = mask & (target != ignore_index)
-    if HAS_ELEMENT_WEIGHT:
-        v = tl.load(element_weight_ptr + n * stride_v_n + p * stride_v_p, mask=valid, other=0.0).to(ACC)
-    else:
-        v = valid.to(ACC)
-    count = tl.sum(v, axis=0)
+    # A persistent grid (one wave): each program walks tiles pid, pid + grid, ... of BLOCK
+    # targets and keeps per-lane sums; the lanes are added once, at the end.
+    count = tl.zeros([BLOCK], dtype=ACC)
+    weighted = tl.zeros([BLOCK], dtype=ACC)
+    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+        tile64 = tl.cast(tile, tl.int64)
+        n = tile64 // num_p_blocks
+        p = (tile64 % num_p_blocks) * BLOCK + tl.arange(0, BLOCK)
+        mask = p < P
+        target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=mask, other=ignore_index).to(tl.int64)
+        valid = mask & (target != ignore_index)
+        if HAS_ELEMENT_WEIGHT:
+            v = tl.load(element_weight_ptr + n * stride_v_n + p * stride_v_p, mask=valid, other=0.0).to(ACC)
+        else:
+            v = valid.to(ACC)
+        count += v
+        if HAS_WEIGHT:
+            # An out-of-range index weighs 0 here; the loss kernel turns its row into NaN.
+            safe = valid & (target >= 0) & (target < C)
+            w_y = tl.load(weight_ptr + tl.where(safe, target, 0), mask=safe, other=0.0)
+            weighted += v * w_y
+    count_total = tl.sum(count, axis=0)
     if HAS_WEIGHT:
-        # An out-of-range index weighs 0 here; the loss kernel turns its row into NaN.
-        safe = valid & (target >= 0) & (target < C)
-        w_y = tl.load(weight_ptr + tl.where(safe, target, 0), mask=safe, other=0.0)
-        weighted = tl.sum(v * w_y, axis=0)
+        weighted_total = tl.sum(weighted, axis=0)
     else:
-        weighted = count
+        weighted_total = count_total
     cols = tl.arange(0, 2)
-    is_last, totals = sum_partials(partial_ptr, ticket_ptr, tl.where(cols == 0, weighted, count), 2, ACC)
+    is_last, totals = sum_partials(partial_ptr, ticket_ptr, tl.where(cols == 0, weighted_total, count_total), 2, ACC)
     if is_last:
         totals = totals * scale
         if ZERO_AS_ONE:

@@ -1,12 +1,14 @@
 """Launcher of the mean's divisors (``kernels/denominators.py``)."""
 
 from ..kernels.denominators import _target_count_kernel
-from .launch import acc_dtype, cdiv
+from .launch import PersistentGrid, acc_dtype, cdiv, persistent_launch
 from .workspace import partials, ticket_counter
 
-# Targets per program: 16 KB of int64 indices, enough bytes in flight per program; the grid is
-# one program per block (no loop), and the last program adds the partials.
-BLOCK = 2048
+# Targets per tile: 8 KB of int64 indices, 64 bytes in flight per thread. A persistent grid (one
+# wave, ``PersistentGrid``) walks the tiles: one program per tile would leave a second, partial
+# wave (4M pixels are 2048 tiles of 2048, 1.3 waves of 4-warp programs) that costs as long as a
+# full one; tiles this small keep the programs' shares within one tile of each other.
+BLOCK = 1024
 NUM_WARPS = 4
 
 
@@ -24,12 +26,12 @@ def target_denominators(
     denom = target.new_empty(2, dtype=dtype)
     block = BLOCK  # one configuration for every size: a short line leaves lanes masked, and compiles nothing new
     num_p_blocks = cdiv(p, block)
-    programs = n * num_p_blocks
-    _target_count_kernel[(programs,)](
+    num_tiles = n * num_p_blocks
+    args = (
         target,
         weight if weight is not None else denom,
         element_weight if element_weight is not None else denom,
-        partials(programs, 2, dtype, target.device),
+        partials(PersistentGrid.for_device(target.device).max_programs, 2, dtype, target.device),
         ticket_counter(target.device),
         denom,
         target.stride(0),
@@ -37,9 +39,12 @@ def target_denominators(
         *(element_weight.stride() if element_weight is not None else (0, 0)),
         p,
         num_p_blocks,
+        num_tiles,
         num_classes,
         int(ignore_index),
         float(scale),
+    )
+    meta = dict(
         HAS_WEIGHT=weight is not None,
         HAS_ELEMENT_WEIGHT=element_weight is not None,
         ZERO_AS_ONE=zero_as_one,
@@ -47,6 +52,7 @@ def target_denominators(
         ACC=acc_dtype(dtype),
         num_warps=NUM_WARPS,
     )
+    persistent_launch(_target_count_kernel, num_tiles, 0, args, meta)  # nothing re-read
     return denom
 
 
