@@ -229,6 +229,18 @@ def test_a_persistent_grid_of_one_tile_per_program_scales_its_loops_per_program(
     assert counts.warp_instructions > 20 * per_program
 
 
+def test_only_a_loop_counter_step_reads_as_an_unroll_factor():
+    """A 64-bit address increment counts bytes (a loop that ptxas walks by pointers has no
+    counter): its halves must not read as an unroll of the source step."""
+    from perf.model.machine_code import _counter_immediates
+
+    assert _counter_immediates("IADD3", "IADD3 R4, R4, 0x1000, RZ") == [0x1000]
+    assert _counter_immediates("VIADD", "VIADD R39, R39, 0x1000") == [0x1000]
+    assert _counter_immediates("IADD3", "IADD3 R82, P0, R82, 0x40, RZ") == []
+    assert _counter_immediates("IADD3", "@P1 IADD3 R82, P0, R82, 0x40, RZ") == []
+    assert _counter_immediates("IADD3.X", "IADD3.X R69, RZ, R69, 0x1, P0, !PT") == []
+
+
 def test_an_early_exit_runs_only_the_code_before_it(sass_cache):
     numel, block = 8 * 1024, 1024
     x = torch.randn(numel)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -193,6 +194,18 @@ def _innermost_source_loop(locations, source_loops):
     return best
 
 
+_CARRY_OUT = re.compile(r"^(@!?U?P\w+\s+)?\S+\s+R\d+,\s*P\d")  # "IADD3 R82, P0, R82, 0x40, RZ": a 64-bit add's low half
+
+
+def _counter_immediates(opcode, text):
+    """The immediates of an instruction that can step a loop counter: not the halves of a 64-bit
+    address increment (its low half sets a carry, its high half is ``.X``), which count bytes,
+    not iterations (a loop that ptxas turned into a walk of pointers has no counter at all)."""
+    if opcode.endswith(".X") or _CARRY_OUT.match(text):
+        return []
+    return _immediates(text.split(None, 1)[-1])
+
+
 def _immediates(text):
     values = []
     for token in text.replace(",", " ").split():
@@ -313,7 +326,7 @@ def dynamic_counts(code, launch):
                     and any(_real(f) == header.file and header.header <= l <= header.header_last for f, l in locations)
                 ):
                     candidates += [
-                        v // step for v in _immediates(text.split(None, 1)[-1]) if v % step == 0 and 0 < v // step <= 64
+                        v // step for v in _counter_immediates(opcode, text) if v % step == 0 and 0 < v // step <= 64
                     ]
             factor = min(candidates) if candidates else 1
         unroll.append(factor)
