@@ -31,7 +31,7 @@ def target_denominators(
         target,
         weight if weight is not None else denom,
         element_weight if element_weight is not None else denom,
-        partials(PersistentGrid.for_device(target.device).max_programs, 2, dtype, target.device),
+        partials(min(num_tiles, PersistentGrid.for_device(target.device).max_programs), 2, dtype, target.device),
         ticket_counter(target.device),
         denom,
         target.stride(0),
