@@ -255,8 +255,9 @@ def _softmax_focal_kernel(
     # the first class of the last class step; a multiple of CLASS_STEP, said so that the
     # backwards steps' loads stay 16-byte vectors (a power of 2: no 32-bit product)
     last_step = tl.multiple_of((C - 1) & -CLASS_STEP, CLASS_STEP)
-    # the gradient pass runs opposite to the pass before it: pass 1, or pass 2 (smoothing)
-    # forwards; after the saved statistics (no pass before it) forwards too
+    # the gradient pass runs opposite to the pass before it: backwards after pass 1, forwards
+    # after pass 2 (smoothing, which ran backwards); forwards where it reads the saved
+    # statistics (no pass before it)
     GRAD_BACKWARDS: tl.constexpr = not HAS_SMOOTHING and ROW_STATS != ROW_STATS_READ
     lane = tl.arange(0, BLOCK_P)
     row_in_tile = lane // SPLIT
