@@ -229,6 +229,23 @@ def test_a_persistent_grid_of_one_tile_per_program_scales_its_loops_per_program(
     assert counts.warp_instructions > 20 * per_program
 
 
+def test_another_interpreter_compiles_into_a_cache_of_its_own(sass_cache):
+    """``--compile-python``: the kernels compiled by another Python's Triton (here this one's, so
+    the summary must agree), cached apart from this process's compiles."""
+    import sys
+
+    from perf.model.machine_code import compile_cache_dir
+
+    x = torch.randn(2, 2048).to(torch.bfloat16)
+    launch = _count(_copy_kernel, (2,), x, torch.empty_like(x), x.shape[1], BLOCK=1024, num_warps=4)
+    other = compile_cache_dir(sass_cache, sys.executable)
+    assert other != sass_cache and compile_cache_dir(sass_cache) == sass_cache
+    key = model.spec_key(launch)
+    theirs = model.compile_launches([launch], other, extra_paths=[HERE], python=sys.executable)[key]
+    assert theirs == _machine_code(launch, sass_cache)
+    assert os.listdir(other) == [key + ".json"]
+
+
 def test_only_a_loop_counter_step_reads_as_an_unroll_factor():
     """A 64-bit address increment counts bytes (a loop that ptxas walks by pointers has no
     counter): its halves must not read as an unroll of the source step."""

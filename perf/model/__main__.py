@@ -81,8 +81,17 @@ def _model(args, argv):
     start = time.time()
     cases = select(all_cases(), args.cases, args.dtypes, args.headline)
     print(f"perf.model: {len(cases)} cases, triton_focal from {os.path.dirname(triton_focal.__file__)}", flush=True)
-    results = run_model(cases, tree=os.path.abspath(args.tree) if args.tree else None, cache_dir=args.cache)
+    results = run_model(
+        cases,
+        tree=os.path.abspath(args.tree) if args.tree else None,
+        cache_dir=args.cache,
+        compile_python=args.compile_python,
+    )
     meta = _meta(argv, time.time() - start)
+    if args.compile_python:
+        from .machine_code import compiler_version
+
+        meta["compiled_with"] = f"triton {compiler_version(args.compile_python)} ({args.compile_python})"
     meta["triton_focal_commit"] = _commit_of(os.path.dirname(triton_focal.__file__))
     for r in results:
         r.update(meta)
@@ -99,7 +108,9 @@ def _model(args, argv):
             f.write(
                 "# perf.model: the kernels' modeled H100 cost (no GPU; a model, not a measurement)\n\n"
                 f"`{meta['command']}` (triton_focal at {meta['triton_focal_commit']}), triton {meta['triton']}, "
-                f"torch {meta['torch']}, {meta['seconds']:.0f} s on this machine.\n\n"
+                f"torch {meta['torch']}, {meta['seconds']:.0f} s on this machine"
+                + (f"; the kernels compiled by {meta['compiled_with']}" if "compiled_with" in meta else "")
+                + ".\n\n"
                 "## The forward + `loss.backward()` cases\n\n"
                 + report.summary_table(results)
                 + "\n## Every case\n\n"
@@ -134,6 +145,10 @@ def main(argv=None):
     ap.add_argument("--points", help="with --calibrate: a CSV of measured points (default perf/calibration/points.csv)")
     ap.add_argument("--features", help="with --calibrate: reuse the counted features of an earlier calibration.json")
     ap.add_argument("--cache", help="directory caching the compiled kernels' summaries")
+    ap.add_argument(
+        "--compile-python",
+        help="compile with this interpreter's Triton (a venv with the Triton a GPU runs); counting runs here",
+    )
     ap.add_argument("--compile-worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--count-points", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -45,6 +45,22 @@ def spec_key(launch):
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
+def compile_cache_dir(cache_dir, python=None):
+    """Where the summaries of kernels compiled by ``python`` live: the spec keys name this
+    process's Triton, so another interpreter's compiles get a folder of their own."""
+    if python is None:
+        return cache_dir
+    return os.path.join(cache_dir, "python-" + hashlib.sha1(os.path.realpath(python).encode()).hexdigest()[:12])
+
+
+def compiler_version(python):
+    """The Triton version of another interpreter."""
+    done = subprocess.run([python, "-c", "import triton; print(triton.__version__)"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{python}: cannot import triton:\n{done.stderr[-2000:]}")
+    return done.stdout.strip()
+
+
 def _portable(value):
     """Constexpr values as picklable data (triton dtypes by name)."""
     import triton.language as tl
@@ -56,8 +72,11 @@ def _portable(value):
     return value
 
 
-def compile_launches(launches, cache_dir, tree=None, extra_paths=()):
-    """``{spec key: machine-code summary}`` for every distinct launch, compiled for sm_90."""
+def compile_launches(launches, cache_dir, tree=None, extra_paths=(), python=None):
+    """``{spec key: machine-code summary}`` for every distinct launch, compiled for sm_90.
+
+    ``python``: the interpreter whose Triton compiles them (another venv's, e.g. the Triton a
+    GPU machine runs); its summaries are cached apart (``compile_cache_dir``)."""
     os.makedirs(cache_dir, exist_ok=True)
     specs = {}
     for launch in launches:
@@ -85,7 +104,7 @@ def compile_launches(launches, cache_dir, tree=None, extra_paths=()):
         with tempfile.TemporaryDirectory() as triton_cache:
             env["TRITON_CACHE_DIR"] = triton_cache
             done = subprocess.run(
-                [sys.executable, "-m", "perf.model", "--compile-worker", f.name, cache_dir] + tree,
+                [python or sys.executable, "-m", "perf.model", "--compile-worker", f.name, cache_dir] + tree,
                 env=env,
                 capture_output=True,
                 text=True,
