@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from .reduce import sum_partials
+from .tiles import tile_rows
 
 
 @triton.jit
@@ -41,9 +42,8 @@ def _target_count_kernel(
     count = tl.zeros([BLOCK], dtype=ACC)
     weighted = tl.zeros([BLOCK], dtype=ACC)
     for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
-        tile64 = tl.cast(tile, tl.int64)
-        n = tile64 // num_p_blocks
-        p = (tile64 % num_p_blocks) * BLOCK + tl.arange(0, BLOCK)
+        n, p0 = tile_rows(tile, num_p_blocks, BLOCK)
+        p = p0 + tl.arange(0, BLOCK)
         mask = p < P
         target = tl.load(target_ptr + n * stride_t_n + p * stride_t_p, mask=mask, other=ignore_index).to(tl.int64)
         valid = mask & (target != ignore_index)

@@ -32,6 +32,7 @@ from .sigmoid_terms import (
     quality_focal_term,
     varifocal_term,
 )
+from .tiles import tile_rows
 
 
 @triton.jit
@@ -292,10 +293,9 @@ def _sigmoid_focal_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     loss_acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC)
     for tile in range(pid, tiles, tl.num_programs(0)):
-        # 1. Where this tile lies; 64-bit before any multiply (N * C * P may exceed 2**31).
-        tile64 = tl.cast(tile, tl.int64)
-        n = tile64 // num_p_blocks
-        p = (tile64 % num_p_blocks) * BLOCK_R + rows
+        # 1. Where this tile lies.
+        n, p0 = tile_rows(tile, num_p_blocks, BLOCK_R)
+        p = p0 + rows
         row_mask = p < P
         x_row = x_ptr + n * stride_x_n + p * stride_x_p
         if INDEX_TARGET:

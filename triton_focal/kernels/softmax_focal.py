@@ -60,6 +60,7 @@ from .softmax_rows import (
     target_factors,
     target_focal,
 )
+from .tiles import tile_rows
 
 
 @triton.jit
@@ -267,10 +268,8 @@ def _softmax_focal_kernel(
     loss_acc = tl.zeros([BLOCK_P], dtype=ACC)
 
     for tile in range(pid, tiles, tl.num_programs(0)):
-        # 64-bit offsets: the tile index is int64 before it meets a size or a stride.
-        tile64 = tl.cast(tile, tl.int64)
-        n = tile64 // num_p_blocks
-        p = (tile64 % num_p_blocks) * ROWS + row_in_tile
+        n, p0 = tile_rows(tile, num_p_blocks, ROWS)
+        p = p0 + row_in_tile
         p_mask = p < P
         x_row = row_ptr(logits, n, p)  # [BLOCK_P]
         x_lane = x_row + lane_class * stride_x_c

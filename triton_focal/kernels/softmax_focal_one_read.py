@@ -32,6 +32,7 @@ from .softmax_rows import (
     target_factors,
     target_term,
 )
+from .tiles import tile_rows
 
 
 @triton.jit
@@ -133,9 +134,8 @@ def _softmax_focal_one_read_kernel(
     loss_acc = tl.zeros([BLOCK_P], dtype=ACC)
 
     for tile in range(pid, tiles, tl.num_programs(0)):
-        tile64 = tl.cast(tile, tl.int64)
-        n = tile64 // num_p_blocks
-        p = (tile64 % num_p_blocks) * BLOCK_P + lane
+        n, p0 = tile_rows(tile, num_p_blocks, BLOCK_P)
+        p = p0 + lane
         if EVEN_P:
             p_mask = tl.full([BLOCK_P], True, tl.int1)
         else:
